@@ -1,0 +1,96 @@
+//! Messages of the data plane.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+pub use ocellus_kernels::{FrameLayout, PixelFormat};
+
+/// Identity of a frame, carried by every result derived from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameMeta {
+    /// Camera (source) name.
+    pub camera: Arc<str>,
+    /// Per-camera sequence number, from 0.
+    pub seq: u64,
+    /// Capture time, nanoseconds since the Unix epoch (sensor clock mapped to wall time).
+    pub capture_ns: i64,
+}
+
+/// A camera frame: its identity, its layout and the pixels as a shared, immutable buffer.
+///
+/// Cloning is cheap: the pixels are reference-counted (from a GStreamer source they are the
+/// mapped GStreamer buffer itself, never copied between the source and preprocessing).
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// Camera, sequence number and capture time.
+    pub meta: FrameMeta,
+    /// Pixel format, width, height, stride and plane offsets.
+    pub layout: FrameLayout,
+    /// The pixels, laid out as `layout` says.
+    pub pixels: Bytes,
+}
+
+impl Frame {
+    /// A frame, after checking that `pixels` holds `layout`.
+    pub fn new(meta: FrameMeta, layout: FrameLayout, pixels: Bytes) -> Result<Self, ocellus_kernels::KernelError> {
+        layout.validate(pixels.len())?;
+        Ok(Self { meta, layout, pixels })
+    }
+}
+
+/// What a segmentation mask stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaskKind {
+    /// Motion: 1 where something moved since the previous frame.
+    Motion,
+}
+
+/// A per-frame segmentation mask at frame resolution (row-major class ids).
+#[derive(Debug, Clone)]
+pub struct Mask {
+    /// The frame it was computed from.
+    pub meta: FrameMeta,
+    /// What the class ids mean.
+    pub kind: MaskKind,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// `width * height` class ids.
+    pub data: Bytes,
+    /// Fraction of non-zero pixels.
+    pub coverage: f64,
+}
+
+/// A periodic metrics report of one stage.
+#[derive(Debug, Clone)]
+pub struct MetricsReport {
+    /// The stage.
+    pub stage: Arc<str>,
+    /// When the report was taken (ns since the epoch).
+    pub at_ns: i64,
+    /// The figures.
+    pub snapshot: crate::metrics::MetricsSnapshot,
+}
+
+/// Everything that travels over an edge.
+#[derive(Debug, Clone)]
+pub enum Packet {
+    /// A camera frame.
+    Frame(Frame),
+    /// A mask computed from a frame.
+    Mask(Mask),
+    /// A metrics report.
+    Metrics(MetricsReport),
+}
+
+impl Packet {
+    /// The frame this packet derives from, if any.
+    pub fn meta(&self) -> Option<&FrameMeta> {
+        match self {
+            Self::Frame(f) => Some(&f.meta),
+            Self::Mask(m) => Some(&m.meta),
+            Self::Metrics(_) => None,
+        }
+    }
+}

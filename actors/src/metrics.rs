@@ -1,0 +1,152 @@
+//! Per-stage metrics: throughput, capture-to-output latency percentiles, drops, failures.
+//!
+//! Each stage owns an `Arc<StageMetrics>`; the stage thread records, the monitor reads. The
+//! latency window is a fixed ring, so memory does not grow with the length of a run.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::edge::{EdgeSnapshot, EdgeStats};
+
+/// Number of recent outputs kept for the fps and latency figures.
+pub const WINDOW: usize = 1024;
+/// Outputs older than this do not count towards fps.
+const FPS_HORIZON_NS: i64 = 2_000_000_000;
+
+/// Counters and a latency window of one stage.
+#[derive(Debug, Default)]
+pub struct StageMetrics {
+    received: AtomicU64,
+    emitted: AtomicU64,
+    skipped: AtomicU64,
+    failures: AtomicU64,
+    restarts: AtomicU64,
+    /// (output time, capture-to-output latency), both in ns.
+    window: Mutex<VecDeque<(i64, i64)>>,
+    input: Mutex<Option<std::sync::Arc<EdgeStats>>>,
+}
+
+/// A copy of a stage's figures at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct MetricsSnapshot {
+    /// Inputs taken from the edge.
+    pub received: u64,
+    /// Outputs emitted (or, for sinks, inputs handled).
+    pub emitted: u64,
+    /// Malformed inputs counted and skipped.
+    pub skipped: u64,
+    /// Errors and panics of the processor.
+    pub failures: u64,
+    /// Restarts by the supervisor.
+    pub restarts: u64,
+    /// Outputs per second over the last two seconds.
+    pub fps: f64,
+    /// Median capture-to-output latency over the window, ms.
+    pub latency_p50_ms: f64,
+    /// 99th percentile capture-to-output latency over the window, ms.
+    pub latency_p99_ms: f64,
+    /// The input edge's counters (drops among them).
+    pub input: EdgeSnapshot,
+}
+
+impl StageMetrics {
+    /// Attaches the input edge whose counters are reported with this stage.
+    pub fn attach_input(&self, stats: std::sync::Arc<EdgeStats>) {
+        *self.input.lock() = Some(stats);
+    }
+
+    /// One input taken.
+    pub fn record_received(&self) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One output at `now_ns` for a frame captured at `capture_ns`.
+    pub fn record_output(&self, capture_ns: Option<i64>, now_ns: i64) {
+        self.emitted.fetch_add(1, Ordering::Relaxed);
+        let mut window = self.window.lock();
+        if window.len() == WINDOW {
+            window.pop_front();
+        }
+        window.push_back((now_ns, capture_ns.map_or(-1, |c| now_ns - c)));
+    }
+
+    /// One malformed input skipped.
+    pub fn record_skipped(&self) {
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One failure of the processor.
+    pub fn record_failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One restart by the supervisor.
+    pub fn record_restart(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The figures now.
+    pub fn snapshot(&self, now_ns: i64) -> MetricsSnapshot {
+        let (fps, p50, p99) = {
+            let window = self.window.lock();
+            let recent = window.iter().filter(|(t, _)| now_ns - t <= FPS_HORIZON_NS).count();
+            let span_ns = window.iter().find(|(t, _)| now_ns - t <= FPS_HORIZON_NS).map_or(0, |(t, _)| now_ns - t);
+            let fps = if recent > 1 && span_ns > 0 { (recent - 1) as f64 / (span_ns as f64 * 1e-9) } else { 0.0 };
+            let mut latencies: Vec<i64> = window.iter().map(|&(_, l)| l).filter(|&l| l >= 0).collect();
+            latencies.sort_unstable();
+            (fps, percentile_ms(&latencies, 0.50), percentile_ms(&latencies, 0.99))
+        };
+        MetricsSnapshot {
+            received: self.received.load(Ordering::Relaxed),
+            emitted: self.emitted.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            restarts: self.restarts.load(Ordering::Relaxed),
+            fps,
+            latency_p50_ms: p50,
+            latency_p99_ms: p99,
+            input: self.input.lock().as_ref().map(|s| s.snapshot()).unwrap_or_default(),
+        }
+    }
+}
+
+/// Nearest-rank percentile of sorted nanosecond values, in ms (0 when empty).
+fn percentile_ms(sorted_ns: &[i64], q: f64) -> f64 {
+    if sorted_ns.is_empty() {
+        return 0.0;
+    }
+    let rank = ((q * sorted_ns.len() as f64).ceil() as usize).clamp(1, sorted_ns.len());
+    sorted_ns[rank - 1] as f64 * 1e-6
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_and_fps() {
+        let m = StageMetrics::default();
+        let t0 = 10_000_000_000;
+        for i in 0..100 {
+            // one output every 10 ms, latency i ms
+            m.record_output(Some(t0 + i * 10_000_000 - i * 1_000_000), t0 + i * 10_000_000);
+        }
+        let s = m.snapshot(t0 + 99 * 10_000_000);
+        assert_eq!(s.emitted, 100);
+        assert!((s.fps - 100.0).abs() < 1e-6, "{}", s.fps);
+        assert!((s.latency_p50_ms - 49.0).abs() < 1e-9);
+        assert!((s.latency_p99_ms - 98.0).abs() < 1e-9);
+        assert_eq!(percentile_ms(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn window_is_bounded() {
+        let m = StageMetrics::default();
+        for i in 0..(3 * WINDOW as i64) {
+            m.record_output(None, i);
+        }
+        assert_eq!(m.window.lock().len(), WINDOW);
+    }
+}

@@ -1,0 +1,60 @@
+//! # ocellus-kernels
+//!
+//! Tensor building blocks over [`tch`] shared by every Ocellus model:
+//!
+//! - [`preprocess`]: strided camera bytes (RGB, BGR, GRAY8, NV12) → a normalized
+//!   `[1, 3, H, W]` float tensor at model resolution on the target device.
+//! - [`masks`]: mask post-processing (device tensor → host bytes, boxes, area).
+//! - [`device`]: parsing of device names (`"cpu"`, `"cuda:0"`) and dtypes.
+//!
+//! Everything here returns [`KernelError`]; shapes that depend on user input go
+//! through tch's fallible `f_*` ops so that a bad frame is an error, never a panic.
+#![warn(missing_docs)]
+
+pub mod device;
+pub mod masks;
+pub mod preprocess;
+
+pub use device::{DType, parse_device};
+pub use preprocess::{FrameLayout, Normalization, PixelFormat, YuvMatrix, frame_to_tensor};
+
+/// Errors of the kernel crate.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// The pixel buffer is shorter than its layout requires.
+    #[error("frame buffer too short: {format:?} {width}x{height} needs {needed} bytes, got {got}")]
+    ShortBuffer {
+        /// Pixel format of the frame.
+        format: PixelFormat,
+        /// Width in pixels.
+        width: usize,
+        /// Height in pixels.
+        height: usize,
+        /// Bytes the layout requires.
+        needed: usize,
+        /// Bytes present.
+        got: usize,
+    },
+    /// The layout itself is inconsistent (zero size, stride smaller than a row, ...).
+    #[error("invalid frame layout: {0}")]
+    Layout(String),
+    /// A device or dtype name could not be parsed.
+    #[error("unknown {what} {name:?} (expected {expected})")]
+    UnknownName {
+        /// What was being parsed ("device", "dtype").
+        what: &'static str,
+        /// The offending name.
+        name: String,
+        /// The accepted forms.
+        expected: &'static str,
+    },
+    /// The requested CUDA device is not available in this build or machine.
+    #[error("device {0} is not available (CUDA devices found: {1})")]
+    DeviceUnavailable(String, i64),
+    /// An error from libtorch.
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}
+
+/// Result alias of the kernel crate.
+pub type Result<T, E = KernelError> = std::result::Result<T, E>;

@@ -1,0 +1,38 @@
+//! # ocellus-perception
+//!
+//! Vision models written natively over tch, one file per model (a folder when large), with
+//! weights (shared, read-only) kept apart from per-stream state:
+//!
+//! - [`motion`]: motion segmentation by frame differencing, the first real tch model of the
+//!   runtime; its per-camera state is [`motion::MotionState`].
+//! - [`onnx`]: the ONNX Runtime backend, loaded dynamically from the venv made by
+//!   `scripts/bootstrap` or from `ORT_DYLIB_PATH`.
+#![warn(missing_docs)]
+
+pub mod motion;
+pub mod onnx;
+
+/// Errors of the perception crate.
+#[derive(Debug, thiserror::Error)]
+pub enum PerceptionError {
+    /// A preprocessing or post-processing kernel failed.
+    #[error(transparent)]
+    Kernel(#[from] ocellus_kernels::KernelError),
+    /// libtorch failed.
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+    /// A model configuration value is out of range.
+    #[error("invalid {model} config: {message}")]
+    Config {
+        /// The model.
+        model: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// ONNX Runtime could not be found or loaded.
+    #[error("ONNX Runtime: {0}")]
+    Onnx(String),
+}
+
+/// Result alias of the perception crate.
+pub type Result<T, E = PerceptionError> = std::result::Result<T, E>;

@@ -1,0 +1,86 @@
+//! `ocellus bench runtime`: what the runtime alone costs.
+//!
+//! A synthetic source (one pre-built RGB frame re-sent with new identities, so capture and
+//! conversion cost nothing) → a no-op actor → a null sink, over real edges and stage threads.
+//! Reported: frames/s through the sink and the latency the runtime adds from the source's
+//! timestamp to the sink (p50/p99).
+
+use std::time::Duration;
+
+use ocellus_actors::edge::EdgePolicy;
+use ocellus_actors::frame::Packet;
+use ocellus_actors::runtime::SourceKind;
+use ocellus_actors::sink::NullSink;
+use ocellus_actors::source::SyntheticSpec;
+use ocellus_actors::stage::{Outputs, Processor};
+use ocellus_actors::{Pipeline, PipelineReport};
+
+/// Forwards every input unchanged.
+struct Noop;
+
+impl Processor for Noop {
+    fn process(&mut self, input: Packet, out: &mut Outputs) -> ocellus_actors::Result<()> {
+        out.emit(input);
+        Ok(())
+    }
+}
+
+/// One benchmark case.
+#[derive(Debug, Clone, Copy)]
+pub struct RuntimeBench {
+    /// Frame width.
+    pub width: usize,
+    /// Frame height.
+    pub height: usize,
+    /// Frames sent.
+    pub frames: u64,
+    /// Source rate (`None`: as fast as the edges accept, i.e. throughput).
+    pub fps: Option<f64>,
+    /// Policy of both edges.
+    pub edge: EdgePolicy,
+}
+
+/// What one case measured.
+#[derive(Debug, Clone, Copy)]
+pub struct RuntimeBenchResult {
+    /// The case.
+    pub case: RuntimeBench,
+    /// Frames that reached the sink per second of wall time.
+    pub fps: f64,
+    /// Frames that reached the sink.
+    pub delivered: u64,
+    /// Frames dropped on the way.
+    pub dropped: u64,
+    /// Source-to-sink latency, median, ms.
+    pub latency_p50_ms: f64,
+    /// Source-to-sink latency, 99th percentile, ms.
+    pub latency_p99_ms: f64,
+}
+
+/// Runs one case.
+pub fn run(case: RuntimeBench) -> ocellus_actors::Result<RuntimeBenchResult> {
+    let mut p = Pipeline::new();
+    p.metrics_every(Duration::from_secs(3600))
+        .source(
+            "bench",
+            SourceKind::Synthetic(SyntheticSpec {
+                width: case.width,
+                height: case.height,
+                frames: case.frames,
+                fps: case.fps,
+            }),
+        )
+        .stage("noop", &["bench"], case.edge, Box::new(|| Ok(Box::new(Noop) as Box<dyn Processor>)))
+        .stage("null", &["noop"], case.edge, Box::new(|| Ok(Box::new(NullSink) as Box<dyn Processor>)));
+    let report: PipelineReport = p.run()?;
+    let sink = report.node("null").map(|n| n.metrics).unwrap_or_default();
+    let noop = report.node("noop").map(|n| n.metrics).unwrap_or_default();
+    Ok(RuntimeBenchResult {
+        case,
+        fps: sink.received as f64 / report.elapsed.as_secs_f64(),
+        delivered: sink.received,
+        dropped: noop.input.dropped + sink.input.dropped,
+        latency_p50_ms: sink.latency_p50_ms,
+        latency_p99_ms: sink.latency_p99_ms,
+    })
+}

@@ -1,0 +1,894 @@
+//! Pipeline configuration (TOML): schema, parsing and validation with precise errors.
+//!
+//! Every error names the file, the key path (`actor[1].edge.depth`) and the line. Unknown
+//! keys are errors. Parsing goes in two steps so that the key path is exact everywhere: the
+//! file is read into TOML values, then each table is deserialized into its typed struct
+//! through `serde_path_to_error`; `actor` and `sink` entries are dispatched on their `kind`
+//! by hand rather than through serde's internally tagged enums (which buffer their content
+//! and would lose the path). Lines come from the path, located in a span-preserving parse of
+//! the same text (`toml_edit`).
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ocellus_actors::edge::{DEFAULT_BLOCK_DEPTH, DropPolicy, EdgePolicy};
+use ocellus_actors::source::{GstSourceSpec, OutputFormat, Preset};
+use ocellus_kernels::{DType, parse_device};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+/// One step of a key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seg {
+    /// A table key.
+    Key(String),
+    /// An array index.
+    Index(usize),
+}
+
+/// A key path such as `actor[1].edge.depth`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeyPath(pub Vec<Seg>);
+
+impl KeyPath {
+    /// This path extended by key `k`.
+    pub fn key(&self, k: &str) -> Self {
+        let mut p = self.clone();
+        p.0.push(Seg::Key(k.to_owned()));
+        p
+    }
+
+    /// This path extended by index `i`.
+    pub fn index(&self, i: usize) -> Self {
+        let mut p = self.clone();
+        p.0.push(Seg::Index(i));
+        p
+    }
+
+    /// The path of top-level key `k`.
+    pub fn root(k: &str) -> Self {
+        Self(vec![Seg::Key(k.to_owned())])
+    }
+}
+
+impl fmt::Display for KeyPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return write!(f, "(top level)");
+        }
+        for (i, seg) in self.0.iter().enumerate() {
+            match seg {
+                Seg::Key(k) if i == 0 => write!(f, "{k}")?,
+                Seg::Key(k) => write!(f, ".{k}")?,
+                Seg::Index(n) => write!(f, "[{n}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A configuration error: file, key path, line and column, message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The configuration file.
+    pub file: PathBuf,
+    /// The key path the error is about.
+    pub path: KeyPath,
+    /// 1-based line, when the key (or its nearest existing parent) is in the file.
+    pub line: Option<usize>,
+    /// 1-based column.
+    pub column: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let (Some(l), Some(c)) = (self.line, self.column) {
+            write!(f, ":{l}:{c}")?;
+        }
+        write!(f, ": {}: {}", self.path, self.message)
+    }
+}
+
+/// Resolves key paths to lines in the text of one file.
+struct Locator<'a> {
+    file: &'a Path,
+    text: &'a str,
+    doc: Option<toml_edit::Document<&'a str>>,
+}
+
+impl<'a> Locator<'a> {
+    fn new(file: &'a Path, text: &'a str) -> Self {
+        Self { file, text, doc: toml_edit::Document::parse(text).ok() }
+    }
+
+    /// Span of the deepest part of `path` present in the file.
+    fn span(&self, path: &KeyPath) -> Option<std::ops::Range<usize>> {
+        use toml_edit::{Item, TableLike, Value};
+        enum Node<'d> {
+            Table(&'d dyn TableLike),
+            Item(&'d Item),
+            Value(&'d Value),
+        }
+        let doc = self.doc.as_ref()?;
+        let mut node = Node::Table(doc.as_table());
+        let mut best = None;
+        for seg in &path.0 {
+            let table: Option<&dyn TableLike> = match &node {
+                Node::Table(t) => Some(*t),
+                Node::Item(it) => it.as_table_like(),
+                Node::Value(v) => v.as_inline_table().map(|t| t as &dyn TableLike),
+            };
+            node = match seg {
+                Seg::Key(k) => {
+                    let Some((key, item)) = table.and_then(|t| t.get_key_value(k)) else { break };
+                    best = key.span().or(best);
+                    Node::Item(item)
+                }
+                Seg::Index(i) => match node {
+                    Node::Item(Item::ArrayOfTables(aot)) => {
+                        let Some(t) = aot.get(*i) else { break };
+                        best = t.span().or(best);
+                        Node::Table(t)
+                    }
+                    Node::Item(Item::Value(v)) | Node::Value(v) => {
+                        let Some(next) = v.as_array().and_then(|a| a.get(*i)) else { break };
+                        best = next.span().or(best);
+                        Node::Value(next)
+                    }
+                    _ => break,
+                },
+            };
+        }
+        best
+    }
+
+    fn error(&self, path: KeyPath, message: impl Into<String>) -> ConfigError {
+        let span = self.span(&path);
+        self.error_at(path, span, message)
+    }
+
+    fn error_at(&self, path: KeyPath, span: Option<std::ops::Range<usize>>, message: impl Into<String>) -> ConfigError {
+        let (line, column) = match span {
+            Some(s) => {
+                let before = self.text.get(..s.start).unwrap_or("");
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                (Some(line), Some(column))
+            }
+            None => (None, None),
+        };
+        ConfigError { file: self.file.to_path_buf(), path, line, column, message: message.into() }
+    }
+
+    /// Deserializes `value` (found at `at`) into `T`, with the exact key path of any error.
+    fn typed<T: DeserializeOwned>(&self, at: &KeyPath, value: toml::Value) -> Result<T, ConfigError> {
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let mut path = at.clone();
+            for seg in e.path().iter() {
+                match seg {
+                    serde_path_to_error::Segment::Seq { index } => path.0.push(Seg::Index(*index)),
+                    serde_path_to_error::Segment::Map { key } => path.0.push(Seg::Key(key.clone())),
+                    serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => {}
+                }
+            }
+            let message = e.into_inner().to_string();
+            // serde names an unknown key only in its message: point at the key itself.
+            if let Some(key) = message.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
+                if path.0.last() != Some(&Seg::Key(key.to_owned())) {
+                    path.0.push(Seg::Key(key.to_owned()));
+                }
+            }
+            self.error(path, message.trim_end().to_owned())
+        })
+    }
+}
+
+// --- Schema ------------------------------------------------------------------------------
+
+fn default_device() -> String {
+    "cpu".to_owned()
+}
+fn default_dtype() -> String {
+    "f32".to_owned()
+}
+fn default_metrics_every() -> String {
+    "1s".to_owned()
+}
+
+/// `[runtime]`: where models run and how stages are supervised.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// `"cpu"`, `"cuda"` or `"cuda:N"`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// `"f32"`, `"bf16"` or `"f16"`.
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+    /// Metrics period, e.g. `"1s"`.
+    #[serde(default = "default_metrics_every")]
+    pub metrics_every: String,
+    /// Supervisor settings.
+    #[serde(default)]
+    pub restart: RestartConfig,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            device: default_device(),
+            dtype: default_dtype(),
+            metrics_every: default_metrics_every(),
+            restart: RestartConfig::default(),
+        }
+    }
+}
+
+/// `[runtime.restart]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartConfig {
+    /// Consecutive failures tolerated before a stage gives up.
+    #[serde(default = "RestartConfig::default_max_restarts")]
+    pub max_restarts: u32,
+    /// First backoff, e.g. `"100ms"`.
+    #[serde(default = "RestartConfig::default_initial")]
+    pub initial_backoff: String,
+    /// Longest backoff, e.g. `"5s"`.
+    #[serde(default = "RestartConfig::default_max")]
+    pub max_backoff: String,
+}
+
+impl RestartConfig {
+    fn default_max_restarts() -> u32 {
+        5
+    }
+    fn default_initial() -> String {
+        "100ms".to_owned()
+    }
+    fn default_max() -> String {
+        "5s".to_owned()
+    }
+}
+
+impl Default for RestartConfig {
+    fn default() -> Self {
+        Self {
+            max_restarts: Self::default_max_restarts(),
+            initial_backoff: Self::default_initial(),
+            max_backoff: Self::default_max(),
+        }
+    }
+}
+
+/// `[[source]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceEntry {
+    name: String,
+    gstreamer: Option<String>,
+    preset: Option<toml::Value>,
+    #[serde(default)]
+    format: FormatName,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum FormatName {
+    #[default]
+    Rgb,
+    Bgr,
+    Gray8,
+    Nv12,
+    Native,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestPatternPreset {
+    #[serde(default = "TestPatternPreset::default_pattern")]
+    pattern: String,
+    #[serde(default = "TestPatternPreset::default_width")]
+    width: u32,
+    #[serde(default = "TestPatternPreset::default_height")]
+    height: u32,
+    #[serde(default = "TestPatternPreset::default_fps")]
+    fps: u32,
+    frames: Option<u64>,
+    #[serde(default)]
+    live: bool,
+}
+
+impl TestPatternPreset {
+    fn default_pattern() -> String {
+        "ball".to_owned()
+    }
+    fn default_width() -> u32 {
+        640
+    }
+    fn default_height() -> u32 {
+        480
+    }
+    fn default_fps() -> u32 {
+        30
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePreset {
+    path: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct V4l2Preset {
+    #[serde(default = "V4l2Preset::default_device")]
+    device: String,
+    width: Option<u32>,
+    height: Option<u32>,
+    fps: Option<u32>,
+}
+
+impl V4l2Preset {
+    fn default_device() -> String {
+        "/dev/video0".to_owned()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RtspPreset {
+    url: String,
+    #[serde(default = "RtspPreset::default_latency")]
+    latency_ms: u32,
+}
+
+impl RtspPreset {
+    fn default_latency() -> u32 {
+        200
+    }
+}
+
+/// `edge = { policy = "...", depth = N, drop = "oldest" | "newest" }`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EdgeEntry {
+    policy: PolicyName,
+    depth: Option<usize>,
+    drop: Option<DropPolicy>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum PolicyName {
+    Latest,
+    Queue,
+    Block,
+}
+
+/// `[[actor]] kind = "motion"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MotionEntry {
+    name: String,
+    #[allow(dead_code)]
+    kind: String,
+    inputs: Vec<String>,
+    edge: Option<toml::Value>,
+    #[serde(default = "MotionEntry::default_threshold")]
+    threshold: f64,
+    #[serde(default = "MotionEntry::default_blur")]
+    blur: i64,
+    #[serde(default = "MotionEntry::default_dilate")]
+    dilate: i64,
+}
+
+impl MotionEntry {
+    fn default_threshold() -> f64 {
+        ocellus_perception::motion::MotionConfig::default().threshold
+    }
+    fn default_blur() -> i64 {
+        ocellus_perception::motion::MotionConfig::default().blur
+    }
+    fn default_dilate() -> i64 {
+        ocellus_perception::motion::MotionConfig::default().dilate
+    }
+}
+
+/// `[[sink]] kind = "rerun"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RerunEntry {
+    #[serde(default = "RerunEntry::default_name")]
+    name: String,
+    #[allow(dead_code)]
+    kind: String,
+    inputs: Vec<String>,
+    edge: Option<toml::Value>,
+    save: Option<PathBuf>,
+    connect: Option<String>,
+    serve: Option<ServeEntry>,
+    #[serde(default = "RerunEntry::default_metrics")]
+    metrics: bool,
+    #[serde(default = "RerunEntry::default_app_id")]
+    app_id: String,
+}
+
+impl RerunEntry {
+    fn default_name() -> String {
+        "rerun".to_owned()
+    }
+    fn default_metrics() -> bool {
+        true
+    }
+    fn default_app_id() -> String {
+        "ocellus".to_owned()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServeEntry {
+    #[serde(default = "ServeEntry::default_bind")]
+    bind: String,
+    #[serde(default = "ServeEntry::default_port")]
+    port: u16,
+}
+
+impl ServeEntry {
+    fn default_bind() -> String {
+        "0.0.0.0".to_owned()
+    }
+    fn default_port() -> u16 {
+        9876
+    }
+}
+
+/// `[[sink]] kind = "null"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NullEntry {
+    #[serde(default = "NullEntry::default_name")]
+    name: String,
+    #[allow(dead_code)]
+    kind: String,
+    inputs: Vec<String>,
+    edge: Option<toml::Value>,
+}
+
+impl NullEntry {
+    fn default_name() -> String {
+        "null".to_owned()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEntry {
+    runtime: Option<toml::Value>,
+    #[serde(default)]
+    source: Vec<toml::Value>,
+    #[serde(default)]
+    actor: Vec<toml::Value>,
+    #[serde(default)]
+    sink: Vec<toml::Value>,
+}
+
+// --- Validated configuration ------------------------------------------------------------
+
+/// A validated source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceConfig {
+    /// Camera name (entity path part in Rerun).
+    pub name: String,
+    /// What to run.
+    pub spec: GstSourceSpec,
+    /// Where it is declared (for errors found later, e.g. by GStreamer).
+    pub path: KeyPath,
+}
+
+/// What a processing actor does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ActorKind {
+    /// Motion segmentation.
+    Motion(ocellus_perception::motion::MotionConfig),
+}
+
+/// A validated processing actor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActorConfig {
+    /// Actor name.
+    pub name: String,
+    /// Nodes it reads.
+    pub inputs: Vec<String>,
+    /// Its input edge.
+    pub edge: EdgePolicy,
+    /// What it does.
+    pub kind: ActorKind,
+}
+
+/// What a sink does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkKind {
+    /// Rerun recording or stream.
+    Rerun {
+        /// Where to.
+        target: ocellus_actors::sink::RerunTarget,
+        /// Also log every node's metrics.
+        metrics: bool,
+        /// Rerun application id.
+        app_id: String,
+    },
+    /// Counts and drops everything.
+    Null,
+}
+
+/// A validated sink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkConfig {
+    /// Sink name.
+    pub name: String,
+    /// Nodes it reads.
+    pub inputs: Vec<String>,
+    /// Its input edge.
+    pub edge: EdgePolicy,
+    /// What it does.
+    pub kind: SinkKind,
+}
+
+/// A validated pipeline configuration.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// The file it came from.
+    pub file: PathBuf,
+    /// `[runtime]`.
+    pub runtime: RuntimeConfig,
+    /// Parsed `runtime.device`.
+    pub device: tch::Device,
+    /// Parsed `runtime.dtype`.
+    pub dtype: DType,
+    /// Parsed `runtime.metrics_every`.
+    pub metrics_every: Duration,
+    /// Parsed `runtime.restart`.
+    pub restart: ocellus_actors::RestartPolicy,
+    /// `[[source]]` entries.
+    pub sources: Vec<SourceConfig>,
+    /// `[[actor]]` entries.
+    pub actors: Vec<ActorConfig>,
+    /// `[[sink]]` entries.
+    pub sinks: Vec<SinkConfig>,
+    /// The text it was parsed from (to locate errors found later).
+    text: String,
+}
+
+/// Node names become Rerun entity path parts and metric keys: keep them plain.
+fn check_name(
+    loc: &Locator<'_>,
+    path: KeyPath,
+    name: &str,
+    seen: &mut HashMap<String, KeyPath>,
+) -> Result<(), ConfigError> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
+        return Err(
+            loc.error(path, format!("name {name:?} must be non-empty and use only letters, digits, '_', '-' and '.'"))
+        );
+    }
+    if let Some(first) = seen.get(name) {
+        return Err(loc.error(path, format!("name {name:?} is already used by {first}")));
+    }
+    seen.insert(name.to_owned(), path);
+    Ok(())
+}
+
+fn parse_duration(loc: &Locator<'_>, path: KeyPath, text: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(text)
+        .map_err(|e| loc.error(path, format!("{text:?} is not a duration like \"500ms\" or \"2s\": {e}")))
+}
+
+fn parse_edge(
+    loc: &Locator<'_>,
+    at: &KeyPath,
+    value: Option<toml::Value>,
+    default: EdgePolicy,
+) -> Result<EdgePolicy, ConfigError> {
+    let Some(value) = value else { return Ok(default) };
+    let path = at.key("edge");
+    let e: EdgeEntry = loc.typed(&path, value)?;
+    if e.depth == Some(0) {
+        return Err(loc.error(path.key("depth"), "depth must be at least 1"));
+    }
+    match e.policy {
+        PolicyName::Latest => {
+            if let Some(key) = e.depth.map(|_| "depth").or(e.drop.map(|_| "drop")) {
+                return Err(
+                    loc.error(path.key(key), "the `latest` policy keeps exactly one item and takes no depth or drop")
+                );
+            }
+            Ok(EdgePolicy::Latest)
+        }
+        PolicyName::Queue => {
+            let Some(depth) = e.depth else {
+                return Err(loc.error(path.key("policy"), "the `queue` policy needs a depth"));
+            };
+            Ok(EdgePolicy::Queue { depth, drop: e.drop.unwrap_or_default() })
+        }
+        PolicyName::Block => {
+            if e.drop.is_some() {
+                return Err(loc.error(path.key("drop"), "the `block` policy never drops"));
+            }
+            Ok(EdgePolicy::Block { depth: e.depth.unwrap_or(DEFAULT_BLOCK_DEPTH) })
+        }
+    }
+}
+
+fn kind_of(loc: &Locator<'_>, at: &KeyPath, value: &toml::Value, known: &[&str]) -> Result<String, ConfigError> {
+    let expected = known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+    match value.get("kind") {
+        None => Err(loc.error(at.clone(), format!("missing field `kind` (one of {expected})"))),
+        Some(toml::Value::String(k)) if known.contains(&k.as_str()) => Ok(k.clone()),
+        Some(other) => Err(loc.error(at.key("kind"), format!("unknown kind {other}, expected one of {expected}"))),
+    }
+}
+
+fn check_inputs(
+    loc: &Locator<'_>,
+    at: &KeyPath,
+    inputs: &[String],
+    names: &HashMap<String, KeyPath>,
+) -> Result<(), ConfigError> {
+    if inputs.is_empty() {
+        return Err(loc.error(at.key("inputs"), "needs at least one input"));
+    }
+    for (i, input) in inputs.iter().enumerate() {
+        if !names.contains_key(input) {
+            let mut known: Vec<&str> = names.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            return Err(
+                loc.error(at.key("inputs").index(i), format!("unknown node {input:?} (known: {})", known.join(", ")))
+            );
+        }
+    }
+    Ok(())
+}
+
+impl PipelineConfig {
+    /// Reads and validates `file`.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_path_buf(),
+            path: KeyPath::default(),
+            line: None,
+            column: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(file, &text)
+    }
+
+    /// Validates the text of a configuration; `file` is used in errors.
+    pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
+        let loc = Locator::new(file, text);
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            loc.error_at(KeyPath::default(), e.span(), format!("invalid TOML: {}", e.message()))
+        })?;
+        let top: FileEntry = loc.typed(&KeyPath::default(), toml::Value::Table(table))?;
+
+        let runtime_value = top.runtime.unwrap_or_else(|| toml::Value::Table(toml::Table::new()));
+        let runtime: RuntimeConfig = loc.typed(&KeyPath::root("runtime"), runtime_value)?;
+        let rt = KeyPath::root("runtime");
+        let device = parse_device(&runtime.device).map_err(|e| loc.error(rt.key("device"), e.to_string()))?;
+        let dtype = DType::parse(&runtime.dtype).map_err(|e| loc.error(rt.key("dtype"), e.to_string()))?;
+        if device == tch::Device::Cpu && dtype != DType::F32 {
+            return Err(
+                loc.error(rt.key("dtype"), format!("{:?} needs a CUDA device; use \"f32\" on the CPU", runtime.dtype))
+            );
+        }
+        let metrics_every = parse_duration(&loc, rt.key("metrics_every"), &runtime.metrics_every)?;
+        if metrics_every.is_zero() {
+            return Err(loc.error(rt.key("metrics_every"), "must be longer than zero"));
+        }
+        let rs = rt.key("restart");
+        let restart = ocellus_actors::RestartPolicy {
+            max_restarts: runtime.restart.max_restarts,
+            initial_backoff: parse_duration(&loc, rs.key("initial_backoff"), &runtime.restart.initial_backoff)?,
+            max_backoff: parse_duration(&loc, rs.key("max_backoff"), &runtime.restart.max_backoff)?,
+        };
+
+        let mut names = HashMap::new();
+        let mut sources = Vec::new();
+        for (i, value) in top.source.into_iter().enumerate() {
+            let at = KeyPath::root("source").index(i);
+            let entry: SourceEntry = loc.typed(&at, value)?;
+            check_name(&loc, at.key("name"), &entry.name, &mut names)?;
+            let launch = match (entry.gstreamer, entry.preset) {
+                (Some(launch), None) if !launch.trim().is_empty() => launch,
+                (Some(_), None) => return Err(loc.error(at.key("gstreamer"), "empty launch description")),
+                (None, Some(preset)) => Self::preset(&loc, &at.key("preset"), preset)?.launch(),
+                (Some(_), Some(_)) => {
+                    return Err(loc.error(at.key("preset"), "give either `gstreamer` or `preset`, not both"));
+                }
+                (None, None) => {
+                    return Err(loc.error(at.clone(), "needs `gstreamer` (a launch description) or `preset`"));
+                }
+            };
+            let format = match entry.format {
+                FormatName::Rgb => OutputFormat::Rgb,
+                FormatName::Bgr => OutputFormat::Bgr,
+                FormatName::Gray8 => OutputFormat::Gray8,
+                FormatName::Nv12 => OutputFormat::Nv12,
+                FormatName::Native => OutputFormat::Native,
+            };
+            sources.push(SourceConfig { name: entry.name, spec: GstSourceSpec { launch, format }, path: at });
+        }
+
+        // Names first (an actor may read from one declared after it), then everything else.
+        let mut actor_entries = Vec::new();
+        for (i, value) in top.actor.into_iter().enumerate() {
+            let at = KeyPath::root("actor").index(i);
+            kind_of(&loc, &at, &value, &["motion"])?;
+            let entry: MotionEntry = loc.typed(&at, value)?;
+            check_name(&loc, at.key("name"), &entry.name, &mut names)?;
+            actor_entries.push((at, entry));
+        }
+        let mut sink_entries = Vec::new();
+        for (i, value) in top.sink.into_iter().enumerate() {
+            let at = KeyPath::root("sink").index(i);
+            let kind = kind_of(&loc, &at, &value, &["rerun", "null"])?;
+            let entry = if kind == "rerun" {
+                SinkEntry::Rerun(loc.typed(&at, value)?)
+            } else {
+                SinkEntry::Null(loc.typed(&at, value)?)
+            };
+            check_name(&loc, at.key("name"), entry.name(), &mut names)?;
+            sink_entries.push((at, entry));
+        }
+        let sink_names: HashSet<String> = sink_entries.iter().map(|(_, e)| e.name().to_owned()).collect();
+
+        let mut actors = Vec::new();
+        for (at, e) in actor_entries {
+            check_inputs(&loc, &at, &e.inputs, &names)?;
+            if let Some(i) = e.inputs.iter().position(|n| sink_names.contains(n)) {
+                return Err(
+                    loc.error(at.key("inputs").index(i), format!("{:?} is a sink: sinks have no outputs", e.inputs[i]))
+                );
+            }
+            let config =
+                ocellus_perception::motion::MotionConfig { threshold: e.threshold, blur: e.blur, dilate: e.dilate };
+            if !(0.0..=1.0).contains(&config.threshold) {
+                return Err(loc.error(at.key("threshold"), format!("{} is outside [0, 1]", config.threshold)));
+            }
+            for (key, v) in [("blur", config.blur), ("dilate", config.dilate)] {
+                if v < 1 || v % 2 == 0 {
+                    return Err(loc.error(at.key(key), format!("{v} must be odd and at least 1")));
+                }
+            }
+            let edge = parse_edge(&loc, &at, e.edge, EdgePolicy::Latest)?;
+            actors.push(ActorConfig { name: e.name, inputs: e.inputs, edge, kind: ActorKind::Motion(config) });
+        }
+
+        let mut sinks = Vec::new();
+        for (at, e) in sink_entries {
+            let (name, inputs, edge, kind) = match e {
+                SinkEntry::Rerun(r) => {
+                    let target = match (r.save, r.connect, r.serve) {
+                        (Some(path), None, None) => ocellus_actors::sink::RerunTarget::Save(path),
+                        (None, Some(url), None) => ocellus_actors::sink::RerunTarget::Connect(url),
+                        (None, None, Some(s)) => {
+                            ocellus_actors::sink::RerunTarget::Serve { bind: s.bind, port: s.port }
+                        }
+                        _ => {
+                            return Err(
+                                loc.error(at.clone(), "a rerun sink needs exactly one of `save`, `connect` or `serve`")
+                            );
+                        }
+                    };
+                    let default_edge = EdgePolicy::Queue { depth: 64, drop: DropPolicy::Oldest };
+                    let edge = parse_edge(&loc, &at, r.edge, default_edge)?;
+                    (r.name, r.inputs, edge, SinkKind::Rerun { target, metrics: r.metrics, app_id: r.app_id })
+                }
+                SinkEntry::Null(n) => {
+                    let edge = parse_edge(&loc, &at, n.edge, EdgePolicy::Latest)?;
+                    (n.name, n.inputs, edge, SinkKind::Null)
+                }
+            };
+            check_inputs(&loc, &at, &inputs, &names)?;
+            if let Some(i) = inputs.iter().position(|n| sink_names.contains(n)) {
+                return Err(
+                    loc.error(at.key("inputs").index(i), format!("{:?} is a sink: sinks have no outputs", inputs[i]))
+                );
+            }
+            sinks.push(SinkConfig { name, inputs, edge, kind });
+        }
+
+        // Cycles among actors.
+        let graph: HashMap<&str, &[String]> = actors.iter().map(|a| (a.name.as_str(), a.inputs.as_slice())).collect();
+        for (i, a) in actors.iter().enumerate() {
+            let mut stack: Vec<&str> = a.inputs.iter().map(String::as_str).collect();
+            let mut seen = HashSet::new();
+            while let Some(n) = stack.pop() {
+                if n == a.name {
+                    return Err(loc.error(
+                        KeyPath::root("actor").index(i).key("inputs"),
+                        format!("actor {:?} reads its own output (a cycle)", a.name),
+                    ));
+                }
+                if seen.insert(n) {
+                    stack.extend(graph.get(n).into_iter().flat_map(|ins| ins.iter().map(String::as_str)));
+                }
+            }
+        }
+        if sources.is_empty() {
+            return Err(loc.error(KeyPath::root("source"), "a pipeline needs at least one [[source]]"));
+        }
+
+        Ok(Self {
+            file: file.to_path_buf(),
+            runtime,
+            device,
+            dtype,
+            metrics_every,
+            restart,
+            sources,
+            actors,
+            sinks,
+            text: text.to_owned(),
+        })
+    }
+
+    fn preset(loc: &Locator<'_>, at: &KeyPath, value: toml::Value) -> Result<Preset, ConfigError> {
+        let kind = kind_of(loc, at, &value, &["test_pattern", "file", "v4l2", "rtsp"])?;
+        let mut value = value;
+        if let toml::Value::Table(t) = &mut value {
+            t.remove("kind");
+        }
+        Ok(match kind.as_str() {
+            "test_pattern" => {
+                let p: TestPatternPreset = loc.typed(at, value)?;
+                if p.width == 0 || p.height == 0 || p.fps == 0 {
+                    return Err(loc.error(at.clone(), "width, height and fps must be positive"));
+                }
+                Preset::TestPattern {
+                    pattern: p.pattern,
+                    width: p.width,
+                    height: p.height,
+                    fps: p.fps,
+                    frames: p.frames,
+                    live: p.live,
+                }
+            }
+            "file" => Preset::File { path: loc.typed::<FilePreset>(at, value)?.path },
+            "v4l2" => {
+                let p: V4l2Preset = loc.typed(at, value)?;
+                Preset::V4l2 { device: p.device, width: p.width, height: p.height, fps: p.fps }
+            }
+            _ => {
+                let p: RtspPreset = loc.typed(at, value)?;
+                Preset::Rtsp { url: p.url, latency_ms: p.latency_ms }
+            }
+        })
+    }
+
+    /// An error about `path` in this configuration's file (line looked up again).
+    pub fn error_at(&self, path: &KeyPath, message: impl Into<String>) -> ConfigError {
+        Locator::new(&self.file, &self.text).error(path.clone(), message)
+    }
+}
+
+enum SinkEntry {
+    Rerun(RerunEntry),
+    Null(NullEntry),
+}
+
+impl SinkEntry {
+    fn name(&self) -> &str {
+        match self {
+            Self::Rerun(r) => &r.name,
+            Self::Null(n) => &n.name,
+        }
+    }
+}

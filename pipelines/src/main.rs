@@ -1,0 +1,163 @@
+//! `ocellus`: run, check and benchmark perception pipelines.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use ocellus_actors::edge::{DropPolicy, EdgePolicy};
+use ocellus_pipelines::bench::{self, RuntimeBench};
+use ocellus_pipelines::{PipelineConfig, build, check};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "ocellus", version, about = "Eyes and judgement for robots and camera rigs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline until its sources end (or Ctrl-C: once drains, twice stops).
+    Run {
+        /// Pipeline configuration (TOML).
+        config: PathBuf,
+    },
+    /// Validate a pipeline configuration without running it.
+    Check {
+        /// Pipeline configuration (TOML).
+        config: PathBuf,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+    /// Show what this build finds: libtorch, CUDA devices, ONNX Runtime, GStreamer.
+    Info,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// The runtime alone: synthetic source → no-op actor → null sink.
+    Runtime {
+        /// Frames per case.
+        #[arg(long, default_value_t = 3000)]
+        frames: u64,
+        /// Edge policy (`block` measures throughput, `latest` the freshest-frame path).
+        #[arg(long, value_enum, default_value_t = BenchEdge::Block)]
+        edge: BenchEdge,
+        /// Source rate for the latency cases (frames/s).
+        #[arg(long, default_value_t = 30.0)]
+        paced_fps: f64,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BenchEdge {
+    Latest,
+    Queue,
+    Block,
+}
+
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+fn run(config: PathBuf) -> anyhow::Result<ExitCode> {
+    let config = PipelineConfig::load(&config)?;
+    let pipeline = build(&config)?;
+    let report = pipeline.run()?;
+    println!("{report}");
+    if report.failures().next().is_some() {
+        return Ok(ExitCode::FAILURE);
+    }
+    for sink in &config.sinks {
+        if let ocellus_pipelines::config::SinkKind::Rerun {
+            target: ocellus_actors::sink::RerunTarget::Save(path),
+            ..
+        } = &sink.kind
+        {
+            println!(
+                "recording: {} (open it with `rerun {}`, viewer: pip install rerun-sdk==0.36.3)",
+                path.display(),
+                path.display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_runtime(frames: u64, edge: BenchEdge, paced_fps: f64) -> anyhow::Result<()> {
+    let policy = match edge {
+        BenchEdge::Latest => EdgePolicy::Latest,
+        BenchEdge::Queue => EdgePolicy::Queue { depth: 8, drop: DropPolicy::Oldest },
+        BenchEdge::Block => EdgePolicy::Block { depth: 8 },
+    };
+    println!(
+        "{:<11} {:>10} {:>9} {:>12} {:>8} {:>9} {:>9}",
+        "resolution", "source", "edge", "frames/s", "dropped", "p50 ms", "p99 ms"
+    );
+    for (width, height) in [(640, 480), (1920, 1080)] {
+        for fps in [None, Some(paced_fps)] {
+            let r = bench::run(RuntimeBench { width, height, frames, fps, edge: policy })?;
+            let source = fps.map_or_else(|| "unpaced".to_owned(), |f| format!("{f} fps"));
+            println!(
+                "{:<11} {:>10} {:>9} {:>12.0} {:>8} {:>9.3} {:>9.3}",
+                format!("{width}x{height}"),
+                source,
+                format!("{policy}").split('(').next().unwrap_or("?"),
+                r.fps,
+                r.dropped,
+                r.latency_p50_ms,
+                r.latency_p99_ms
+            );
+        }
+    }
+    Ok(())
+}
+
+fn info() -> anyhow::Result<()> {
+    println!("ocellus {}", env!("CARGO_PKG_VERSION"));
+    println!("libtorch: cuda available = {}, devices = {}", tch::Cuda::is_available(), tch::Cuda::device_count());
+    match ocellus_perception::onnx::init() {
+        Ok(info) => println!("onnxruntime: {} ({})", info.path.display(), info.build_info),
+        Err(e) => println!("onnxruntime: {e}"),
+    }
+    ocellus_actors::source::gst::init()?;
+    println!("gstreamer: {}", ocellus_actors::source::gst::version());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => run(config),
+        Command::Check { config } => PipelineConfig::load(&config)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| check(&c).map(|()| c).map_err(anyhow::Error::from))
+            .map(|c| {
+                println!(
+                    "{}: ok ({} sources, {} actors, {} sinks)",
+                    c.file.display(),
+                    c.sources.len(),
+                    c.actors.len(),
+                    c.sinks.len()
+                );
+                ExitCode::SUCCESS
+            }),
+        Command::Bench { what: BenchCommand::Runtime { frames, edge, paced_fps } } => {
+            bench_runtime(frames, edge, paced_fps).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Info => info().map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

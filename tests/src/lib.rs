@@ -1,0 +1,104 @@
+//! Helpers shared by the end-to-end tests: a collecting stage and an `.rrd` reader built on
+//! Rerun's own decoder.
+#![warn(missing_docs)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use ocellus_actors::frame::Packet;
+use ocellus_actors::stage::{Outputs, Processor};
+use parking_lot::Mutex;
+
+/// A stage that keeps every packet it receives, with the upstream push count at that moment.
+#[derive(Clone, Default)]
+pub struct Collected(pub Arc<Mutex<Vec<(Packet, u64)>>>);
+
+impl Collected {
+    /// A processor appending to this collection.
+    pub fn processor(&self) -> Box<dyn Processor> {
+        Box::new(Collector(self.clone()))
+    }
+
+    /// A copy of what was collected.
+    pub fn take(&self) -> Vec<(Packet, u64)> {
+        std::mem::take(&mut *self.0.lock())
+    }
+}
+
+struct Collector(Collected);
+
+impl Processor for Collector {
+    fn process(&mut self, input: Packet, out: &mut Outputs) -> ocellus_actors::Result<()> {
+        out.record_consumed(input.meta().map(|m| m.capture_ns));
+        self.0.0.lock().push((input, out.upstream_pushed()));
+        Ok(())
+    }
+}
+
+/// One logged row of an entity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// Value on the `frame` timeline.
+    pub frame: Option<i64>,
+    /// Value on the `capture_time` timeline (ns).
+    pub capture_ns: Option<i64>,
+    /// Component names of the chunk.
+    pub components: Vec<String>,
+}
+
+/// What a recording holds, per entity path.
+#[derive(Debug, Default)]
+pub struct RrdSummary {
+    /// Temporal rows per entity.
+    pub rows: BTreeMap<String, Vec<Row>>,
+    /// Components logged static per entity.
+    pub statics: BTreeMap<String, Vec<String>>,
+}
+
+impl RrdSummary {
+    /// Rows of `entity` (empty if none).
+    pub fn rows_of(&self, entity: &str) -> &[Row] {
+        self.rows.get(entity).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Reads an `.rrd` file with Rerun's decoder.
+pub fn read_rrd(path: &Path) -> anyhow::Result<RrdSummary> {
+    let file = std::io::BufReader::new(std::fs::File::open(path)?);
+    let mut summary = RrdSummary::default();
+    for msg in re_log_encoding::DecoderApp::decode_lazy(file) {
+        let re_log_types::LogMsg::ArrowMsg(_, arrow) = msg? else { continue };
+        let chunk = re_chunk::Chunk::from_arrow_msg(&arrow)?;
+        let entity = chunk.entity_path().to_string().trim_start_matches('/').to_owned();
+        let components: Vec<String> = chunk.component_descriptors().map(|d| d.display_name().to_owned()).collect();
+        if chunk.is_static() {
+            summary.statics.entry(entity).or_default().extend(components);
+            continue;
+        }
+        let column = |name: &str| {
+            chunk.timelines().iter().find(|(n, _)| n.as_str() == name).map(|(_, c)| c.times_raw().to_vec())
+        };
+        let (frames, captures) = (column("frame"), column("capture_time"));
+        let rows = summary.rows.entry(entity).or_default();
+        for i in 0..chunk.num_rows() {
+            rows.push(Row {
+                frame: frames.as_ref().and_then(|f| f.get(i).copied()),
+                capture_ns: captures.as_ref().and_then(|c| c.get(i).copied()),
+                components: components.clone(),
+            });
+        }
+    }
+    for rows in summary.rows.values_mut() {
+        rows.sort_by_key(|r| (r.frame, r.capture_ns));
+    }
+    Ok(summary)
+}
+
+/// A fresh folder `base/test` for one test's files (pass `env!("CARGO_TARGET_TMPDIR")`).
+pub fn scratch_dir(base: &str, test: &str) -> std::path::PathBuf {
+    let dir = Path::new(base).join(test);
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}

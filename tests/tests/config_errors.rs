@@ -1,0 +1,125 @@
+//! Malformed configurations: every error names the file, the key path and the line.
+
+use std::path::Path;
+
+use ocellus_pipelines::PipelineConfig;
+
+const GOOD_SOURCE: &str = r#"
+[[source]]
+name = "front"
+preset = { kind = "test_pattern", frames = 10 }
+"#;
+
+/// Parses `text`, expects an error at `path` on `line` whose message contains `needle`.
+fn expect_error(text: &str, path: &str, line: usize, needle: &str) {
+    let err = PipelineConfig::parse(Path::new("bad.toml"), text).expect_err("config must be rejected");
+    let shown = err.to_string();
+    assert_eq!(err.path.to_string(), path, "{shown}");
+    assert_eq!(err.line, Some(line), "{shown}");
+    assert!(err.message.contains(needle), "{shown}");
+    assert!(shown.starts_with(&format!("bad.toml:{line}:")), "{shown}");
+    assert!(shown.contains(path), "{shown}");
+}
+
+#[test]
+fn unknown_key_in_an_actor() {
+    let text = format!(
+        "{GOOD_SOURCE}\n[[actor]]\nname = \"motion\"\nkind = \"motion\"\ninputs = [\"front\"]\nthreshhold = 0.1\n"
+    );
+    expect_error(&text, "actor[0].threshhold", 10, "unknown field `threshhold`");
+}
+
+#[test]
+fn wrong_type_deep_in_an_inline_table() {
+    let text = format!(
+        "{GOOD_SOURCE}\n[[actor]]\nname = \"motion\"\nkind = \"motion\"\ninputs = [\"front\"]\nedge = {{ policy = \"queue\", depth = \"four\" }}\n"
+    );
+    expect_error(&text, "actor[0].edge.depth", 10, "invalid type");
+}
+
+#[test]
+fn unknown_input() {
+    let text = format!("{GOOD_SOURCE}\n[[sink]]\nkind = \"rerun\"\nsave = \"x.rrd\"\ninputs = [\"front\", \"back\"]\n");
+    expect_error(&text, "sink[0].inputs[1]", 9, "unknown node \"back\"");
+}
+
+#[test]
+fn unknown_edge_policy() {
+    let text = format!(
+        "{GOOD_SOURCE}\n[[actor]]\nname = \"m\"\nkind = \"motion\"\ninputs = [\"front\"]\nedge = {{ policy = \"fastest\" }}\n"
+    );
+    expect_error(&text, "actor[0].edge.policy", 10, "unknown variant `fastest`");
+}
+
+#[test]
+fn bad_device() {
+    expect_error(&format!("[runtime]\ndevice = \"tpu\"\n{GOOD_SOURCE}"), "runtime.device", 2, "unknown device \"tpu\"");
+}
+
+#[test]
+fn bad_duration() {
+    expect_error(
+        &format!("[runtime]\nmetrics_every = \"soon\"\n{GOOD_SOURCE}"),
+        "runtime.metrics_every",
+        2,
+        "not a duration",
+    );
+}
+
+#[test]
+fn unknown_actor_kind() {
+    let text = format!("{GOOD_SOURCE}\n[[actor]]\nname = \"x\"\nkind = \"teleport\"\ninputs = [\"front\"]\n");
+    expect_error(&text, "actor[0].kind", 8, "unknown kind \"teleport\"");
+}
+
+#[test]
+fn duplicate_name() {
+    let text = format!("{GOOD_SOURCE}\n[[actor]]\nname = \"front\"\nkind = \"motion\"\ninputs = [\"front\"]\n");
+    expect_error(&text, "actor[0].name", 7, "already used by source[0].name");
+}
+
+#[test]
+fn zero_depth() {
+    let text = format!(
+        "{GOOD_SOURCE}\n[[actor]]\nname = \"m\"\nkind = \"motion\"\ninputs = [\"front\"]\nedge = {{ policy = \"block\", depth = 0 }}\n"
+    );
+    expect_error(&text, "actor[0].edge.depth", 10, "at least 1");
+}
+
+#[test]
+fn cycle() {
+    let text = format!(
+        "{GOOD_SOURCE}\n[[actor]]\nname = \"a\"\nkind = \"motion\"\ninputs = [\"b\"]\n\n[[actor]]\nname = \"b\"\nkind = \"motion\"\ninputs = [\"a\"]\n"
+    );
+    expect_error(&text, "actor[0].inputs", 9, "cycle");
+}
+
+#[test]
+fn syntax_error_points_at_the_line() {
+    let err =
+        PipelineConfig::parse(Path::new("bad.toml"), "[runtime]\ndevice = \"cpu\nx = 1\n").expect_err("invalid TOML");
+    assert_eq!(err.line, Some(2), "{err}");
+    assert!(err.message.contains("invalid TOML"), "{err}");
+}
+
+#[test]
+fn bad_gstreamer_element_names_the_element_and_line() {
+    let dir = ocellus_tests::scratch_dir(env!("CARGO_TARGET_TMPDIR"), "config_errors");
+    let path = dir.join("gst.toml");
+    std::fs::write(&path, "[[source]]\nname = \"cam\"\ngstreamer = \"videotestsrc ! nosuchelement ! fakesink\"\n")
+        .unwrap();
+    let config = PipelineConfig::load(&path).unwrap();
+    let err = ocellus_pipelines::check(&config).expect_err("unknown element");
+    let shown = err.to_string();
+    assert!(shown.contains("source[0].gstreamer"), "{shown}");
+    assert!(shown.contains(":3:"), "{shown}");
+    assert!(shown.contains("nosuchelement"), "{shown}");
+}
+
+#[test]
+fn demo_config_is_valid() {
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/demo.toml");
+    let config = PipelineConfig::load(&demo).unwrap();
+    ocellus_pipelines::check(&config).unwrap();
+    assert_eq!((config.sources.len(), config.actors.len(), config.sinks.len()), (1, 1, 1));
+}

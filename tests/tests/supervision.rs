@@ -1,0 +1,86 @@
+//! A failing actor is restarted by its supervisor and the pipeline still finishes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use ocellus_actors::edge::EdgePolicy;
+use ocellus_actors::frame::Packet;
+use ocellus_actors::runtime::SourceKind;
+use ocellus_actors::source::{GstSourceSpec, OutputFormat};
+use ocellus_actors::stage::{Outputs, Processor, RestartPolicy, StageState};
+use ocellus_actors::{ActorError, Pipeline};
+use ocellus_tests::Collected;
+
+const FRAMES: u64 = 40;
+
+/// Fails on one frame: with an error, or with a panic.
+struct FailOnce {
+    fail_on: u64,
+    panic: bool,
+}
+
+impl Processor for FailOnce {
+    fn process(&mut self, input: Packet, out: &mut Outputs) -> ocellus_actors::Result<()> {
+        if input.meta().map(|m| m.seq) == Some(self.fail_on) {
+            if self.panic {
+                panic!("injected panic on frame {}", self.fail_on);
+            }
+            return Err(ActorError::Failed(format!("injected failure on frame {}", self.fail_on)));
+        }
+        out.emit(input);
+        Ok(())
+    }
+}
+
+fn run(panic: bool) {
+    let fail_on = 10;
+    let starts = Arc::new(AtomicU32::new(0));
+    let collected = Collected::default();
+    let mut p = Pipeline::new();
+    let factory_starts = starts.clone();
+    let sink = collected.clone();
+    p.restart_policy(RestartPolicy {
+        max_restarts: 3,
+        initial_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(100),
+    })
+    .source(
+        "cam",
+        SourceKind::Gstreamer(GstSourceSpec {
+            launch: format!("videotestsrc num-buffers={FRAMES} ! video/x-raw,width=64,height=48"),
+            format: OutputFormat::Rgb,
+        }),
+    )
+    .stage(
+        "flaky",
+        &["cam"],
+        EdgePolicy::Block { depth: 4 },
+        Box::new(move || {
+            factory_starts.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(FailOnce { fail_on, panic }) as Box<dyn Processor>)
+        }),
+    )
+    .stage("sink", &["flaky"], EdgePolicy::Block { depth: 4 }, Box::new(move || Ok(sink.processor())));
+    let report = p.run().expect("pipeline runs");
+    println!("{report}");
+    let flaky = report.node("flaky").expect("flaky node");
+    assert_eq!(flaky.state, StageState::Finished);
+    assert_eq!((flaky.metrics.failures, flaky.metrics.restarts), (1, 1));
+    assert_eq!(starts.load(Ordering::SeqCst), 2, "built once, rebuilt once");
+    // With `block` edges nothing is lost but the frame that killed the actor.
+    let seqs: Vec<u64> = collected.take().iter().filter_map(|(p, _)| p.meta().map(|m| m.seq)).collect();
+    let expected: Vec<u64> = (0..FRAMES).filter(|&s| s != fail_on).collect();
+    assert_eq!(seqs, expected);
+    assert_eq!(report.node("sink").map(|n| n.state), Some(StageState::Finished));
+}
+
+#[test]
+fn restarted_after_an_error() {
+    run(false);
+}
+
+#[test]
+fn restarted_after_a_panic() {
+    run(true);
+}
