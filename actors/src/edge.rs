@@ -34,9 +34,10 @@ pub enum DropPolicy {
 }
 
 /// The named policy of an edge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EdgePolicy {
     /// Keep only the newest item.
+    #[default]
     Latest,
     /// Keep up to `depth` items, dropping per `drop` when full.
     Queue {
@@ -59,12 +60,6 @@ impl EdgePolicy {
             Self::Latest => 1,
             Self::Queue { depth, .. } | Self::Block { depth } => depth.max(1),
         }
-    }
-}
-
-impl Default for EdgePolicy {
-    fn default() -> Self {
-        Self::Latest
     }
 }
 
@@ -166,16 +161,6 @@ pub fn edge<T>(name: impl Into<Arc<str>>, policy: EdgePolicy) -> (EdgeSender<T>,
         stats: Arc::new(EdgeStats::default()),
     });
     (EdgeSender { shared: shared.clone() }, EdgeReceiver { shared, pushed_at_last_pop: 0 })
-}
-
-/// Namespace for [`edge`], so that call sites read `Edge::new(...)`.
-pub struct Edge;
-
-impl Edge {
-    /// See [`edge`].
-    pub fn new<T>(name: impl Into<Arc<str>>, policy: EdgePolicy) -> (EdgeSender<T>, EdgeReceiver<T>) {
-        edge(name, policy)
-    }
 }
 
 /// The producing end of an edge.

@@ -26,7 +26,7 @@ pub mod sink;
 pub mod source;
 pub mod stage;
 
-pub use edge::{DropPolicy, Edge, EdgePolicy, EdgeReceiver, EdgeSender, EdgeStats};
+pub use edge::{DropPolicy, EdgePolicy, EdgeReceiver, EdgeSender, EdgeStats, edge};
 pub use frame::{Frame, FrameMeta, Mask, Packet};
 pub use runtime::{Pipeline, PipelineReport};
 pub use stage::{Outputs, Processor, RestartPolicy};

@@ -243,12 +243,10 @@ pub fn spawn_stage(
                 }
             }
         }
-        if let Some(p) = processor.as_mut() {
-            if let Err(e) = guarded(|| p.finish(&mut out)) {
-                error!(error = %e, "finishing failed");
-                thread_status.set_failed(e.to_string());
-                return;
-            }
+        if let Some(Err(e)) = processor.as_mut().map(|p| guarded(|| p.finish(&mut out))) {
+            error!(error = %e, "finishing failed");
+            thread_status.set_failed(e.to_string());
+            return;
         }
         info!("finished");
         thread_status.set_finished();

@@ -44,7 +44,7 @@ pub fn mask_box(mask: &[u8], width: usize) -> Option<PixelBox> {
         y0 = y0.min(y);
         y1 = y + 1;
     }
-    (x0 != usize::MAX).then(|| PixelBox { x0: x0 as u32, y0: y0 as u32, x1: x1 as u32, y1: y1 as u32 })
+    (x0 != usize::MAX).then_some(PixelBox { x0: x0 as u32, y0: y0 as u32, x1: x1 as u32, y1: y1 as u32 })
 }
 
 #[cfg(test)]

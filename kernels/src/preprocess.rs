@@ -245,10 +245,8 @@ pub fn frame_to_tensor(
         PixelFormat::Nv12 => nv12_to_rgb(data, layout, device)?,
     };
     let mut x = rgb.f_unsqueeze(0)?; // [1, 3, H, W]
-    if let Some((th, tw)) = size {
-        if (th as i64, tw as i64) != (h, w) {
-            x = x.f_upsample_bilinear2d([th as i64, tw as i64], false, None, None)?;
-        }
+    if let Some((th, tw)) = size.map(|(th, tw)| (th as i64, tw as i64)).filter(|&t| t != (h, w)) {
+        x = x.f_upsample_bilinear2d([th, tw], false, None, None)?;
     }
     if let Some(n) = norm {
         let mean = Tensor::f_from_slice(&n.mean)?.f_to_kind(Kind::Float)?.f_to_device(device)?.f_view([1, 3, 1, 1])?;

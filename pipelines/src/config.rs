@@ -178,10 +178,9 @@ impl<'a> Locator<'a> {
             }
             let message = e.into_inner().to_string();
             // serde names an unknown key only in its message: point at the key itself.
-            if let Some(key) = message.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
-                if path.0.last() != Some(&Seg::Key(key.to_owned())) {
-                    path.0.push(Seg::Key(key.to_owned()));
-                }
+            let unknown = message.strip_prefix("unknown field `").and_then(|r| r.split('`').next());
+            if let Some(key) = unknown.map(|k| Seg::Key(k.to_owned())).filter(|k| path.0.last() != Some(k)) {
+                path.0.push(key);
             }
             self.error(path, message.trim_end().to_owned())
         })

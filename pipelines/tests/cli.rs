@@ -1,5 +1,6 @@
 //! The built `ocellus` binary runs without any environment (rpath to libtorch, ONNX Runtime
 //! found from the bootstrap venv) and reports errors with file, key path and line.
+#![allow(clippy::unwrap_used)] // tests may unwrap, helpers included
 
 use std::process::Command;
 

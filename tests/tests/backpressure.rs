@@ -1,5 +1,6 @@
 //! A 500 fps camera into an actor that needs 20 ms a frame: edges stay bounded, drops are
 //! counted, and with `latest` the actor always gets the newest frame.
+#![allow(clippy::unwrap_used)] // tests may unwrap, helpers included
 
 use std::time::Duration;
 

@@ -1,4 +1,5 @@
 //! Malformed configurations: every error names the file, the key path and the line.
+#![allow(clippy::unwrap_used)] // tests may unwrap, helpers included
 
 use std::path::Path;
 

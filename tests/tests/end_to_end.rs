@@ -1,4 +1,5 @@
 //! GStreamer test pattern → motion actor (tch) → Rerun `.rrd`, read back with Rerun's decoder.
+#![allow(clippy::unwrap_used)] // tests may unwrap, helpers included
 
 use ocellus_pipelines::{PipelineConfig, build};
 use ocellus_tests::{read_rrd, scratch_dir};

@@ -5,6 +5,7 @@
 //! (`rawvideoparse` with explicit unpadded strides) and convert it (`videoconvert`, which
 //! writes GStreamer's default, padded layout), and compares what the source delivers, through
 //! `frame_to_tensor`, with a tensor built directly from the file's bytes.
+#![allow(clippy::unwrap_used)] // tests may unwrap, helpers included
 
 use std::path::Path;
 

@@ -1,4 +1,5 @@
 //! A failing actor is restarted by its supervisor and the pipeline still finishes.
+#![allow(clippy::unwrap_used)] // tests may unwrap, helpers included
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};

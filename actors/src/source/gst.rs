@@ -350,10 +350,8 @@ impl GstSource {
     }
 
     fn stop_pipeline(&mut self, error: Option<String>) {
-        if let Some(p) = self.pipeline.take() {
-            if let Err(e) = p.set_state(gst::State::Null) {
-                warn!(source = %self.outputs.name, error = %e, "could not stop the pipeline");
-            }
+        if let Some(Err(e)) = self.pipeline.take().map(|p| p.set_state(gst::State::Null)) {
+            warn!(source = %self.outputs.name, error = %e, "could not stop the pipeline");
         }
         self.outputs.close(error);
     }
