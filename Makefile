@@ -4,14 +4,13 @@ OCELLUS_CACHE ?= $(HOME)/.cache/ocellus
 ENV := source $(OCELLUS_CACHE)/env.sh
 CONFIG ?= configs/demo.toml
 
-.PHONY: run test bootstrap build check bench lint
+.PHONY: run test bootstrap bench lint
 
 bootstrap:
 	@scripts/bootstrap
 
 run: bootstrap
-	@$(ENV) && cargo build --release -p ocellus-pipelines --bin ocellus
-	@./target/release/ocellus run $(CONFIG)
+	@$(ENV) && cargo run --release -q -p ocellus-pipelines --bin ocellus -- run $(CONFIG)
 
 test: bootstrap
 	@$(ENV) && scripts/test
@@ -20,4 +19,4 @@ lint: bootstrap
 	@$(ENV) && cargo fmt --all -- --check && cargo clippy --workspace --all-targets -- -D warnings
 
 bench: bootstrap
-	@$(ENV) && cargo build --release -p ocellus-pipelines --bin ocellus && ./target/release/ocellus bench runtime
+	@$(ENV) && cargo run --release -q -p ocellus-pipelines --bin ocellus -- bench runtime

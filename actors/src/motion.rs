@@ -53,3 +53,38 @@ impl Processor for MotionProcessor {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ocellus_kernels::{FrameLayout, PixelFormat};
+
+    use super::*;
+    use crate::edge::{EdgePolicy, edge};
+    use crate::frame::{Frame, FrameMeta};
+    use crate::metrics::StageMetrics;
+
+    fn frame(seq: u64, pixels: Vec<u8>) -> Packet {
+        let meta = FrameMeta { camera: "cam".into(), seq, capture_ns: 0 };
+        // Built by hand, bypassing `Frame::new`'s check, as a corrupt upstream would.
+        Packet::Frame(Frame { meta, layout: FrameLayout::packed(PixelFormat::Rgb, 8, 4), pixels: Bytes::from(pixels) })
+    }
+
+    #[test]
+    fn a_corrupt_frame_is_bad_input_and_the_next_one_works() {
+        let (tx, mut rx) = edge("out", EdgePolicy::Queue { depth: 4, drop: crate::DropPolicy::Oldest });
+        let mut out = Outputs::new("motion".into(), vec![tx], Arc::new(StageMetrics::default()));
+        let mut motion = MotionProcessor::new(MotionConfig::default(), Device::Cpu).unwrap();
+        motion.process(frame(0, vec![0; 96]), &mut out).unwrap();
+        let err = motion.process(frame(1, vec![0; 10]), &mut out).unwrap_err();
+        assert!(matches!(err, ActorError::BadInput(ref m) if m.contains("cam frame 1")), "{err}");
+        motion.process(frame(2, vec![255; 96]), &mut out).unwrap();
+        let masks: Vec<u64> = std::iter::from_fn(|| match rx.pop_timeout(std::time::Duration::ZERO) {
+            crate::edge::Recv::Item(p) => Some(p.meta().map_or(u64::MAX, |m| m.seq)),
+            _ => None,
+        })
+        .collect();
+        assert_eq!(masks, [0, 2]);
+    }
+}

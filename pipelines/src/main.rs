@@ -50,6 +50,9 @@ enum BenchCommand {
         /// Source rate for the latency cases (frames/s).
         #[arg(long, default_value_t = 30.0)]
         paced_fps: f64,
+        /// Frames per latency (paced) case.
+        #[arg(long, default_value_t = 300)]
+        paced_frames: u64,
     },
 }
 
@@ -89,7 +92,7 @@ fn run(config: PathBuf) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn bench_runtime(frames: u64, edge: BenchEdge, paced_fps: f64) -> anyhow::Result<()> {
+fn bench_runtime(frames: u64, edge: BenchEdge, paced_fps: f64, paced_frames: u64) -> anyhow::Result<()> {
     let policy = match edge {
         BenchEdge::Latest => EdgePolicy::Latest,
         BenchEdge::Queue => EdgePolicy::Queue { depth: 8, drop: DropPolicy::Oldest },
@@ -101,6 +104,7 @@ fn bench_runtime(frames: u64, edge: BenchEdge, paced_fps: f64) -> anyhow::Result
     );
     for (width, height) in [(640, 480), (1920, 1080)] {
         for fps in [None, Some(paced_fps)] {
+            let frames = if fps.is_some() { paced_frames } else { frames };
             let r = bench::run(RuntimeBench { width, height, frames, fps, edge: policy })?;
             let source = fps.map_or_else(|| "unpaced".to_owned(), |f| format!("{f} fps"));
             println!(
@@ -148,8 +152,8 @@ fn main() -> ExitCode {
                 );
                 ExitCode::SUCCESS
             }),
-        Command::Bench { what: BenchCommand::Runtime { frames, edge, paced_fps } } => {
-            bench_runtime(frames, edge, paced_fps).map(|()| ExitCode::SUCCESS)
+        Command::Bench { what: BenchCommand::Runtime { frames, edge, paced_fps, paced_frames } } => {
+            bench_runtime(frames, edge, paced_fps, paced_frames).map(|()| ExitCode::SUCCESS)
         }
         Command::Info => info().map(|()| ExitCode::SUCCESS),
     };

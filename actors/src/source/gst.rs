@@ -308,6 +308,15 @@ impl Capture {
     }
 }
 
+/// An error posted on the bus, with the path of the element that posted it.
+fn error_from(err: &gst::message::Error) -> ActorError {
+    ActorError::Gstreamer {
+        element: err.src().map_or_else(|| "pipeline".to_owned(), |s| s.path_string().to_string()),
+        message: err.error().to_string(),
+        debug: err.debug().map(|d| d.to_string()),
+    }
+}
+
 /// Asks a source to end its stream (graceful: EOS flows through the pipeline).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -338,12 +347,23 @@ impl GstSource {
             message: "pipeline without a bus".into(),
             debug: None,
         })?;
+        if let Err(e) = pipeline.set_state(gst::State::Playing) {
+            // The element that failed posted an error on the bus: report that one.
+            let posted = bus.pop_filtered(&[gst::MessageType::Error]);
+            let error = match posted.as_ref().map(|m| m.view()) {
+                Some(gst::MessageView::Error(err)) => error_from(err),
+                _ => ActorError::Gstreamer {
+                    element: pipeline.name().to_string(),
+                    message: format!("cannot start: {e}"),
+                    debug: None,
+                },
+            };
+            if pipeline.set_state(gst::State::Null).is_err() {
+                warn!(source = %self.outputs.name, "could not stop the pipeline after a failed start");
+            }
+            return Err(error);
+        }
         ctx.add_stream(bus.stream());
-        pipeline.set_state(gst::State::Playing).map_err(|e| ActorError::Gstreamer {
-            element: pipeline.name().to_string(),
-            message: format!("cannot start: {e}"),
-            debug: None,
-        })?;
         info!(source = %self.outputs.name, launch = %full_launch(&self.spec), "playing");
         self.pipeline = Some(pipeline);
         Ok(())
@@ -385,11 +405,7 @@ impl StreamHandler<gst::Message> for GstSource {
                 ctx.stop();
             }
             MessageView::Error(err) => {
-                let e = ActorError::Gstreamer {
-                    element: err.src().map_or_else(|| "pipeline".to_owned(), |s| s.path_string().to_string()),
-                    message: err.error().to_string(),
-                    debug: err.debug().map(|d| d.to_string()),
-                };
+                let e = error_from(err);
                 error!(source = %self.outputs.name, error = %e, "source failed");
                 self.stop_pipeline(Some(e.to_string()));
                 ctx.stop();

@@ -1,0 +1,142 @@
+//! The Rerun sink's network targets, against the real Rerun viewer/server binary from the
+//! bootstrap venv (`rerun-sdk==0.36.3`), on loopback only.
+//!
+//! - `connect`: a Rerun server started with `--save` receives the stream and writes it out.
+//! - `serve`: our pipeline hosts the gRPC server; `rerun --connect … --save` pulls from it.
+#![allow(clippy::unwrap_used)] // tests may unwrap, helpers included
+
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ocellus_pipelines::{PipelineConfig, build};
+use ocellus_tests::{read_rrd, scratch_dir};
+
+fn rerun_cli() -> PathBuf {
+    let venv = std::env::var_os("VIRTUAL_ENV")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/ocellus/venv")))
+        .unwrap();
+    let cli = venv.join("bin/rerun");
+    assert!(cli.exists(), "{} missing: run scripts/bootstrap", cli.display());
+    cli
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port()
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn interrupt_and_wait(mut child: Child) {
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().ok();
+            panic!("rerun did not stop");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn config(dir: &std::path::Path, source: &str, target: &str) -> PipelineConfig {
+    let path = dir.join("pipeline.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[[source]]
+name = "cam"
+preset = {{ kind = "test_pattern", width = 64, height = 48, {source} }}
+
+[[actor]]
+name = "motion"
+kind = "motion"
+inputs = ["cam"]
+edge = {{ policy = "block" }}
+
+[[sink]]
+kind = "rerun"
+inputs = ["cam", "motion"]
+edge = {{ policy = "block" }}
+{target}
+"#
+        ),
+    )
+    .unwrap();
+    PipelineConfig::load(&path).unwrap()
+}
+
+#[test]
+fn connect_streams_to_a_running_rerun_server() {
+    let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "rerun_connect");
+    let saved = dir.join("received.rrd");
+    let port = free_port();
+    let server = Command::new(rerun_cli())
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save"])
+        .arg(&saved)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    let config = config(&dir, "frames = 20", &format!("connect = \"rerun+http://127.0.0.1:{port}/proxy\""));
+    let report = build(&config).unwrap().run().unwrap();
+    assert_eq!(report.failures().count(), 0, "{report}");
+    // The sink flushed before the run returned; give the server a moment to write, then stop it.
+    std::thread::sleep(Duration::from_millis(500));
+    interrupt_and_wait(server);
+    let summary = read_rrd(&saved).unwrap();
+    assert_eq!(summary.rows_of("world/cam/image").len(), 20);
+    assert_eq!(summary.rows_of("world/cam/motion").len(), 20);
+}
+
+#[test]
+fn serve_hosts_a_server_that_rerun_can_pull_from() {
+    let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "rerun_serve");
+    let pulled = dir.join("pulled.rrd");
+    let port = free_port();
+    // A live source keeps the server up for ~5 s; the served stream keeps everything for late
+    // viewers, so the client gets every frame.
+    let config = config(
+        &dir,
+        "frames = 150, fps = 30, live = true",
+        &format!("serve = {{ bind = \"127.0.0.1\", port = {port} }}"),
+    );
+    let pipeline = build(&config).unwrap();
+    let runner = std::thread::spawn(move || pipeline.run());
+    wait_for_port(port);
+    let client_port = free_port();
+    let client = Command::new(rerun_cli())
+        .args(["--bind", "127.0.0.1", "--port", &client_port.to_string(), "--connect"])
+        .arg(format!("rerun+http://127.0.0.1:{port}/proxy"))
+        .arg("--save")
+        .arg(&pulled)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let report = runner.join().unwrap().unwrap();
+    assert_eq!(report.failures().count(), 0, "{report}");
+    // The client stops by itself when our server goes away.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut client = client;
+    while client.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            interrupt_and_wait(client);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let summary = read_rrd(&pulled).unwrap();
+    assert_eq!(summary.rows_of("world/cam/image").len(), 150);
+    assert_eq!(summary.rows_of("world/cam/motion").len(), 150);
+}
