@@ -6,6 +6,9 @@
 //!   `[1, 3, H, W]` float tensor at model resolution on the target device.
 //! - [`masks`]: mask post-processing (device tensor → host bytes, boxes, area).
 //! - [`device`]: parsing of device names (`"cpu"`, `"cuda:0"`) and dtypes.
+//! - [`nn`]: PyTorch-compatible layers (names and numerics) over a `tch::nn::Path`.
+//! - [`position`]: position encodings (2D sine).
+//! - [`window`]: window partition / unpartition of `[B, H, W, C]` maps.
 //!
 //! Everything here returns [`KernelError`]; shapes that depend on user input go
 //! through tch's fallible `f_*` ops so that a bad frame is an error, never a panic.
@@ -13,7 +16,10 @@
 
 pub mod device;
 pub mod masks;
+pub mod nn;
+pub mod position;
 pub mod preprocess;
+pub mod window;
 
 pub use device::{DType, parse_device};
 pub use preprocess::{FrameLayout, Normalization, PixelFormat, YuvMatrix, frame_to_tensor};

@@ -9,8 +9,10 @@
 //!   `scripts/bootstrap` or from `ORT_DYLIB_PATH`.
 #![warn(missing_docs)]
 
+pub mod hiera;
 pub mod motion;
 pub mod onnx;
+pub mod weights;
 
 /// Errors of the perception crate.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +29,14 @@ pub enum PerceptionError {
         /// The model.
         model: &'static str,
         /// What is wrong.
+        message: String,
+    },
+    /// A weights file does not fit its model (every offending key is listed).
+    #[error("weights {}: {message}", path.display())]
+    Weights {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What does not fit.
         message: String,
     },
     /// ONNX Runtime could not be found or loaded.

@@ -102,3 +102,36 @@ pub fn scratch_dir(base: &str, test: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
 }
+
+/// The golden fixtures folder (`OCELLUS_FIXTURES`, set by `scripts/test` after
+/// `scripts/fixtures` generated them). Missing fixtures fail the test: never a skip.
+pub fn fixtures_dir() -> std::path::PathBuf {
+    let dir = std::env::var_os("OCELLUS_FIXTURES").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        panic!("OCELLUS_FIXTURES is not set: run `make test` (or `export OCELLUS_FIXTURES=$(scripts/fixtures)`)")
+    });
+    assert!(dir.join(".complete").exists(), "fixtures in {} are incomplete: run scripts/fixtures", dir.display());
+    dir
+}
+
+/// The tensors of a fixture's `<case>.io.safetensors`.
+pub fn fixture_io(case: &str) -> std::collections::HashMap<String, tch::Tensor> {
+    let path = fixtures_dir().join(format!("{case}.io.safetensors"));
+    tch::Tensor::read_safetensors(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+        .into_iter()
+        .collect()
+}
+
+/// Largest absolute difference between two tensors of the same shape.
+pub fn max_abs_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
+    assert_eq!(a.size(), b.size(), "shapes differ");
+    (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double)).abs().max().double_value(&[])
+}
+
+/// Asserts `|ours - reference| ≤ tol` elementwise, naming the output.
+pub fn assert_close(name: &str, ours: &tch::Tensor, reference: &tch::Tensor, tol: f64) {
+    let diff = max_abs_diff(ours, reference);
+    let scale = reference.abs().max().to_kind(tch::Kind::Double).double_value(&[]);
+    println!("{name}: max abs error {diff:.3e} (max |reference| {scale:.3e})");
+    assert!(diff <= tol, "{name}: max abs error {diff:.3e} > {tol:.0e}");
+}

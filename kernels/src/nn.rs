@@ -1,0 +1,179 @@
+//! Layers whose parameter names and numerics match PyTorch's `nn` modules, built on a
+//! [`tch::nn::Path`] so that variable names are the checkpoint keys (`blocks.0.attn.qkv.weight`).
+//!
+//! All forwards use tch's fallible ops. Parameters are created as zeros: they are always
+//! overwritten by a checked load (see `ocellus_perception::weights`) or a seeded init.
+
+use tch::nn::{Init, Path};
+use tch::{Kind, Tensor};
+
+use crate::Result;
+
+/// `torch.nn.LayerNorm` default epsilon.
+pub const LAYER_NORM_EPS: f64 = 1e-5;
+
+fn param(p: &Path, name: &str, dims: &[i64]) -> Result<Tensor> {
+    Ok(p.f_var(name, dims, Init::Const(0.0))?)
+}
+
+/// `torch.nn.Linear`: `weight` `[out, in]`, `bias` `[out]`.
+#[derive(Debug)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// A linear layer under `p` (`p.weight`, `p.bias`).
+    pub fn new(p: &Path, in_dim: i64, out_dim: i64, bias: bool) -> Result<Self> {
+        Ok(Self {
+            weight: param(p, "weight", &[out_dim, in_dim])?,
+            bias: if bias { Some(param(p, "bias", &[out_dim])?) } else { None },
+        })
+    }
+
+    /// `x @ weight.T + bias`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
+    }
+}
+
+/// `torch.nn.LayerNorm` over the last dimension.
+#[derive(Debug)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    dim: i64,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// A layer norm under `p` over `dim` channels.
+    pub fn new(p: &Path, dim: i64, eps: f64) -> Result<Self> {
+        Ok(Self { weight: param(p, "weight", &[dim])?, bias: param(p, "bias", &[dim])?, dim, eps })
+    }
+
+    /// Normalizes the last dimension.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.f_layer_norm([self.dim], Some(&self.weight), Some(&self.bias), self.eps, true)?)
+    }
+}
+
+/// `torch.nn.Conv2d` / `Conv3d` (chosen by the kernel's rank), no dilation.
+#[derive(Debug)]
+pub struct Conv {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: Vec<i64>,
+    padding: Vec<i64>,
+    groups: i64,
+}
+
+impl Conv {
+    /// A convolution under `p`: `weight` `[out, in / groups, *kernel]`.
+    pub fn new(
+        p: &Path,
+        in_dim: i64,
+        out_dim: i64,
+        kernel: &[i64],
+        stride: &[i64],
+        padding: &[i64],
+        groups: i64,
+        bias: bool,
+    ) -> Result<Self> {
+        let mut dims = vec![out_dim, in_dim / groups];
+        dims.extend_from_slice(kernel);
+        Ok(Self {
+            weight: param(p, "weight", &dims)?,
+            bias: if bias { Some(param(p, "bias", &[out_dim])?) } else { None },
+            stride: stride.to_vec(),
+            padding: padding.to_vec(),
+            groups,
+        })
+    }
+
+    /// Convolves `[B, C, *spatial]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let ones = vec![1i64; self.stride.len()];
+        Ok(match self.stride.len() {
+            3 => x.f_conv3d(&self.weight, self.bias.as_ref(), &self.stride, &self.padding, &ones, self.groups)?,
+            _ => x.f_conv2d(&self.weight, self.bias.as_ref(), &self.stride, &self.padding, &ones, self.groups)?,
+        })
+    }
+}
+
+/// Activation functions by their PyTorch names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `nn.GELU()` (exact, erf).
+    Gelu,
+    /// `nn.ReLU()`.
+    Relu,
+}
+
+impl Activation {
+    /// Applies the activation.
+    pub fn forward(self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Self::Gelu => x.f_gelu("none")?,
+            Self::Relu => x.f_relu()?,
+        })
+    }
+}
+
+/// A stack of linear layers with an activation between them (timm `Mlp` with names
+/// `fc1`/`fc2`, or SAM 2 `MLP` with names `layers.{i}`).
+#[derive(Debug)]
+pub struct Mlp {
+    layers: Vec<Linear>,
+    act: Activation,
+}
+
+impl Mlp {
+    /// timm `Mlp(in, hidden)`: `fc1` → act → `fc2`, output = input width.
+    pub fn timm(p: &Path, dim: i64, hidden: i64, act: Activation) -> Result<Self> {
+        Ok(Self {
+            layers: vec![Linear::new(&(p / "fc1"), dim, hidden, true)?, Linear::new(&(p / "fc2"), hidden, dim, true)?],
+            act,
+        })
+    }
+
+    /// SAM 2 `MLP(input, hidden, output, num_layers)`: `layers.{i}`.
+    pub fn sam(p: &Path, input: i64, hidden: i64, output: i64, num_layers: usize, act: Activation) -> Result<Self> {
+        let layers = (0..num_layers)
+            .map(|i| {
+                let in_dim = if i == 0 { input } else { hidden };
+                let out_dim = if i + 1 == num_layers { output } else { hidden };
+                Linear::new(&(p / "layers" / i), in_dim, out_dim, true)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers, act })
+    }
+
+    /// Applies the layers, the activation between each pair.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = x.shallow_clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x)?;
+            if i + 1 < self.layers.len() {
+                x = self.act.forward(&x)?;
+            }
+        }
+        Ok(x)
+    }
+}
+
+/// `F.scaled_dot_product_attention(q, k, v)` with the default scale, no mask.
+pub fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    Ok(Tensor::f_scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, false, None, false)?)
+}
+
+/// Max over `dim` (values only), as `x.max(dim).values`.
+pub fn max_dim(x: &Tensor, dim: i64) -> Result<Tensor> {
+    Ok(x.f_amax([dim], false)?)
+}
+
+/// `F.softmax(x, -1)` in the input's dtype.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    Ok(x.f_softmax(-1, None::<Kind>)?)
+}

@@ -1,0 +1,192 @@
+//! Weights: checked loading, seeded initialization, checkpoint import, manifests.
+//!
+//! Every model builds its variables under the official checkpoint key names, so a weights
+//! file is a safetensors file with exactly those keys. Loading checks the key set and shapes
+//! both ways and reports every missing, unexpected or mis-shaped key at once.
+//!
+//! `import` converts an official PyTorch checkpoint (Hiera `.pth`: `{"model_state": …}`,
+//! SAM 2 `.pt`: `{"model": …}`) with `scripts/convert_checkpoint.py` in the bootstrap venv
+//! (PyTorch's pickle format is only safely read by PyTorch), then verifies the keys against
+//! the model's architecture and writes a manifest beside the file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tch::nn::VarStore;
+use tch::{Kind, Tensor};
+
+use crate::{PerceptionError, Result};
+
+/// The conversion script, run by the venv's Python.
+const CONVERT_SCRIPT: &str = include_str!("../scripts/convert_checkpoint.py");
+/// Standard deviation of seeded random weights.
+const INIT_STD: f64 = 0.02;
+
+/// Which keys of a file a model must match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope<'a> {
+    /// The file holds exactly the model's keys.
+    Exact,
+    /// Only keys under this prefix belong to the model (e.g. `image_encoder.` of a SAM 2
+    /// checkpoint); others are ignored.
+    Prefix(&'a str),
+}
+
+fn weights_error(path: &Path, message: String) -> PerceptionError {
+    PerceptionError::Weights { path: path.to_path_buf(), message }
+}
+
+/// Loads `path` (safetensors) into `vs`, checking names and shapes per `scope`.
+pub fn load(vs: &mut VarStore, path: &Path, scope: Scope<'_>) -> Result<()> {
+    let file = Tensor::read_safetensors(path).map_err(|e| weights_error(path, e.to_string()))?;
+    let mut vars = vs.variables();
+    let in_scope = |k: &str| match scope {
+        Scope::Exact => true,
+        Scope::Prefix(p) => k.starts_with(p),
+    };
+    let file: BTreeMap<String, Tensor> = file.into_iter().filter(|(k, _)| in_scope(k)).collect();
+    let missing: BTreeSet<&String> = vars.keys().filter(|k| !file.contains_key(*k)).collect();
+    let unexpected: BTreeSet<&String> = file.keys().filter(|k| !vars.contains_key(*k)).collect();
+    let mismatched: Vec<String> = file
+        .iter()
+        .filter_map(|(k, t)| {
+            vars.get(k)
+                .filter(|v| v.size() != t.size())
+                .map(|v| format!("{k}: file {:?}, model {:?}", t.size(), v.size()))
+        })
+        .collect();
+    if !missing.is_empty() || !unexpected.is_empty() || !mismatched.is_empty() {
+        let mut msg = String::new();
+        if !missing.is_empty() {
+            msg += &format!("{} missing keys: {}; ", missing.len(), join(&missing));
+        }
+        if !unexpected.is_empty() {
+            msg += &format!("{} unexpected keys: {}; ", unexpected.len(), join(&unexpected));
+        }
+        if !mismatched.is_empty() {
+            msg += &format!("{} shape mismatches: {}", mismatched.len(), mismatched.join(", "));
+        }
+        return Err(weights_error(path, msg.trim_end_matches("; ").to_owned()));
+    }
+    tch::no_grad(|| -> Result<()> {
+        for (name, t) in &file {
+            if let Some(var) = vars.get_mut(name) {
+                var.f_copy_(&t.f_to_kind(var.kind())?.f_to_device(var.device())?)?;
+            }
+        }
+        Ok(())
+    })
+}
+
+fn join(keys: &BTreeSet<&String>) -> String {
+    const SHOWN: usize = 12;
+    let mut s = keys.iter().take(SHOWN).map(|k| k.as_str()).collect::<Vec<_>>().join(", ");
+    if keys.len() > SHOWN {
+        s += &format!(", … ({} more)", keys.len() - SHOWN);
+    }
+    s
+}
+
+/// Fills every variable of `vs` with seeded normal noise (std 0.02; norms' weights around 1).
+pub fn init_seeded(vs: &VarStore, seed: i64) -> Result<()> {
+    tch::manual_seed(seed);
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    tch::no_grad(|| -> Result<()> {
+        for (name, mut v) in vars {
+            let noise = Tensor::f_randn(v.size().as_slice(), (Kind::Float, v.device()))?.f_mul_scalar(INIT_STD)?;
+            let value =
+                if name.contains("norm") && name.ends_with(".weight") { noise.f_add_scalar(1.0)? } else { noise };
+            v.f_copy_(&value)?;
+        }
+        Ok(())
+    })
+}
+
+/// What a weights file holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Model name (`hiera_tiny_224`, `sam2.1_hiera_tiny`, ...).
+    pub model: String,
+    /// The model's configuration, with the official names.
+    pub config: serde_json::Value,
+    /// SHA-256 of the safetensors file.
+    pub sha256: String,
+    /// Where the weights came from (`import FILE`, `init seed=N`).
+    pub source: String,
+}
+
+/// The manifest path of a weights file: `X.safetensors` → `X.manifest.json`.
+pub fn manifest_path(weights: &Path) -> PathBuf {
+    weights.with_extension("manifest.json")
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = std::fs::File::open(path).map_err(|e| weights_error(path, e.to_string()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| weights_error(path, e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes `vs` to `path` (safetensors) and its manifest.
+pub fn save(vs: &VarStore, path: &Path, model: &str, config: serde_json::Value, source: String) -> Result<Manifest> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| weights_error(path, e.to_string()))?;
+    }
+    vs.save(path).map_err(|e| weights_error(path, e.to_string()))?;
+    write_manifest(path, model, config, source)
+}
+
+/// Writes the manifest of an existing weights file.
+pub fn write_manifest(path: &Path, model: &str, config: serde_json::Value, source: String) -> Result<Manifest> {
+    let manifest = Manifest { model: model.to_owned(), config, sha256: sha256_file(path)?, source };
+    let json = serde_json::to_string_pretty(&manifest).map_err(|e| weights_error(path, e.to_string()))?;
+    std::fs::write(manifest_path(path), json).map_err(|e| weights_error(path, e.to_string()))?;
+    Ok(manifest)
+}
+
+/// The Python of the bootstrap venv (`VIRTUAL_ENV`, else `$OCELLUS_CACHE` or
+/// `~/.cache/ocellus`).
+pub fn venv_python() -> Option<PathBuf> {
+    let venv = std::env::var_os("VIRTUAL_ENV").map(PathBuf::from).or_else(|| {
+        std::env::var_os("OCELLUS_CACHE")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/ocellus")))
+            .map(|c| c.join("venv"))
+    })?;
+    Some(venv.join("bin/python")).filter(|p| p.exists())
+}
+
+/// Converts an official PyTorch checkpoint to safetensors at `out` (keys unchanged).
+pub fn convert_checkpoint(checkpoint: &Path, out: &Path) -> Result<()> {
+    let python =
+        venv_python().ok_or_else(|| weights_error(checkpoint, "no venv Python: run scripts/bootstrap".into()))?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| weights_error(out, e.to_string()))?;
+    }
+    let output = std::process::Command::new(python)
+        .arg("-c")
+        .arg(CONVERT_SCRIPT)
+        .arg(checkpoint)
+        .arg(out)
+        .output()
+        .map_err(|e| weights_error(checkpoint, format!("running the converter: {e}")))?;
+    if !output.status.success() {
+        return Err(weights_error(
+            checkpoint,
+            format!("conversion failed: {}", String::from_utf8_lossy(&output.stderr).trim()),
+        ));
+    }
+    Ok(())
+}
