@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod hiera;
+pub mod hieradet;
 pub mod motion;
 pub mod onnx;
 pub mod weights;
