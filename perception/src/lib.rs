@@ -5,10 +5,15 @@
 //!
 //! - [`motion`]: motion segmentation by frame differencing, the first real tch model of the
 //!   runtime; its per-camera state is [`motion::MotionState`].
+//! - [`hiera`]: Hiera image and video backbones (official `hiera`), exact on the same weights.
+//! - [`hieradet`]: HieraDet + FPN neck, SAM 2's image encoder (official `sam2`), exact.
+//! - [`backbone`]: both by name, with their weights store.
+//! - [`weights`]: checked loading, seeded init, checkpoint import, manifests.
 //! - [`onnx`]: the ONNX Runtime backend, loaded dynamically from the venv made by
 //!   `scripts/bootstrap` or from `ORT_DYLIB_PATH`.
 #![warn(missing_docs)]
 
+pub mod backbone;
 pub mod hiera;
 pub mod hieradet;
 pub mod motion;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use ocellus_actors::edge::{DropPolicy, EdgePolicy};
 use ocellus_pipelines::bench::{self, RuntimeBench};
-use ocellus_pipelines::{PipelineConfig, build, check};
+use ocellus_pipelines::{PipelineConfig, build, check, tools};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -33,8 +33,42 @@ enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
+    /// Model weights: import official checkpoints, or write seeded random ones.
+    Weights {
+        #[command(subcommand)]
+        what: WeightsCommand,
+    },
     /// Show what this build finds: libtorch, CUDA devices, ONNX Runtime, GStreamer.
     Info,
+}
+
+#[derive(Subcommand)]
+enum WeightsCommand {
+    /// Official checkpoint (Hiera `.pth`, SAM 2 `.pt`) → safetensors with the official key
+    /// names and a manifest; every missing, unexpected or mis-shaped key is an error.
+    Import {
+        /// Model name (`hiera_tiny_224`, ..., `sam2.1_hiera_tiny`, ...).
+        #[arg(long)]
+        model: String,
+        /// The checkpoint.
+        #[arg(long = "from")]
+        from: PathBuf,
+        /// Output (default `weights/<model>.safetensors`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Seeded random weights (tests, offline demos).
+    Init {
+        /// Model name.
+        #[arg(long)]
+        model: String,
+        /// Seed.
+        #[arg(long, default_value_t = 0)]
+        seed: i64,
+        /// Output (default `weights/<model>.safetensors`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -122,6 +156,25 @@ fn bench_runtime(frames: u64, edge: BenchEdge, paced_fps: f64, paced_frames: u64
     Ok(())
 }
 
+fn weights(what: WeightsCommand) -> anyhow::Result<()> {
+    let manifest = match what {
+        WeightsCommand::Import { model, from, out } => {
+            let out = out.unwrap_or_else(|| tools::default_weights_path(&model));
+            let m = tools::import(&model, &from, &out)?;
+            println!("imported {} → {}", from.display(), out.display());
+            m
+        }
+        WeightsCommand::Init { model, seed, out } => {
+            let out = out.unwrap_or_else(|| tools::default_weights_path(&model));
+            let m = tools::init(&model, seed, &out)?;
+            println!("initialized {model} (seed {seed}) → {}", out.display());
+            m
+        }
+    };
+    println!("model {}, sha256 {}", manifest.model, manifest.sha256);
+    Ok(())
+}
+
 fn info() -> anyhow::Result<()> {
     println!("ocellus {}", env!("CARGO_PKG_VERSION"));
     println!("libtorch: cuda available = {}, devices = {}", tch::Cuda::is_available(), tch::Cuda::device_count());
@@ -155,6 +208,7 @@ fn main() -> ExitCode {
         Command::Bench { what: BenchCommand::Runtime { frames, edge, paced_fps, paced_frames } } => {
             bench_runtime(frames, edge, paced_fps, paced_frames).map(|()| ExitCode::SUCCESS)
         }
+        Command::Weights { what } => weights(what).map(|()| ExitCode::SUCCESS),
         Command::Info => info().map(|()| ExitCode::SUCCESS),
     };
     match result {

@@ -1,0 +1,133 @@
+//! Backbones by name: Hiera (`hiera_*`) and the SAM 2 image encoder (`sam2.1_hiera_*`), with
+//! their weights store, so that tools and actors handle them alike.
+
+use std::path::Path;
+
+use ocellus_kernels::DType;
+use tch::nn::VarStore;
+use tch::{Device, Tensor};
+
+use crate::hiera::{Hiera, HieraConfig};
+use crate::hieradet::{ImageEncoder, ImageEncoderConfig};
+use crate::weights::{self, Scope};
+use crate::{PerceptionError, Result};
+
+/// SAM 2 checkpoint keys of the image encoder start with this.
+const SAM2_IMAGE_ENCODER: &str = "image_encoder";
+
+enum Model {
+    Hiera(Hiera),
+    ImageEncoder(ImageEncoder),
+}
+
+/// A backbone and its weights (shared, read-only once loaded).
+pub struct Backbone {
+    name: String,
+    vs: VarStore,
+    model: Model,
+    config: serde_json::Value,
+    input_size: Vec<i64>,
+}
+
+impl std::fmt::Debug for Backbone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backbone").field("name", &self.name).field("input_size", &self.input_size).finish()
+    }
+}
+
+/// Every backbone name [`Backbone::new`] accepts.
+pub fn names() -> Vec<&'static str> {
+    HieraConfig::NAMES.iter().chain(ImageEncoderConfig::NAMES.iter()).copied().collect()
+}
+
+impl Backbone {
+    /// Builds backbone `name` on `device` (weights zero until loaded or initialized).
+    pub fn new(name: &str, device: Device) -> Result<Self> {
+        let vs = VarStore::new(device);
+        let to_json = |v: serde_json::Result<serde_json::Value>| {
+            v.map_err(|e| PerceptionError::Config { model: "backbone", message: e.to_string() })
+        };
+        let (model, config, input_size) = if let Some(c) = HieraConfig::by_name(name) {
+            let model = Model::Hiera(Hiera::new(&vs.root(), &c)?);
+            (model, to_json(serde_json::to_value(&c))?, c.input_size.clone())
+        } else if let Some(c) = ImageEncoderConfig::by_name(name) {
+            let model = Model::ImageEncoder(ImageEncoder::new(&(vs.root() / SAM2_IMAGE_ENCODER), &c)?);
+            (model, to_json(serde_json::to_value(&c))?, vec![1024, 1024])
+        } else {
+            return Err(PerceptionError::Config {
+                model: "backbone",
+                message: format!("unknown backbone {name:?} (known: {})", names().join(", ")),
+            });
+        };
+        Ok(Self { name: name.to_owned(), vs, model, config, input_size })
+    }
+
+    /// The model's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The official configuration, as JSON (for manifests).
+    pub fn config(&self) -> &serde_json::Value {
+        &self.config
+    }
+
+    /// `(T,) H, W` the model was built for.
+    pub fn input_size(&self) -> &[i64] {
+        &self.input_size
+    }
+
+    /// Which keys of a weights file belong to this model.
+    pub fn scope(&self) -> Scope<'static> {
+        match self.model {
+            Model::Hiera(_) => Scope::Exact,
+            Model::ImageEncoder(_) => Scope::Prefix("image_encoder."),
+        }
+    }
+
+    /// Loads weights, checking every key (see [`weights::load`]).
+    pub fn load(&mut self, path: &Path) -> Result<()> {
+        let scope = self.scope();
+        weights::load(&mut self.vs, path, scope)
+    }
+
+    /// Seeded random weights.
+    pub fn init_seeded(&self, seed: i64) -> Result<()> {
+        weights::init_seeded(&self.vs, seed)
+    }
+
+    /// The weights store.
+    pub fn var_store(&self) -> &VarStore {
+        &self.vs
+    }
+
+    /// Casts the weights to `dtype` (bf16/f16 for GPUs).
+    pub fn set_dtype(&mut self, dtype: DType) {
+        match dtype {
+            DType::F32 => self.vs.float(),
+            DType::Bf16 => self.vs.bfloat16(),
+            DType::F16 => self.vs.half(),
+        }
+    }
+
+    /// Runs the backbone on a normalized `[B, 3, (T,) H, W]` input; returns its feature maps
+    /// as `[B, C, H, W]` (video: `[B, C, T, H, W]`), highest resolution first: Hiera's stage
+    /// outputs, or the SAM 2 encoder's kept FPN levels.
+    pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        tch::no_grad(|| match &self.model {
+            Model::Hiera(h) => h
+                .forward(x, None, true)?
+                .intermediates
+                .iter()
+                .map(|t| {
+                    // [B, (T,) H, W, C] → channels first
+                    let d = t.dim() as i64;
+                    let mut perm = vec![0, d - 1];
+                    perm.extend(1..d - 1);
+                    Ok(t.f_permute(perm.as_slice())?)
+                })
+                .collect(),
+            Model::ImageEncoder(e) => Ok(e.forward(x)?.backbone_fpn),
+        })
+    }
+}
