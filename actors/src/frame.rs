@@ -62,6 +62,30 @@ pub struct Mask {
     pub coverage: f64,
 }
 
+/// Feature maps computed from a frame, left on the device they were computed on.
+///
+/// Cloning shares the tensors (libtorch reference counts them): fan-out to several actors
+/// never copies features, nor moves them off the GPU.
+#[derive(Debug)]
+pub struct Features {
+    /// The frame they were computed from.
+    pub meta: FrameMeta,
+    /// The backbone that computed them.
+    pub model: Arc<str>,
+    /// Feature maps `[B, C, H, W]` (video: `[B, C, T, H, W]`), highest resolution first.
+    pub levels: Vec<tch::Tensor>,
+}
+
+impl Clone for Features {
+    fn clone(&self) -> Self {
+        Self {
+            meta: self.meta.clone(),
+            model: self.model.clone(),
+            levels: self.levels.iter().map(tch::Tensor::shallow_clone).collect(),
+        }
+    }
+}
+
 /// A periodic metrics report of one stage.
 #[derive(Debug, Clone)]
 pub struct MetricsReport {
@@ -80,6 +104,8 @@ pub enum Packet {
     Frame(Frame),
     /// A mask computed from a frame.
     Mask(Mask),
+    /// Backbone features of a frame.
+    Features(Features),
     /// A metrics report.
     Metrics(MetricsReport),
 }
@@ -90,6 +116,7 @@ impl Packet {
         match self {
             Self::Frame(f) => Some(&f.meta),
             Self::Mask(m) => Some(&m.meta),
+            Self::Features(f) => Some(&f.meta),
             Self::Metrics(_) => None,
         }
     }

@@ -16,6 +16,7 @@
 //! [`runtime::Pipeline`] wires it all together.
 #![warn(missing_docs)]
 
+pub mod backbone;
 pub mod edge;
 pub mod frame;
 pub mod metrics;
@@ -27,7 +28,7 @@ pub mod source;
 pub mod stage;
 
 pub use edge::{DropPolicy, EdgePolicy, EdgeReceiver, EdgeSender, EdgeStats, edge};
-pub use frame::{Frame, FrameMeta, Mask, Packet};
+pub use frame::{Features, Frame, FrameMeta, Mask, Packet};
 pub use runtime::{Pipeline, PipelineReport};
 pub use stage::{Outputs, Processor, RestartPolicy};
 

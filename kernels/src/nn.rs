@@ -59,6 +59,28 @@ impl LayerNorm {
     }
 }
 
+/// Shape of a convolution: kernel, stride and padding per spatial axis.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvShape<'a> {
+    /// Kernel size per axis.
+    pub kernel: &'a [i64],
+    /// Stride per axis.
+    pub stride: &'a [i64],
+    /// Zero padding per axis.
+    pub padding: &'a [i64],
+    /// Channel groups.
+    pub groups: i64,
+    /// With a bias.
+    pub bias: bool,
+}
+
+impl<'a> ConvShape<'a> {
+    /// A plain convolution with a bias (one group).
+    pub fn new(kernel: &'a [i64], stride: &'a [i64], padding: &'a [i64]) -> Self {
+        Self { kernel, stride, padding, groups: 1, bias: true }
+    }
+}
+
 /// `torch.nn.Conv2d` / `Conv3d` (chosen by the kernel's rank), no dilation.
 #[derive(Debug)]
 pub struct Conv {
@@ -71,16 +93,8 @@ pub struct Conv {
 
 impl Conv {
     /// A convolution under `p`: `weight` `[out, in / groups, *kernel]`.
-    pub fn new(
-        p: &Path,
-        in_dim: i64,
-        out_dim: i64,
-        kernel: &[i64],
-        stride: &[i64],
-        padding: &[i64],
-        groups: i64,
-        bias: bool,
-    ) -> Result<Self> {
+    pub fn new(p: &Path, in_dim: i64, out_dim: i64, shape: ConvShape<'_>) -> Result<Self> {
+        let ConvShape { kernel, stride, padding, groups, bias } = shape;
         let mut dims = vec![out_dim, in_dim / groups];
         dims.extend_from_slice(kernel);
         Ok(Self {

@@ -16,8 +16,8 @@ use crate::{PerceptionError, Result};
 const SAM2_IMAGE_ENCODER: &str = "image_encoder";
 
 enum Model {
-    Hiera(Hiera),
-    ImageEncoder(ImageEncoder),
+    Hiera(Box<Hiera>),
+    ImageEncoder(Box<ImageEncoder>),
 }
 
 /// A backbone and its weights (shared, read-only once loaded).
@@ -48,10 +48,10 @@ impl Backbone {
             v.map_err(|e| PerceptionError::Config { model: "backbone", message: e.to_string() })
         };
         let (model, config, input_size) = if let Some(c) = HieraConfig::by_name(name) {
-            let model = Model::Hiera(Hiera::new(&vs.root(), &c)?);
+            let model = Model::Hiera(Box::new(Hiera::new(&vs.root(), &c)?));
             (model, to_json(serde_json::to_value(&c))?, c.input_size.clone())
         } else if let Some(c) = ImageEncoderConfig::by_name(name) {
-            let model = Model::ImageEncoder(ImageEncoder::new(&(vs.root() / SAM2_IMAGE_ENCODER), &c)?);
+            let model = Model::ImageEncoder(Box::new(ImageEncoder::new(&(vs.root() / SAM2_IMAGE_ENCODER), &c)?));
             (model, to_json(serde_json::to_value(&c))?, vec![1024, 1024])
         } else {
             return Err(PerceptionError::Config {

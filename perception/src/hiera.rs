@@ -7,7 +7,7 @@
 //! "rerolled" back to `[B, (T,) H, W, C]`. Variable names are the official checkpoint keys
 //! (`patch_embed.proj`, `pos_embed`, `blocks.{i}.attn.qkv`, `norm`, `head.projection`).
 
-use ocellus_kernels::nn::{Activation, Conv, LayerNorm, Linear, Mlp, max_dim, sdpa, softmax_last};
+use ocellus_kernels::nn::{Activation, Conv, ConvShape, LayerNorm, Linear, Mlp, max_dim, sdpa, softmax_last};
 use serde::{Deserialize, Serialize};
 use tch::nn::{Init, Path};
 use tch::{Kind, Tensor};
@@ -252,11 +252,7 @@ impl Hiera {
             &(p / "patch_embed" / "proj"),
             c.in_chans,
             c.embed_dim,
-            &c.patch_kernel,
-            &c.patch_stride,
-            &c.patch_padding,
-            1,
-            true,
+            ConvShape::new(&c.patch_kernel, &c.patch_stride, &c.patch_padding),
         )?;
         let (pos_embed, pos_embed_temporal) = if c.sep_pos_embed {
             let spatial = tokens_spatial_shape[1] * tokens_spatial_shape[2];

@@ -8,7 +8,7 @@
 //! `fpn_top_down_levels`, and 2D sine position encodings. Variable names are the SAM 2
 //! checkpoint keys under `image_encoder.` (`trunk.pos_embed`, `neck.convs.0.conv`, ...).
 
-use ocellus_kernels::nn::{Activation, Conv, LayerNorm, Linear, Mlp, sdpa};
+use ocellus_kernels::nn::{Activation, Conv, ConvShape, LayerNorm, Linear, Mlp, sdpa};
 use ocellus_kernels::position::sine_2d;
 use ocellus_kernels::window;
 use serde::{Deserialize, Serialize};
@@ -254,7 +254,8 @@ impl Trunk {
         let stage_ends: Vec<usize> = (1..=c.stages.len()).map(|i| c.stages[..i].iter().sum::<usize>() - 1).collect();
         let q_pool_blocks: Vec<usize> =
             stage_ends[..stage_ends.len() - 1].iter().map(|e| e + 1).take(c.q_pool).collect();
-        let patch_embed = Conv::new(&(p / "patch_embed" / "proj"), 3, c.embed_dim, &[7, 7], &[4, 4], &[3, 3], 1, true)?;
+        let patch_embed =
+            Conv::new(&(p / "patch_embed" / "proj"), 3, c.embed_dim, ConvShape::new(&[7, 7], &[4, 4], &[3, 3]))?;
         let [bh, bw] = c.window_pos_embed_bkg_spatial_size;
         let pos_embed = p.f_var("pos_embed", &[1, c.embed_dim, bh, bw], Init::Const(0.0))?;
         let ws0 = c.window_spec[0];
@@ -342,7 +343,9 @@ impl FpnNeck {
             .backbone_channel_list
             .iter()
             .enumerate()
-            .map(|(i, &dim)| Conv::new(&(p / "convs" / i / "conv"), dim, c.d_model, &[1, 1], &[1, 1], &[0, 0], 1, true))
+            .map(|(i, &dim)| {
+                Conv::new(&(p / "convs" / i / "conv"), dim, c.d_model, ConvShape::new(&[1, 1], &[1, 1], &[0, 0]))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { convs, config: c.clone() })
     }

@@ -400,6 +400,45 @@ impl MotionEntry {
     }
 }
 
+/// `[[actor]] kind = "backbone"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackboneEntry {
+    name: String,
+    #[allow(dead_code)]
+    kind: String,
+    inputs: Vec<String>,
+    edge: Option<toml::Value>,
+    model: String,
+    weights: Option<PathBuf>,
+    #[serde(default)]
+    allow_random_weights: bool,
+    #[serde(default)]
+    seed: i64,
+    resolution: Option<[i64; 2]>,
+}
+
+enum ActorEntry {
+    Motion(MotionEntry),
+    Backbone(BackboneEntry),
+}
+
+impl ActorEntry {
+    fn name(&self) -> &str {
+        match self {
+            Self::Motion(m) => &m.name,
+            Self::Backbone(b) => &b.name,
+        }
+    }
+
+    fn inputs(&self) -> &[String] {
+        match self {
+            Self::Motion(m) => &m.inputs,
+            Self::Backbone(b) => &b.inputs,
+        }
+    }
+}
+
 /// `[[sink]] kind = "rerun"`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -497,6 +536,15 @@ pub struct SourceConfig {
 pub enum ActorKind {
     /// Motion segmentation.
     Motion(ocellus_perception::motion::MotionConfig),
+    /// A vision backbone.
+    Backbone {
+        /// Model name.
+        model: String,
+        /// Weights.
+        weights: ocellus_actors::backbone::WeightsSource,
+        /// Input resolution, when not the model's own.
+        resolution: Option<(i64, i64)>,
+    },
 }
 
 /// A validated processing actor.
@@ -729,9 +777,11 @@ impl PipelineConfig {
         let mut actor_entries = Vec::new();
         for (i, value) in top.actor.into_iter().enumerate() {
             let at = KeyPath::root("actor").index(i);
-            kind_of(&loc, &at, &value, &["motion"])?;
-            let entry: MotionEntry = loc.typed(&at, value)?;
-            check_name(&loc, at.key("name"), &entry.name, &mut names)?;
+            let entry = match kind_of(&loc, &at, &value, &["motion", "backbone"])?.as_str() {
+                "motion" => ActorEntry::Motion(loc.typed(&at, value)?),
+                _ => ActorEntry::Backbone(loc.typed(&at, value)?),
+            };
+            check_name(&loc, at.key("name"), entry.name(), &mut names)?;
             actor_entries.push((at, entry));
         }
         let mut sink_entries = Vec::new();
@@ -750,24 +800,21 @@ impl PipelineConfig {
 
         let mut actors = Vec::new();
         for (at, e) in actor_entries {
-            check_inputs(&loc, &at, &e.inputs, &names)?;
-            if let Some(i) = e.inputs.iter().position(|n| sink_names.contains(n)) {
+            let inputs = e.inputs().to_vec();
+            check_inputs(&loc, &at, &inputs, &names)?;
+            if let Some(i) = inputs.iter().position(|n| sink_names.contains(n)) {
                 return Err(
-                    loc.error(at.key("inputs").index(i), format!("{:?} is a sink: sinks have no outputs", e.inputs[i]))
+                    loc.error(at.key("inputs").index(i), format!("{:?} is a sink: sinks have no outputs", inputs[i]))
                 );
             }
-            let config =
-                ocellus_perception::motion::MotionConfig { threshold: e.threshold, blur: e.blur, dilate: e.dilate };
-            if !(0.0..=1.0).contains(&config.threshold) {
-                return Err(loc.error(at.key("threshold"), format!("{} is outside [0, 1]", config.threshold)));
-            }
-            for (key, v) in [("blur", config.blur), ("dilate", config.dilate)] {
-                if v < 1 || v % 2 == 0 {
-                    return Err(loc.error(at.key(key), format!("{v} must be odd and at least 1")));
+            let (name, edge, kind) = match e {
+                ActorEntry::Motion(m) => {
+                    (m.name.clone(), m.edge.clone(), ActorKind::Motion(Self::motion(&loc, &at, &m)?))
                 }
-            }
-            let edge = parse_edge(&loc, &at, e.edge, EdgePolicy::Latest)?;
-            actors.push(ActorConfig { name: e.name, inputs: e.inputs, edge, kind: ActorKind::Motion(config) });
+                ActorEntry::Backbone(b) => (b.name.clone(), b.edge.clone(), Self::backbone(&loc, &at, b)?),
+            };
+            let edge = parse_edge(&loc, &at, edge, EdgePolicy::Latest)?;
+            actors.push(ActorConfig { name, inputs, edge, kind });
         }
 
         let mut sinks = Vec::new();
@@ -837,6 +884,86 @@ impl PipelineConfig {
             sinks,
             text: text.to_owned(),
         })
+    }
+
+    fn motion(
+        loc: &Locator<'_>,
+        at: &KeyPath,
+        e: &MotionEntry,
+    ) -> Result<ocellus_perception::motion::MotionConfig, ConfigError> {
+        let config =
+            ocellus_perception::motion::MotionConfig { threshold: e.threshold, blur: e.blur, dilate: e.dilate };
+        if !(0.0..=1.0).contains(&config.threshold) {
+            return Err(loc.error(at.key("threshold"), format!("{} is outside [0, 1]", config.threshold)));
+        }
+        for (key, v) in [("blur", config.blur), ("dilate", config.dilate)] {
+            if v < 1 || v % 2 == 0 {
+                return Err(loc.error(at.key(key), format!("{v} must be odd and at least 1")));
+            }
+        }
+        Ok(config)
+    }
+
+    fn backbone(loc: &Locator<'_>, at: &KeyPath, e: BackboneEntry) -> Result<ActorKind, ConfigError> {
+        use ocellus_perception::hiera::HieraConfig;
+        let names = ocellus_perception::backbone::names();
+        if !names.contains(&e.model.as_str()) {
+            return Err(
+                loc.error(at.key("model"), format!("unknown model {:?} (known: {})", e.model, names.join(", ")))
+            );
+        }
+        let weights = match (e.weights, e.allow_random_weights) {
+            (Some(path), false) if path.exists() => ocellus_actors::backbone::WeightsSource::File(path),
+            (Some(path), false) => {
+                return Err(loc.error(
+                    at.key("weights"),
+                    format!(
+                        "{} not found (convert an official checkpoint with `ocellus weights import --model {}`)",
+                        path.display(),
+                        e.model
+                    ),
+                ));
+            }
+            (None, true) => ocellus_actors::backbone::WeightsSource::Random { seed: e.seed },
+            (Some(_), true) => {
+                return Err(loc.error(
+                    at.key("allow_random_weights"),
+                    "give either `weights` or `allow_random_weights`, not both",
+                ));
+            }
+            (None, false) => {
+                return Err(loc.error(
+                    at.clone(),
+                    format!(
+                        "needs `weights` (from `ocellus weights import --model {}`) or `allow_random_weights = true`",
+                        e.model
+                    ),
+                ));
+            }
+        };
+        let resolution = match (e.resolution, HieraConfig::by_name(&e.model)) {
+            (None, _) => None,
+            (Some([h, w]), Some(hiera)) => {
+                let own = &hiera.input_size[hiera.input_size.len() - 2..];
+                if own != [h, w] {
+                    return Err(loc.error(
+                        at.key("resolution"),
+                        format!("{} runs at {own:?} only (its position embedding is fixed)", e.model),
+                    ));
+                }
+                Some((h, w))
+            }
+            (Some([h, w]), None) => {
+                if h <= 0 || w <= 0 || h % 32 != 0 || w % 32 != 0 {
+                    return Err(loc.error(
+                        at.key("resolution"),
+                        format!("[{h}, {w}]: SAM 2 encoders need positive multiples of 32"),
+                    ));
+                }
+                Some((h, w))
+            }
+        };
+        Ok(ActorKind::Backbone { model: e.model, weights, resolution })
     }
 
     fn preset(loc: &Locator<'_>, at: &KeyPath, value: toml::Value) -> Result<Preset, ConfigError> {

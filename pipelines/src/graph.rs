@@ -1,5 +1,6 @@
 //! From a validated configuration to a runnable [`Pipeline`].
 
+use ocellus_actors::backbone::{BackboneProcessor, BackboneSpec};
 use ocellus_actors::motion::MotionProcessor;
 use ocellus_actors::runtime::SourceKind;
 use ocellus_actors::sink::{NullSink, RerunSink, rerun::open_recording};
@@ -40,13 +41,29 @@ pub fn build(config: &PipelineConfig) -> Result<Pipeline, BuildError> {
     let device = config.device;
     for actor in &config.actors {
         let inputs: Vec<&str> = actor.inputs.iter().map(String::as_str).collect();
-        match actor.kind {
+        match &actor.kind {
             ActorKind::Motion(motion) => {
+                let motion = *motion;
                 pipeline.stage(
                     &actor.name,
                     &inputs,
                     actor.edge,
                     Box::new(move || Ok(Box::new(MotionProcessor::new(motion, device)?) as Box<dyn Processor>)),
+                );
+            }
+            ActorKind::Backbone { model, weights, resolution } => {
+                let spec = BackboneSpec {
+                    model: model.clone(),
+                    weights: weights.clone(),
+                    resolution: *resolution,
+                    device,
+                    dtype: config.dtype,
+                };
+                pipeline.stage(
+                    &actor.name,
+                    &inputs,
+                    actor.edge,
+                    Box::new(move || Ok(Box::new(BackboneProcessor::new(spec.clone())?) as Box<dyn Processor>)),
                 );
             }
         }

@@ -124,3 +124,44 @@ fn demo_config_is_valid() {
     ocellus_pipelines::check(&config).unwrap();
     assert_eq!((config.sources.len(), config.actors.len(), config.sinks.len()), (1, 1, 1));
 }
+
+#[test]
+fn backbone_without_weights() {
+    let text = format!(
+        "{GOOD_SOURCE}\n[[actor]]\nname = \"b\"\nkind = \"backbone\"\nmodel = \"hiera_tiny_224\"\ninputs = [\"front\"]\n"
+    );
+    expect_error(&text, "actor[0]", 6, "needs `weights`");
+}
+
+#[test]
+fn backbone_weights_file_missing() {
+    let text = format!(
+        "{GOOD_SOURCE}\n[[actor]]\nname = \"b\"\nkind = \"backbone\"\nmodel = \"hiera_tiny_224\"\ninputs = [\"front\"]\nweights = \"/nonexistent/w.safetensors\"\n"
+    );
+    expect_error(&text, "actor[0].weights", 11, "ocellus weights import --model hiera_tiny_224");
+}
+
+#[test]
+fn backbone_unknown_model_and_fixed_resolution() {
+    let base = format!(
+        "{GOOD_SOURCE}\n[[actor]]\nname = \"b\"\nkind = \"backbone\"\ninputs = [\"front\"]\nallow_random_weights = true\n"
+    );
+    expect_error(
+        &format!("{base}model = \"hiera_gigantic\"\n"),
+        "actor[0].model",
+        11,
+        "unknown model \"hiera_gigantic\"",
+    );
+    expect_error(
+        &format!("{base}model = \"hiera_tiny_224\"\nresolution = [256, 256]\n"),
+        "actor[0].resolution",
+        12,
+        "runs at [224, 224] only",
+    );
+    expect_error(
+        &format!("{base}model = \"sam2.1_hiera_tiny\"\nresolution = [250, 256]\n"),
+        "actor[0].resolution",
+        12,
+        "multiples of 32",
+    );
+}

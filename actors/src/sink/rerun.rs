@@ -147,6 +147,8 @@ impl Processor for RerunSink {
             Packet::Frame(f) => self.log_frame(f)?,
             Packet::Mask(m) => self.log_mask(m)?,
             Packet::Metrics(r) => self.log_metrics(r)?,
+            // Feature maps are for models downstream; the recording shows their metrics.
+            Packet::Features(_) => {}
         }
         out.record_consumed(input.meta().map(|m| m.capture_ns));
         Ok(())
