@@ -133,6 +133,16 @@ impl Activation {
             Self::Relu => x.f_relu()?,
         })
     }
+
+    /// Applies the activation in place (same values; saves a full-size allocation, which
+    /// matters for the 4× wide MLP hidden layers).
+    pub fn forward_(self, x: &mut Tensor) -> Result<()> {
+        let _same_storage = match self {
+            Self::Gelu => x.f_gelu_("none")?,
+            Self::Relu => x.f_relu_()?,
+        };
+        Ok(())
+    }
 }
 
 /// A stack of linear layers with an activation between them (timm `Mlp` with names
@@ -170,7 +180,8 @@ impl Mlp {
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(&x)?;
             if i + 1 < self.layers.len() {
-                x = self.act.forward(&x)?;
+                // `x` is the fresh output of the layer: safe to overwrite.
+                self.act.forward_(&mut x)?;
             }
         }
         Ok(x)

@@ -88,12 +88,23 @@ impl Backbone {
     /// Loads weights, checking every key (see [`weights::load`]).
     pub fn load(&mut self, path: &Path) -> Result<()> {
         let scope = self.scope();
-        weights::load(&mut self.vs, path, scope)
+        weights::load(&mut self.vs, path, scope)?;
+        self.weights_changed();
+        Ok(())
     }
 
     /// Seeded random weights.
     pub fn init_seeded(&self, seed: i64) -> Result<()> {
-        weights::init_seeded(&self.vs, seed)
+        weights::init_seeded(&self.vs, seed)?;
+        self.weights_changed();
+        Ok(())
+    }
+
+    /// Drops what was derived from the weights.
+    fn weights_changed(&self) {
+        if let Model::ImageEncoder(e) = &self.model {
+            e.trunk.clear_cache();
+        }
     }
 
     /// The weights store.
@@ -108,6 +119,7 @@ impl Backbone {
             DType::Bf16 => self.vs.bfloat16(),
             DType::F16 => self.vs.half(),
         }
+        self.weights_changed();
     }
 
     /// Runs the backbone on a normalized `[B, 3, (T,) H, W]` input; returns its feature maps

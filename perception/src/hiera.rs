@@ -205,8 +205,12 @@ impl HieraBlock {
             Some(proj) => do_pool(&proj.forward(&x_norm)?, self.attn.q_stride)?,
             None => x.shallow_clone(),
         };
-        let x = x.f_add(&self.attn.forward(&x_norm)?)?;
-        Ok(x.f_add(&self.mlp.forward(&self.norm2.forward(&x)?)?)?)
+        // Residuals added in place into the fresh branch outputs (a + b == b + a exactly).
+        let mut x_attn = self.attn.forward(&x_norm)?;
+        let _ = x_attn.f_add_(&x)?;
+        let mut y = self.mlp.forward(&self.norm2.forward(&x_attn)?)?;
+        let _ = y.f_add_(&x_attn)?;
+        Ok(y)
     }
 }
 

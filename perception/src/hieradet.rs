@@ -159,6 +159,30 @@ impl ImageEncoderConfig {
         ["sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large"];
 }
 
+/// Tensors derived per input size (`(h, w)`, dtype, device), computed once.
+#[derive(Debug, Default)]
+struct SizeCache(std::sync::Mutex<Vec<(SizeKey, Tensor)>>);
+
+/// `(h, w, dtype, device)`.
+type SizeKey = (i64, i64, Kind, tch::Device);
+
+impl SizeCache {
+    fn get_or_insert(&self, h: i64, w: i64, like: &Tensor, make: impl FnOnce() -> Result<Tensor>) -> Result<Tensor> {
+        let key = (h, w, like.kind(), like.device());
+        let mut cache = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, t)) = cache.iter().find(|(k, _)| *k == key) {
+            return Ok(t.shallow_clone());
+        }
+        let t = make()?;
+        cache.push((key, t.shallow_clone()));
+        Ok(t)
+    }
+
+    fn clear(&self) {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+    }
+}
+
 /// `MultiScaleAttention`: attention over `[B, H, W, C]` with an optional 2×2 query max-pool.
 #[derive(Debug)]
 struct MultiScaleAttention {
@@ -227,14 +251,20 @@ impl MultiScaleBlock {
         if self.window_size > 0 {
             x = window::unpartition(&x, window_size, pad_hw, (h, w))?;
         }
-        let x = shortcut.f_add(&x)?;
-        Ok(x.f_add(&self.mlp.forward(&self.norm2.forward(&x)?)?)?)
+        // Residuals added in place into the freshly computed branch (a + b == b + a exactly),
+        // saving a full-size allocation per add.
+        let _ = x.f_add_(&shortcut)?;
+        let mut y = self.mlp.forward(&self.norm2.forward(&x)?)?;
+        let _ = y.f_add_(&x)?;
+        Ok(y)
     }
 }
 
 /// The HieraDet trunk.
 #[derive(Debug)]
 pub struct Trunk {
+    /// `_get_pos_embed` results per `(h, w)`: weights do not change after loading.
+    pos_cache: SizeCache,
     patch_embed: Conv,
     pos_embed: Tensor,        // [1, C, bkg_h, bkg_w]
     pos_embed_window: Tensor, // [1, C, ws0, ws0]
@@ -294,12 +324,21 @@ impl Trunk {
             });
             embed_dim = dim_out;
         }
-        Ok(Self { patch_embed, pos_embed, pos_embed_window, blocks, stage_ends })
+        Ok(Self { pos_cache: SizeCache::default(), patch_embed, pos_embed, pos_embed_window, blocks, stage_ends })
     }
 
     /// `_get_pos_embed`: bicubic background (no corner alignment, no antialias) plus the
     /// tiled window embedding, as `[1, h, w, C]`.
     fn pos_embed(&self, h: i64, w: i64) -> Result<Tensor> {
+        self.pos_cache.get_or_insert(h, w, &self.pos_embed, || self.compute_pos_embed(h, w))
+    }
+
+    /// Forgets cached position embeddings (after the weights change).
+    pub fn clear_cache(&self) {
+        self.pos_cache.clear();
+    }
+
+    fn compute_pos_embed(&self, h: i64, w: i64) -> Result<Tensor> {
         let bkg = self.pos_embed.f_upsample_bicubic2d([h, w], false, None, None)?; // [1, C, h, w]
         let ws = self.pos_embed_window.size();
         let tiled = self.pos_embed_window.f_tile([1, 1, h / ws[2], w / ws[3]])?;
@@ -327,6 +366,8 @@ impl Trunk {
 /// The FPN neck.
 #[derive(Debug)]
 pub struct FpnNeck {
+    /// Sine encodings per `(h, w, kind)` (they depend on the size only, as the reference caches).
+    pe_cache: SizeCache,
     convs: Vec<Conv>,
     config: NeckConfig,
 }
@@ -347,7 +388,13 @@ impl FpnNeck {
                 Conv::new(&(p / "convs" / i / "conv"), dim, c.d_model, ConvShape::new(&[1, 1], &[1, 1], &[0, 0]))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { convs, config: c.clone() })
+        Ok(Self { pe_cache: SizeCache::default(), convs, config: c.clone() })
+    }
+
+    fn sine(&self, h: i64, w: i64, like: &Tensor) -> Result<Tensor> {
+        self.pe_cache.get_or_insert(h, w, like, || {
+            Ok(sine_2d(self.config.d_model, SINE_TEMPERATURE, h, w, like.device())?.f_to_kind(like.kind())?)
+        })
     }
 
     /// Features and position encodings per level, highest resolution first.
@@ -379,10 +426,7 @@ impl FpnNeck {
                 None => lateral,
             };
             let (b, _, h, w) = features.size4()?;
-            let pe = sine_2d(self.config.d_model, SINE_TEMPERATURE, h, w, features.device())?
-                .f_expand([b, -1, -1, -1], false)?
-                .f_to_kind(features.kind())?;
-            pos[i] = Some(pe);
+            pos[i] = Some(self.sine(h, w, &features)?.f_expand([b, -1, -1, -1], false)?);
             out[i] = Some(features.shallow_clone());
             prev = Some(features);
         }

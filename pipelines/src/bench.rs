@@ -1,4 +1,5 @@
-//! `ocellus bench runtime`: what the runtime alone costs.
+//! `ocellus bench runtime`: what the runtime alone costs; `ocellus bench models`: backbone
+//! forward time against the official Python forward on the same machine, threads and weights.
 //!
 //! A synthetic source (one pre-built RGB frame re-sent with new identities, so capture and
 //! conversion cost nothing) → a no-op actor → a null sink, over real edges and stage threads.
@@ -83,4 +84,56 @@ pub fn run(case: RuntimeBench) -> ocellus_actors::Result<RuntimeBenchResult> {
         latency_p50_ms: sink.latency_p50_ms,
         latency_p99_ms: sink.latency_p99_ms,
     })
+}
+
+/// The reference timing script, run with the bootstrap venv's Python.
+const REFERENCE_SCRIPT: &str = include_str!("../scripts/bench_reference.py");
+
+/// One backbone timing.
+#[derive(Debug, Clone)]
+pub struct ModelBenchResult {
+    /// Model name.
+    pub model: String,
+    /// Input shape.
+    pub input: Vec<i64>,
+    /// Median forward time of Ocellus, ms.
+    pub ocellus_ms: f64,
+    /// Median forward time of the official code, ms.
+    pub reference_ms: f64,
+}
+
+/// Times backbone `model` here and in the official code: same seeded weights, same input
+/// shape, `threads` intra-op threads each, median of `iters` runs after 2 warm-ups.
+pub fn model(model: &str, threads: i32, iters: usize, scratch: &std::path::Path) -> anyhow::Result<ModelBenchResult> {
+    use anyhow::Context as _;
+    let backbone = ocellus_perception::backbone::Backbone::new(model, tch::Device::Cpu)?;
+    backbone.init_seeded(0)?;
+    let weights = scratch.join(format!("{model}.bench.safetensors"));
+    backbone.var_store().save(&weights)?;
+
+    tch::set_num_threads(threads);
+    let mut input = vec![1, 3];
+    input.extend(backbone.input_size());
+    let x = tch::Tensor::randn(input.as_slice(), (tch::Kind::Float, tch::Device::Cpu));
+    let mut times = Vec::with_capacity(iters);
+    for i in 0..iters + 2 {
+        let start = std::time::Instant::now();
+        backbone.forward(&x)?;
+        if i >= 2 {
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let ocellus_ms = times[times.len() / 2];
+
+    let python = ocellus_perception::weights::venv_python().context("no venv Python: run scripts/bootstrap")?;
+    let out = std::process::Command::new(python)
+        .arg("-c")
+        .arg(REFERENCE_SCRIPT)
+        .args([model, &weights.display().to_string(), &threads.to_string(), &iters.to_string()])
+        .output()?;
+    std::fs::remove_file(&weights).ok();
+    anyhow::ensure!(out.status.success(), "reference run failed: {}", String::from_utf8_lossy(&out.stderr));
+    let reference_ms: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().context("reference output")?;
+    Ok(ModelBenchResult { model: model.to_owned(), input, ocellus_ms, reference_ms })
 }

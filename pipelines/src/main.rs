@@ -73,6 +73,18 @@ enum WeightsCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Backbone forward time against the official Python forward (same threads, weights).
+    Models {
+        /// Models to time.
+        #[arg(long, value_delimiter = ',', default_value = "hiera_tiny_224,hiera_base_plus_224,sam2.1_hiera_tiny")]
+        models: Vec<String>,
+        /// Intra-op threads for both.
+        #[arg(long, default_value_t = 2)]
+        threads: i32,
+        /// Timed runs per model (after 2 warm-ups).
+        #[arg(long, default_value_t = 10)]
+        iters: usize,
+    },
     /// The runtime alone: synthetic source → no-op actor → null sink.
     Runtime {
         /// Frames per case.
@@ -156,6 +168,25 @@ fn bench_runtime(frames: u64, edge: BenchEdge, paced_fps: f64, paced_frames: u64
     Ok(())
 }
 
+fn bench_models(models: &[String], threads: i32, iters: usize) -> anyhow::Result<()> {
+    let scratch = std::env::temp_dir().join(format!("ocellus-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    println!("{:<24} {:>22} {:>12} {:>14} {:>7}", "model", "input", "ocellus ms", "reference ms", "ratio");
+    for model in models {
+        let r = bench::model(model, threads, iters, &scratch)?;
+        println!(
+            "{:<24} {:>22} {:>12.1} {:>14.1} {:>7.3}",
+            r.model,
+            format!("{:?}", r.input),
+            r.ocellus_ms,
+            r.reference_ms,
+            r.ocellus_ms / r.reference_ms
+        );
+    }
+    std::fs::remove_dir_all(&scratch).ok();
+    Ok(())
+}
+
 fn weights(what: WeightsCommand) -> anyhow::Result<()> {
     let manifest = match what {
         WeightsCommand::Import { model, from, out } => {
@@ -205,6 +236,9 @@ fn main() -> ExitCode {
                 );
                 ExitCode::SUCCESS
             }),
+        Command::Bench { what: BenchCommand::Models { models, threads, iters } } => {
+            bench_models(&models, threads, iters).map(|()| ExitCode::SUCCESS)
+        }
         Command::Bench { what: BenchCommand::Runtime { frames, edge, paced_fps, paced_frames } } => {
             bench_runtime(frames, edge, paced_fps, paced_frames).map(|()| ExitCode::SUCCESS)
         }
