@@ -118,11 +118,20 @@ fn bad_gstreamer_element_names_the_element_and_line() {
 }
 
 #[test]
-fn demo_config_is_valid() {
-    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/demo.toml");
-    let config = PipelineConfig::load(&demo).unwrap();
-    ocellus_pipelines::check(&config).unwrap();
-    assert_eq!((config.sources.len(), config.actors.len(), config.sinks.len()), (1, 1, 1));
+fn every_shipped_config_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let config = PipelineConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            ocellus_pipelines::check(&config).unwrap_or_else(|e| panic!("{e}"));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "configs/ holds the demo and the examples");
+    let demo = PipelineConfig::load(&dir.join("demo.toml")).unwrap();
+    assert_eq!((demo.sources.len(), demo.actors.len(), demo.sinks.len()), (1, 1, 1));
 }
 
 #[test]
