@@ -202,3 +202,64 @@ pub fn max_dim(x: &Tensor, dim: i64) -> Result<Tensor> {
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     Ok(x.f_softmax(-1, None::<Kind>)?)
 }
+
+/// `LayerNorm2d` of SAM 2 / ConvNeXt: normalizes the channels of `[B, C, H, W]`.
+#[derive(Debug)]
+pub struct LayerNorm2d {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm2d {
+    /// A channel norm under `p` over `dim` channels.
+    pub fn new(p: &Path, dim: i64, eps: f64) -> Result<Self> {
+        Ok(Self { weight: param(p, "weight", &[dim])?, bias: param(p, "bias", &[dim])?, eps })
+    }
+
+    /// `(x - mean_c) / sqrt(var_c + eps) * weight + bias`, in the reference's order.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let u = x.f_mean_dim(Some(&[1i64][..]), true, None::<Kind>)?;
+        let centered = x.f_sub(&u)?;
+        let s = centered.f_pow_tensor_scalar(2)?.f_mean_dim(Some(&[1i64][..]), true, None::<Kind>)?;
+        let x = centered.f_div(&s.f_add_scalar(self.eps)?.f_sqrt()?)?;
+        let w = self.weight.f_view([-1, 1, 1])?;
+        let b = self.bias.f_view([-1, 1, 1])?;
+        Ok(w.f_mul(&x)?.f_add(&b)?)
+    }
+}
+
+/// `torch.nn.ConvTranspose2d` with kernel = stride (the upscaling layers of SAM).
+#[derive(Debug)]
+pub struct ConvTranspose2d {
+    weight: Tensor,
+    bias: Tensor,
+    stride: i64,
+}
+
+impl ConvTranspose2d {
+    /// `weight` `[in, out, k, k]`, `bias` `[out]`.
+    pub fn new(p: &Path, in_dim: i64, out_dim: i64, kernel: i64, stride: i64) -> Result<Self> {
+        Ok(Self {
+            weight: param(p, "weight", &[in_dim, out_dim, kernel, kernel])?,
+            bias: param(p, "bias", &[out_dim])?,
+            stride,
+        })
+    }
+
+    /// Upscales `[B, in, H, W]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let s = self.stride;
+        Ok(x.f_conv_transpose2d(&self.weight, Some(&self.bias), [s, s], [0, 0], [0, 0], 1, [1, 1])?)
+    }
+}
+
+/// `torch.nn.Embedding(n, dim)`: its `weight` `[n, dim]`.
+pub fn embedding(p: &Path, n: i64, dim: i64) -> Result<Tensor> {
+    param(p, "weight", &[n, dim])
+}
+
+/// A named parameter of the given shape (for bare `nn.Parameter`s and buffers).
+pub fn parameter(p: &Path, name: &str, dims: &[i64]) -> Result<Tensor> {
+    param(p, name, dims)
+}

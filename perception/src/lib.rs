@@ -7,6 +7,7 @@
 //!   runtime; its per-camera state is [`motion::MotionState`].
 //! - [`hiera`]: Hiera image and video backbones (official `hiera`), exact on the same weights.
 //! - [`hieradet`]: HieraDet + FPN neck, SAM 2's image encoder (official `sam2`), exact.
+//! - [`sam2`]: SAM 2's prompt encoder, mask decoder and image prediction (official `sam2`).
 //! - [`backbone`]: both by name, with their weights store.
 //! - [`weights`]: checked loading, seeded init, checkpoint import, manifests.
 //! - [`onnx`]: the ONNX Runtime backend, loaded dynamically from the venv made by
@@ -18,6 +19,7 @@ pub mod hiera;
 pub mod hieradet;
 pub mod motion;
 pub mod onnx;
+pub mod sam2;
 pub mod weights;
 
 /// Errors of the perception crate.

@@ -33,6 +33,8 @@ pub enum Scope<'a> {
     /// Only keys under this prefix belong to the model (e.g. `image_encoder.` of a SAM 2
     /// checkpoint); others are ignored.
     Prefix(&'a str),
+    /// Only keys under these prefixes belong to the model.
+    Prefixes(&'a [&'a str]),
 }
 
 fn weights_error(path: &Path, message: String) -> PerceptionError {
@@ -46,6 +48,7 @@ pub fn load(vs: &mut VarStore, path: &Path, scope: Scope<'_>) -> Result<()> {
     let in_scope = |k: &str| match scope {
         Scope::Exact => true,
         Scope::Prefix(p) => k.starts_with(p),
+        Scope::Prefixes(ps) => ps.iter().any(|p| k.starts_with(p)),
     };
     let file: BTreeMap<String, Tensor> = file.into_iter().filter(|(k, _)| in_scope(k)).collect();
     let missing: BTreeSet<&String> = vars.keys().filter(|k| !file.contains_key(*k)).collect();
