@@ -8,6 +8,7 @@
 //! - [`device`]: parsing of device names (`"cpu"`, `"cuda:0"`) and dtypes.
 //! - [`nn`]: PyTorch-compatible layers (names and numerics) over a `tch::nn::Path`.
 //! - [`position`]: position encodings (2D sine).
+//! - [`rope`]: SAM 2's 2D axial rotary encoding.
 //! - [`window`]: window partition / unpartition of `[B, H, W, C]` maps.
 //!
 //! Everything here returns [`KernelError`]; shapes that depend on user input go
@@ -19,6 +20,7 @@ pub mod masks;
 pub mod nn;
 pub mod position;
 pub mod preprocess;
+pub mod rope;
 pub mod window;
 
 pub use device::{DType, parse_device};

@@ -7,7 +7,10 @@
 //! Variable names are the official checkpoint keys.
 
 pub mod mask_decoder;
+pub mod memory_attention;
+pub mod memory_encoder;
 pub mod prompt_encoder;
+pub mod tracker;
 pub mod transformer;
 
 use ocellus_kernels::nn::parameter;
@@ -98,6 +101,8 @@ pub struct Sam2 {
     /// Mask decoder.
     pub mask_decoder: MaskDecoder,
     no_mem_embed: Tensor, // [1, 1, 256]
+    /// The video path (memory attention, memory encoder, object pointers), when built.
+    tracking: Option<tracker::Sam2Tracking>,
 }
 
 impl Sam2 {
@@ -115,7 +120,15 @@ impl Sam2 {
             )?,
             mask_decoder: MaskDecoder::new(&(p / "sam_mask_decoder"), c.mask_decoder)?,
             no_mem_embed: parameter(p, "no_mem_embed", &[1, 1, HIDDEN_DIM])?,
+            tracking: None,
         })
+    }
+
+    /// Builds the whole model, video path included (every key of a SAM 2 checkpoint).
+    pub fn new_with_tracking(p: &Path, c: &Sam2Config) -> Result<Self> {
+        let mut sam = Self::new(p, c)?;
+        sam.tracking = Some(tracker::Sam2Tracking::new(p)?);
+        Ok(sam)
     }
 
     /// `forward_image` + the image predictor's `set_image`: encodes a normalized

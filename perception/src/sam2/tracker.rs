@@ -1,0 +1,747 @@
+//! Video tracking with SAM 2: `SAM2Base.track_step` and its memory bank, with typed per-object
+//! state (the official code keeps an untyped dict).
+//!
+//! [`Sam2Tracking`] holds the extra weights of the video path. [`ObjectMemory`] is one
+//! object's memory bank (conditioning frames, recent non-conditioning frames). Two drivers use
+//! them: [`VideoSession`] reproduces `SAM2VideoPredictor` (prompts first, then propagation
+//! over stored frames; used for parity), and [`StreamingTracker`] runs on an endless stream
+//! with bounded memory (the tracker actor).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ocellus_kernels::nn::{Activation, Conv, ConvShape, Linear, Mlp, parameter};
+use tch::nn::Path;
+use tch::{Kind, Tensor};
+use tracing::trace_span;
+
+use super::Sam2;
+use super::memory_attention::MemoryAttention;
+use super::memory_encoder::MemoryEncoder;
+use crate::{PerceptionError, Result};
+
+/// Memories per object: 1 input frame + 6 previous frames.
+pub const NUM_MASKMEM: i64 = 7;
+/// Most object pointers attended to.
+pub const MAX_OBJ_PTRS_IN_ENCODER: i64 = 16;
+/// Memory channels.
+const MEM_DIM: i64 = 64;
+/// Channels of the SAM heads.
+const HIDDEN_DIM: i64 = 256;
+/// Logit of "no object" masks.
+const NO_OBJ_SCORE: f64 = -1024.0;
+/// Mask → memory-encoder input: `sigmoid(m) * 20 - 10`.
+const SIGMOID_SCALE_FOR_MEM_ENC: f64 = 20.0;
+/// See [`SIGMOID_SCALE_FOR_MEM_ENC`].
+const SIGMOID_BIAS_FOR_MEM_ENC: f64 = -10.0;
+/// Low-resolution mask side.
+const LOW_RES: i64 = 256;
+/// Previous mask logits used as a prompt are clamped to this.
+const PREV_LOGIT_CLAMP: f64 = 32.0;
+/// Checkpoint prefixes of the video path.
+pub const TRACKING_KEYS: [&str; 10] = [
+    "memory_attention.",
+    "memory_encoder.",
+    "maskmem_tpos_enc",
+    "no_mem_pos_enc",
+    "no_obj_ptr",
+    "no_obj_embed_spatial",
+    "mask_downsample.",
+    "obj_ptr_proj.",
+    "obj_ptr_tpos_proj.",
+    "no_mem_embed",
+];
+
+/// The weights of SAM 2's video path.
+#[derive(Debug)]
+pub struct Sam2Tracking {
+    memory_attention: MemoryAttention,
+    memory_encoder: MemoryEncoder,
+    maskmem_tpos_enc: Tensor,     // [7, 1, 1, 64]
+    no_obj_ptr: Tensor,           // [1, 256]
+    no_obj_embed_spatial: Tensor, // [1, 64]
+    mask_downsample: Conv,
+    obj_ptr_proj: Mlp,
+    obj_ptr_tpos_proj: Linear,
+}
+
+impl Sam2Tracking {
+    /// Builds the video path under the root path `p`.
+    pub fn new(p: &Path) -> Result<Self> {
+        let _in_checkpoint_unused_in_sam2_1 = parameter(p, "no_mem_pos_enc", &[1, 1, HIDDEN_DIM])?;
+        Ok(Self {
+            memory_attention: MemoryAttention::new(&(p / "memory_attention"), HIDDEN_DIM, MEM_DIM, 4, 2048)?,
+            memory_encoder: MemoryEncoder::new(&(p / "memory_encoder"), HIDDEN_DIM, MEM_DIM)?,
+            maskmem_tpos_enc: parameter(p, "maskmem_tpos_enc", &[NUM_MASKMEM, 1, 1, MEM_DIM])?,
+            no_obj_ptr: parameter(p, "no_obj_ptr", &[1, HIDDEN_DIM])?,
+            no_obj_embed_spatial: parameter(p, "no_obj_embed_spatial", &[1, MEM_DIM])?,
+            mask_downsample: Conv::new(&(p / "mask_downsample"), 1, 1, ConvShape::new(&[4, 4], &[4, 4], &[0, 0]))?,
+            obj_ptr_proj: Mlp::sam(&(p / "obj_ptr_proj"), HIDDEN_DIM, HIDDEN_DIM, HIDDEN_DIM, 3, Activation::Relu)?,
+            obj_ptr_tpos_proj: Linear::new(&(p / "obj_ptr_tpos_proj"), HIDDEN_DIM, MEM_DIM, true)?,
+        })
+    }
+}
+
+/// The features of one frame that tracking needs (shared by every object).
+#[derive(Debug)]
+pub struct FrameFeatures {
+    /// `conv_s0` / `conv_s1` levels.
+    pub high_res: (Tensor, Tensor),
+    /// Raw stride-16 features `[1, 256, 64, 64]`.
+    pub pix_feat: Tensor,
+    /// Their position encoding `[1, 256, 64, 64]`.
+    pub pix_pos: Tensor,
+}
+
+/// Point prompts in model pixels (1024 × 1024): coords `[1, N, 2]`, labels `[1, N]` (int).
+#[derive(Debug)]
+pub struct PointInputs {
+    /// Coordinates.
+    pub coords: Tensor,
+    /// Labels: 1 positive, 0 negative, 2/3 box corners.
+    pub labels: Tensor,
+}
+
+impl Clone for PointInputs {
+    fn clone(&self) -> Self {
+        Self { coords: self.coords.shallow_clone(), labels: self.labels.shallow_clone() }
+    }
+}
+
+/// What tracking produced for one object on one frame.
+#[derive(Debug)]
+pub struct FrameOutput {
+    /// Low-resolution mask logits `[1, 1, 256, 256]`.
+    pub pred_masks: Tensor,
+    /// Object pointer `[1, 256]`.
+    pub obj_ptr: Tensor,
+    /// Object score logit `[1, 1]` (≤ 0: not visible).
+    pub object_score_logits: Tensor,
+    /// Memory features `[1, 64, 64, 64]` (stored at bf16 precision, as the reference does).
+    pub maskmem_features: Option<Tensor>,
+}
+
+impl Clone for FrameOutput {
+    fn clone(&self) -> Self {
+        Self {
+            pred_masks: self.pred_masks.shallow_clone(),
+            obj_ptr: self.obj_ptr.shallow_clone(),
+            object_score_logits: self.object_score_logits.shallow_clone(),
+            maskmem_features: self.maskmem_features.as_ref().map(Tensor::shallow_clone),
+        }
+    }
+}
+
+impl FrameOutput {
+    /// Whether the object is visible (object score logit > 0).
+    pub fn visible(&self) -> bool {
+        self.object_score_logits.double_value(&[0, 0]) > 0.0
+    }
+}
+
+/// One object's memory bank.
+#[derive(Debug, Default)]
+pub struct ObjectMemory {
+    /// Conditioning frames (prompted), in insertion order.
+    pub cond: Vec<(u64, FrameOutput)>,
+    /// Tracked frames without prompts.
+    pub non_cond: BTreeMap<u64, FrameOutput>,
+}
+
+impl ObjectMemory {
+    fn cond_get(&self, frame: u64) -> Option<&FrameOutput> {
+        self.cond.iter().find(|(f, _)| *f == frame).map(|(_, o)| o)
+    }
+
+    fn cond_insert(&mut self, frame: u64, out: FrameOutput) {
+        match self.cond.iter_mut().find(|(f, _)| *f == frame) {
+            Some(slot) => slot.1 = out,
+            None => self.cond.push((frame, out)),
+        }
+    }
+}
+
+/// How object pointers' temporal distances are normalized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Horizon {
+    /// A video of this many frames (the reference's `num_frames`).
+    Video(i64),
+    /// An endless stream: normalized as for a video of 16 frames or more, no end.
+    Stream,
+}
+
+impl Horizon {
+    fn max_obj_ptrs(self) -> i64 {
+        match self {
+            Self::Video(n) => n.min(MAX_OBJ_PTRS_IN_ENCODER),
+            Self::Stream => MAX_OBJ_PTRS_IN_ENCODER,
+        }
+    }
+
+    fn contains(self, t: i64) -> bool {
+        match self {
+            Self::Video(n) => t < n,
+            Self::Stream => true,
+        }
+    }
+}
+
+/// Outputs of the SAM heads (`_forward_sam_heads`).
+struct SamHeads {
+    low_res_masks: Tensor,
+    high_res_masks: Tensor,
+    obj_ptr: Tensor,
+    object_score_logits: Tensor,
+}
+
+impl Sam2 {
+    /// The tracking features of a normalized `[1, 3, 1024, 1024]` frame.
+    pub fn frame_features(&self, x: &Tensor) -> Result<FrameFeatures> {
+        let f = self.encode_image(x)?;
+        let pix_pos = f
+            .backbone
+            .vision_pos_enc
+            .last()
+            .map(Tensor::shallow_clone)
+            .ok_or_else(|| PerceptionError::Config { model: "sam2", message: "no position encoding".into() })?;
+        Ok(FrameFeatures { high_res: f.high_res, pix_feat: f.backbone.vision_features, pix_pos })
+    }
+
+    fn tracking(&self) -> Result<&Sam2Tracking> {
+        self.tracking
+            .as_ref()
+            .ok_or_else(|| PerceptionError::Config { model: "sam2", message: "built without the video path".into() })
+    }
+
+    /// `_forward_sam_heads`.
+    fn forward_sam_heads(
+        &self,
+        backbone: &Tensor,
+        points: Option<&PointInputs>,
+        mask_inputs: Option<&Tensor>,
+        high_res: (&Tensor, &Tensor),
+        multimask: bool,
+    ) -> Result<SamHeads> {
+        let t = self.tracking()?;
+        let b = backbone.size()[0];
+        let device = backbone.device();
+        let (coords, labels) = match points {
+            Some(p) => (p.coords.shallow_clone(), p.labels.shallow_clone()),
+            None => (
+                Tensor::f_zeros([b, 1, 2], (Kind::Float, device))?,
+                Tensor::f_ones([b, 1], (Kind::Int, device))?.f_neg()?,
+            ),
+        };
+        let mask_prompt = match mask_inputs {
+            Some(m) if m.size()[2..] != [LOW_RES, LOW_RES] => Some(
+                m.f_to_kind(Kind::Float)?.f_internal_upsample_bilinear2d_aa([LOW_RES, LOW_RES], false, None, None)?,
+            ),
+            Some(m) => Some(m.shallow_clone()),
+            None => None,
+        };
+        let (sparse, dense) = self.prompt_encoder.forward(Some((&coords, &labels)), mask_prompt.as_ref())?;
+        let out = self.mask_decoder.forward(
+            backbone,
+            &self.prompt_encoder.dense_pe()?,
+            &sparse,
+            &dense,
+            multimask,
+            false,
+            high_res,
+        )?;
+        let appearing = out.object_score_logits.f_gt(0.0)?; // [B, 1]
+        let no_obj = Tensor::f_full([1], NO_OBJ_SCORE, (Kind::Float, device))?;
+        let low_res_multi =
+            out.masks.f_where_self(&appearing.f_unsqueeze(-1)?.f_unsqueeze(-1)?, &no_obj)?.f_to_kind(Kind::Float)?;
+        let high_res_multi = low_res_multi.f_upsample_bilinear2d([1024, 1024], false, None, None)?;
+        let mut token = out.sam_tokens_out.f_select(1, 0)?;
+        let (low_res_masks, high_res_masks) = if multimask {
+            let best = out.iou_pred.f_argmax(-1, false)?;
+            let batch = Tensor::f_arange(b, (Kind::Int64, device))?;
+            let low = low_res_multi.f_index(&[Some(&batch), Some(&best)])?.f_unsqueeze(1)?;
+            let high = high_res_multi.f_index(&[Some(&batch), Some(&best)])?.f_unsqueeze(1)?;
+            if out.sam_tokens_out.size()[1] > 1 {
+                token = out.sam_tokens_out.f_index(&[Some(&batch), Some(&best)])?;
+            }
+            (low, high)
+        } else {
+            (low_res_multi, high_res_multi)
+        };
+        let obj_ptr = t.obj_ptr_proj.forward(&token)?;
+        let lambda = appearing.f_to_kind(Kind::Float)?;
+        let obj_ptr = lambda.f_mul(&obj_ptr)?;
+        let obj_ptr = obj_ptr.f_add(&lambda.f_neg()?.f_add_scalar(1.0)?.f_mul(&t.no_obj_ptr)?)?;
+        Ok(SamHeads { low_res_masks, high_res_masks, obj_ptr, object_score_logits: out.object_score_logits })
+    }
+
+    /// `_use_mask_as_output`: a binary mask prompt is the output.
+    fn use_mask_as_output(&self, backbone: &Tensor, high_res: (&Tensor, &Tensor), mask: &Tensor) -> Result<SamHeads> {
+        let t = self.tracking()?;
+        let m = mask.f_to_kind(Kind::Float)?;
+        let high_res_masks = m.f_mul_scalar(SIGMOID_SCALE_FOR_MEM_ENC)?.f_add_scalar(SIGMOID_BIAS_FOR_MEM_ENC)?;
+        let (h, w) = (high_res_masks.size()[2], high_res_masks.size()[3]);
+        let low_res_masks = high_res_masks.f_internal_upsample_bilinear2d_aa([h / 4, w / 4], false, None, None)?;
+        let heads = self.forward_sam_heads(backbone, None, Some(&t.mask_downsample.forward(&m)?), high_res, false)?;
+        let appearing = m.f_flatten(1, -1)?.f_gt(0.0)?.f_any_dim(1, false)?.f_unsqueeze(-1)?.f_to_kind(Kind::Float)?;
+        let object_score_logits =
+            appearing.f_mul_scalar(SIGMOID_SCALE_FOR_MEM_ENC)?.f_add_scalar(SIGMOID_BIAS_FOR_MEM_ENC)?;
+        let obj_ptr = appearing.f_mul(&heads.obj_ptr)?;
+        let obj_ptr = obj_ptr.f_add(&appearing.f_neg()?.f_add_scalar(1.0)?.f_mul(&t.no_obj_ptr)?)?;
+        Ok(SamHeads { low_res_masks, high_res_masks, obj_ptr, object_score_logits })
+    }
+
+    /// `_prepare_memory_conditioned_features`: the frame's features attending to the memory.
+    fn memory_conditioned(
+        &self,
+        frame: u64,
+        init_cond: bool,
+        feats: &FrameFeatures,
+        mem: &ObjectMemory,
+        horizon: Horizon,
+    ) -> Result<Tensor> {
+        let t = self.tracking()?;
+        let (b, c, h, w) = feats.pix_feat.size4()?;
+        if init_cond {
+            // directly_add_no_mem_embed
+            return Ok(feats.pix_feat.f_add(&self.no_mem_embed.f_view([1, -1, 1, 1])?)?);
+        }
+        if mem.cond.is_empty() {
+            return Err(PerceptionError::Config {
+                model: "sam2",
+                message: "tracking an object without a conditioning frame".into(),
+            });
+        }
+        let frame_i = frame as i64;
+        let mut memories = Vec::new();
+        let mut memory_pos = Vec::new();
+        // Spatial memories: every conditioning frame (t_pos 0), then the 6 previous frames.
+        let mut t_pos_and_prevs: Vec<(i64, &FrameOutput)> = mem.cond.iter().map(|(_, o)| (0, o)).collect();
+        for t_pos in 1..NUM_MASKMEM {
+            let prev = frame_i - (NUM_MASKMEM - t_pos);
+            if let Some(out) = u64::try_from(prev).ok().and_then(|p| mem.non_cond.get(&p)) {
+                t_pos_and_prevs.push((t_pos, out));
+            }
+        }
+        let mem_pos_enc = self.maskmem_pos_enc(&feats.pix_feat)?; // [1, 64, 64, 64]
+        for (t_pos, prev) in t_pos_and_prevs {
+            let Some(features) = prev.maskmem_features.as_ref() else { continue };
+            memories.push(features.f_flatten(2, -1)?.f_permute([2, 0, 1])?); // [HW, B, 64]
+            let enc = mem_pos_enc.f_flatten(2, -1)?.f_permute([2, 0, 1])?;
+            memory_pos.push(enc.f_add(&t.maskmem_tpos_enc.f_get(NUM_MASKMEM - t_pos - 1)?)?);
+        }
+        // Object pointers: past conditioning frames, then up to 15 previous frames.
+        let max_ptrs = horizon.max_obj_ptrs();
+        let mut pos_and_ptrs: Vec<(i64, &Tensor)> =
+            mem.cond.iter().filter(|(f, _)| *f <= frame).map(|(f, o)| (frame_i - *f as i64, &o.obj_ptr)).collect();
+        for t_diff in 1..max_ptrs {
+            let tt = frame_i - t_diff;
+            if tt < 0 || !horizon.contains(tt) {
+                break;
+            }
+            if let Some(out) = mem.non_cond.get(&(tt as u64)) {
+                pos_and_ptrs.push((t_diff, &out.obj_ptr));
+            }
+        }
+        let mut num_obj_ptr_tokens = 0;
+        if !pos_and_ptrs.is_empty() {
+            let ptrs: Vec<&Tensor> = pos_and_ptrs.iter().map(|(_, p)| *p).collect();
+            let obj_ptrs = Tensor::f_stack(&ptrs, 0)?; // [N, B, C]
+            let pos: Vec<i64> = pos_and_ptrs.iter().map(|(p, _)| *p).collect();
+            let t_diff_max = (max_ptrs - 1) as f64;
+            let obj_pos = Tensor::f_from_slice(&pos)?.f_to_device(feats.pix_feat.device())?.f_div_scalar(t_diff_max)?;
+            let obj_pos = t.obj_ptr_tpos_proj.forward(&sine_1d(&obj_pos, c)?)?; // [N, 64]
+            let obj_pos = obj_pos.f_unsqueeze(1)?.f_expand([-1, b, MEM_DIM], false)?;
+            let split = c / MEM_DIM;
+            let obj_ptrs = obj_ptrs.f_reshape([-1, b, split, MEM_DIM])?.f_permute([0, 2, 1, 3])?.f_flatten(0, 1)?; // [N*4, B, 64]
+            let obj_pos = obj_pos.f_repeat_interleave_self_int(split, 0, None)?;
+            num_obj_ptr_tokens = obj_ptrs.size()[0];
+            memories.push(obj_ptrs);
+            memory_pos.push(obj_pos);
+        }
+        let memory = Tensor::f_cat(&memories, 0)?;
+        let memory_pos = Tensor::f_cat(&memory_pos, 0)?;
+        let curr = feats.pix_feat.f_flatten(2, -1)?.f_permute([2, 0, 1])?; // [HW, B, C]
+        let curr_pos = feats.pix_pos.f_flatten(2, -1)?.f_permute([2, 0, 1])?;
+        let out = t.memory_attention.forward(&curr, &curr_pos, &memory, &memory_pos, num_obj_ptr_tokens)?;
+        Ok(out.f_permute([1, 2, 0])?.f_view([b, c, h, w])?)
+    }
+
+    /// The memory position encoding (the same for every frame and object).
+    fn maskmem_pos_enc(&self, like: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = like.size4()?;
+        Ok(ocellus_kernels::position::sine_2d(MEM_DIM, 10_000.0, h, w, like.device())?)
+    }
+
+    /// `_encode_new_memory`: the memory features of a predicted mask (bf16-rounded, as the
+    /// reference stores them).
+    fn encode_new_memory(
+        &self,
+        feats: &FrameFeatures,
+        high_res_masks: &Tensor,
+        object_score_logits: &Tensor,
+        from_points: bool,
+    ) -> Result<Tensor> {
+        let t = self.tracking()?;
+        let mask =
+            if from_points { high_res_masks.f_gt(0.0)?.f_to_kind(Kind::Float)? } else { high_res_masks.f_sigmoid()? };
+        let mask = mask.f_mul_scalar(SIGMOID_SCALE_FOR_MEM_ENC)?.f_add_scalar(SIGMOID_BIAS_FOR_MEM_ENC)?;
+        let (features, _pos) = t.memory_encoder.forward(&feats.pix_feat, &mask)?;
+        let appearing = object_score_logits.f_gt(0.0)?.f_to_kind(Kind::Float)?; // [B, 1]
+        let no_obj = appearing.f_neg()?.f_add_scalar(1.0)?.f_unsqueeze(-1)?.f_unsqueeze(-1)?; // [B, 1, 1, 1]
+        let spatial =
+            t.no_obj_embed_spatial.f_unsqueeze(-1)?.f_unsqueeze(-1)?.f_expand(features.size().as_slice(), false)?;
+        let features = features.f_add(&no_obj.f_mul(&spatial)?)?;
+        Ok(features.f_to_kind(Kind::BFloat16)?.f_to_kind(Kind::Float)?)
+    }
+
+    /// `track_step` for one object (batch 1).
+    #[allow(clippy::too_many_arguments)]
+    pub fn track_step(
+        &self,
+        frame: u64,
+        init_cond: bool,
+        feats: &FrameFeatures,
+        points: Option<&PointInputs>,
+        mask_inputs: Option<&Tensor>,
+        mem: &ObjectMemory,
+        horizon: Horizon,
+        run_mem_encoder: bool,
+        prev_sam_mask_logits: Option<&Tensor>,
+    ) -> Result<FrameOutput> {
+        let _span = trace_span!("sam2_track_step", frame, init_cond).entered();
+        let high_res = (&feats.high_res.0, &feats.high_res.1);
+        let heads = match mask_inputs {
+            Some(m) => self.use_mask_as_output(&feats.pix_feat, high_res, m)?,
+            None => {
+                let pix = self.memory_conditioned(frame, init_cond, feats, mem, horizon)?;
+                let num_pts = points.map_or(0, |p| p.labels.size()[1]);
+                // multimask_output_in_sam, for tracking too, with 0 or 1 point.
+                let multimask = num_pts <= 1;
+                self.forward_sam_heads(&pix, points, prev_sam_mask_logits, high_res, multimask)?
+            }
+        };
+        let maskmem_features = if run_mem_encoder {
+            Some(self.encode_new_memory(feats, &heads.high_res_masks, &heads.object_score_logits, points.is_some())?)
+        } else {
+            None
+        };
+        Ok(FrameOutput {
+            pred_masks: heads.low_res_masks,
+            obj_ptr: heads.obj_ptr,
+            object_score_logits: heads.object_score_logits,
+            maskmem_features,
+        })
+    }
+
+    /// Memory of an output computed without it (`propagate_in_video_preflight`).
+    fn memory_of(&self, feats: &FrameFeatures, out: &FrameOutput) -> Result<Tensor> {
+        let high = out.pred_masks.f_upsample_bilinear2d([1024, 1024], false, None, None)?;
+        self.encode_new_memory(feats, &high, &out.object_score_logits, true)
+    }
+}
+
+/// `get_1d_sine_pe(pos, dim)`: `cat(sin, cos)` of `pos / 10000^(2⌊i/2⌋/(dim/2))`.
+fn sine_1d(pos: &Tensor, dim: i64) -> Result<Tensor> {
+    let pe_dim = dim / 2;
+    let dim_t = Tensor::f_arange(pe_dim, (Kind::Float, pos.device()))?;
+    let dim_t =
+        Tensor::f_pow_scalar(10_000.0, &dim_t.f_floor_divide_scalar(2)?.f_mul_scalar(2)?.f_div_scalar(pe_dim as f64)?)?;
+    let p = pos.f_unsqueeze(-1)?.f_div(&dim_t)?;
+    Ok(Tensor::f_cat(&[p.f_sin()?, p.f_cos()?], -1)?)
+}
+
+/// A temporary output not yet merged into memory (`temp_output_dict_per_obj`).
+struct Temp {
+    frame: u64,
+    cond: bool,
+    out: FrameOutput,
+}
+
+/// One object of a [`VideoSession`].
+#[derive(Default)]
+struct SessionObject {
+    points: BTreeMap<u64, PointInputs>,
+    memory: ObjectMemory,
+    temp: Vec<Temp>,
+    tracked: BTreeSet<u64>,
+}
+
+/// `SAM2VideoPredictor` over frames held in memory: prompts, then propagation.
+pub struct VideoSession<'a> {
+    model: &'a Sam2,
+    frames: Vec<Tensor>,
+    features: BTreeMap<u64, FrameFeatures>,
+    objects: BTreeMap<u64, SessionObject>,
+}
+
+impl<'a> VideoSession<'a> {
+    /// A session over normalized `[3, 1024, 1024]` frames.
+    pub fn new(model: &'a Sam2, frames: Vec<Tensor>) -> Self {
+        Self { model, frames, features: BTreeMap::new(), objects: BTreeMap::new() }
+    }
+
+    fn features(&mut self, frame: u64) -> Result<&FrameFeatures> {
+        if !self.features.contains_key(&frame) {
+            let x = self.frames.get(frame as usize).ok_or_else(|| PerceptionError::Config {
+                model: "sam2",
+                message: format!("frame {frame} out of range"),
+            })?;
+            let f = self.model.frame_features(&x.f_unsqueeze(0)?)?;
+            self.features.insert(frame, f);
+        }
+        self.features.get(&frame).ok_or_else(|| PerceptionError::Config { model: "sam2", message: "features".into() })
+    }
+
+    fn horizon(&self) -> Horizon {
+        Horizon::Video(self.frames.len() as i64)
+    }
+
+    /// `add_new_points_or_box` (old points cleared): `coords` `[1, N, 2]` in model pixels.
+    pub fn add_points(&mut self, obj: u64, frame: u64, coords: &Tensor, labels: &Tensor) -> Result<FrameOutput> {
+        let horizon = self.horizon();
+        let model = self.model;
+        self.features(frame)?;
+        let feats = self
+            .features
+            .get(&frame)
+            .ok_or_else(|| PerceptionError::Config { model: "sam2", message: "features".into() })?;
+        let o = self.objects.entry(obj).or_default();
+        let points = PointInputs { coords: coords.shallow_clone(), labels: labels.f_to_kind(Kind::Int)? };
+        o.points.insert(frame, points.clone());
+        let init_cond = !o.tracked.contains(&frame);
+        let prev = o
+            .temp
+            .iter()
+            .find(|t| t.frame == frame && t.cond == init_cond)
+            .map(|t| &t.out)
+            .or_else(|| o.memory.cond_get(frame))
+            .or_else(|| o.memory.non_cond.get(&frame))
+            .map(|p| p.pred_masks.f_clamp(-PREV_LOGIT_CLAMP, PREV_LOGIT_CLAMP))
+            .transpose()?;
+        let out =
+            model.track_step(frame, init_cond, feats, Some(&points), None, &o.memory, horizon, false, prev.as_ref())?;
+        o.temp.retain(|t| !(t.frame == frame && t.cond == init_cond));
+        o.temp.push(Temp { frame, cond: init_cond, out: out.clone() });
+        Ok(out)
+    }
+
+    /// `propagate_in_video` from the first conditioning frame to the end; returns every
+    /// frame's outputs per object (`frame → obj → output`).
+    pub fn propagate(&mut self) -> Result<BTreeMap<u64, BTreeMap<u64, FrameOutput>>> {
+        // Preflight: merge temporary outputs, computing their memories.
+        let ids: Vec<u64> = self.objects.keys().copied().collect();
+        for id in &ids {
+            let temps = self.objects.get_mut(id).map(|o| std::mem::take(&mut o.temp)).unwrap_or_default();
+            let (conds, non_conds): (Vec<Temp>, Vec<Temp>) = temps.into_iter().partition(|t| t.cond);
+            for mut t in non_conds.into_iter().chain(conds) {
+                if t.out.maskmem_features.is_none() {
+                    let model = self.model;
+                    let feats = self.features(t.frame)?;
+                    t.out.maskmem_features = Some(model.memory_of(feats, &t.out)?);
+                }
+                let o = self
+                    .objects
+                    .get_mut(id)
+                    .ok_or_else(|| PerceptionError::Config { model: "sam2", message: "object".into() })?;
+                if t.cond {
+                    o.memory.cond_insert(t.frame, t.out);
+                } else {
+                    o.memory.non_cond.insert(t.frame, t.out);
+                }
+            }
+            if let Some(o) = self.objects.get_mut(id) {
+                let cond_frames: Vec<u64> = o.memory.cond.iter().map(|(f, _)| *f).collect();
+                for f in cond_frames {
+                    o.memory.non_cond.remove(&f);
+                }
+            }
+        }
+        let start = self.objects.values().flat_map(|o| o.memory.cond.iter().map(|(f, _)| *f)).min().unwrap_or(0);
+        let horizon = self.horizon();
+        let mut results = BTreeMap::new();
+        for frame in start..self.frames.len() as u64 {
+            let mut per_obj = BTreeMap::new();
+            for id in &ids {
+                let is_cond = self.objects.get(id).is_some_and(|o| o.memory.cond_get(frame).is_some());
+                let out = if is_cond {
+                    self.objects.get(id).and_then(|o| o.memory.cond_get(frame)).cloned()
+                } else {
+                    self.features(frame)?;
+                    let feats = self.features.get(&frame);
+                    let o = self.objects.get(id);
+                    match (feats, o) {
+                        (Some(feats), Some(o)) => {
+                            let out = self
+                                .model
+                                .track_step(frame, false, feats, None, None, &o.memory, horizon, true, None)?;
+                            if let Some(o) = self.objects.get_mut(id) {
+                                o.memory.non_cond.insert(frame, out.clone());
+                            }
+                            Some(out)
+                        }
+                        _ => None,
+                    }
+                };
+                if let Some(o) = self.objects.get_mut(id) {
+                    o.tracked.insert(frame);
+                }
+                if let Some(out) = out {
+                    per_obj.insert(*id, out);
+                }
+            }
+            results.insert(frame, per_obj);
+        }
+        Ok(results)
+    }
+
+    /// The memory bank of object `obj`.
+    pub fn memory(&self, obj: u64) -> Option<&ObjectMemory> {
+        self.objects.get(&obj).map(|o| &o.memory)
+    }
+}
+
+/// A prompt for one object, applied on the next frame the tracker sees.
+#[derive(Debug)]
+pub enum Prompt {
+    /// Points in model pixels with labels (1 positive, 0 negative).
+    Points(PointInputs),
+    /// A box `[x0, y0, x1, y1]` in model pixels, with optional extra points.
+    Box {
+        /// The box `[1, 4]`.
+        bbox: Tensor,
+        /// Points after the box.
+        points: Option<PointInputs>,
+    },
+    /// A binary mask `[1, 1, H, W]` (any size; resized to the model's).
+    Mask(Tensor),
+}
+
+impl Prompt {
+    fn into_inputs(self) -> Result<(Option<PointInputs>, Option<Tensor>)> {
+        Ok(match self {
+            Self::Points(p) => (Some(p), None),
+            Self::Box { bbox, points } => {
+                let coords = bbox.f_reshape([1, 2, 2])?;
+                let labels = Tensor::f_from_slice(&[2i32, 3])?.f_to_device(bbox.device())?.f_view([1, 2])?;
+                let p = match points {
+                    Some(p) => PointInputs {
+                        coords: Tensor::f_cat(&[&coords, &p.coords], 1)?,
+                        labels: Tensor::f_cat(&[&labels, &p.labels.f_to_kind(Kind::Int)?], 1)?,
+                    },
+                    None => PointInputs { coords, labels },
+                };
+                (Some(p), None)
+            }
+            Self::Mask(m) => {
+                let m = if m.size()[2..] == [1024, 1024] {
+                    m
+                } else {
+                    m.f_to_kind(Kind::Float)?.f_upsample_bilinear2d([1024, 1024], false, None, None)?.f_gt(0.5)?
+                };
+                (None, Some(m))
+            }
+        })
+    }
+}
+
+/// Settings of the streaming tracker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamConfig {
+    /// Conditioning frames kept per object: the first, then the most recent corrections.
+    pub max_cond_frames: usize,
+    /// How object pointer distances are normalized ([`Horizon::Stream`] for live streams).
+    pub horizon: Horizon,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self { max_cond_frames: 4, horizon: Horizon::Stream }
+    }
+}
+
+/// Tracks any number of objects over an endless stream with bounded memory.
+///
+/// Per object it keeps at most `max_cond_frames` conditioning frames and the last
+/// [`MAX_OBJ_PTRS_IN_ENCODER`] tracked frames (what the memory attention can read), whatever
+/// the stream's length. A prompt on an object being tracked is a correction: it is decoded
+/// with the object's memory and kept as a conditioning frame.
+#[derive(Debug, Default)]
+pub struct StreamingTracker {
+    config: StreamConfig,
+    objects: BTreeMap<u64, ObjectMemory>,
+    pending: BTreeMap<u64, Prompt>,
+}
+
+impl StreamingTracker {
+    /// An empty tracker.
+    pub fn new(config: StreamConfig) -> Self {
+        Self { config, objects: BTreeMap::new(), pending: BTreeMap::new() }
+    }
+
+    /// Queues a prompt for object `obj` (a new object, or a correction) for the next frame.
+    pub fn add_prompt(&mut self, obj: u64, prompt: Prompt) {
+        self.pending.insert(obj, prompt);
+    }
+
+    /// Stops tracking `obj`; returns whether it was tracked.
+    pub fn remove(&mut self, obj: u64) -> bool {
+        self.pending.remove(&obj);
+        self.objects.remove(&obj).is_some()
+    }
+
+    /// Tracked object ids.
+    pub fn objects(&self) -> impl Iterator<Item = u64> + '_ {
+        self.objects.keys().copied()
+    }
+
+    /// The memory bank of `obj`.
+    pub fn memory(&self, obj: u64) -> Option<&ObjectMemory> {
+        self.objects.get(&obj)
+    }
+
+    /// Tracks every object on frame `frame` (frame numbers must increase), applying the
+    /// queued prompts; returns each object's output.
+    pub fn step(&mut self, model: &Sam2, frame: u64, feats: &FrameFeatures) -> Result<Vec<(u64, FrameOutput)>> {
+        let _span = trace_span!("sam2_stream_step", frame, objects = self.objects.len()).entered();
+        let horizon = self.config.horizon;
+        let mut outputs = Vec::new();
+        let pending = std::mem::take(&mut self.pending);
+        let ids: BTreeSet<u64> = self.objects.keys().chain(pending.keys()).copied().collect();
+        let mut pending = pending;
+        for id in ids {
+            let mem = self.objects.entry(id).or_default();
+            let out = match pending.remove(&id) {
+                Some(prompt) => {
+                    let init = mem.cond.is_empty();
+                    let (points, mask) = prompt.into_inputs()?;
+                    let out = model.track_step(
+                        frame,
+                        init,
+                        feats,
+                        points.as_ref(),
+                        mask.as_ref(),
+                        mem,
+                        horizon,
+                        true,
+                        None,
+                    )?;
+                    mem.non_cond.remove(&frame);
+                    mem.cond_insert(frame, out.clone());
+                    while mem.cond.len() > self.config.max_cond_frames.max(1) {
+                        mem.cond.remove(1.min(mem.cond.len() - 1)); // keep the first prompt
+                    }
+                    out
+                }
+                None => {
+                    let out = model.track_step(frame, false, feats, None, None, mem, horizon, true, None)?;
+                    mem.non_cond.insert(frame, out.clone());
+                    out
+                }
+            };
+            // Only the last MAX_OBJ_PTRS_IN_ENCODER frames can be read again.
+            let keep_from = frame.saturating_sub(MAX_OBJ_PTRS_IN_ENCODER as u64 - 1);
+            mem.non_cond.retain(|f, _| *f >= keep_from);
+            outputs.push((id, out));
+        }
+        Ok(outputs)
+    }
+}
