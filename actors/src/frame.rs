@@ -86,6 +86,37 @@ impl Clone for Features {
     }
 }
 
+/// One tracked object on one frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Track {
+    /// Track id (stable over the stream).
+    pub id: u32,
+    /// Bounding box of the mask in frame pixels, when visible.
+    pub bbox: Option<ocellus_kernels::masks::PixelBox>,
+    /// Probability that the object is present (sigmoid of the object score).
+    pub score: f32,
+    /// Not visible on this frame (occluded or gone): its mask is empty, not a guess.
+    pub occluded: bool,
+    /// Mask area in pixels.
+    pub area: u64,
+}
+
+/// The tracks of one frame: a label image at frame resolution (0 = background, else the
+/// track id) and one entry per track.
+#[derive(Debug, Clone)]
+pub struct Tracks {
+    /// The frame they were computed from.
+    pub meta: FrameMeta,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// `width * height` little-endian u16 track ids.
+    pub labels: Bytes,
+    /// Every tracked object.
+    pub tracks: Vec<Track>,
+}
+
 /// A periodic metrics report of one stage.
 #[derive(Debug, Clone)]
 pub struct MetricsReport {
@@ -106,6 +137,8 @@ pub enum Packet {
     Mask(Mask),
     /// Backbone features of a frame.
     Features(Features),
+    /// Tracked objects of a frame.
+    Tracks(Tracks),
     /// A metrics report.
     Metrics(MetricsReport),
 }
@@ -117,6 +150,7 @@ impl Packet {
             Self::Frame(f) => Some(&f.meta),
             Self::Mask(m) => Some(&m.meta),
             Self::Features(f) => Some(&f.meta),
+            Self::Tracks(t) => Some(&t.meta),
             Self::Metrics(_) => None,
         }
     }

@@ -26,9 +26,10 @@ pub mod runtime;
 pub mod sink;
 pub mod source;
 pub mod stage;
+pub mod tracker;
 
 pub use edge::{DropPolicy, EdgePolicy, EdgeReceiver, EdgeSender, EdgeStats, edge};
-pub use frame::{Features, Frame, FrameMeta, Mask, Packet};
+pub use frame::{Features, Frame, FrameMeta, Mask, Packet, Track, Tracks};
 pub use runtime::{Pipeline, PipelineReport};
 pub use stage::{Outputs, Processor, RestartPolicy};
 

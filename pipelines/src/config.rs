@@ -418,9 +418,48 @@ struct BackboneEntry {
     resolution: Option<[i64; 2]>,
 }
 
+/// `[[actor]] kind = "sam2"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Sam2Entry {
+    name: String,
+    #[allow(dead_code)]
+    kind: String,
+    inputs: Vec<String>,
+    edge: Option<toml::Value>,
+    model: String,
+    weights: Option<PathBuf>,
+    #[serde(default)]
+    allow_random_weights: bool,
+    #[serde(default)]
+    seed: i64,
+    #[serde(default)]
+    prompts: Vec<PromptEntry>,
+    #[serde(default = "Sam2Entry::default_max_cond_frames")]
+    max_cond_frames: usize,
+}
+
+impl Sam2Entry {
+    fn default_max_cond_frames() -> usize {
+        4
+    }
+}
+
+/// `prompts = [{ box = [x0, y0, x1, y1] }, { points = [[x, y]], labels = [1] }]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromptEntry {
+    id: Option<u32>,
+    #[serde(rename = "box")]
+    bbox: Option<[f64; 4]>,
+    points: Option<Vec<[f64; 2]>>,
+    labels: Option<Vec<i32>>,
+}
+
 enum ActorEntry {
     Motion(MotionEntry),
     Backbone(BackboneEntry),
+    Sam2(Sam2Entry),
 }
 
 impl ActorEntry {
@@ -428,6 +467,7 @@ impl ActorEntry {
         match self {
             Self::Motion(m) => &m.name,
             Self::Backbone(b) => &b.name,
+            Self::Sam2(t) => &t.name,
         }
     }
 
@@ -435,6 +475,7 @@ impl ActorEntry {
         match self {
             Self::Motion(m) => &m.inputs,
             Self::Backbone(b) => &b.inputs,
+            Self::Sam2(t) => &t.inputs,
         }
     }
 }
@@ -536,6 +577,17 @@ pub struct SourceConfig {
 pub enum ActorKind {
     /// Motion segmentation.
     Motion(ocellus_perception::motion::MotionConfig),
+    /// SAM 2 streaming segmentation and tracking.
+    Sam2 {
+        /// Model name.
+        model: String,
+        /// Weights.
+        weights: ocellus_actors::backbone::WeightsSource,
+        /// Objects to track from the first frame: (track id, prompt in frame pixels).
+        prompts: Vec<(u32, ocellus_actors::tracker::FramePrompt)>,
+        /// Conditioning frames kept per object.
+        max_cond_frames: usize,
+    },
     /// A vision backbone.
     Backbone {
         /// Model name.
@@ -777,9 +829,10 @@ impl PipelineConfig {
         let mut actor_entries = Vec::new();
         for (i, value) in top.actor.into_iter().enumerate() {
             let at = KeyPath::root("actor").index(i);
-            let entry = match kind_of(&loc, &at, &value, &["motion", "backbone"])?.as_str() {
+            let entry = match kind_of(&loc, &at, &value, &["motion", "backbone", "sam2"])?.as_str() {
                 "motion" => ActorEntry::Motion(loc.typed(&at, value)?),
-                _ => ActorEntry::Backbone(loc.typed(&at, value)?),
+                "backbone" => ActorEntry::Backbone(loc.typed(&at, value)?),
+                _ => ActorEntry::Sam2(loc.typed(&at, value)?),
             };
             check_name(&loc, at.key("name"), entry.name(), &mut names)?;
             actor_entries.push((at, entry));
@@ -812,6 +865,7 @@ impl PipelineConfig {
                     (m.name.clone(), m.edge.clone(), ActorKind::Motion(Self::motion(&loc, &at, &m)?))
                 }
                 ActorEntry::Backbone(b) => (b.name.clone(), b.edge.clone(), Self::backbone(&loc, &at, b)?),
+                ActorEntry::Sam2(t) => (t.name.clone(), t.edge.clone(), Self::sam2(&loc, &at, t)?),
             };
             let edge = parse_edge(&loc, &at, edge, EdgePolicy::Latest)?;
             actors.push(ActorConfig { name, inputs, edge, kind });
@@ -904,6 +958,81 @@ impl PipelineConfig {
         Ok(config)
     }
 
+    fn weights_source(
+        loc: &Locator<'_>,
+        at: &KeyPath,
+        model: &str,
+        weights: Option<PathBuf>,
+        allow_random: bool,
+        seed: i64,
+    ) -> Result<ocellus_actors::backbone::WeightsSource, ConfigError> {
+        match (weights, allow_random) {
+            (Some(path), false) if path.exists() => Ok(ocellus_actors::backbone::WeightsSource::File(path)),
+            (Some(path), false) => Err(loc.error(
+                at.key("weights"),
+                format!(
+                    "{} not found (convert an official checkpoint with `ocellus weights import --model {model}`)",
+                    path.display()
+                ),
+            )),
+            (None, true) => Ok(ocellus_actors::backbone::WeightsSource::Random { seed }),
+            (Some(_), true) => {
+                Err(loc
+                    .error(at.key("allow_random_weights"), "give either `weights` or `allow_random_weights`, not both"))
+            }
+            (None, false) => Err(loc.error(
+                at.clone(),
+                format!(
+                    "needs `weights` (from `ocellus weights import --model {model}`) or `allow_random_weights = true`"
+                ),
+            )),
+        }
+    }
+
+    fn sam2(loc: &Locator<'_>, at: &KeyPath, e: Sam2Entry) -> Result<ActorKind, ConfigError> {
+        use ocellus_actors::tracker::FramePrompt;
+        let names = ocellus_perception::hieradet::ImageEncoderConfig::NAMES;
+        if !names.contains(&e.model.as_str()) {
+            return Err(
+                loc.error(at.key("model"), format!("unknown SAM 2 model {:?} (known: {})", e.model, names.join(", ")))
+            );
+        }
+        let weights = Self::weights_source(loc, at, &e.model, e.weights, e.allow_random_weights, e.seed)?;
+        if e.max_cond_frames == 0 {
+            return Err(loc.error(at.key("max_cond_frames"), "must be at least 1"));
+        }
+        let mut prompts = Vec::new();
+        let mut ids = HashSet::new();
+        for (i, p) in e.prompts.into_iter().enumerate() {
+            let pat = at.key("prompts").index(i);
+            let id = p.id.unwrap_or(i as u32 + 1);
+            if id == 0 || !ids.insert(id) {
+                return Err(loc.error(pat.key("id"), format!("track id {id} must be unique and non-zero")));
+            }
+            let prompt = match (p.bbox, p.points, p.labels) {
+                (Some([x0, y0, x1, y1]), None, None) => {
+                    if !(x0 < x1 && y0 < y1) {
+                        return Err(loc.error(pat.key("box"), "needs x0 < x1 and y0 < y1"));
+                    }
+                    FramePrompt::Box([x0, y0, x1, y1])
+                }
+                (None, Some(points), labels) => {
+                    let labels = labels.unwrap_or_else(|| vec![1; points.len()]);
+                    if points.is_empty() || labels.len() != points.len() {
+                        return Err(loc.error(pat.key("labels"), "needs one label per point (1 positive, 0 negative)"));
+                    }
+                    if labels.iter().any(|l| !matches!(l, 0 | 1)) {
+                        return Err(loc.error(pat.key("labels"), "labels are 1 (positive) or 0 (negative)"));
+                    }
+                    FramePrompt::Points(points, labels)
+                }
+                _ => return Err(loc.error(pat, "give either `box` or `points` (with optional `labels`)")),
+            };
+            prompts.push((id, prompt));
+        }
+        Ok(ActorKind::Sam2 { model: e.model, weights, prompts, max_cond_frames: e.max_cond_frames })
+    }
+
     fn backbone(loc: &Locator<'_>, at: &KeyPath, e: BackboneEntry) -> Result<ActorKind, ConfigError> {
         use ocellus_perception::hiera::HieraConfig;
         let names = ocellus_perception::backbone::names();
@@ -912,35 +1041,7 @@ impl PipelineConfig {
                 loc.error(at.key("model"), format!("unknown model {:?} (known: {})", e.model, names.join(", ")))
             );
         }
-        let weights = match (e.weights, e.allow_random_weights) {
-            (Some(path), false) if path.exists() => ocellus_actors::backbone::WeightsSource::File(path),
-            (Some(path), false) => {
-                return Err(loc.error(
-                    at.key("weights"),
-                    format!(
-                        "{} not found (convert an official checkpoint with `ocellus weights import --model {}`)",
-                        path.display(),
-                        e.model
-                    ),
-                ));
-            }
-            (None, true) => ocellus_actors::backbone::WeightsSource::Random { seed: e.seed },
-            (Some(_), true) => {
-                return Err(loc.error(
-                    at.key("allow_random_weights"),
-                    "give either `weights` or `allow_random_weights`, not both",
-                ));
-            }
-            (None, false) => {
-                return Err(loc.error(
-                    at.clone(),
-                    format!(
-                        "needs `weights` (from `ocellus weights import --model {}`) or `allow_random_weights = true`",
-                        e.model
-                    ),
-                ));
-            }
-        };
+        let weights = Self::weights_source(loc, at, &e.model, e.weights, e.allow_random_weights, e.seed)?;
         let resolution = match (e.resolution, HieraConfig::by_name(&e.model)) {
             (None, _) => None,
             (Some([h, w]), Some(hiera)) => {

@@ -6,7 +6,9 @@ use ocellus_actors::runtime::SourceKind;
 use ocellus_actors::sink::{NullSink, RerunSink, rerun::open_recording};
 use ocellus_actors::source::gst;
 use ocellus_actors::stage::Processor;
+use ocellus_actors::tracker::{TrackerProcessor, TrackerSpec};
 use ocellus_actors::{ActorError, Pipeline};
+use ocellus_perception::sam2::tracker::StreamConfig;
 
 use crate::config::{ActorKind, ConfigError, PipelineConfig, SinkKind};
 
@@ -49,6 +51,22 @@ pub fn build(config: &PipelineConfig) -> Result<Pipeline, BuildError> {
                     &inputs,
                     actor.edge,
                     Box::new(move || Ok(Box::new(MotionProcessor::new(motion, device)?) as Box<dyn Processor>)),
+                );
+            }
+            ActorKind::Sam2 { model, weights, prompts, max_cond_frames } => {
+                let spec = TrackerSpec {
+                    model: model.clone(),
+                    weights: weights.clone(),
+                    device,
+                    dtype: config.dtype,
+                    prompts: prompts.clone(),
+                    stream: StreamConfig { max_cond_frames: *max_cond_frames, ..StreamConfig::default() },
+                };
+                pipeline.stage(
+                    &actor.name,
+                    &inputs,
+                    actor.edge,
+                    Box::new(move || Ok(Box::new(TrackerProcessor::new(spec.clone())?) as Box<dyn Processor>)),
                 );
             }
             ActorKind::Backbone { model, weights, resolution } => {

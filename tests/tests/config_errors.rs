@@ -174,3 +174,29 @@ fn backbone_unknown_model_and_fixed_resolution() {
         "multiples of 32",
     );
 }
+
+#[test]
+fn sam2_prompt_errors() {
+    let base = format!(
+        "{GOOD_SOURCE}\n[[actor]]\nname = \"t\"\nkind = \"sam2\"\nmodel = \"sam2.1_hiera_tiny\"\ninputs = [\"front\"]\nallow_random_weights = true\n"
+    );
+    expect_error(&format!("{base}prompts = [{{ box = [10, 10, 5, 20] }}]\n"), "actor[0].prompts[0].box", 12, "x0 < x1");
+    expect_error(
+        &format!("{base}prompts = [{{ points = [[1, 2]], labels = [1, 0] }}]\n"),
+        "actor[0].prompts[0].labels",
+        12,
+        "one label per point",
+    );
+    expect_error(
+        &format!("{base}prompts = [{{ id = 3, box = [0, 0, 5, 5] }}, {{ id = 3, points = [[1, 2]] }}]\n"),
+        "actor[0].prompts[1].id",
+        12,
+        "unique",
+    );
+    expect_error(
+        &format!("{base}prompts = [{{ box = [0, 0, 5, 5], points = [[1, 2]] }}]\n"),
+        "actor[0].prompts[0]",
+        12,
+        "either `box` or `points`",
+    );
+}

@@ -12,11 +12,12 @@ use std::sync::Arc;
 
 use rerun::datatypes::{ChannelDatatype, ColorModel, ImageFormat};
 use rerun::{
-    AnnotationContext, Image, RecordingStream, RecordingStreamBuilder, Rgba32, Scalars, SegmentationImage, TimeCell,
+    AnnotationContext, Boxes2D, Image, RecordingStream, RecordingStreamBuilder, Rgba32, Scalars, SegmentationImage,
+    TimeCell,
 };
 use tracing::trace_span;
 
-use crate::frame::{Frame, Mask, MaskKind, MetricsReport, Packet, PixelFormat};
+use crate::frame::{Frame, Mask, MaskKind, MetricsReport, Packet, PixelFormat, Tracks};
 use crate::stage::{Outputs, Processor};
 use crate::{ActorError, Result};
 
@@ -67,12 +68,33 @@ pub fn open_recording(app_id: &str, target: &RerunTarget) -> Result<RecordingStr
 pub struct RerunSink {
     rec: RecordingStream,
     annotated: HashSet<Arc<str>>,
+    /// Track ids already in each camera's track annotation context.
+    track_ids: std::collections::HashMap<Arc<str>, std::collections::BTreeSet<u32>>,
+}
+
+/// A distinct colour per track id (golden-angle hues).
+fn track_color(id: u32) -> Rgba32 {
+    let hue = (f64::from(id) * 137.508) % 360.0;
+    let (s, v) = (0.75, 0.95);
+    let c = v * s;
+    let x = c * (1.0 - ((hue / 60.0) % 2.0 - 1.0).abs());
+    let (r, g, b) = match (hue / 60.0) as u32 {
+        0 => (c, x, 0.0),
+        1 => (x, c, 0.0),
+        2 => (0.0, c, x),
+        3 => (0.0, x, c),
+        4 => (x, 0.0, c),
+        _ => (c, 0.0, x),
+    };
+    let m = v - c;
+    let to8 = |f: f64| ((f + m) * 255.0).round() as u8;
+    Rgba32::from_rgb(to8(r), to8(g), to8(b))
 }
 
 impl RerunSink {
     /// A sink logging to `rec` (a clone of the pipeline's stream: restarts keep the file).
     pub fn new(rec: RecordingStream) -> Self {
-        Self { rec, annotated: HashSet::new() }
+        Self { rec, annotated: HashSet::new(), track_ids: std::collections::HashMap::new() }
     }
 
     fn set_frame_time(&self, seq: u64, capture_ns: i64) {
@@ -121,6 +143,40 @@ impl RerunSink {
         self.rec.log(path, &image).map_err(|e| ActorError::Rerun(e.to_string()))
     }
 
+    fn log_tracks(&mut self, t: &Tracks) -> Result<()> {
+        let path = format!("world/{}/tracks", t.meta.camera);
+        let known = self.track_ids.entry(t.meta.camera.clone()).or_default();
+        if t.tracks.iter().any(|tr| !known.contains(&tr.id)) {
+            known.extend(t.tracks.iter().map(|tr| tr.id));
+            let classes: Vec<(u16, String, Rgba32)> =
+                known.iter().map(|&id| (id as u16, format!("track {id}"), track_color(id))).collect();
+            let context = AnnotationContext::new(classes.iter().map(|(id, label, c)| (*id, label.as_str(), *c)));
+            self.rec.log_static(path.as_str(), &context).map_err(|e| ActorError::Rerun(e.to_string()))?;
+        }
+        let expected = 2 * t.width as usize * t.height as usize;
+        if t.labels.len() != expected {
+            return Err(ActorError::BadInput(format!(
+                "track labels of {} bytes for {}x{}",
+                t.labels.len(),
+                t.width,
+                t.height
+            )));
+        }
+        let format = ImageFormat::segmentation([t.width, t.height], ChannelDatatype::U16);
+        self.set_frame_time(t.meta.seq, t.meta.capture_ns);
+        self.rec
+            .log(path.as_str(), &SegmentationImage::new(t.labels.to_vec(), format))
+            .map_err(|e| ActorError::Rerun(e.to_string()))?;
+        let visible: Vec<_> = t.tracks.iter().filter_map(|tr| tr.bbox.map(|b| (tr, b))).collect();
+        let boxes = Boxes2D::from_mins_and_sizes(
+            visible.iter().map(|(_, b)| (b.x0 as f32, b.y0 as f32)),
+            visible.iter().map(|(_, b)| ((b.x1 - b.x0) as f32, (b.y1 - b.y0) as f32)),
+        )
+        .with_class_ids(visible.iter().map(|(tr, _)| tr.id as u16))
+        .with_labels(visible.iter().map(|(tr, _)| format!("track {} ({:.2})", tr.id, tr.score)));
+        self.rec.log(format!("{path}/boxes"), &boxes).map_err(|e| ActorError::Rerun(e.to_string()))
+    }
+
     fn log_metrics(&self, report: &MetricsReport) -> Result<()> {
         let s = &report.snapshot;
         self.rec.reset_time();
@@ -147,6 +203,7 @@ impl Processor for RerunSink {
             Packet::Frame(f) => self.log_frame(f)?,
             Packet::Mask(m) => self.log_mask(m)?,
             Packet::Metrics(r) => self.log_metrics(r)?,
+            Packet::Tracks(t) => self.log_tracks(t)?,
             // Feature maps are for models downstream; the recording shows their metrics.
             Packet::Features(_) => {}
         }

@@ -1,0 +1,123 @@
+//! The SAM 2 tracker actor in a configured pipeline: a box prompt from the config, tracks per
+//! frame (label image at frame resolution, boxes, scores, occlusion), and the Rerun layout.
+#![allow(clippy::unwrap_used)] // tests may unwrap, helpers included
+
+use ocellus_pipelines::{PipelineConfig, build};
+use ocellus_tests::{fixtures_dir, read_rrd, scratch_dir};
+
+const FRAMES: usize = 3;
+
+#[test]
+fn tracks_reach_the_recording() {
+    let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "tracker_actor");
+    let rrd = dir.join("tracks.rrd");
+    let weights = fixtures_dir().join("sam2_video_tiny.weights.safetensors");
+    let path = dir.join("tracker.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[[source]]
+name = "cam"
+preset = {{ kind = "test_pattern", pattern = "ball", width = 320, height = 240, frames = {FRAMES} }}
+
+[[actor]]
+name = "tracker"
+kind = "sam2"
+model = "sam2.1_hiera_tiny"
+weights = "{}"
+inputs = ["cam"]
+edge = {{ policy = "block" }}
+prompts = [{{ box = [120, 80, 200, 160] }}, {{ id = 7, points = [[60, 60], [250, 200]], labels = [1, 0] }}]
+
+[[sink]]
+kind = "rerun"
+inputs = ["cam", "tracker"]
+edge = {{ policy = "block", depth = 16 }}
+save = "{}"
+"#,
+            weights.display(),
+            rrd.display()
+        ),
+    )
+    .unwrap();
+    let config = PipelineConfig::load(&path).unwrap();
+    let report = build(&config).unwrap().run().unwrap();
+    println!("{report}");
+    assert_eq!(report.failures().count(), 0, "{report}");
+    assert_eq!(report.node("tracker").unwrap().metrics.emitted, FRAMES as u64);
+    let summary = read_rrd(&rrd).unwrap();
+    assert_eq!(summary.rows_of("world/cam/tracks").len(), FRAMES, "{:?}", summary.rows.keys().collect::<Vec<_>>());
+    assert_eq!(summary.rows_of("world/cam/tracks/boxes").len(), FRAMES);
+    assert!(summary.statics.get("world/cam/tracks").is_some_and(|c| c.iter().any(|n| n.contains("context"))));
+}
+
+#[test]
+fn tracks_are_consistent_per_frame() {
+    use ocellus_actors::Pipeline;
+    use ocellus_actors::backbone::WeightsSource;
+    use ocellus_actors::edge::EdgePolicy;
+    use ocellus_actors::frame::Packet;
+    use ocellus_actors::runtime::SourceKind;
+    use ocellus_actors::source::{GstSourceSpec, OutputFormat};
+    use ocellus_actors::stage::Processor;
+    use ocellus_actors::tracker::{FramePrompt, TrackerProcessor, TrackerSpec};
+    use ocellus_perception::sam2::tracker::StreamConfig;
+
+    let spec = TrackerSpec {
+        model: "sam2.1_hiera_tiny".into(),
+        weights: WeightsSource::File(fixtures_dir().join("sam2_video_tiny.weights.safetensors")),
+        device: tch::Device::Cpu,
+        dtype: ocellus_kernels::DType::F32,
+        prompts: vec![
+            (1, FramePrompt::Box([120.0, 80.0, 200.0, 160.0])),
+            (2, FramePrompt::Points(vec![[40.0, 40.0]], vec![1])),
+        ],
+        stream: StreamConfig::default(),
+    };
+    let collected = ocellus_tests::Collected::default();
+    let sink = collected.clone();
+    let mut p = Pipeline::new();
+    p.source(
+        "cam",
+        SourceKind::Gstreamer(GstSourceSpec {
+            launch: format!("videotestsrc pattern=ball num-buffers={FRAMES} ! video/x-raw,width=200,height=150"),
+            format: OutputFormat::Rgb,
+        }),
+    )
+    .stage(
+        "tracker",
+        &["cam"],
+        EdgePolicy::Block { depth: 2 },
+        Box::new(move || Ok(Box::new(TrackerProcessor::new(spec.clone())?) as Box<dyn Processor>)),
+    )
+    .stage("collect", &["tracker"], EdgePolicy::Block { depth: 8 }, Box::new(move || Ok(sink.processor())));
+    let report = p.run().unwrap();
+    assert_eq!(report.failures().count(), 0, "{report}");
+    let tracks: Vec<_> = collected
+        .take()
+        .into_iter()
+        .filter_map(|(p, _)| if let Packet::Tracks(t) = p { Some(t) } else { None })
+        .collect();
+    assert_eq!(tracks.len(), FRAMES);
+    for (seq, t) in tracks.iter().enumerate() {
+        assert_eq!(t.meta.seq, seq as u64);
+        assert_eq!((t.width, t.height), (200, 150));
+        assert_eq!(t.labels.len(), 2 * 200 * 150);
+        let ids: Vec<u32> = t.tracks.iter().map(|tr| tr.id).collect();
+        assert_eq!(ids, [1, 2]);
+        let labels: Vec<u16> = t.labels.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+        for tr in &t.tracks {
+            assert!((0.0..=1.0).contains(&tr.score));
+            let pixels = labels.iter().filter(|&&l| u32::from(l) == tr.id).count() as u64;
+            if tr.occluded {
+                assert_eq!((tr.area, tr.bbox), (0, None), "an occluded track has no mask");
+                assert!(tr.score <= 0.5);
+            } else {
+                assert!(tr.score > 0.5);
+                assert!(pixels <= tr.area, "later tracks may cover earlier ones");
+                assert_eq!(tr.bbox.is_some(), tr.area > 0);
+            }
+        }
+    }
+}
