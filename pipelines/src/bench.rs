@@ -137,3 +137,118 @@ pub fn model(model: &str, threads: i32, iters: usize, scratch: &std::path::Path)
     let reference_ms: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().context("reference output")?;
     Ok(ModelBenchResult { model: model.to_owned(), input, ocellus_ms, reference_ms })
 }
+
+/// The tracker reference timing script.
+const TRACKER_REFERENCE_SCRIPT: &str = include_str!("../scripts/bench_tracker_reference.py");
+
+/// One tracking timing.
+#[derive(Debug, Clone)]
+pub struct TrackerBenchResult {
+    /// Objects tracked.
+    pub objects: usize,
+    /// Median time of one frame (encoder + every object), Ocellus, ms.
+    pub ocellus_ms: f64,
+    /// The same for the official video predictor, ms.
+    pub reference_ms: f64,
+}
+
+/// Resident set size of this process in MiB (Linux).
+pub fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn click(obj: usize) -> Result<ocellus_perception::sam2::tracker::Prompt, tch::TchError> {
+    // The reference clicks at (32 + 128 i, 32 + 128 j) on 512² frames: ×2 in model pixels.
+    let (x, y) = (2.0 * (32 + (obj % 4) * 128) as f32, 2.0 * (32 + (obj / 4) * 128) as f32);
+    Ok(ocellus_perception::sam2::tracker::Prompt::Points(ocellus_perception::sam2::tracker::PointInputs {
+        coords: tch::Tensor::f_from_slice(&[x, y])?.f_view([1, 1, 2])?,
+        labels: tch::Tensor::f_from_slice(&[1i32])?.f_view([1, 1])?,
+    }))
+}
+
+/// Times SAM 2 tracking of `objects` objects over `frames` frames here and in the official
+/// video predictor: same weights, same frames, `threads` threads each.
+pub fn tracker(
+    model: &str,
+    objects: usize,
+    frames: usize,
+    threads: i32,
+    scratch: &std::path::Path,
+) -> anyhow::Result<TrackerBenchResult> {
+    use anyhow::Context as _;
+    use ocellus_perception::sam2::tracker::{Horizon, StreamConfig, StreamingTracker};
+    let config = ocellus_perception::sam2::Sam2Config::by_name(model).context("unknown SAM 2 model")?;
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let sam = ocellus_perception::sam2::Sam2::new_with_tracking(&vs.root(), &config)?;
+    ocellus_perception::weights::init_seeded(&vs, 0)?;
+    let weights = scratch.join("tracker.bench.safetensors");
+    vs.save(&weights)?;
+    let images = scratch.join("tracker.images.safetensors");
+    tch::set_num_threads(threads);
+
+    let python = ocellus_perception::weights::venv_python().context("no venv Python: run scripts/bootstrap")?;
+    let out = std::process::Command::new(python)
+        .arg("-c")
+        .arg(TRACKER_REFERENCE_SCRIPT)
+        .args([model, &weights.display().to_string(), &objects.to_string(), &frames.to_string(), &threads.to_string()])
+        .arg(&images)
+        .output()?;
+    anyhow::ensure!(out.status.success(), "reference run failed: {}", String::from_utf8_lossy(&out.stderr));
+    let reference_ms: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().context("reference output")?;
+
+    let clip = tch::Tensor::read_safetensors(&images)?.into_iter().find(|(k, _)| k == "images").context("images")?.1;
+    let mut tracker =
+        StreamingTracker::new(StreamConfig { horizon: Horizon::Video(frames as i64), ..StreamConfig::default() });
+    for obj in 0..objects {
+        tracker.add_prompt(obj as u64 + 1, click(obj)?);
+    }
+    let mut times = Vec::new();
+    tch::no_grad(|| -> anyhow::Result<()> {
+        for f in 0..frames {
+            let start = std::time::Instant::now();
+            let feats = sam.frame_features(&clip.f_get(f as i64)?.f_unsqueeze(0)?)?;
+            tracker.step(&sam, f as u64, &feats)?;
+            if f > 0 {
+                times.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        Ok(())
+    })?;
+    std::fs::remove_file(&weights).ok();
+    std::fs::remove_file(&images).ok();
+    times.sort_by(f64::total_cmp);
+    Ok(TrackerBenchResult { objects, ocellus_ms: times.get(times.len() / 2).copied().unwrap_or(0.0), reference_ms })
+}
+
+/// Streams `frames` frames (a fixed random clip of 8, repeated) through the streaming tracker
+/// with `objects` objects and reports the RSS (MiB) after each frame in `at`.
+pub fn tracker_memory(model: &str, objects: usize, frames: u64, at: &[u64]) -> anyhow::Result<Vec<(u64, f64)>> {
+    use anyhow::Context as _;
+    use ocellus_perception::sam2::tracker::{StreamConfig, StreamingTracker};
+    let config = ocellus_perception::sam2::Sam2Config::by_name(model).context("unknown SAM 2 model")?;
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let sam = ocellus_perception::sam2::Sam2::new_with_tracking(&vs.root(), &config)?;
+    ocellus_perception::weights::init_seeded(&vs, 0)?;
+    let clip = tch::Tensor::f_randn([8, 3, 1024, 1024], (tch::Kind::Float, tch::Device::Cpu))?;
+    let mut tracker = StreamingTracker::new(StreamConfig::default());
+    for obj in 0..objects {
+        tracker.add_prompt(obj as u64 + 1, click(obj)?);
+    }
+    let mut report = Vec::new();
+    tch::no_grad(|| -> anyhow::Result<()> {
+        for f in 0..frames {
+            let feats = sam.frame_features(&clip.f_get((f % 8) as i64)?.f_unsqueeze(0)?)?;
+            tracker.step(&sam, f, &feats)?;
+            if at.contains(&(f + 1)) {
+                report.push((f + 1, rss_mib()));
+            }
+        }
+        Ok(())
+    })?;
+    Ok(report)
+}

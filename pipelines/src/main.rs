@@ -73,6 +73,25 @@ enum WeightsCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// SAM 2 tracking per frame against the official video predictor, and the RSS of a long
+    /// stream.
+    Tracker {
+        /// SAM 2 model.
+        #[arg(long, default_value = "sam2.1_hiera_tiny")]
+        model: String,
+        /// Object counts to time.
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+        objects: Vec<usize>,
+        /// Frames per timing (the first, prompted, is not timed).
+        #[arg(long, default_value_t = 6)]
+        frames: usize,
+        /// Intra-op threads for both.
+        #[arg(long, default_value_t = 2)]
+        threads: i32,
+        /// Stream this many frames afterwards and report the RSS (0: skip).
+        #[arg(long, default_value_t = 0)]
+        stream_frames: u64,
+    },
     /// Backbone forward time against the official Python forward (same threads, weights).
     Models {
         /// Models to time.
@@ -168,6 +187,38 @@ fn bench_runtime(frames: u64, edge: BenchEdge, paced_fps: f64, paced_frames: u64
     Ok(())
 }
 
+fn bench_tracker(
+    model: &str,
+    objects: &[usize],
+    frames: usize,
+    threads: i32,
+    stream_frames: u64,
+) -> anyhow::Result<()> {
+    let scratch = std::env::temp_dir().join(format!("ocellus-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    println!("{:<20} {:>8} {:>12} {:>14} {:>7}", "model", "objects", "ocellus ms", "reference ms", "ratio");
+    for &n in objects {
+        let r = bench::tracker(model, n, frames, threads, &scratch)?;
+        println!(
+            "{:<20} {:>8} {:>12.1} {:>14.1} {:>7.3}",
+            model,
+            r.objects,
+            r.ocellus_ms,
+            r.reference_ms,
+            r.ocellus_ms / r.reference_ms
+        );
+    }
+    std::fs::remove_dir_all(&scratch).ok();
+    if stream_frames > 0 {
+        let marks: Vec<u64> =
+            [1, 10, 100, 1000, 2000, stream_frames].into_iter().filter(|&m| m <= stream_frames).collect();
+        for (frame, rss) in bench::tracker_memory(model, 1, stream_frames, &marks)? {
+            println!("stream frame {frame:>5}: RSS {rss:.0} MiB");
+        }
+    }
+    Ok(())
+}
+
 fn bench_models(models: &[String], threads: i32, iters: usize) -> anyhow::Result<()> {
     let scratch = std::env::temp_dir().join(format!("ocellus-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
@@ -236,6 +287,9 @@ fn main() -> ExitCode {
                 );
                 ExitCode::SUCCESS
             }),
+        Command::Bench { what: BenchCommand::Tracker { model, objects, frames, threads, stream_frames } } => {
+            bench_tracker(&model, &objects, frames, threads, stream_frames).map(|()| ExitCode::SUCCESS)
+        }
         Command::Bench { what: BenchCommand::Models { models, threads, iters } } => {
             bench_models(&models, threads, iters).map(|()| ExitCode::SUCCESS)
         }
