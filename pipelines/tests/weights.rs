@@ -20,6 +20,20 @@ fn ocellus(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ocellus")).args(args).env("RUST_LOG", "warn").output().unwrap()
 }
 
+/// `ocellus weights import --model MODEL --from CHECKPOINT --out OUT`.
+fn import(model: &str, checkpoint: &Path, out: &Path) -> Output {
+    ocellus(&[
+        "weights",
+        "import",
+        "--model",
+        model,
+        "--from",
+        checkpoint.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
 fn scratch(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     std::fs::remove_dir_all(&dir).ok();
@@ -36,16 +50,7 @@ fn imports_an_official_hiera_checkpoint_and_keeps_its_outputs() {
     let dir = scratch("import_hiera");
     let out = dir.join("hiera_tiny_224.safetensors");
     let ckpt = fixtures().join("hiera_tiny_224.pth");
-    let run = ocellus(&[
-        "weights",
-        "import",
-        "--model",
-        "hiera_tiny_224",
-        "--from",
-        ckpt.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let run = import("hiera_tiny_224", &ckpt, &out);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let m = manifest(&out);
     assert_eq!(m.model, "hiera_tiny_224");
@@ -68,16 +73,7 @@ fn imports_the_image_encoder_of_an_official_sam2_checkpoint() {
     let dir = scratch("import_sam2");
     let out = dir.join("sam2.safetensors");
     let ckpt = fixtures().join("hieradet_tiny_1024.pt");
-    let run = ocellus(&[
-        "weights",
-        "import",
-        "--model",
-        "sam2.1_hiera_tiny",
-        "--from",
-        ckpt.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let run = import("sam2.1_hiera_tiny", &ckpt, &out);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     assert_eq!(manifest(&out).config["trunk"]["global_att_blocks"], serde_json::json!([5, 7, 9]));
 }
@@ -87,32 +83,14 @@ fn a_checkpoint_of_another_model_is_refused_with_its_keys() {
     let dir = scratch("import_wrong");
     let out = dir.join("wrong.safetensors");
     let ckpt = fixtures().join("hieradet_tiny_1024.pt");
-    let run = ocellus(&[
-        "weights",
-        "import",
-        "--model",
-        "sam2.1_hiera_small",
-        "--from",
-        ckpt.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let run = import("sam2.1_hiera_small", &ckpt, &out);
     assert!(!run.status.success());
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(stderr.contains("missing keys: image_encoder.trunk.blocks.12.attn.proj.bias"), "{stderr}");
     assert!(!out.exists(), "nothing is written on failure");
 
     let ckpt = fixtures().join("hiera_tiny_224.pth");
-    let run = ocellus(&[
-        "weights",
-        "import",
-        "--model",
-        "hiera_base_224",
-        "--from",
-        ckpt.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let run = import("hiera_base_224", &ckpt, &out);
     assert!(!run.status.success());
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(stderr.contains("missing keys") && stderr.contains("blocks.12."), "{stderr}");
