@@ -5,6 +5,7 @@
 //! - [`preprocess`]: strided camera bytes (RGB, BGR, GRAY8, NV12) → a normalized
 //!   `[1, 3, H, W]` float tensor at model resolution on the target device.
 //! - [`masks`]: mask post-processing (device tensor → host bytes, boxes, area).
+//! - [`cache`]: tensors derived from a size alone, computed once.
 //! - [`device`]: parsing of device names (`"cpu"`, `"cuda:0"`) and dtypes.
 //! - [`nn`]: PyTorch-compatible layers (names and numerics) over a `tch::nn::Path`.
 //! - [`position`]: position encodings (2D sine).
@@ -15,6 +16,7 @@
 //! through tch's fallible `f_*` ops so that a bad frame is an error, never a panic.
 #![warn(missing_docs)]
 
+pub mod cache;
 pub mod device;
 pub mod masks;
 pub mod nn;

@@ -8,6 +8,7 @@
 //! `fpn_top_down_levels`, and 2D sine position encodings. Variable names are the SAM 2
 //! checkpoint keys under `image_encoder.` (`trunk.pos_embed`, `neck.convs.0.conv`, ...).
 
+use ocellus_kernels::cache::SizeCache;
 use ocellus_kernels::nn::{Activation, Conv, ConvShape, LayerNorm, Linear, Mlp, sdpa};
 use ocellus_kernels::position::sine_2d;
 use ocellus_kernels::window;
@@ -159,30 +160,6 @@ impl ImageEncoderConfig {
         ["sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large"];
 }
 
-/// Tensors derived per input size (`(h, w)`, dtype, device), computed once.
-#[derive(Debug, Default)]
-struct SizeCache(std::sync::Mutex<Vec<(SizeKey, Tensor)>>);
-
-/// `(h, w, dtype, device)`.
-type SizeKey = (i64, i64, Kind, tch::Device);
-
-impl SizeCache {
-    fn get_or_insert(&self, h: i64, w: i64, like: &Tensor, make: impl FnOnce() -> Result<Tensor>) -> Result<Tensor> {
-        let key = (h, w, like.kind(), like.device());
-        let mut cache = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((_, t)) = cache.iter().find(|(k, _)| *k == key) {
-            return Ok(t.shallow_clone());
-        }
-        let t = make()?;
-        cache.push((key, t.shallow_clone()));
-        Ok(t)
-    }
-
-    fn clear(&self) {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
-    }
-}
-
 /// `MultiScaleAttention`: attention over `[B, H, W, C]` with an optional 2×2 query max-pool.
 #[derive(Debug)]
 struct MultiScaleAttention {
@@ -330,7 +307,8 @@ impl Trunk {
     /// `_get_pos_embed`: bicubic background (no corner alignment, no antialias) plus the
     /// tiled window embedding, as `[1, h, w, C]`.
     fn pos_embed(&self, h: i64, w: i64) -> Result<Tensor> {
-        self.pos_cache.get_or_insert(h, w, &self.pos_embed, || self.compute_pos_embed(h, w))
+        self.pos_cache
+            .get_or_insert(h, w, self.pos_embed.kind(), self.pos_embed.device(), || self.compute_pos_embed(h, w))
     }
 
     /// Forgets cached position embeddings (after the weights change).
@@ -392,7 +370,7 @@ impl FpnNeck {
     }
 
     fn sine(&self, h: i64, w: i64, like: &Tensor) -> Result<Tensor> {
-        self.pe_cache.get_or_insert(h, w, like, || {
+        self.pe_cache.get_or_insert(h, w, like.kind(), like.device(), || {
             Ok(sine_2d(self.config.d_model, SINE_TEMPERATURE, h, w, like.device())?.f_to_kind(like.kind())?)
         })
     }

@@ -2,6 +2,7 @@
 //! attend to themselves and to the memory bank (spatial memories + object pointers), with 2D
 //! axial RoPE.
 
+use ocellus_kernels::cache::SizeCache;
 use ocellus_kernels::nn::{Activation, LAYER_NORM_EPS, LayerNorm, Linear};
 use ocellus_kernels::rope;
 use tch::Tensor;
@@ -20,6 +21,8 @@ const INPUT_POS_SCALE: f64 = 0.1;
 struct RopeAttention {
     attn: Attention,
     head_dim: i64,
+    /// Rotary tables per grid side (the reference caches `freqs_cis` too).
+    cis: SizeCache,
 }
 
 impl RopeAttention {
@@ -28,7 +31,9 @@ impl RopeAttention {
         let (q, k, v) = self.attn.project(q, k, v)?; // [B, heads, N, hd]
         let nq = q.size()[2];
         let side = (nq as f64).sqrt() as i64;
-        let cis = rope::axial_cis(self.head_dim, side, side, ROPE_THETA, q.device())?;
+        let cis = self.cis.get_or_insert(side, side, tch::Kind::ComplexFloat, q.device(), || {
+            rope::axial_cis(self.head_dim, side, side, ROPE_THETA, q.device())
+        })?;
         let q = rope::rotate(&q, &cis, 1)?;
         let nk = k.size()[2];
         let num_rope = nk - k_exclude;
@@ -86,10 +91,12 @@ impl MemoryAttention {
                     self_attn: RopeAttention {
                         attn: Attention::new(&(&lp / "self_attn"), d_model, 1, 1, None)?,
                         head_dim: d_model,
+                        cis: SizeCache::default(),
                     },
                     cross_attn_image: RopeAttention {
                         attn: Attention::new(&(&lp / "cross_attn_image"), d_model, 1, 1, Some(kv_dim))?,
                         head_dim: d_model,
+                        cis: SizeCache::default(),
                     },
                     linear1: Linear::new(&(&lp / "linear1"), d_model, dim_feedforward, true)?,
                     linear2: Linear::new(&(&lp / "linear2"), dim_feedforward, d_model, true)?,

@@ -1,6 +1,7 @@
 //! `MemoryEncoder` (`sam2/modeling/memory_encoder.py`): a frame's features fused with its
 //! (scaled) mask into a 64-channel memory, with its sine position encoding.
 
+use ocellus_kernels::cache::SizeCache;
 use ocellus_kernels::nn::{Activation, Conv, ConvShape, LayerNorm2d, Linear, parameter};
 use ocellus_kernels::position::sine_2d;
 use tch::Tensor;
@@ -56,6 +57,8 @@ pub struct MemoryEncoder {
     fuser: Vec<CxBlock>,
     out_proj: Conv,
     out_dim: i64,
+    /// Sine encodings per size (as the reference's `PositionEmbeddingSine` caches).
+    pos_cache: SizeCache,
 }
 
 impl MemoryEncoder {
@@ -85,12 +88,14 @@ impl MemoryEncoder {
             fuser: (0..2).map(|i| CxBlock::new(&(p / "fuser" / "layers" / i), in_dim)).collect::<Result<Vec<_>>>()?,
             out_proj: Conv::new(&(p / "out_proj"), in_dim, out_dim, ConvShape::new(&[1, 1], &[1, 1], &[0, 0]))?,
             out_dim,
+            pos_cache: SizeCache::default(),
         })
     }
 
     /// `pix_feat` `[B, 256, 64, 64]`, `masks` `[B, 1, 1024, 1024]` already scaled (sigmoid
-    /// skipped) → (features `[B, 64, 64, 64]`, position encoding `[B, 64, 64, 64]`).
-    pub fn forward(&self, pix_feat: &Tensor, masks: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// skipped) → features `[B, 64, 64, 64]`. Their position encoding depends on the size
+    /// only ([`MemoryEncoder::pos_enc`]); the tracker computes it once.
+    pub fn forward(&self, pix_feat: &Tensor, masks: &Tensor) -> Result<Tensor> {
         let mut m = masks.shallow_clone();
         for (conv, norm) in &self.downsampler {
             m = Activation::Gelu.forward(&norm.forward(&conv.forward(&m)?)?)?;
@@ -100,11 +105,13 @@ impl MemoryEncoder {
         for block in &self.fuser {
             x = block.forward(&x)?;
         }
-        let x = self.out_proj.forward(&x)?;
-        let (b, _, h, w) = x.size4()?;
-        let pos = sine_2d(self.out_dim, SINE_TEMPERATURE, h, w, x.device())?
-            .f_expand([b, -1, -1, -1], false)?
-            .f_to_kind(x.kind())?;
-        Ok((x, pos))
+        Ok(self.out_proj.forward(&x)?)
+    }
+
+    /// The position encoding of `h × w` memory features, `[1, out_dim, h, w]` (cached).
+    pub fn pos_enc(&self, h: i64, w: i64, kind: tch::Kind, device: tch::Device) -> Result<Tensor> {
+        Ok(self
+            .pos_cache
+            .get_or_insert(h, w, kind, device, || sine_2d(self.out_dim, SINE_TEMPERATURE, h, w, device))?)
     }
 }

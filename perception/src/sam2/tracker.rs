@@ -368,7 +368,7 @@ impl Sam2 {
     /// The memory position encoding (the same for every frame and object).
     fn maskmem_pos_enc(&self, like: &Tensor) -> Result<Tensor> {
         let (_, _, h, w) = like.size4()?;
-        Ok(ocellus_kernels::position::sine_2d(MEM_DIM, 10_000.0, h, w, like.device())?)
+        self.tracking()?.memory_encoder.pos_enc(h, w, like.kind(), like.device())
     }
 
     /// `_encode_new_memory`: the memory features of a predicted mask (bf16-rounded, as the
@@ -384,7 +384,7 @@ impl Sam2 {
         let mask =
             if from_points { high_res_masks.f_gt(0.0)?.f_to_kind(Kind::Float)? } else { high_res_masks.f_sigmoid()? };
         let mask = mask.f_mul_scalar(SIGMOID_SCALE_FOR_MEM_ENC)?.f_add_scalar(SIGMOID_BIAS_FOR_MEM_ENC)?;
-        let (features, _pos) = t.memory_encoder.forward(&feats.pix_feat, &mask)?;
+        let features = t.memory_encoder.forward(&feats.pix_feat, &mask)?;
         let appearing = object_score_logits.f_gt(0.0)?.f_to_kind(Kind::Float)?; // [B, 1]
         let no_obj = appearing.f_neg()?.f_add_scalar(1.0)?.f_unsqueeze(-1)?.f_unsqueeze(-1)?; // [B, 1, 1, 1]
         let spatial =
