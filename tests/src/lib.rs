@@ -135,3 +135,10 @@ pub fn assert_close(name: &str, ours: &tch::Tensor, reference: &tch::Tensor, tol
     println!("{name}: max abs error {diff:.3e} (max |reference| {scale:.3e})");
     assert!(diff <= tol, "{name}: max abs error {diff:.3e} > {tol:.0e}");
 }
+
+/// Writes a pipeline configuration to `dir/name` and loads it (errors keep the file's path).
+pub fn config_file(dir: &Path, name: &str, text: &str) -> ocellus_pipelines::PipelineConfig {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    ocellus_pipelines::PipelineConfig::load(&path).unwrap_or_else(|e| panic!("{e}"))
+}

@@ -1,8 +1,8 @@
 //! GStreamer test pattern → motion actor (tch) → Rerun `.rrd`, read back with Rerun's decoder.
 #![allow(clippy::unwrap_used)] // tests may unwrap, helpers included
 
-use ocellus_pipelines::{PipelineConfig, build};
-use ocellus_tests::{read_rrd, scratch_dir};
+use ocellus_pipelines::build;
+use ocellus_tests::{config_file, read_rrd, scratch_dir};
 
 const FRAMES: usize = 60;
 
@@ -34,9 +34,7 @@ save = "{}"
 "#,
         rrd.display()
     );
-    let path = dir.join("e2e.toml");
-    std::fs::write(&path, toml)?;
-    let config = PipelineConfig::load(&path)?;
+    let config = config_file(&dir, "e2e.toml", &toml);
     let report = build(&config)?.run()?;
     println!("{report}");
     assert_eq!(report.failures().count(), 0, "{report}");

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ocellus_pipelines::{PipelineConfig, build};
-use ocellus_tests::{read_rrd, scratch_dir};
+use ocellus_pipelines::build;
+use ocellus_tests::{config_file, read_rrd, scratch_dir};
 
 fn rerun_cli() -> PathBuf {
     let venv = std::env::var_os("VIRTUAL_ENV")
@@ -47,11 +47,11 @@ fn interrupt_and_wait(mut child: Child) {
     }
 }
 
-fn config(dir: &std::path::Path, source: &str, target: &str) -> PipelineConfig {
-    let path = dir.join("pipeline.toml");
-    std::fs::write(
-        &path,
-        format!(
+fn config(dir: &std::path::Path, source: &str, target: &str) -> ocellus_pipelines::PipelineConfig {
+    config_file(
+        dir,
+        "pipeline.toml",
+        &format!(
             r#"
 [[source]]
 name = "cam"
@@ -71,8 +71,6 @@ edge = {{ policy = "block" }}
 "#
         ),
     )
-    .unwrap();
-    PipelineConfig::load(&path).unwrap()
 }
 
 #[test]

@@ -4,17 +4,17 @@
 
 use std::time::{Duration, Instant};
 
-use ocellus_pipelines::{PipelineConfig, build};
-use ocellus_tests::{read_rrd, scratch_dir};
+use ocellus_pipelines::build;
+use ocellus_tests::{config_file, read_rrd, scratch_dir};
 
 #[test]
 fn sigint_drains_and_flushes() {
     let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "shutdown");
     let rrd = dir.join("live.rrd");
-    let path = dir.join("live.toml");
-    std::fs::write(
-        &path,
-        format!(
+    let config = config_file(
+        &dir,
+        "live.toml",
+        &format!(
             r#"
 [[source]]
 name = "live"
@@ -34,9 +34,7 @@ save = "{}"
 "#,
             rrd.display()
         ),
-    )
-    .unwrap();
-    let config = PipelineConfig::load(&path).unwrap();
+    );
     let pipeline = build(&config).unwrap();
     let started = Instant::now();
     let runner = std::thread::spawn(move || pipeline.run());

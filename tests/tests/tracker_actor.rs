@@ -2,8 +2,8 @@
 //! frame (label image at frame resolution, boxes, scores, occlusion), and the Rerun layout.
 #![allow(clippy::unwrap_used)] // tests may unwrap, helpers included
 
-use ocellus_pipelines::{PipelineConfig, build};
-use ocellus_tests::{fixtures_dir, read_rrd, scratch_dir};
+use ocellus_pipelines::build;
+use ocellus_tests::{config_file, fixtures_dir, read_rrd, scratch_dir};
 
 const FRAMES: usize = 3;
 
@@ -12,10 +12,10 @@ fn tracks_reach_the_recording() {
     let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "tracker_actor");
     let rrd = dir.join("tracks.rrd");
     let weights = fixtures_dir().join("sam2_video_tiny.weights.safetensors");
-    let path = dir.join("tracker.toml");
-    std::fs::write(
-        &path,
-        format!(
+    let config = config_file(
+        &dir,
+        "tracker.toml",
+        &format!(
             r#"
 [[source]]
 name = "cam"
@@ -39,9 +39,7 @@ save = "{}"
             weights.display(),
             rrd.display()
         ),
-    )
-    .unwrap();
-    let config = PipelineConfig::load(&path).unwrap();
+    );
     let report = build(&config).unwrap().run().unwrap();
     println!("{report}");
     assert_eq!(report.failures().count(), 0, "{report}");
