@@ -7,9 +7,10 @@
 //! - [`masks`]: mask post-processing (device tensor → host bytes, boxes, area).
 //! - [`cache`]: tensors derived from a size alone, computed once.
 //! - [`device`]: parsing of device names (`"cpu"`, `"cuda:0"`) and dtypes.
-//! - [`nn`]: PyTorch-compatible layers (names and numerics) over a `tch::nn::Path`.
+//! - [`nn`]: PyTorch-compatible layers (names and numerics) over a `tch::nn::Path`, RMSNorm.
 //! - [`position`]: position encodings (2D sine).
-//! - [`rope`]: SAM 2's 2D axial rotary encoding.
+//! - [`rope`]: SAM 2's 2D axial rotary encoding; Llama 3's scaled 1D RoPE.
+//! - [`sampling`]: token sampling (greedy, temperature, top-p), seeded.
 //! - [`window`]: window partition / unpartition of `[B, H, W, C]` maps.
 //!
 //! Everything here returns [`KernelError`]; shapes that depend on user input go
@@ -23,6 +24,7 @@ pub mod nn;
 pub mod position;
 pub mod preprocess;
 pub mod rope;
+pub mod sampling;
 pub mod window;
 
 pub use device::{DType, parse_device};

@@ -263,3 +263,11 @@ pub fn embedding(p: &Path, n: i64, dim: i64) -> Result<Tensor> {
 pub fn parameter(p: &Path, name: &str, dims: &[i64]) -> Result<Tensor> {
     param(p, name, dims)
 }
+
+/// RMSNorm of Llama: `weight * (x / sqrt(mean(x²) + eps))`, normalized in fp32 and cast back
+/// to the input's dtype before the weight, as both llama-models and transformers do.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let xf = x.f_to_kind(Kind::Float)?;
+    let rms = xf.f_square()?.f_mean_dim(-1, true, None::<Kind>)?.f_add_scalar(eps)?.f_rsqrt()?;
+    Ok(weight.f_mul(&xf.f_mul(&rms)?.f_to_kind(x.kind())?)?)
+}

@@ -40,3 +40,58 @@ pub fn rotate(x: &Tensor, cis: &Tensor, repeat: i64) -> Result<Tensor> {
     let out = xc.f_mul(&cis)?.f_view_as_real()?.f_flatten(3, -1)?;
     Ok(out.f_to_kind(x.kind())?)
 }
+
+/// Llama 3's RoPE frequency scaling (`apply_scaling` of llama-models, `rope_type = "llama3"`
+/// of transformers), with the factor read from the model's config (32 for Llama 3.2 1B/3B,
+/// 8 for 3.1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Llama3Scaling {
+    /// `factor`: how much the low frequencies are slowed.
+    pub factor: f64,
+    /// `low_freq_factor` (1).
+    pub low_freq_factor: f64,
+    /// `high_freq_factor` (4).
+    pub high_freq_factor: f64,
+    /// `original_max_position_embeddings` (8192).
+    pub original_max_position_embeddings: f64,
+}
+
+/// The inverse frequencies `1 / theta^(2i / head_dim)` (fp32, `[head_dim / 2]`), scaled for
+/// Llama 3 when `scaling` is given, computed as transformers' `_compute_llama3_parameters`.
+pub fn llama3_inv_freq(head_dim: i64, theta: f64, scaling: Option<Llama3Scaling>, device: Device) -> Result<Tensor> {
+    let exps = Tensor::f_arange_start_step(0, head_dim, 2, (Kind::Int64, device))?.f_to_kind(Kind::Float)?;
+    let inv_freq = Tensor::f_pow_scalar(theta, &exps.f_div_scalar(head_dim as f64)?)?.f_reciprocal()?;
+    let Some(s) = scaling else { return Ok(inv_freq) };
+    let low_wavelen = s.original_max_position_embeddings / s.low_freq_factor;
+    let high_wavelen = s.original_max_position_embeddings / s.high_freq_factor;
+    let wavelen = inv_freq.f_reciprocal()?.f_mul_scalar(2.0 * std::f64::consts::PI)?;
+    // Long wavelengths are slowed by `factor`; short ones are kept; the band between blends.
+    let slowed = inv_freq.f_div_scalar(s.factor)?;
+    let scaled = inv_freq.f_where_self(&wavelen.f_le(low_wavelen)?, &slowed)?;
+    let smooth = wavelen
+        .f_reciprocal()?
+        .f_mul_scalar(s.original_max_position_embeddings)?
+        .f_sub_scalar(s.low_freq_factor)?
+        .f_div_scalar(s.high_freq_factor - s.low_freq_factor)?;
+    let blended = smooth.f_rsub_scalar(1.0)?.f_mul(&scaled)?.f_div_scalar(s.factor)?.f_add(&smooth.f_mul(&scaled)?)?;
+    let medium = wavelen.f_ge(high_wavelen)?.f_logical_and(&wavelen.f_le(low_wavelen)?)?;
+    Ok(blended.f_where_self(&medium, &scaled)?)
+}
+
+/// `cos` and `sin` `[B, T, head_dim]` (fp32) for integer `positions` `[B, T]`, halves
+/// repeated as transformers' `LlamaRotaryEmbedding` does (`cat(freqs, freqs)`).
+pub fn half_rotation_tables(inv_freq: &Tensor, positions: &Tensor) -> Result<(Tensor, Tensor)> {
+    let freqs = positions.f_to_kind(Kind::Float)?.f_unsqueeze(-1)?.f_mul(inv_freq)?; // [B, T, hd/2]
+    let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?; // [B, T, hd]
+    Ok((emb.f_cos()?, emb.f_sin()?))
+}
+
+/// `x * cos + rotate_half(x) * sin` for `x` `[B, heads, T, hd]` and tables `[B, T, hd]`
+/// already in `x`'s dtype.
+pub fn rotate_half_apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = x.size().last().copied().unwrap_or(0) / 2;
+    let (x1, x2) = (x.f_narrow(-1, 0, half)?, x.f_narrow(-1, half, half)?);
+    let rotated = Tensor::f_cat(&[&x2.f_neg()?, &x1], -1)?;
+    let (cos, sin) = (cos.f_unsqueeze(1)?, sin.f_unsqueeze(1)?); // [B, 1, T, hd]
+    Ok(x.f_mul(&cos)?.f_add(&rotated.f_mul(&sin)?)?)
+}

@@ -1,0 +1,131 @@
+#![allow(clippy::unwrap_used)]
+//! Llama 3 against the reference implementations on the same seeded random weights (fp32,
+//! CPU), from `tests/fixtures/generate_language.py`:
+//! - the true Llama 3.2 1B shape in the Hugging Face layout (tied embeddings, RoPE factor 32)
+//!   against transformers' `LlamaForCausalLM` and Meta's reference `Transformer`: prompt
+//!   logits, 32 greedy tokens, and incremental decoding with the KV cache equal to full
+//!   recomputation;
+//! - the Llama 3.1 8B shape reduced to 2 layers in Meta's layout (`consolidated.00.pth`,
+//!   imported through the checkpoint converter) against Meta's reference and against
+//!   transformers on the converted weights: Meta-layout weights give the outputs of
+//!   HF-layout ones.
+
+use std::ops::ControlFlow;
+
+use ocellus_language::config::{LlamaConfig, MetaParams};
+use ocellus_language::generate::{Finish, GenerateOptions, generate, generate_batch};
+use ocellus_language::llama::Llama;
+use ocellus_tests::{assert_close, fixture_io, fixtures_dir, scratch_dir};
+use tch::{Device, Kind, Tensor};
+
+/// Max abs error allowed on logits (fp32; logits have magnitude about 4 here).
+const LOGITS_TOL: f64 = 2e-4;
+
+fn ids_of(t: &Tensor) -> Vec<u32> {
+    Vec::<i64>::try_from(t).unwrap().into_iter().map(|x| x as u32).collect()
+}
+
+fn row(ids: &[u32]) -> Tensor {
+    Tensor::from_slice(&ids.iter().map(|&t| i64::from(t)).collect::<Vec<_>>()).unsqueeze(0)
+}
+
+/// Logits of every position: the prompt in one pass, then one token at a time from the cache.
+fn incremental_logits(model: &Llama, prompt: &[u32], continuation: &[u32]) -> Tensor {
+    let mut cache = model.new_cache(1, (prompt.len() + continuation.len()) as i64).unwrap();
+    let mut parts = vec![model.forward(&row(prompt), None, &mut cache, false).unwrap().squeeze_dim(0)];
+    for &t in continuation {
+        parts.push(model.forward(&row(&[t]), None, &mut cache, false).unwrap().squeeze_dim(0));
+    }
+    Tensor::cat(&parts, 0)
+}
+
+fn full_logits(model: &Llama, tokens: &[u32]) -> Tensor {
+    let mut cache = model.new_cache(1, tokens.len() as i64).unwrap();
+    model.forward(&row(tokens), None, &mut cache, false).unwrap().squeeze_dim(0)
+}
+
+#[test]
+fn llama_3_2_1b_matches_transformers_and_meta() {
+    let dir = fixtures_dir();
+    let config = LlamaConfig::from_json(&std::fs::read_to_string(dir.join("llama_1b.json")).unwrap()).unwrap();
+    assert_eq!(config, LlamaConfig::by_name("llama-3.2-1b").unwrap(), "config.json reads as the published 1B config");
+    assert_eq!(config.rope_scaling.unwrap().factor, 32.0);
+    let model = Llama::load(config, &dir.join("llama_1b.weights.safetensors"), Device::Cpu, Kind::Float).unwrap();
+    let io = fixture_io("llama_1b");
+    let prompt = ids_of(&io["prompt"]);
+    let reference_greedy = ids_of(&io["greedy"]);
+
+    let logits = full_logits(&model, &prompt);
+    assert_close("1B prompt logits vs transformers", &logits, &io["logits"], LOGITS_TOL);
+    assert_close("1B prompt logits vs llama-models", &logits, &io["meta_logits"], LOGITS_TOL);
+
+    let mut cache = model.new_cache(1, 256).unwrap();
+    let mut streamed = Vec::new();
+    let options = GenerateOptions { stop_tokens: vec![], ..GenerateOptions::greedy(reference_greedy.len()) };
+    let generation = generate(&model, None, &mut cache, &prompt, &options, |t| {
+        streamed.push(t.id);
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(generation.tokens, reference_greedy, "32 greedy tokens equal transformers' generate");
+    assert_eq!(streamed, reference_greedy, "every token is streamed");
+    assert_eq!(generation.finish, Finish::Limit);
+
+    let incremental = incremental_logits(&model, &prompt, &reference_greedy);
+    let mut all = prompt.clone();
+    all.extend(&reference_greedy);
+    assert_close("1B KV-cache decoding vs full recomputation", &incremental, &full_logits(&model, &all), LOGITS_TOL);
+    assert_close("1B KV-cache decoding vs transformers' full pass", &incremental, &io["full_logits"], LOGITS_TOL);
+
+    // A left-padded batch gives each row the tokens it gets alone.
+    let short = prompt[prompt.len() / 2..].to_vec();
+    let options = GenerateOptions { stop_tokens: vec![], ..GenerateOptions::greedy(6) };
+    let mut batch_cache = model.new_cache(2, 128).unwrap();
+    let batch = generate_batch(&model, &mut batch_cache, &[prompt.clone(), short.clone()], 128_004, &options).unwrap();
+    assert_eq!(batch[0].tokens, reference_greedy[..6].to_vec(), "batched row 0");
+    let mut alone = model.new_cache(1, 128).unwrap();
+    let short_alone = generate(&model, None, &mut alone, &short, &options, |_| ControlFlow::Continue(())).unwrap();
+    assert_eq!(batch[1].tokens, short_alone.tokens, "batched row 1 (left-padded)");
+
+    // The budget is enforced: a cache too small for the prompt generates nothing.
+    let mut tiny = model.new_cache(1, 4).unwrap();
+    assert!(model.forward(&row(&prompt), None, &mut tiny, true).is_err());
+    let none = generate(&model, None, &mut tiny, &prompt, &options, |_| ControlFlow::Continue(())).unwrap();
+    assert_eq!(none.finish, Finish::Budget);
+}
+
+#[test]
+fn meta_layout_8b_shape_matches_meta_and_transformers() {
+    let dir = fixtures_dir();
+    let params: MetaParams =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("llama_8b_2l.params.json")).unwrap()).unwrap();
+    let config = LlamaConfig::from_meta_params(&params, 8.0, 131_072).unwrap();
+    assert_eq!(config, LlamaConfig::by_name("llama-3.1-8b").unwrap().with_layers(2));
+    let scratch = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "llama_8b_2l");
+    let converted = scratch.join("consolidated.safetensors");
+    ocellus_perception::weights::convert_checkpoint(&dir.join("llama_8b_2l.consolidated.00.pth"), &converted).unwrap();
+    let model = Llama::load(config, &converted, Device::Cpu, Kind::Float).unwrap();
+    std::fs::remove_dir_all(&scratch).ok();
+    let io = fixture_io("llama_8b_2l");
+    let prompt = ids_of(&io["prompt"]);
+    let logits = full_logits(&model, &prompt);
+    assert_close("8B-2L (Meta layout) logits vs llama-models", &logits, &io["meta_logits"], LOGITS_TOL);
+    assert_close("8B-2L (Meta layout) logits vs transformers (HF layout)", &logits, &io["hf_logits"], LOGITS_TOL);
+    let reference = ids_of(&io["meta_greedy"]);
+    let mut cache = model.new_cache(1, 128).unwrap();
+    let options = GenerateOptions { stop_tokens: vec![], ..GenerateOptions::greedy(reference.len()) };
+    let generation = generate(&model, None, &mut cache, &prompt, &options, |_| ControlFlow::Continue(())).unwrap();
+    assert_eq!(generation.tokens, reference, "greedy tokens equal llama-models' incremental decoding");
+}
+
+#[test]
+fn wrong_weights_name_every_bad_key() {
+    let config = LlamaConfig::by_name("llama-3.2-1b").unwrap().with_layers(1);
+    let mut tensors = Llama::random_tensors(&config, 1).unwrap();
+    tensors.retain(|(k, _)| k != "model.norm.weight");
+    tensors.push(("model.layers.0.self_attn.q_proj.bias".into(), Tensor::zeros([2048], (Kind::Float, Device::Cpu))));
+    let err = Llama::from_tensors(config, tensors, Device::Cpu, Kind::Float, std::path::Path::new("x.safetensors"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("model.norm.weight") && err.contains("q_proj.bias"), "{err}");
+}
