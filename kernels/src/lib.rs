@@ -68,5 +68,16 @@ pub enum KernelError {
     Torch(#[from] tch::TchError),
 }
 
+/// libtorch's default generator is global: every seeded initialization runs under this lock,
+/// so that concurrent ones (tests run in parallel threads) cannot interleave their draws.
+static SEED_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `f` right after `tch::manual_seed(seed)`, holding the seeding lock.
+pub fn seeded<T>(seed: i64, f: impl FnOnce() -> T) -> T {
+    let _guard = SEED_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    tch::manual_seed(seed);
+    f()
+}
+
 /// Result alias of the kernel crate.
 pub type Result<T, E = KernelError> = std::result::Result<T, E>;

@@ -123,7 +123,12 @@ pub enum Activation {
     Gelu,
     /// `nn.ReLU()`.
     Relu,
+    /// OpenAI CLIP's `QuickGELU`: `x * sigmoid(1.702 * x)`.
+    QuickGelu,
 }
+
+/// The constant of `QuickGELU`.
+const QUICK_GELU_SCALE: f64 = 1.702;
 
 impl Activation {
     /// Applies the activation.
@@ -131,6 +136,7 @@ impl Activation {
         Ok(match self {
             Self::Gelu => x.f_gelu("none")?,
             Self::Relu => x.f_relu()?,
+            Self::QuickGelu => x.f_mul(&x.f_mul_scalar(QUICK_GELU_SCALE)?.f_sigmoid()?)?,
         })
     }
 
@@ -140,6 +146,10 @@ impl Activation {
         let _same_storage = match self {
             Self::Gelu => x.f_gelu_("none")?,
             Self::Relu => x.f_relu_()?,
+            Self::QuickGelu => {
+                let gate = x.f_mul_scalar(QUICK_GELU_SCALE)?.f_sigmoid()?;
+                x.f_mul_(&gate)?
+            }
         };
         Ok(())
     }

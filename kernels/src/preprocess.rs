@@ -256,6 +256,50 @@ pub fn frame_to_tensor(
     Ok(x.f_contiguous()?)
 }
 
+/// PIL's bicubic resize of `[B, C, H, W]` 8-bit values (as floats in `[0, 255]`) to `(h, w)`:
+/// antialiased (the kernel widens when downscaling, `a = -0.5`), the horizontal pass first,
+/// each pass rounded (half up) and clamped to 8 bits as PIL does for 8-bit images.
+pub fn resize_bicubic_u8(x: &Tensor, size: (i64, i64)) -> Result<Tensor> {
+    let (_, _, h, w) = x.size4()?;
+    let round8 = |t: Tensor| -> Result<Tensor> { Ok(t.f_add_scalar(0.5)?.f_floor()?.f_clamp(0.0, U8_MAX)?) };
+    let mut y = x.shallow_clone();
+    if size.1 != w {
+        y = round8(y.f_internal_upsample_bicubic2d_aa([h, size.1], false, None, None)?)?; // [B, C, H, w']
+    }
+    if size.0 != h {
+        y = round8(y.f_internal_upsample_bicubic2d_aa([size.0, size.1], false, None, None)?)?; // [B, C, h', w']
+    }
+    Ok(y)
+}
+
+/// CLIP's evaluation preprocessing (open_clip's `image_transform`, `resize_mode = "shortest"`):
+/// the short side resized to `size` with PIL's bicubic filter (torchvision's `Resize(size)`
+/// rule for the long side: `int(size * long / short)`), a centred `size × size` crop (offsets
+/// rounded half to even, as torchvision's `CenterCrop`), then `[0, 1]` and `norm`.
+///
+/// `rgb` is `[1, 3, H, W]` in `[0, 1]` from 8-bit pixels (what [`frame_to_tensor`] returns).
+pub fn resize_shortest_center_crop(rgb: &Tensor, size: i64, norm: Option<Normalization>) -> Result<Tensor> {
+    let (_, _, h, w) = rgb.size4()?;
+    if h <= 0 || w <= 0 || size <= 0 {
+        return Err(KernelError::Layout(format!("cannot resize {w}x{h} to {size}")));
+    }
+    let (short, long) = if w <= h { (w, h) } else { (h, w) };
+    let new_long = (size as f64 * long as f64 / short as f64) as i64;
+    let (new_h, new_w) = if w <= h { (new_long, size) } else { (size, new_long) };
+    let x = rgb.f_mul_scalar(U8_MAX)?.f_round()?; // [1, 3, H, W] in 0..=255
+    let x = resize_bicubic_u8(&x, (new_h, new_w))?; // [1, 3, new_h, new_w]
+    let top = ((new_h - size) as f64 / 2.0).round_ties_even() as i64;
+    let left = ((new_w - size) as f64 / 2.0).round_ties_even() as i64;
+    let mut x = x.f_narrow(2, top, size)?.f_narrow(3, left, size)?.f_div_scalar(U8_MAX)?; // [1, 3, size, size]
+    if let Some(n) = norm {
+        let device = x.device();
+        let mean = Tensor::f_from_slice(&n.mean)?.f_to_kind(Kind::Float)?.f_to_device(device)?.f_view([1, 3, 1, 1])?;
+        let std = Tensor::f_from_slice(&n.std)?.f_to_kind(Kind::Float)?.f_to_device(device)?.f_view([1, 3, 1, 1])?;
+        x = x.f_sub(&mean)?.f_div(&std)?;
+    }
+    Ok(x.f_contiguous()?)
+}
+
 /// NV12 → float RGB `[3, H, W]` in `[0, 1]`, limited range, nearest-neighbour chroma.
 fn nv12_to_rgb(data: &[u8], layout: &FrameLayout, device: Device) -> Result<Tensor> {
     let (h, w) = (layout.height as i64, layout.width as i64);

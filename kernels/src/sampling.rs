@@ -22,7 +22,11 @@ pub enum Sampling {
 impl Sampling {
     /// `temperature = 0` means greedy, as in llama-models' `generate`.
     pub fn from_temperature(temperature: f32, top_p: f32) -> Self {
-        if temperature > 0.0 { Self::TopP { temperature, top_p: top_p.clamp(f32::MIN_POSITIVE, 1.0) } } else { Self::Greedy }
+        if temperature > 0.0 {
+            Self::TopP { temperature, top_p: top_p.clamp(f32::MIN_POSITIVE, 1.0) }
+        } else {
+            Self::Greedy
+        }
     }
 }
 

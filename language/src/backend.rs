@@ -192,7 +192,9 @@ impl NativeModel {
 
     fn run(&mut self, prompt: &[u32], options: &GenerateOptions) -> Result<crate::generate::Generation> {
         self.cache.clear()?;
-        generate(&self.model, Some(&self.tokenizer), &mut self.cache, prompt, options, |_| std::ops::ControlFlow::Continue(()))
+        generate(&self.model, Some(&self.tokenizer), &mut self.cache, prompt, options, |_| {
+            std::ops::ControlFlow::Continue(())
+        })
     }
 }
 

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::tokenizer::Tokenizer;
 use crate::tools::{
-    BuiltinTool, ToolCall, ToolName, ToolPromptFormat, encode_tool_call, extract_builtin_call, extract_custom_tool_calls,
+    BuiltinTool, ToolCall, ToolName, ToolPromptFormat, encode_tool_call, extract_builtin_call,
+    extract_custom_tool_calls,
 };
 use crate::{LanguageError, Result};
 
@@ -130,7 +131,8 @@ impl<'a> ChatFormat<'a> {
     /// One message with its header and end token.
     pub fn encode_message(&self, message: &Message, format: ToolPromptFormat) -> Result<Vec<u32>> {
         let mut tokens = self.encode_header(message.role)?;
-        let code_call = message.tool_calls.first().is_some_and(|t| t.tool_name == ToolName::Builtin(BuiltinTool::CodeInterpreter));
+        let code_call =
+            message.tool_calls.first().is_some_and(|t| t.tool_name == ToolName::Builtin(BuiltinTool::CodeInterpreter));
         if message.role == Role::Assistant && code_call {
             tokens.push(self.tokenizer.python_tag_id);
         }

@@ -30,7 +30,13 @@ pub struct GenerateOptions {
 impl GenerateOptions {
     /// Greedy decoding of up to `max_new_tokens` with Llama 3's stop tokens.
     pub fn greedy(max_new_tokens: usize) -> Self {
-        Self { max_new_tokens, sampling: Sampling::Greedy, seed: 0, stop_tokens: vec![128_001, 128_008, 128_009], score_first: Vec::new() }
+        Self {
+            max_new_tokens,
+            sampling: Sampling::Greedy,
+            seed: 0,
+            stop_tokens: vec![128_001, 128_008, 128_009],
+            score_first: Vec::new(),
+        }
     }
 }
 
@@ -112,7 +118,14 @@ pub fn generate(
     let ids: Vec<i64> = prompt.iter().map(|&t| i64::from(t)).collect();
     let input = Tensor::from_slice(&ids).f_unsqueeze(0)?; // [1, T]
     if cache.len() + input.size()[1] > cache.capacity() {
-        return Ok(Generation { tokens: Vec::new(), finish: Finish::Budget, prompt_tokens: prompt.len(), prefill_secs: 0.0, decode_secs: 0.0, first_token_probs: Vec::new() });
+        return Ok(Generation {
+            tokens: Vec::new(),
+            finish: Finish::Budget,
+            prompt_tokens: prompt.len(),
+            prefill_secs: 0.0,
+            decode_secs: 0.0,
+            first_token_probs: Vec::new(),
+        });
     }
     let mut logits = model.forward(&input, None, cache, true)?;
     let mut tokens = Vec::new();
@@ -122,7 +135,8 @@ pub fn generate(
         let row = host_rows(&logits)?.pop().unwrap_or_default();
         if tokens.is_empty() && !options.score_first.is_empty() {
             let probs = ocellus_kernels::sampling::softmax(&row, 1.0);
-            first_probs = options.score_first.iter().map(|&id| probs.get(id as usize).copied().unwrap_or(0.0) as f32).collect();
+            first_probs =
+                options.score_first.iter().map(|&id| probs.get(id as usize).copied().unwrap_or(0.0) as f32).collect();
         }
         let Some(next) = sampler.sample(&row) else { break Finish::Cancelled };
         let next = next as u32;
@@ -189,7 +203,14 @@ pub fn generate_batch(
     let mut samplers: Vec<Sampler> = (0..b).map(|i| Sampler::new(options.sampling, options.seed + i as u64)).collect();
     let mut out: Vec<Generation> = prompts
         .iter()
-        .map(|p| Generation { tokens: Vec::new(), finish: Finish::Limit, prompt_tokens: p.len(), prefill_secs: 0.0, decode_secs: 0.0, first_token_probs: Vec::new() })
+        .map(|p| Generation {
+            tokens: Vec::new(),
+            finish: Finish::Limit,
+            prompt_tokens: p.len(),
+            prefill_secs: 0.0,
+            decode_secs: 0.0,
+            first_token_probs: Vec::new(),
+        })
         .collect();
     let mut done = vec![false; b];
     if cache.len() + longest as i64 > cache.capacity() {

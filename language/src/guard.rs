@@ -166,7 +166,8 @@ impl GuardPrompt {
             }
             GuardTemplate::Cookbook => {
                 let cats: Vec<String> = categories.iter().map(|(k, name)| format!("{k}: {name} ")).collect();
-                let turns: Vec<String> = conversation.iter().map(|t| format!("{}: {}", t.speaker.as_str(), t.text)).collect();
+                let turns: Vec<String> =
+                    conversation.iter().map(|t| format!("{}: {}", t.speaker.as_str(), t.text)).collect();
                 format!(
                     "<|begin_of_text|><|start_header_id|>user<|end_header_id|> {task}\n\n<BEGIN UNSAFE CONTENT CATEGORIES>\n{}\n<END UNSAFE CONTENT CATEGORIES>\n\n<BEGIN CONVERSATION>\n\n{}\n\n<END CONVERSATION>\n\n{instructions} <|eot_id|><|start_header_id|>assistant<|end_header_id|>",
                     cats.join("\n"),
@@ -255,13 +256,20 @@ mod tests {
     #[test]
     fn verdicts() {
         assert_eq!(parse_verdict("safe"), Verdict::Safe);
-        assert_eq!(parse_verdict("\n\nunsafe\nS1,S10"), Verdict::Unsafe { categories: vec!["S1".into(), "S10".into()] });
+        assert_eq!(
+            parse_verdict("\n\nunsafe\nS1,S10"),
+            Verdict::Unsafe { categories: vec!["S1".into(), "S10".into()] }
+        );
         assert_eq!(parse_verdict("maybe"), Verdict::Unsafe { categories: vec![] });
     }
 
     #[test]
     fn prompts_follow_the_checkpoint_template() {
-        let p = GuardPrompt { model: GuardModel::Guard3_1B, excluded: vec!["S2".into()], template: GuardTemplate::Checkpoint };
+        let p = GuardPrompt {
+            model: GuardModel::Guard3_1B,
+            excluded: vec!["S2".into()],
+            template: GuardTemplate::Checkpoint,
+        };
         let text = p.render(&[turn(Speaker::User, "  hi  "), turn(Speaker::Agent, "hello")]).unwrap();
         assert!(text.contains("'Agent' messages"));
         assert!(text.contains("S1: Violent Crimes.\nS3: Sex Crimes.\n"));

@@ -69,7 +69,11 @@ pub struct Llama {
 
 impl std::fmt::Debug for Llama {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Llama").field("config", &self.config).field("device", &self.device).field("kind", &self.kind).finish()
+        f.debug_struct("Llama")
+            .field("config", &self.config)
+            .field("device", &self.device)
+            .field("kind", &self.kind)
+            .finish()
     }
 }
 
@@ -157,7 +161,11 @@ pub struct KvCache {
 
 impl std::fmt::Debug for KvCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KvCache").field("len", &self.len).field("capacity", &self.capacity).field("batch", &self.batch).finish()
+        f.debug_struct("KvCache")
+            .field("len", &self.len)
+            .field("capacity", &self.capacity)
+            .field("batch", &self.batch)
+            .finish()
     }
 }
 
@@ -283,20 +291,56 @@ impl Llama {
 
     /// Seeded random weights (normal, std 0.02; norms around 1), in transformers layout.
     pub fn random_tensors(config: &LlamaConfig, seed: i64) -> Result<Vec<(String, Tensor)>> {
-        tch::manual_seed(seed);
-        let mut out = Vec::new();
-        for (name, shape) in expected_shapes(config) {
-            let noise = Tensor::f_randn(shape.as_slice(), (Kind::Float, Device::Cpu))?.f_mul_scalar(INIT_STD)?;
-            let t = if name.contains("norm") { noise.f_add_scalar(1.0)? } else { noise };
-            out.push((name, t));
-        }
-        Ok(out)
+        ocellus_kernels::seeded(seed, || {
+            let mut out = Vec::new();
+            for (name, shape) in expected_shapes(config) {
+                let noise = Tensor::f_randn(shape.as_slice(), (Kind::Float, Device::Cpu))?.f_mul_scalar(INIT_STD)?;
+                let t = if name.contains("norm") { noise.f_add_scalar(1.0)? } else { noise };
+                out.push((name, t));
+            }
+            Ok(out)
+        })
     }
 
     /// Seeded random weights, loaded.
     pub fn random(config: LlamaConfig, seed: i64, device: Device, kind: Kind) -> Result<Self> {
         let tensors = Self::random_tensors(&config, seed)?;
         Self::from_tensors(config, tensors, device, kind, Path::new("<random>"))
+    }
+
+    /// The weights under transformers' key names (the tied output projection is not repeated).
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![
+            ("model.embed_tokens.weight".to_owned(), self.embed_tokens.shallow_clone()),
+            ("model.norm.weight".to_owned(), self.norm.shallow_clone()),
+        ];
+        if !self.config.tie_word_embeddings {
+            out.push(("lm_head.weight".to_owned(), self.lm_head.shallow_clone()));
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            for (name, t) in [
+                ("input_layernorm", &l.input_layernorm),
+                ("self_attn.q_proj", &l.q_proj),
+                ("self_attn.k_proj", &l.k_proj),
+                ("self_attn.v_proj", &l.v_proj),
+                ("self_attn.o_proj", &l.o_proj),
+                ("post_attention_layernorm", &l.post_attention_layernorm),
+                ("mlp.gate_proj", &l.gate_proj),
+                ("mlp.up_proj", &l.up_proj),
+                ("mlp.down_proj", &l.down_proj),
+            ] {
+                out.push((format!("{p}.{name}.weight"), t.shallow_clone()));
+            }
+        }
+        out
+    }
+
+    /// Writes the weights (transformers layout) to a safetensors file.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let tensors = self.named_tensors();
+        let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+        Tensor::write_safetensors(&refs, path).map_err(|e| weights_error(path, e))
     }
 
     /// The configuration.
@@ -317,7 +361,9 @@ impl Llama {
     /// A cache for `batch` rows and `capacity` positions (prompt plus generated tokens).
     pub fn new_cache(&self, batch: i64, capacity: i64) -> Result<KvCache> {
         if batch <= 0 || capacity <= 0 {
-            return Err(LanguageError::Config(format!("cache needs batch and capacity > 0, got {batch} and {capacity}")));
+            return Err(LanguageError::Config(format!(
+                "cache needs batch and capacity > 0, got {batch} and {capacity}"
+            )));
         }
         let shape = [batch, self.config.num_key_value_heads, capacity, self.config.head_dim()];
         let n = self.layers.len();
@@ -337,7 +383,13 @@ impl Llama {
     /// of every position `[B, T, vocab]`, or of the last one `[B, 1, vocab]` when
     /// `last_only`. `valid` `[B, T]` marks real tokens (left padding is not); `None` means
     /// all are real.
-    pub fn forward(&self, tokens: &Tensor, valid: Option<&Tensor>, cache: &mut KvCache, last_only: bool) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        tokens: &Tensor,
+        valid: Option<&Tensor>,
+        cache: &mut KvCache,
+        last_only: bool,
+    ) -> Result<Tensor> {
         let _span = tracing::trace_span!("llama.forward", len = cache.len).entered();
         let size = tokens.size();
         let (b, t) = match size.as_slice() {
@@ -449,7 +501,10 @@ fn check_keys(
     let mismatched: Vec<String> = found
         .iter()
         .filter_map(|(k, t)| {
-            expected.get(k).filter(|s| **s != t.size()).map(|s| format!("{}: file {:?}, model {s:?}", shown(k), t.size()))
+            expected
+                .get(k)
+                .filter(|s| **s != t.size())
+                .map(|s| format!("{}: file {:?}, model {s:?}", shown(k), t.size()))
         })
         .collect();
     if missing.is_empty() && unexpected.is_empty() && mismatched.is_empty() {

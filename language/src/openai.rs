@@ -104,7 +104,8 @@ impl OpenAiClient {
                     let status = response.status().as_u16();
                     let text = response.body_mut().read_to_string().unwrap_or_default();
                     if status == 200 {
-                        return serde_json::from_str(&text).map_err(|e| remote(format!("{url}: invalid JSON answer: {e}")));
+                        return serde_json::from_str(&text)
+                            .map_err(|e| remote(format!("{url}: invalid JSON answer: {e}")));
                     }
                     last_error = format!("{url}: HTTP {status}: {}", text.chars().take(200).collect::<String>());
                     let transient = status == 429 || status >= 500;
@@ -186,7 +187,8 @@ fn parse_chat(answer: &Value) -> Result<(AssistantReply, String)> {
             _ => tool_parse_error = Some(format!("arguments of {name} are not a JSON object")),
         }
     }
-    let message = Message { role: Role::Assistant, content: String::new(), context: None, stop_reason: Some(stop), tool_calls };
+    let message =
+        Message { role: Role::Assistant, content: String::new(), context: None, stop_reason: Some(stop), tool_calls };
     Ok((AssistantReply { message, tool_parse_error }, text))
 }
 

@@ -48,7 +48,8 @@ const NAMED_SPECIAL: [&str; 12] = [
 /// The special tokens of Llama 3.1+ (`<|begin_of_text|>` … `<|reserved_special_token_247|>`).
 pub fn special_token_names() -> Vec<String> {
     let mut names: Vec<String> = NAMED_SPECIAL.iter().map(|s| (*s).to_owned()).collect();
-    names.extend((0..NUM_SPECIAL_TOKENS - NAMED_SPECIAL.len()).map(|i| format!("<|reserved_special_token_{}|>", 2 + i)));
+    names
+        .extend((0..NUM_SPECIAL_TOKENS - NAMED_SPECIAL.len()).map(|i| format!("<|reserved_special_token_{}|>", 2 + i)));
     names
 }
 
@@ -97,7 +98,11 @@ fn tokenizer_error(path: &Path, message: impl std::fmt::Display) -> LanguageErro
 impl Tokenizer {
     /// Loads `tokenizer.json` (Hugging Face) by extension, anything else as a tiktoken file.
     pub fn load(path: &Path) -> Result<Self> {
-        if path.extension().is_some_and(|e| e == "json") { Self::from_hf_json(path) } else { Self::from_tiktoken_file(path) }
+        if path.extension().is_some_and(|e| e == "json") {
+            Self::from_hf_json(path)
+        } else {
+            Self::from_tiktoken_file(path)
+        }
     }
 
     /// Loads Meta's `tokenizer.model`: one `base64(token) rank` pair per line.
@@ -116,7 +121,8 @@ impl Tokenizer {
         let names = special_token_names();
         let special: HashMap<String, u32> =
             names.iter().enumerate().map(|(i, n)| (n.clone(), (base + i) as u32)).collect();
-        let bpe = CoreBPE::new(ranks, special.iter().map(|(k, v)| (k.clone(), *v)).collect(), PATTERN).map_err(|e| tokenizer_error(path, e))?;
+        let bpe = CoreBPE::new(ranks, special.iter().map(|(k, v)| (k.clone(), *v)).collect(), PATTERN)
+            .map_err(|e| tokenizer_error(path, e))?;
         Self::with_backend(Backend::Tiktoken(Box::new(bpe)), special, base + names.len())
     }
 
@@ -287,7 +293,8 @@ fn byte_level_decode(token: &str) -> Vec<u8> {
         .chars()
         .map(|c| {
             let cp = c as u32;
-            let printable = |b: u32| (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+            let printable =
+                |b: u32| (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
             if printable(cp) {
                 cp as u8
             } else {

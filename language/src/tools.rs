@@ -106,7 +106,9 @@ pub enum ToolParseError {
 pub fn encode_tool_call(call: &ToolCall, format: ToolPromptFormat) -> String {
     let query = || call.arguments.get("query").map(python_str).unwrap_or_default();
     match &call.tool_name {
-        ToolName::Builtin(BuiltinTool::CodeInterpreter) => call.arguments.get("code").map(python_str).unwrap_or_default(),
+        ToolName::Builtin(BuiltinTool::CodeInterpreter) => {
+            call.arguments.get("code").map(python_str).unwrap_or_default()
+        }
         ToolName::Builtin(b) => format!("{}.call(query=\"{}\")", b.name(), query()),
         ToolName::Custom(name) => match format {
             ToolPromptFormat::Json => {
@@ -146,7 +148,10 @@ fn python_list_value(v: &Value) -> String {
         Value::Number(n) => python_number(n),
         Value::Array(items) => format!("[{}]", items.iter().map(python_list_value).collect::<Vec<_>>().join(", ")),
         Value::Object(map) => {
-            format!("{{{}}}", map.iter().map(|(k, v)| format!("{k}={}", python_list_value(v))).collect::<Vec<_>>().join(", "))
+            format!(
+                "{{{}}}",
+                map.iter().map(|(k, v)| format!("{k}={}", python_list_value(v))).collect::<Vec<_>>().join(", ")
+            )
         }
     }
 }
@@ -343,7 +348,7 @@ fn function_tag_call(text: &str) -> Result<Option<ParsedCall>, ToolParseError> {
             .map(|(i, _)| i)
             .filter(|&i| i > 0 && rest[i + 1..].starts_with('{'))
             .map(|i| (i, i + 1))
-            .last()
+            .next_back()
         else {
             continue;
         };
@@ -622,7 +627,10 @@ mod tests {
 
     #[test]
     fn pythonic_lists() {
-        let calls = python_list_calls(r#"[get_weather(city='San Francisco', metric="celsius"), f(n=-3, x=[1, 2.5], d={'k': True}, z=None)]"#).unwrap();
+        let calls = python_list_calls(
+            r#"[get_weather(city='San Francisco', metric="celsius"), f(n=-3, x=[1, 2.5], d={'k': True}, z=None)]"#,
+        )
+        .unwrap();
         assert_eq!(calls.len(), 2);
         assert_eq!(calls[0].name, "get_weather");
         assert_eq!(calls[0].arguments["city"], "San Francisco");
@@ -639,7 +647,8 @@ mod tests {
     fn tags_json_and_builtins() {
         let c = extract_custom_tool_calls(r#"<function=track>{"box": [1, 2, 3, 4]}</function>"#).unwrap();
         assert_eq!(c[0].name, "track");
-        let c = extract_custom_tool_calls(r#"{"type": "function", "name": "alert", "parameters": {"text": "hi"}}"#).unwrap();
+        let c = extract_custom_tool_calls(r#"{"type": "function", "name": "alert", "parameters": {"text": "hi"}}"#)
+            .unwrap();
         assert_eq!(c[0].arguments["text"], "hi");
         assert!(extract_custom_tool_calls(r#"{"name": "alert"}"#).is_err());
         assert!(extract_custom_tool_calls("just words").unwrap().is_empty());

@@ -95,10 +95,10 @@ fn join(keys: &BTreeSet<&String>) -> String {
 
 /// Fills every variable of `vs` with seeded normal noise (std 0.02; norms' weights around 1).
 pub fn init_seeded(vs: &VarStore, seed: i64) -> Result<()> {
-    tch::manual_seed(seed);
     let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
-    tch::no_grad(|| -> Result<()> {
+    ocellus_kernels::seeded(seed, || -> Result<()> {
+        let _no_grad = tch::no_grad_guard();
         for (name, mut v) in vars {
             let noise = Tensor::f_randn(v.size().as_slice(), (Kind::Float, v.device()))?.f_mul_scalar(INIT_STD)?;
             let value =

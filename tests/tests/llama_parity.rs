@@ -6,7 +6,7 @@
 //!   logits, 32 greedy tokens, and incremental decoding with the KV cache equal to full
 //!   recomputation;
 //! - the Llama 3.1 8B shape reduced to 2 layers in Meta's layout (`consolidated.00.pth`,
-//!   imported through the checkpoint converter) against Meta's reference and against
+//!   imported by `ocellus weights import`) against Meta's reference and against
 //!   transformers on the converted weights: Meta-layout weights give the outputs of
 //!   HF-layout ones.
 
@@ -101,10 +101,20 @@ fn meta_layout_8b_shape_matches_meta_and_transformers() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("llama_8b_2l.params.json")).unwrap()).unwrap();
     let config = LlamaConfig::from_meta_params(&params, 8.0, 131_072).unwrap();
     assert_eq!(config, LlamaConfig::by_name("llama-3.1-8b").unwrap().with_layers(2));
+    // `ocellus weights import` on a Meta folder (params.json + consolidated.00.pth): the
+    // checkpoint is read by PyTorch, converted to transformers' layout, checked and saved.
     let scratch = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "llama_8b_2l");
-    let converted = scratch.join("consolidated.safetensors");
-    ocellus_perception::weights::convert_checkpoint(&dir.join("llama_8b_2l.consolidated.00.pth"), &converted).unwrap();
-    let model = Llama::load(config, &converted, Device::Cpu, Kind::Float).unwrap();
+    let meta_dir = scratch.join("Llama-3.1-8B-2L");
+    std::fs::create_dir_all(&meta_dir).unwrap();
+    std::os::unix::fs::symlink(dir.join("llama_8b_2l.params.json"), meta_dir.join("params.json")).unwrap();
+    std::os::unix::fs::symlink(dir.join("llama_8b_2l.consolidated.00.pth"), meta_dir.join("consolidated.00.pth"))
+        .unwrap();
+    let imported = scratch.join("llama-3.1-8b-2l.safetensors");
+    let manifest = ocellus_pipelines::tools::import("llama-3.1-8b", &meta_dir, &imported).unwrap();
+    assert_eq!(manifest.config["num_hidden_layers"], 2, "the folder's params.json wins over the preset");
+    let keys: Vec<String> = Tensor::read_safetensors(&imported).unwrap().into_iter().map(|(k, _)| k).collect();
+    assert!(keys.contains(&"model.layers.1.self_attn.q_proj.weight".to_owned()), "saved in transformers' layout");
+    let model = Llama::load(config, &imported, Device::Cpu, Kind::Float).unwrap();
     std::fs::remove_dir_all(&scratch).ok();
     let io = fixture_io("llama_8b_2l");
     let prompt = ids_of(&io["prompt"]);
