@@ -188,3 +188,31 @@ fn guard_over_an_openai_server_reads_verdict_and_score() {
     assert_eq!(bad.categories(), ["S9"]);
     assert!(bad.blocked(guard.threshold) && bad.unsafe_score.unwrap() > 0.9);
 }
+
+#[test]
+fn sampling_is_seeded_and_stop_tokens_end_generation() {
+    use ocellus_kernels::sampling::Sampling;
+    use ocellus_language::generate::{Finish, GenerateOptions, generate};
+    use std::ops::ControlFlow;
+    let model = Llama::random(small_config(), 6, Device::Cpu, Kind::Float).unwrap();
+    let prompt = [128_000u32, 791, 3446, 374];
+    let run = |options: &GenerateOptions| {
+        let mut cache = model.new_cache(1, 64).unwrap();
+        generate(&model, None, &mut cache, &prompt, options, |_| ControlFlow::Continue(())).unwrap()
+    };
+    let sampled = |seed| GenerateOptions {
+        sampling: Sampling::TopP { temperature: 1.0, top_p: 0.95 },
+        seed,
+        stop_tokens: vec![],
+        ..GenerateOptions::greedy(16)
+    };
+    assert_eq!(run(&sampled(1)).tokens, run(&sampled(1)).tokens, "same seed, same tokens");
+    assert_ne!(run(&sampled(1)).tokens, run(&sampled(2)).tokens, "another seed, other tokens");
+    let greedy = run(&GenerateOptions { stop_tokens: vec![], ..GenerateOptions::greedy(8) });
+    assert_eq!(greedy.tokens.len(), 8);
+    let stop_at = greedy.tokens[3];
+    let stopped = run(&GenerateOptions { stop_tokens: vec![stop_at], ..GenerateOptions::greedy(8) });
+    let first = greedy.tokens.iter().position(|&t| t == stop_at).unwrap();
+    assert_eq!(stopped.finish, Finish::Stop(stop_at));
+    assert_eq!(stopped.tokens, greedy.tokens[..first].to_vec(), "the stop token ends generation and is not kept");
+}
