@@ -99,6 +99,17 @@ pub struct Track {
     pub occluded: bool,
     /// Mask area in pixels.
     pub area: u64,
+    /// What the object is, once a labeler has classified it.
+    pub label: Option<TrackLabel>,
+}
+
+/// A track's class (e.g. a zero-shot CLIP label, smoothed over time).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrackLabel {
+    /// Class name.
+    pub name: Arc<str>,
+    /// Its probability.
+    pub score: f32,
 }
 
 /// The tracks of one frame: a label image at frame resolution (0 = background, else the
@@ -141,6 +152,8 @@ pub enum Packet {
     Tracks(Tracks),
     /// A metrics report.
     Metrics(MetricsReport),
+    /// A caption, decision, alert or published text of the agent.
+    Agent(Arc<crate::agent::AgentPacket>),
 }
 
 impl Packet {
@@ -152,6 +165,7 @@ impl Packet {
             Self::Features(f) => Some(&f.meta),
             Self::Tracks(t) => Some(&t.meta),
             Self::Metrics(_) => None,
+            Self::Agent(a) => Some(&a.meta),
         }
     }
 }

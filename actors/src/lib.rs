@@ -12,13 +12,18 @@
 //! - **Control plane** (actix): sources are actors on their own arbiters (the GStreamer bus is
 //!   their stream), and the [`monitor::PipelineMonitor`] actor watches stages, reports metrics
 //!   and stops the system when everything has drained or on Ctrl-C.
+//! - **Transports** ([`transport`]): zenoh sources and sinks (sessions on their own runtime
+//!   threads), raw/JPEG/PNG frames, ROS 2 messages in CDR, rmw_zenoh keys and discovery.
 //!
 //! [`runtime::Pipeline`] wires it all together.
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod backbone;
+pub mod control;
 pub mod edge;
 pub mod frame;
+pub mod labeler;
 pub mod metrics;
 pub mod monitor;
 pub mod motion;
@@ -27,9 +32,10 @@ pub mod sink;
 pub mod source;
 pub mod stage;
 pub mod tracker;
+pub mod transport;
 
 pub use edge::{DropPolicy, EdgePolicy, EdgeReceiver, EdgeSender, EdgeStats, edge};
-pub use frame::{Features, Frame, FrameMeta, Mask, Packet, Track, Tracks};
+pub use frame::{Features, Frame, FrameMeta, Mask, Packet, Track, TrackLabel, Tracks};
 pub use runtime::{Pipeline, PipelineReport};
 pub use stage::{Outputs, Processor, RestartPolicy};
 

@@ -17,7 +17,7 @@ use crate::edge::{EdgePolicy, EdgeSender, edge};
 use crate::frame::Packet;
 use crate::metrics::MetricsSnapshot;
 use crate::monitor::{NodeKind, PipelineMonitor, Shutdown, SourceControl, Watched};
-use crate::source::{GstSourceSpec, SourceOutputs, SyntheticSpec, gst, synthetic};
+use crate::source::{GstSourceSpec, SourceOutputs, SyntheticSpec, ZenohSourceSpec, gst, synthetic};
 use crate::stage::{ProcessorFactory, RestartPolicy, StageState, spawn_stage};
 use crate::{ActorError, Result, now_ns};
 
@@ -28,6 +28,8 @@ pub enum SourceKind {
     Gstreamer(GstSourceSpec),
     /// Synthetic frames (benchmarks, tests of the runtime alone).
     Synthetic(SyntheticSpec),
+    /// Frames from a zenoh key expression.
+    Zenoh(ZenohSourceSpec),
 }
 
 struct SourceDecl {
@@ -287,6 +289,13 @@ impl Pipeline {
                     }
                     SourceKind::Synthetic(spec) => {
                         if let Err(e) = synthetic::spawn(spec, outputs.clone()) {
+                            error!(source = %outputs.name, error = %e, "cannot start the source");
+                            outputs.close(Some(e.to_string()));
+                        }
+                        None
+                    }
+                    SourceKind::Zenoh(spec) => {
+                        if let Err(e) = crate::source::zenoh::spawn(spec, outputs.clone()) {
                             error!(source = %outputs.name, error = %e, "cannot start the source");
                             outputs.close(Some(e.to_string()));
                         }

@@ -20,6 +20,7 @@ use tch::{Device, Kind, Tensor};
 use tracing::trace_span;
 
 use crate::backbone::WeightsSource;
+use crate::control::{ControlReceiver, TrackerCommand};
 use crate::frame::{Packet, Track, Tracks};
 use crate::stage::{Outputs, Processor};
 use crate::{ActorError, Result};
@@ -51,6 +52,8 @@ pub struct TrackerSpec {
     pub prompts: Vec<(u32, FramePrompt)>,
     /// Streaming memory settings.
     pub stream: StreamConfig,
+    /// Commands from other actors (the agent's `track` / `untrack` tools).
+    pub control: Option<ControlReceiver<TrackerCommand>>,
 }
 
 impl FramePrompt {
@@ -111,13 +114,46 @@ pub struct TrackerProcessor {
     sam: Sam2,
     spec: TrackerSpec,
     cameras: HashMap<Arc<str>, StreamingTracker>,
+    /// Commands for cameras not seen yet, applied on their first frame.
+    pending: Vec<TrackerCommand>,
 }
 
 impl TrackerProcessor {
     /// Builds the processor (loads the weights).
     pub fn new(spec: TrackerSpec) -> Result<Self> {
         let (vs, sam) = load_sam2(&spec)?;
-        Ok(Self { _vs: vs, sam, spec, cameras: HashMap::new() })
+        Ok(Self { _vs: vs, sam, spec, cameras: HashMap::new(), pending: Vec::new() })
+    }
+
+    /// Applies queued commands to `camera`'s tracker (frame size `w × h`).
+    fn apply_commands(&mut self, camera: &Arc<str>, w: f64, h: f64) -> Result<()> {
+        let mut commands = std::mem::take(&mut self.pending);
+        if let Some(control) = &self.spec.control {
+            commands.extend(control.drain());
+        }
+        let device = self.spec.device;
+        for command in commands {
+            let applies = match &command {
+                TrackerCommand::Add { camera: Some(c), .. } => c == camera,
+                _ => true,
+            };
+            let Some(tracker) = self.cameras.get_mut(camera).filter(|_| applies) else {
+                if !applies {
+                    self.pending.push(command);
+                }
+                continue;
+            };
+            match command {
+                TrackerCommand::Add { id, prompt, .. } => {
+                    tracing::info!(%camera, id, "tracking a new object");
+                    tracker.add_prompt(u64::from(id), prompt.to_model(w, h, device)?);
+                }
+                TrackerCommand::Remove { id } => {
+                    tracker.remove(u64::from(id));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -133,16 +169,15 @@ impl Processor for TrackerProcessor {
                 .map_err(|e| ActorError::BadInput(format!("{} frame {}: {e}", frame.meta.camera, frame.meta.seq)))?
                 .f_to_kind(self.spec.dtype.kind())
                 .map_err(|e| ActorError::Failed(e.to_string()))?;
-        let tracker = match self.cameras.get_mut(&frame.meta.camera) {
-            Some(t) => t,
-            None => {
-                let mut t = StreamingTracker::new(self.spec.stream);
-                for (id, prompt) in &self.spec.prompts {
-                    t.add_prompt(u64::from(*id), prompt.to_model(w as f64, h as f64, device)?);
-                }
-                self.cameras.entry(frame.meta.camera.clone()).or_insert(t)
+        if !self.cameras.contains_key(&frame.meta.camera) {
+            let mut t = StreamingTracker::new(self.spec.stream);
+            for (id, prompt) in &self.spec.prompts {
+                t.add_prompt(u64::from(*id), prompt.to_model(w as f64, h as f64, device)?);
             }
-        };
+            self.cameras.insert(frame.meta.camera.clone(), t);
+        }
+        self.apply_commands(&frame.meta.camera, w as f64, h as f64)?;
+        let Some(tracker) = self.cameras.get_mut(&frame.meta.camera) else { return Ok(()) };
         let outputs = tch::no_grad(|| -> Result<_> {
             let feats = self.sam.frame_features(&x)?;
             Ok(tracker.step(&self.sam, frame.meta.seq, &feats)?)
@@ -170,7 +205,7 @@ impl Processor for TrackerProcessor {
                 }
                 bbox = mask_box(&mask, w);
             }
-            tracks.push(Track { id, bbox, score, occluded, area });
+            tracks.push(Track { id, bbox, score, occluded, area, label: None });
         }
         let bytes: Vec<u8> = labels.iter().flat_map(|l| l.to_le_bytes()).collect();
         out.emit(Packet::Tracks(Tracks {

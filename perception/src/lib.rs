@@ -8,6 +8,8 @@
 //! - [`hiera`]: Hiera image and video backbones (official `hiera`), exact on the same weights.
 //! - [`hieradet`]: HieraDet + FPN neck, SAM 2's image encoder (official `sam2`), exact.
 //! - [`sam2`]: SAM 2's prompt encoder, mask decoder and image prediction (official `sam2`).
+//! - [`clip`]: CLIP / MetaCLIP vision and text towers (official `open_clip`), exact; its BPE
+//!   tokenizer (token-exact), zero-shot classification and MetaCLIP's data curation.
 //! - [`backbone`]: both by name, with their weights store.
 //! - [`weights`]: checked loading, seeded init, checkpoint import, manifests.
 //! - [`onnx`]: the ONNX Runtime backend, loaded dynamically from the venv made by
@@ -15,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod backbone;
+pub mod clip;
 pub mod hiera;
 pub mod hieradet;
 pub mod motion;

@@ -6,6 +6,9 @@
 //! Reported: frames/s through the sink and the latency the runtime adds from the source's
 //! timestamp to the sink (p50/p99).
 
+pub mod llm;
+pub mod zenoh;
+
 use std::time::Duration;
 
 use ocellus_actors::edge::EdgePolicy;

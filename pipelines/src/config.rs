@@ -14,7 +14,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ocellus_actors::edge::{DEFAULT_BLOCK_DEPTH, DropPolicy, EdgePolicy};
-use ocellus_actors::source::{GstSourceSpec, OutputFormat, Preset};
+use ocellus_actors::runtime::SourceKind;
+use ocellus_actors::sink::{KeyStyle, ZenohSinkSpec};
+use ocellus_actors::source::{GstSourceSpec, OutputFormat, Preset, ZenohSourceSpec};
+use ocellus_actors::transport::ros2::{MsgType, TypeHashes};
+use ocellus_actors::transport::{SessionMode, SessionSpec, WireFormat};
 use ocellus_kernels::{DType, parse_device};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -272,8 +276,48 @@ struct SourceEntry {
     name: String,
     gstreamer: Option<String>,
     preset: Option<toml::Value>,
+    zenoh: Option<toml::Value>,
+    format: Option<FormatName>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ModeName {
+    Peer,
+    Client,
+}
+
+/// The session settings shared by zenoh sources and sinks.
+#[derive(Debug, Clone, Default)]
+struct SessionFields {
+    mode: Option<ModeName>,
+    connect: Vec<String>,
+    listen: Vec<String>,
+    config: Option<PathBuf>,
+    multicast_scouting: Option<bool>,
+    shared_memory: Option<bool>,
+}
+
+/// `[[source]] zenoh = { key = "...", encoding = "...", ... }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ZenohSourceEntry {
+    key: Option<String>,
+    topic: Option<String>,
     #[serde(default)]
-    format: FormatName,
+    domain: u32,
+    encoding: String,
+    frames: Option<u64>,
+    idle_timeout: Option<String>,
+    intake: Option<toml::Value>,
+    mode: Option<ModeName>,
+    #[serde(default)]
+    connect: Vec<String>,
+    #[serde(default)]
+    listen: Vec<String>,
+    config: Option<PathBuf>,
+    multicast_scouting: Option<bool>,
+    shared_memory: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
@@ -445,6 +489,39 @@ impl Sam2Entry {
     }
 }
 
+/// `[[actor]] kind = "labeler"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LabelerEntry {
+    name: String,
+    #[allow(dead_code)]
+    kind: String,
+    inputs: Vec<String>,
+    edge: Option<toml::Value>,
+    model: String,
+    weights: Option<PathBuf>,
+    #[serde(default)]
+    allow_random_weights: bool,
+    #[serde(default)]
+    seed: i64,
+    vocabulary: Vec<String>,
+    templates: Option<toml::Value>,
+    bpe: Option<PathBuf>,
+    #[serde(default = "LabelerEntry::default_smoothing")]
+    smoothing: f64,
+    #[serde(default = "LabelerEntry::default_padding")]
+    padding: f64,
+}
+
+impl LabelerEntry {
+    fn default_smoothing() -> f64 {
+        0.3
+    }
+    fn default_padding() -> f64 {
+        0.1
+    }
+}
+
 /// `prompts = [{ box = [x0, y0, x1, y1] }, { points = [[x, y]], labels = [1] }]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -456,10 +533,84 @@ struct PromptEntry {
     labels: Option<Vec<i32>>,
 }
 
+/// `[[actor]] kind = "agent"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentEntry {
+    name: String,
+    #[allow(dead_code)]
+    kind: String,
+    inputs: Vec<String>,
+    edge: Option<toml::Value>,
+    model: Option<String>,
+    weights: Option<PathBuf>,
+    #[serde(default)]
+    allow_random_weights: bool,
+    #[serde(default)]
+    seed: i64,
+    tokenizer: Option<PathBuf>,
+    context: Option<i64>,
+    server: Option<ServerEntry>,
+    guard: Option<GuardEntry>,
+    caption_every: Option<String>,
+    #[serde(default)]
+    descriptions: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    tools: Vec<String>,
+    rate_limit: Option<u32>,
+    max_tokens: Option<usize>,
+    tracker: Option<String>,
+    inbox: Option<InboxEntry>,
+}
+
+/// An OpenAI-compatible server: `{ url = "http://127.0.0.1:8080/v1", model = "llama3.2" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerEntry {
+    url: String,
+    model: String,
+    api_key_env: Option<String>,
+    timeout: Option<String>,
+    attempts: Option<u32>,
+}
+
+/// `guard = { model = "llama-guard-3-1b", weights = "...", threshold = 0.5, exclude = ["S6"] }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GuardEntry {
+    model: Option<String>,
+    weights: Option<PathBuf>,
+    #[serde(default)]
+    allow_random_weights: bool,
+    #[serde(default)]
+    seed: i64,
+    server: Option<ServerEntry>,
+    threshold: Option<f32>,
+    #[serde(default)]
+    exclude: Vec<String>,
+}
+
+/// `inbox = { operator_key = "robot/operator", alt_text_key = "robot/alt_text", connect = [...] }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InboxEntry {
+    operator_key: Option<String>,
+    alt_text_key: Option<String>,
+    mode: Option<ModeName>,
+    #[serde(default)]
+    connect: Vec<String>,
+    #[serde(default)]
+    listen: Vec<String>,
+    config: Option<PathBuf>,
+    multicast_scouting: Option<bool>,
+}
+
 enum ActorEntry {
+    Agent(Box<AgentEntry>),
     Motion(MotionEntry),
     Backbone(BackboneEntry),
     Sam2(Sam2Entry),
+    Labeler(LabelerEntry),
 }
 
 impl ActorEntry {
@@ -468,6 +619,8 @@ impl ActorEntry {
             Self::Motion(m) => &m.name,
             Self::Backbone(b) => &b.name,
             Self::Sam2(t) => &t.name,
+            Self::Agent(a) => &a.name,
+            Self::Labeler(l) => &l.name,
         }
     }
 
@@ -476,6 +629,8 @@ impl ActorEntry {
             Self::Motion(m) => &m.inputs,
             Self::Backbone(b) => &b.inputs,
             Self::Sam2(t) => &t.inputs,
+            Self::Agent(a) => &a.inputs,
+            Self::Labeler(l) => &l.inputs,
         }
     }
 }
@@ -541,6 +696,69 @@ struct NullEntry {
     edge: Option<toml::Value>,
 }
 
+/// `[[sink]] kind = "zenoh"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ZenohSinkEntry {
+    #[serde(default = "ZenohSinkEntry::default_name")]
+    name: String,
+    #[allow(dead_code)]
+    kind: String,
+    inputs: Vec<String>,
+    edge: Option<toml::Value>,
+    #[serde(default)]
+    keys: KeysName,
+    prefix: Option<String>,
+    domain: Option<u32>,
+    namespace: Option<String>,
+    node: Option<String>,
+    type_hash: Option<TypeHashName>,
+    bridge_namespace: Option<String>,
+    #[serde(default)]
+    frames: bool,
+    #[serde(default)]
+    congestion: CongestionName,
+    shm_pool_mib: Option<usize>,
+    mode: Option<ModeName>,
+    #[serde(default)]
+    connect: Vec<String>,
+    #[serde(default)]
+    listen: Vec<String>,
+    config: Option<PathBuf>,
+    multicast_scouting: Option<bool>,
+    shared_memory: Option<bool>,
+}
+
+impl ZenohSinkEntry {
+    fn default_name() -> String {
+        "zenoh".to_owned()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum KeysName {
+    #[default]
+    Zenoh,
+    Ros2,
+    Ros2dds,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum TypeHashName {
+    Rihs01,
+    Humble,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum CongestionName {
+    #[default]
+    Block,
+    Drop,
+}
+
 impl NullEntry {
     fn default_name() -> String {
         "null".to_owned()
@@ -566,8 +784,8 @@ struct FileEntry {
 pub struct SourceConfig {
     /// Camera name (entity path part in Rerun).
     pub name: String,
-    /// What to run.
-    pub spec: GstSourceSpec,
+    /// What to run: a GStreamer pipeline or a zenoh subscription.
+    pub kind: SourceKind,
     /// Where it is declared (for errors found later, e.g. by GStreamer).
     pub path: KeyPath,
 }
@@ -588,6 +806,8 @@ pub enum ActorKind {
         /// Conditioning frames kept per object.
         max_cond_frames: usize,
     },
+    /// The agent (its spec without the runtime channels, which the graph adds).
+    Agent(Box<AgentConfig>),
     /// A vision backbone.
     Backbone {
         /// Model name.
@@ -597,6 +817,46 @@ pub enum ActorKind {
         /// Input resolution, when not the model's own.
         resolution: Option<(i64, i64)>,
     },
+    /// MetaCLIP zero-shot labels for tracks.
+    Labeler {
+        /// open_clip model name.
+        model: String,
+        /// Weights.
+        weights: ocellus_actors::backbone::WeightsSource,
+        /// Class names.
+        vocabulary: Vec<String>,
+        /// Prompt templates (`{}` = class name).
+        templates: Vec<String>,
+        /// The BPE vocabulary file (the venv's open_clip copy when absent).
+        bpe: Option<PathBuf>,
+        /// Weight of new probabilities in the per-track moving average.
+        smoothing: f64,
+        /// Box padding per side, fraction of the longer side.
+        padding: f64,
+    },
+}
+
+/// A validated agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    /// Its language model.
+    pub backend: ocellus_actors::agent::BackendSpec,
+    /// Llama Guard.
+    pub guard: Option<ocellus_actors::agent::GuardSpec>,
+    /// Allowed tools.
+    pub tools: Vec<ocellus_actors::agent::tools::ToolKind>,
+    /// Calls per tool per minute.
+    pub rate_limit: u32,
+    /// Caption period.
+    pub caption_every: Duration,
+    /// Camera descriptions.
+    pub descriptions: HashMap<String, String>,
+    /// Tokens per answer.
+    pub max_tokens: usize,
+    /// The SAM 2 actor `track` / `untrack` act on.
+    pub tracker: Option<String>,
+    /// Operator instructions and alt-texts on zenoh.
+    pub inbox: Option<ocellus_actors::agent::inbox::InboxSpec>,
 }
 
 /// A validated processing actor.
@@ -626,6 +886,8 @@ pub enum SinkKind {
     },
     /// Counts and drops everything.
     Null,
+    /// Publishes on zenoh (Ocellus keys, or ROS 2).
+    Zenoh(ZenohSinkSpec),
 }
 
 /// A validated sink.
@@ -685,6 +947,17 @@ fn check_name(
     Ok(())
 }
 
+/// llama-models' `tokenizer.model` in the bootstrap venv (the real Llama 3 tokenizer).
+pub fn default_llama_tokenizer() -> Option<PathBuf> {
+    let python = ocellus_perception::weights::venv_python()?;
+    let lib = python.parent()?.parent()?.join("lib");
+    std::fs::read_dir(&lib)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("site-packages/llama_models/llama3/tokenizer.model"))
+        .find(|p| p.exists())
+}
+
 fn parse_duration(loc: &Locator<'_>, path: KeyPath, text: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(text)
         .map_err(|e| loc.error(path, format!("{text:?} is not a duration like \"500ms\" or \"2s\": {e}")))
@@ -696,8 +969,17 @@ fn parse_edge(
     value: Option<toml::Value>,
     default: EdgePolicy,
 ) -> Result<EdgePolicy, ConfigError> {
+    parse_edge_at(loc, at.key("edge"), value, default)
+}
+
+/// An edge policy written at `path`.
+fn parse_edge_at(
+    loc: &Locator<'_>,
+    path: KeyPath,
+    value: Option<toml::Value>,
+    default: EdgePolicy,
+) -> Result<EdgePolicy, ConfigError> {
     let Some(value) = value else { return Ok(default) };
-    let path = at.key("edge");
     let e: EdgeEntry = loc.typed(&path, value)?;
     if e.depth == Some(0) {
         return Err(loc.error(path.key("depth"), "depth must be at least 1"));
@@ -804,6 +1086,21 @@ impl PipelineConfig {
             let at = KeyPath::root("source").index(i);
             let entry: SourceEntry = loc.typed(&at, value)?;
             check_name(&loc, at.key("name"), &entry.name, &mut names)?;
+            if let Some(zenoh) = entry.zenoh {
+                let other = [("gstreamer", entry.gstreamer.is_some()), ("preset", entry.preset.is_some())];
+                if let Some((key, _)) = other.iter().find(|(_, given)| *given) {
+                    return Err(loc.error(at.key(key), "give one of `gstreamer`, `preset` or `zenoh`"));
+                }
+                if entry.format.is_some() {
+                    return Err(loc.error(
+                        at.key("format"),
+                        "a zenoh source delivers frames as they arrive (`format` is for GStreamer sources)",
+                    ));
+                }
+                let spec = Self::zenoh_source(&loc, &at.key("zenoh"), zenoh)?;
+                sources.push(SourceConfig { name: entry.name, kind: SourceKind::Zenoh(spec), path: at });
+                continue;
+            }
             let launch = match (entry.gstreamer, entry.preset) {
                 (Some(launch), None) if !launch.trim().is_empty() => launch,
                 (Some(_), None) => return Err(loc.error(at.key("gstreamer"), "empty launch description")),
@@ -812,26 +1109,30 @@ impl PipelineConfig {
                     return Err(loc.error(at.key("preset"), "give either `gstreamer` or `preset`, not both"));
                 }
                 (None, None) => {
-                    return Err(loc.error(at.clone(), "needs `gstreamer` (a launch description) or `preset`"));
+                    return Err(loc.error(at.clone(), "needs `gstreamer` (a launch description), `preset` or `zenoh`"));
                 }
             };
-            let format = match entry.format {
+            let format = match entry.format.unwrap_or_default() {
                 FormatName::Rgb => OutputFormat::Rgb,
                 FormatName::Bgr => OutputFormat::Bgr,
                 FormatName::Gray8 => OutputFormat::Gray8,
                 FormatName::Nv12 => OutputFormat::Nv12,
                 FormatName::Native => OutputFormat::Native,
             };
-            sources.push(SourceConfig { name: entry.name, spec: GstSourceSpec { launch, format }, path: at });
+            let spec = GstSourceSpec { launch, format };
+            sources.push(SourceConfig { name: entry.name, kind: SourceKind::Gstreamer(spec), path: at });
         }
 
         // Names first (an actor may read from one declared after it), then everything else.
         let mut actor_entries = Vec::new();
         for (i, value) in top.actor.into_iter().enumerate() {
             let at = KeyPath::root("actor").index(i);
-            let entry = match kind_of(&loc, &at, &value, &["motion", "backbone", "sam2"])?.as_str() {
+            let entry = match kind_of(&loc, &at, &value, &["motion", "backbone", "sam2", "agent", "labeler"])?.as_str()
+            {
                 "motion" => ActorEntry::Motion(loc.typed(&at, value)?),
                 "backbone" => ActorEntry::Backbone(loc.typed(&at, value)?),
+                "agent" => ActorEntry::Agent(Box::new(loc.typed(&at, value)?)),
+                "labeler" => ActorEntry::Labeler(loc.typed(&at, value)?),
                 _ => ActorEntry::Sam2(loc.typed(&at, value)?),
             };
             check_name(&loc, at.key("name"), entry.name(), &mut names)?;
@@ -840,17 +1141,20 @@ impl PipelineConfig {
         let mut sink_entries = Vec::new();
         for (i, value) in top.sink.into_iter().enumerate() {
             let at = KeyPath::root("sink").index(i);
-            let kind = kind_of(&loc, &at, &value, &["rerun", "null"])?;
-            let entry = if kind == "rerun" {
-                SinkEntry::Rerun(loc.typed(&at, value)?)
-            } else {
-                SinkEntry::Null(loc.typed(&at, value)?)
+            let entry = match kind_of(&loc, &at, &value, &["rerun", "null", "zenoh"])?.as_str() {
+                "rerun" => SinkEntry::Rerun(loc.typed(&at, value)?),
+                "zenoh" => SinkEntry::Zenoh(Box::new(loc.typed(&at, value)?)),
+                _ => SinkEntry::Null(loc.typed(&at, value)?),
             };
             check_name(&loc, at.key("name"), entry.name(), &mut names)?;
             sink_entries.push((at, entry));
         }
         let sink_names: HashSet<String> = sink_entries.iter().map(|(_, e)| e.name().to_owned()).collect();
 
+        let sam2_names: HashSet<String> = actor_entries
+            .iter()
+            .filter_map(|(_, e)| if let ActorEntry::Sam2(t) = e { Some(t.name.clone()) } else { None })
+            .collect();
         let mut actors = Vec::new();
         for (at, e) in actor_entries {
             let inputs = e.inputs().to_vec();
@@ -866,8 +1170,15 @@ impl PipelineConfig {
                 }
                 ActorEntry::Backbone(b) => (b.name.clone(), b.edge.clone(), Self::backbone(&loc, &at, b)?),
                 ActorEntry::Sam2(t) => (t.name.clone(), t.edge.clone(), Self::sam2(&loc, &at, t)?),
+                ActorEntry::Agent(a) => (a.name.clone(), a.edge.clone(), Self::agent(&loc, &at, *a, &sam2_names)?),
+                ActorEntry::Labeler(l) => (l.name.clone(), l.edge.clone(), Self::labeler(&loc, &at, l)?),
             };
-            let edge = parse_edge(&loc, &at, edge, EdgePolicy::Latest)?;
+            // A labeler pairs frames with their tracks: `latest` would drop one for the other.
+            let default_edge = match &kind {
+                ActorKind::Labeler { .. } => EdgePolicy::Queue { depth: 16, drop: DropPolicy::Oldest },
+                _ => EdgePolicy::Latest,
+            };
+            let edge = parse_edge(&loc, &at, edge, default_edge)?;
             actors.push(ActorConfig { name, inputs, edge, kind });
         }
 
@@ -894,6 +1205,12 @@ impl PipelineConfig {
                 SinkEntry::Null(n) => {
                     let edge = parse_edge(&loc, &at, n.edge, EdgePolicy::Latest)?;
                     (n.name, n.inputs, edge, SinkKind::Null)
+                }
+                SinkEntry::Zenoh(z) => {
+                    let default_edge = EdgePolicy::Queue { depth: 16, drop: DropPolicy::Oldest };
+                    let edge = parse_edge(&loc, &at, z.edge.clone(), default_edge)?;
+                    let (name, inputs) = (z.name.clone(), z.inputs.clone());
+                    (name, inputs, edge, SinkKind::Zenoh(Self::zenoh_sink(&loc, &at, *z)?))
                 }
             };
             check_inputs(&loc, &at, &inputs, &names)?;
@@ -989,6 +1306,210 @@ impl PipelineConfig {
         }
     }
 
+    fn server(
+        loc: &Locator<'_>,
+        at: &KeyPath,
+        e: ServerEntry,
+    ) -> Result<ocellus_language::openai::OpenAiConfig, ConfigError> {
+        if !(e.url.starts_with("http://") || e.url.starts_with("https://")) {
+            return Err(loc.error(at.key("url"), format!("{:?} is not an http(s) URL", e.url)));
+        }
+        let mut c = ocellus_language::openai::OpenAiConfig::new(&e.url, &e.model);
+        if let Some(t) = &e.timeout {
+            c.timeout = parse_duration(loc, at.key("timeout"), t)?;
+        }
+        if let Some(a) = e.attempts {
+            if a == 0 {
+                return Err(loc.error(at.key("attempts"), "must be at least 1"));
+            }
+            c.attempts = a;
+        }
+        if let Some(var) = &e.api_key_env {
+            let key = std::env::var(var)
+                .map_err(|_| loc.error(at.key("api_key_env"), format!("environment variable {var} is not set")))?;
+            c.api_key = Some(key);
+        }
+        Ok(c)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn native_backend(
+        loc: &Locator<'_>,
+        at: &KeyPath,
+        model: &str,
+        weights: Option<PathBuf>,
+        allow_random: bool,
+        seed: i64,
+        tokenizer: Option<PathBuf>,
+        context: i64,
+    ) -> Result<ocellus_actors::agent::BackendSpec, ConfigError> {
+        if ocellus_language::config::LlamaConfig::by_name(model).is_err() {
+            return Err(loc.error(
+                at.key("model"),
+                format!("unknown Llama model {model:?} (known: {})", ocellus_language::config::NAMES.join(", ")),
+            ));
+        }
+        let weights = Self::weights_source(loc, at, model, weights, allow_random, seed)?;
+        let tokenizer = match tokenizer {
+            Some(t) if t.exists() => t,
+            Some(t) => return Err(loc.error(at.key("tokenizer"), format!("{} not found", t.display()))),
+            None => default_llama_tokenizer().ok_or_else(|| {
+                loc.error(
+                    at.key("tokenizer"),
+                    "no tokenizer given and llama-models' tokenizer.model is not in the venv",
+                )
+            })?,
+        };
+        Ok(ocellus_actors::agent::BackendSpec::Native {
+            model: model.to_owned(),
+            weights,
+            tokenizer,
+            context,
+            device: tch::Device::Cpu,
+        })
+    }
+
+    fn agent(
+        loc: &Locator<'_>,
+        at: &KeyPath,
+        e: AgentEntry,
+        sam2_names: &HashSet<String>,
+    ) -> Result<ActorKind, ConfigError> {
+        use ocellus_actors::agent::BackendSpec;
+        use ocellus_actors::agent::tools::ToolKind;
+        use ocellus_language::guard::GuardModel;
+        let context = e.context.unwrap_or(4096);
+        if context < 256 {
+            return Err(loc.error(at.key("context"), "must be at least 256 tokens"));
+        }
+        let backend = match (e.server, e.model) {
+            (Some(server), None) => BackendSpec::OpenAi(Self::server(loc, &at.key("server"), server)?),
+            (None, Some(model)) => Self::native_backend(
+                loc,
+                at,
+                &model,
+                e.weights,
+                e.allow_random_weights,
+                e.seed,
+                e.tokenizer.clone(),
+                context,
+            )?,
+            (Some(_), Some(_)) => {
+                return Err(loc.error(at.key("server"), "give either `model` (native) or `server`, not both"));
+            }
+            (None, None) => {
+                return Err(loc.error(at.clone(), "needs `model` (native Llama 3) or `server` (OpenAI-compatible)"));
+            }
+        };
+        let guard = match e.guard {
+            None => None,
+            Some(g) => {
+                let gat = at.key("guard");
+                let model_name = g.model.clone().unwrap_or_else(|| "llama-guard-3-1b".to_owned());
+                let model = match model_name.as_str() {
+                    "llama-guard-3-1b" => GuardModel::Guard3_1B,
+                    "llama-guard-3-8b" => GuardModel::Guard3_8B,
+                    other => {
+                        return Err(loc.error(
+                            gat.key("model"),
+                            format!("unknown guard {other:?} (known: llama-guard-3-1b, llama-guard-3-8b)"),
+                        ));
+                    }
+                };
+                let backend = match g.server {
+                    Some(server) => BackendSpec::OpenAi(Self::server(loc, &gat.key("server"), server)?),
+                    None => Self::native_backend(
+                        loc,
+                        &gat,
+                        &model_name,
+                        g.weights,
+                        g.allow_random_weights,
+                        g.seed,
+                        e.tokenizer,
+                        2048,
+                    )?,
+                };
+                let n = model.num_categories();
+                for (i, key) in g.exclude.iter().enumerate() {
+                    let ok = key
+                        .strip_prefix('S')
+                        .and_then(|k| k.parse::<usize>().ok())
+                        .is_some_and(|k| (1..=n).contains(&k));
+                    if !ok {
+                        return Err(
+                            loc.error(gat.key("exclude").index(i), format!("{key:?} is not a category S1..S{n}"))
+                        );
+                    }
+                }
+                let threshold = g.threshold.unwrap_or(0.5);
+                if !(0.0..=1.0).contains(&threshold) {
+                    return Err(loc.error(gat.key("threshold"), "must be in [0, 1]"));
+                }
+                Some(ocellus_actors::agent::GuardSpec { backend, model, excluded: g.exclude, threshold })
+            }
+        };
+        let mut tools = Vec::new();
+        for (i, name) in e.tools.iter().enumerate() {
+            let Some(tool) = ToolKind::from_name(name) else {
+                let known: Vec<&str> = ToolKind::ALL.iter().map(|t| t.name()).collect();
+                return Err(
+                    loc.error(at.key("tools").index(i), format!("unknown tool {name:?} (known: {})", known.join(", ")))
+                );
+            };
+            tools.push(tool);
+        }
+        let tracker = match e.tracker {
+            Some(t) if sam2_names.contains(&t) => Some(t),
+            Some(t) => return Err(loc.error(at.key("tracker"), format!("{t:?} is not a sam2 actor"))),
+            None => e.inputs.iter().find(|i| sam2_names.contains(*i)).cloned(),
+        };
+        if tools.iter().any(|t| matches!(t, ToolKind::Track | ToolKind::Untrack)) && tracker.is_none() {
+            return Err(
+                loc.error(at.key("tools"), "`track` and `untrack` need a sam2 actor (in `inputs` or `tracker`)")
+            );
+        }
+        let caption_every = match &e.caption_every {
+            Some(t) => parse_duration(loc, at.key("caption_every"), t)?,
+            None => Duration::from_secs(2),
+        };
+        let inbox = match e.inbox {
+            None => None,
+            Some(i) => {
+                let iat = at.key("inbox");
+                for (k, v) in [("operator_key", &i.operator_key), ("alt_text_key", &i.alt_text_key)] {
+                    if let Some(key) = v {
+                        ocellus_actors::transport::check_key_expr(key).map_err(|m| loc.error(iat.key(k), m))?;
+                    }
+                }
+                let fields = SessionFields {
+                    mode: i.mode,
+                    connect: i.connect,
+                    listen: i.listen,
+                    config: i.config,
+                    multicast_scouting: i.multicast_scouting,
+                    shared_memory: None,
+                };
+                let session = session_spec(loc, &iat, fields)?;
+                Some(ocellus_actors::agent::inbox::InboxSpec {
+                    session,
+                    operator_key: i.operator_key,
+                    alt_text_key: i.alt_text_key,
+                })
+            }
+        };
+        Ok(ActorKind::Agent(Box::new(AgentConfig {
+            backend,
+            guard,
+            tools,
+            rate_limit: e.rate_limit.unwrap_or(10).max(1),
+            caption_every,
+            descriptions: e.descriptions.into_iter().collect(),
+            max_tokens: e.max_tokens.unwrap_or(128).max(1),
+            tracker,
+            inbox,
+        })))
+    }
+
     fn sam2(loc: &Locator<'_>, at: &KeyPath, e: Sam2Entry) -> Result<ActorKind, ConfigError> {
         use ocellus_actors::tracker::FramePrompt;
         let names = ocellus_perception::hieradet::ImageEncoderConfig::NAMES;
@@ -1031,6 +1552,72 @@ impl PipelineConfig {
             prompts.push((id, prompt));
         }
         Ok(ActorKind::Sam2 { model: e.model, weights, prompts, max_cond_frames: e.max_cond_frames })
+    }
+
+    fn labeler(loc: &Locator<'_>, at: &KeyPath, e: LabelerEntry) -> Result<ActorKind, ConfigError> {
+        use ocellus_perception::clip::ClipConfig;
+        if ClipConfig::by_name(&e.model).is_none() {
+            return Err(loc.error(
+                at.key("model"),
+                format!("unknown CLIP model {:?} (known: {})", e.model, ClipConfig::NAMES.join(", ")),
+            ));
+        }
+        let weights = Self::weights_source(loc, at, &e.model, e.weights, e.allow_random_weights, e.seed)?;
+        if e.vocabulary.is_empty() {
+            return Err(loc.error(at.key("vocabulary"), "needs at least one class name"));
+        }
+        let mut seen = HashSet::new();
+        for (i, class) in e.vocabulary.iter().enumerate() {
+            if class.trim().is_empty() || !seen.insert(class.as_str()) {
+                return Err(loc
+                    .error(at.key("vocabulary").index(i), format!("{class:?}: class names are unique and non-empty")));
+            }
+        }
+        let templates = match e.templates {
+            None => ocellus_actors::labeler::LabelerSpec::openai_templates(),
+            Some(toml::Value::String(s)) if s == "openai" => ocellus_actors::labeler::LabelerSpec::openai_templates(),
+            Some(toml::Value::Array(items)) if !items.is_empty() => {
+                let mut templates = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    match item.as_str() {
+                        Some(t) if t.contains("{}") => templates.push(t.to_owned()),
+                        _ => {
+                            return Err(loc.error(
+                                at.key("templates").index(i),
+                                "a template is a string with `{}` where the class name goes",
+                            ));
+                        }
+                    }
+                }
+                templates
+            }
+            Some(_) => {
+                return Err(loc.error(
+                    at.key("templates"),
+                    "\"openai\" (the 80 ImageNet templates) or a non-empty list like [\"a photo of a {}.\"]",
+                ));
+            }
+        };
+        if !(e.smoothing > 0.0 && e.smoothing <= 1.0) {
+            return Err(
+                loc.error(at.key("smoothing"), format!("{}: must be in (0, 1] (1 = no smoothing)", e.smoothing))
+            );
+        }
+        if !(0.0..=1.0).contains(&e.padding) {
+            return Err(loc.error(at.key("padding"), format!("{}: must be in [0, 1]", e.padding)));
+        }
+        if let Some(bpe) = e.bpe.as_ref().filter(|p| !p.exists()) {
+            return Err(loc.error(at.key("bpe"), format!("{} not found", bpe.display())));
+        }
+        Ok(ActorKind::Labeler {
+            model: e.model,
+            weights,
+            vocabulary: e.vocabulary,
+            templates,
+            bpe: e.bpe,
+            smoothing: e.smoothing,
+            padding: e.padding,
+        })
     }
 
     fn backbone(loc: &Locator<'_>, at: &KeyPath, e: BackboneEntry) -> Result<ActorKind, ConfigError> {
@@ -1109,6 +1696,7 @@ impl PipelineConfig {
 enum SinkEntry {
     Rerun(RerunEntry),
     Null(NullEntry),
+    Zenoh(Box<ZenohSinkEntry>),
 }
 
 impl SinkEntry {
@@ -1116,6 +1704,163 @@ impl SinkEntry {
         match self {
             Self::Rerun(r) => &r.name,
             Self::Null(n) => &n.name,
+            Self::Zenoh(z) => &z.name,
         }
+    }
+}
+
+/// Builds and checks a zenoh session spec (the configuration file is read, nothing opens).
+fn session_spec(loc: &Locator<'_>, at: &KeyPath, f: SessionFields) -> Result<SessionSpec, ConfigError> {
+    let mut spec = SessionSpec {
+        config_file: f.config,
+        mode: f.mode.map(|m| match m {
+            ModeName::Peer => SessionMode::Peer,
+            ModeName::Client => SessionMode::Client,
+        }),
+        ..SessionSpec::default()
+    };
+    if let Some(file) = spec.config_file.as_ref().filter(|p| !p.exists()) {
+        return Err(loc.error(at.key("config"), format!("zenoh configuration {} not found", file.display())));
+    }
+    spec.to_config().map_err(|e| loc.error(at.key("config"), e))?;
+    // Laid over the file one by one, so that an error names the key that caused it.
+    for (key, endpoints) in [("connect", f.connect), ("listen", f.listen)] {
+        if key == "connect" {
+            spec.connect = endpoints;
+        } else {
+            spec.listen = endpoints;
+        }
+        spec.to_config().map_err(|e| loc.error(at.key(key), e))?;
+    }
+    spec.multicast_scouting = f.multicast_scouting;
+    spec.shared_memory = f.shared_memory;
+    spec.to_config().map_err(|e| loc.error(at.clone(), e))?;
+    Ok(spec)
+}
+
+impl PipelineConfig {
+    fn zenoh_source(loc: &Locator<'_>, at: &KeyPath, value: toml::Value) -> Result<ZenohSourceSpec, ConfigError> {
+        let e: ZenohSourceEntry = loc.typed(at, value)?;
+        let Some(format) = WireFormat::parse(&e.encoding) else {
+            return Err(loc.error(
+                at.key("encoding"),
+                format!("unknown encoding {:?} (known: {})", e.encoding, WireFormat::NAMES.join(", ")),
+            ));
+        };
+        let key = match (e.key, e.topic) {
+            (Some(key), None) => key,
+            (None, Some(topic)) => {
+                let ty = match format {
+                    WireFormat::Ros2Image => MsgType::Image,
+                    WireFormat::Ros2CompressedImage => MsgType::CompressedImage,
+                    _ => {
+                        return Err(loc.error(
+                            at.key("topic"),
+                            "`topic` (a ROS 2 topic on rmw_zenoh) needs a ros2/... encoding; give `key` otherwise",
+                        ));
+                    }
+                };
+                ocellus_actors::transport::ros2::rmw_zenoh_key(e.domain, &topic, ty, None)
+            }
+            (Some(_), Some(_)) => return Err(loc.error(at.key("topic"), "give either `key` or `topic`, not both")),
+            (None, None) => {
+                return Err(loc.error(at.clone(), "needs `key` (a zenoh key expression) or `topic` (ROS 2)"));
+            }
+        };
+        ocellus_actors::transport::check_key_expr(&key).map_err(|m| loc.error(at.key("key"), m))?;
+        let idle_timeout = match &e.idle_timeout {
+            Some(t) => Some(parse_duration(loc, at.key("idle_timeout"), t)?),
+            None => None,
+        };
+        if e.frames == Some(0) {
+            return Err(loc.error(at.key("frames"), "must be at least 1"));
+        }
+        let intake = parse_edge_at(loc, at.key("intake"), e.intake, EdgePolicy::Latest)?;
+        let session = session_spec(
+            loc,
+            at,
+            SessionFields {
+                mode: e.mode,
+                connect: e.connect,
+                listen: e.listen,
+                config: e.config,
+                multicast_scouting: e.multicast_scouting,
+                shared_memory: e.shared_memory,
+            },
+        )?;
+        Ok(ZenohSourceSpec { session, key, format, intake, frames: e.frames, idle_timeout })
+    }
+
+    fn zenoh_sink(loc: &Locator<'_>, at: &KeyPath, e: ZenohSinkEntry) -> Result<ZenohSinkSpec, ConfigError> {
+        let misplaced: &[(&str, bool)] = match e.keys {
+            KeysName::Zenoh => &[
+                ("domain", e.domain.is_some()),
+                ("namespace", e.namespace.is_some()),
+                ("node", e.node.is_some()),
+                ("type_hash", e.type_hash.is_some()),
+                ("bridge_namespace", e.bridge_namespace.is_some()),
+            ],
+            KeysName::Ros2 => &[("prefix", e.prefix.is_some()), ("bridge_namespace", e.bridge_namespace.is_some())],
+            KeysName::Ros2dds => &[
+                ("prefix", e.prefix.is_some()),
+                ("domain", e.domain.is_some()),
+                ("node", e.node.is_some()),
+                ("type_hash", e.type_hash.is_some()),
+            ],
+        };
+        if let Some((key, _)) = misplaced.iter().find(|(_, given)| *given) {
+            let keys = match e.keys {
+                KeysName::Zenoh => "zenoh",
+                KeysName::Ros2 => "ros2",
+                KeysName::Ros2dds => "ros2dds",
+            };
+            return Err(loc.error(at.key(key), format!("`{key}` does not apply to keys = {keys:?}")));
+        }
+        let namespace = e.namespace.unwrap_or_else(|| "/ocellus".to_owned());
+        let keys = match e.keys {
+            KeysName::Zenoh => KeyStyle::Zenoh { prefix: e.prefix.unwrap_or_else(|| "ocellus".to_owned()) },
+            KeysName::Ros2 => KeyStyle::Ros2 {
+                domain: e.domain.unwrap_or(0),
+                namespace,
+                node: e.node.unwrap_or_else(|| "ocellus".to_owned()),
+                hashes: match e.type_hash {
+                    Some(TypeHashName::Humble) => TypeHashes::NotSupported,
+                    Some(TypeHashName::Rihs01) | None => TypeHashes::Rihs01,
+                },
+            },
+            KeysName::Ros2dds => KeyStyle::Ros2Dds { bridge_namespace: e.bridge_namespace, namespace },
+        };
+        // Every key this sink may write must be a valid key expression.
+        let probe = ocellus_actors::sink::zenoh::key_of(&keys, "camera/tracks", MsgType::String);
+        let path = match e.keys {
+            KeysName::Zenoh => at.key("prefix"),
+            _ => at.key("namespace"),
+        };
+        ocellus_actors::transport::check_key_expr(&probe).map_err(|m| loc.error(path, m))?;
+        if e.shm_pool_mib == Some(0) {
+            return Err(loc.error(at.key("shm_pool_mib"), "must be at least 1 (leave it out for no pool)"));
+        }
+        if e.shm_pool_mib.is_some() && !e.frames {
+            return Err(loc.error(at.key("shm_pool_mib"), "the shared-memory pool is for frames: set `frames = true`"));
+        }
+        let session = session_spec(
+            loc,
+            at,
+            SessionFields {
+                mode: e.mode,
+                connect: e.connect,
+                listen: e.listen,
+                config: e.config,
+                multicast_scouting: e.multicast_scouting,
+                shared_memory: e.shared_memory,
+            },
+        )?;
+        Ok(ZenohSinkSpec {
+            session,
+            keys,
+            frames: e.frames,
+            block_on_congestion: e.congestion == CongestionName::Block,
+            shm_pool_bytes: e.shm_pool_mib.map(|m| m << 20),
+        })
     }
 }

@@ -44,10 +44,11 @@ enum Command {
 
 #[derive(Subcommand)]
 enum WeightsCommand {
-    /// Official checkpoint (Hiera `.pth`, SAM 2 `.pt`) → safetensors with the official key
-    /// names and a manifest; every missing, unexpected or mis-shaped key is an error.
+    /// Official checkpoint (Hiera `.pth`, SAM 2 `.pt`, Llama 3 Hugging Face or Meta folder)
+    /// → safetensors with the official key names and a manifest; every missing, unexpected or
+    /// mis-shaped key is an error.
     Import {
-        /// Model name (`hiera_tiny_224`, ..., `sam2.1_hiera_tiny`, ...).
+        /// Model name (`hiera_tiny_224`, ..., `sam2.1_hiera_tiny`, ..., `llama-3.2-1b-instruct`, ...).
         #[arg(long)]
         model: String,
         /// The checkpoint.
@@ -92,6 +93,25 @@ enum BenchCommand {
         #[arg(long, default_value_t = 0)]
         stream_frames: u64,
     },
+    /// Llama 3 prompt and decode tokens/s against transformers (same shape and threads), and
+    /// decode as a fraction of the memory-bandwidth bound.
+    Llm {
+        /// Model shape (random weights).
+        #[arg(long, default_value = "llama-3.2-1b")]
+        model: String,
+        /// Intra-op threads for both.
+        #[arg(long, default_value_t = 2)]
+        threads: i32,
+        /// Prompt length.
+        #[arg(long, default_value_t = 128)]
+        prompt_tokens: usize,
+        /// Tokens to decode.
+        #[arg(long, default_value_t = 32)]
+        decode_tokens: usize,
+        /// Timed runs (after one warm-up); medians are reported.
+        #[arg(long, default_value_t = 2)]
+        runs: usize,
+    },
     /// Backbone forward time against the official Python forward (same threads, weights).
     Models {
         /// Models to time.
@@ -103,6 +123,33 @@ enum BenchCommand {
         /// Timed runs per model (after 2 warm-ups).
         #[arg(long, default_value_t = 10)]
         iters: usize,
+    },
+    /// 1080p RGB frames between two local processes over zenoh, with and without shared memory.
+    Zenoh {
+        /// Frames per throughput case.
+        #[arg(long, default_value_t = 300)]
+        frames: u64,
+        /// Frame width.
+        #[arg(long, default_value_t = 1920)]
+        width: usize,
+        /// Frame height.
+        #[arg(long, default_value_t = 1080)]
+        height: usize,
+        /// Publisher rate for the latency cases (frames/s).
+        #[arg(long, default_value_t = 30.0)]
+        paced_fps: f64,
+        /// Frames per latency case.
+        #[arg(long, default_value_t = 150)]
+        paced_frames: u64,
+        /// (child process) Publish to this endpoint instead.
+        #[arg(long, hide = true)]
+        publish: Option<String>,
+        /// (child process) Publisher rate.
+        #[arg(long, hide = true)]
+        fps: Option<f64>,
+        /// (child process) Publish from shared memory.
+        #[arg(long, hide = true)]
+        shm: bool,
     },
     /// The runtime alone: synthetic source → no-op actor → null sink.
     Runtime {
@@ -155,6 +202,34 @@ fn run(config: PathBuf) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn bench_llm(model: &str, threads: i32, prompt: usize, decode: usize, runs: usize) -> anyhow::Result<()> {
+    println!(
+        "{model}, fp32 CPU, {threads} threads, prompt {prompt} tokens, decode {decode} tokens (medians of {runs})"
+    );
+    let r = bench::llm::run(model, threads, prompt, decode, runs)?;
+    println!("| | Ocellus | transformers | ratio |\n|---|---|---|---|");
+    println!(
+        "| prompt tokens/s | {:.1} | {:.1} | {:.2}x |",
+        r.prompt_tps,
+        r.reference_prompt_tps,
+        r.prompt_tps / r.reference_prompt_tps
+    );
+    println!(
+        "| decode tokens/s | {:.2} | {:.2} | {:.2}x |",
+        r.decode_tps,
+        r.reference_decode_tps,
+        r.decode_tps / r.reference_decode_tps
+    );
+    println!(
+        "copy bandwidth {:.1} GB/s, {:.2} GB of weights per token: bound {:.2} tokens/s; Ocellus decode at {:.0}% of it",
+        r.bandwidth_gbs,
+        r.weight_bytes / 1e9,
+        r.bound_tps(),
+        100.0 * r.decode_tps / r.bound_tps()
+    );
+    Ok(())
 }
 
 fn bench_runtime(frames: u64, edge: BenchEdge, paced_fps: f64, paced_frames: u64) -> anyhow::Result<()> {
@@ -238,6 +313,31 @@ fn bench_models(models: &[String], threads: i32, iters: usize) -> anyhow::Result
     Ok(())
 }
 
+fn bench_zenoh(width: usize, height: usize, frames: u64, paced_fps: f64, paced_frames: u64) -> anyhow::Result<()> {
+    println!(
+        "{:<11} {:<7} {:>10} {:>9} {:>10} {:>9} {:>9} {:>9}",
+        "resolution", "memory", "source", "received", "frames/s", "MB/s", "p50 ms", "p99 ms"
+    );
+    for shm in [false, true] {
+        for fps in [None, Some(paced_fps)] {
+            let n = if fps.is_some() { paced_frames } else { frames };
+            let r = bench::zenoh::run(bench::zenoh::ZenohBench { width, height, frames: n, fps, shm })?;
+            println!(
+                "{:<11} {:<7} {:>10} {:>9} {:>10.1} {:>9.0} {:>9.2} {:>9.2}",
+                format!("{width}x{height}"),
+                if shm { "shm" } else { "tcp" },
+                fps.map_or_else(|| "unpaced".to_owned(), |f| format!("{f} fps")),
+                r.received,
+                r.fps,
+                r.fps * (width * height * 3) as f64 / 1e6,
+                r.latency_p50_ms,
+                r.latency_p99_ms
+            );
+        }
+    }
+    Ok(())
+}
+
 fn weights(what: WeightsCommand) -> anyhow::Result<()> {
     let manifest = match what {
         WeightsCommand::Import { model, from, out } => {
@@ -290,12 +390,22 @@ fn main() -> ExitCode {
         Command::Bench { what: BenchCommand::Tracker { model, objects, frames, threads, stream_frames } } => {
             bench_tracker(&model, &objects, frames, threads, stream_frames).map(|()| ExitCode::SUCCESS)
         }
+        Command::Bench { what: BenchCommand::Llm { model, threads, prompt_tokens, decode_tokens, runs } } => {
+            bench_llm(&model, threads, prompt_tokens, decode_tokens, runs).map(|()| ExitCode::SUCCESS)
+        }
         Command::Bench { what: BenchCommand::Models { models, threads, iters } } => {
             bench_models(&models, threads, iters).map(|()| ExitCode::SUCCESS)
         }
         Command::Bench { what: BenchCommand::Runtime { frames, edge, paced_fps, paced_frames } } => {
             bench_runtime(frames, edge, paced_fps, paced_frames).map(|()| ExitCode::SUCCESS)
         }
+        Command::Bench {
+            what: BenchCommand::Zenoh { frames, width, height, paced_fps, paced_frames, publish, fps, shm },
+        } => match publish {
+            Some(endpoint) => bench::zenoh::publish(&endpoint, width, height, frames, fps, shm),
+            None => bench_zenoh(width, height, frames, paced_fps, paced_frames),
+        }
+        .map(|()| ExitCode::SUCCESS),
         Command::Weights { what } => weights(what).map(|()| ExitCode::SUCCESS),
         Command::Info => info().map(|()| ExitCode::SUCCESS),
     };

@@ -200,3 +200,51 @@ fn sam2_prompt_errors() {
         "either `box` or `points`",
     );
 }
+
+#[test]
+fn zenoh_source_and_sink_errors() {
+    let source = |zenoh: &str| format!("[[source]]\nname = \"cam\"\nzenoh = {{ {zenoh} }}\n");
+    expect_error(
+        &source("key = \"a/b\", encoding = \"h264\""),
+        "source[0].zenoh.encoding",
+        3,
+        "unknown encoding \"h264\"",
+    );
+    expect_error(&source("key = \"a//b\", encoding = \"raw\""), "source[0].zenoh.key", 3, "not a zenoh key expression");
+    expect_error(
+        &source("topic = \"/cam\", encoding = \"raw\""),
+        "source[0].zenoh.topic",
+        3,
+        "needs a ros2/... encoding",
+    );
+    expect_error(
+        &source("key = \"a\", encoding = \"raw\", config = \"/nonexistent/zenoh.json5\""),
+        "source[0].zenoh.config",
+        3,
+        "not found",
+    );
+    expect_error(
+        &source("key = \"a\", encoding = \"raw\", connect = [\"carrier-pigeon/1\"]"),
+        "source[0].zenoh.connect",
+        3,
+        "this build speaks tcp and tls",
+    );
+    expect_error(
+        &source("key = \"a\", encoding = \"raw\", mode = \"router\""),
+        "source[0].zenoh.mode",
+        3,
+        "unknown variant",
+    );
+    let ros = PipelineConfig::parse(
+        Path::new("ok.toml"),
+        &source("topic = \"/camera/image_raw/\", domain = 3, encoding = \"ros2/sensor_msgs/Image\""),
+    )
+    .unwrap();
+    let ocellus_actors::runtime::SourceKind::Zenoh(spec) = &ros.sources[0].kind else { panic!("a zenoh source") };
+    assert_eq!(spec.key, "3/camera/image_raw/sensor_msgs::msg::dds_::Image_/*");
+
+    let sink = |extra: &str| format!("{GOOD_SOURCE}\n[[sink]]\nkind = \"zenoh\"\ninputs = [\"front\"]\n{extra}\n");
+    expect_error(&sink("prefix = \"x\"\nkeys = \"ros2\""), "sink[0].prefix", 9, "does not apply to keys = \"ros2\"");
+    expect_error(&sink("shm_pool_mib = 64"), "sink[0].shm_pool_mib", 9, "set `frames = true`");
+    expect_error(&sink("keys = \"dds\""), "sink[0].keys", 9, "unknown variant `dds`");
+}

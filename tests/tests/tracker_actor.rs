@@ -72,6 +72,7 @@ fn tracks_are_consistent_per_frame() {
             (2, FramePrompt::Points(vec![[40.0, 40.0]], vec![1])),
         ],
         stream: StreamConfig::default(),
+        control: None,
     };
     let collected = ocellus_tests::Collected::default();
     let sink = collected.clone();

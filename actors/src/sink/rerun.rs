@@ -2,7 +2,8 @@
 //!
 //! Layout (see `ARCHITECTURE.md`): `world/<camera>/image` (the frame),
 //! `world/<camera>/motion` (segmentation image; its annotation context is logged static on the
-//! same path), `metrics/<stage>/{fps,latency_ms,latency_p99_ms,dropped}`. Timelines: `frame`
+//! same path), `world/<camera>/tracks` (+ `/boxes`, labelled by class once a labeler ran),
+//! `metrics/<stage>/{fps,latency_ms,latency_p99_ms,dropped}`. Timelines: `frame`
 //! (per-camera sequence) and `capture_time` (sensor time). Rerun's time cursor is per thread:
 //! the sink runs on its own stage thread and sets time right before each log.
 
@@ -97,6 +98,49 @@ impl RerunSink {
         Self { rec, annotated: HashSet::new(), track_ids: std::collections::HashMap::new() }
     }
 
+    /// `agent/caption` (a markdown document: the caption, then each phrase with its track
+    /// ids), `agent/decisions` and `agent/alerts` (text logs).
+    fn log_agent(&self, a: &crate::agent::AgentPacket) -> Result<()> {
+        use crate::agent::{AgentOutput, Outcome};
+        let err = |e: rerun::RecordingStreamError| ActorError::Rerun(e.to_string());
+        self.set_frame_time(a.meta.seq, a.meta.capture_ns);
+        match &a.output {
+            AgentOutput::Caption(c) => {
+                let mut md = format!("{}\n\n", c.text());
+                for p in &c.phrases {
+                    md.push_str(&format!("- {} — tracks {:?}\n", p.text, p.tracks));
+                }
+                md.push_str(&format!("\n_re-aligned from {:?} by {} in {:.2} s_", c.base, c.model, c.latency_s));
+                let doc = rerun::TextDocument::from_markdown(md);
+                self.rec.log(format!("agent/caption/{}", c.camera), &doc).map_err(err)?;
+                self.rec.log("agent/caption", &rerun::TextDocument::new(c.text())).map_err(err)
+            }
+            AgentOutput::Decision(d) => {
+                let (level, body) = match &d.outcome {
+                    Outcome::Executed(detail) => {
+                        (rerun::TextLogLevel::INFO, format!("{}({}) → {detail}", d.tool, d.arguments))
+                    }
+                    Outcome::Refused(reason) => {
+                        (rerun::TextLogLevel::WARN, format!("{}({}) refused: {reason}", d.tool, d.arguments))
+                    }
+                };
+                self.rec.log("agent/decisions", &rerun::TextLog::new(body).with_level(level)).map_err(err)
+            }
+            AgentOutput::Alert(al) => {
+                let level = match al.level {
+                    1 => rerun::TextLogLevel::INFO,
+                    2 => rerun::TextLogLevel::WARN,
+                    _ => rerun::TextLogLevel::ERROR,
+                };
+                let text = format!("[{}] {}", al.source, al.text);
+                self.rec.log("agent/alerts", &rerun::TextLog::new(text).with_level(level)).map_err(err)
+            }
+            AgentOutput::Publish { topic, text } => {
+                self.rec.log(format!("agent/published/{topic}"), &rerun::TextLog::new(text.as_str())).map_err(err)
+            }
+        }
+    }
+
     fn set_frame_time(&self, seq: u64, capture_ns: i64) {
         self.rec.set_time_sequence(TIMELINE_FRAME, i64::try_from(seq).unwrap_or(i64::MAX));
         self.rec.set_time(TIMELINE_CAPTURE, TimeCell::from_timestamp_nanos_since_epoch(capture_ns));
@@ -173,7 +217,10 @@ impl RerunSink {
             visible.iter().map(|(_, b)| ((b.x1 - b.x0) as f32, (b.y1 - b.y0) as f32)),
         )
         .with_class_ids(visible.iter().map(|(tr, _)| tr.id as u16))
-        .with_labels(visible.iter().map(|(tr, _)| format!("track {} ({:.2})", tr.id, tr.score)));
+        .with_labels(visible.iter().map(|(tr, _)| match &tr.label {
+            Some(l) => format!("{} {:.2} (track {})", l.name, l.score, tr.id),
+            None => format!("track {} ({:.2})", tr.id, tr.score),
+        }));
         self.rec.log(format!("{path}/boxes"), &boxes).map_err(|e| ActorError::Rerun(e.to_string()))
     }
 
@@ -204,6 +251,7 @@ impl Processor for RerunSink {
             Packet::Mask(m) => self.log_mask(m)?,
             Packet::Metrics(r) => self.log_metrics(r)?,
             Packet::Tracks(t) => self.log_tracks(t)?,
+            Packet::Agent(a) => self.log_agent(a)?,
             // Feature maps are for models downstream; the recording shows their metrics.
             Packet::Features(_) => {}
         }

@@ -1,8 +1,10 @@
-//! Sources: GStreamer pipelines (an actix actor on its own arbiter) and a synthetic frame
-//! generator (benchmarks and tests of the runtime alone).
+//! Sources: GStreamer pipelines (an actix actor on its own arbiter), zenoh subscriptions (a
+//! session thread and a decoder thread) and a synthetic frame generator (benchmarks and tests
+//! of the runtime alone).
 
 pub mod gst;
 pub mod synthetic;
+pub mod zenoh;
 
 use std::sync::Arc;
 
@@ -15,6 +17,7 @@ use crate::stage::StageStatus;
 
 pub use self::gst::{GstSource, GstSourceSpec, OutputFormat, Preset};
 pub use self::synthetic::SyntheticSpec;
+pub use self::zenoh::ZenohSourceSpec;
 
 /// The output side of a source, shared between its producer thread and its controller.
 ///
@@ -54,6 +57,11 @@ impl SourceOutputs {
         drop(guard);
         self.metrics.record_output(capture, crate::now_ns());
         true
+    }
+
+    /// Whether the outputs are closed (end of stream, or the pipeline is shutting down).
+    pub fn is_closed(&self) -> bool {
+        self.senders.lock().is_none()
     }
 
     /// Closes the downstream edges (end of stream) and records how the source ended; only
