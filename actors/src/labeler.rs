@@ -11,6 +11,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use ocellus_kernels::preprocess::resize_shortest_center_crop;
@@ -92,7 +93,7 @@ pub struct LabelerProcessor {
     frames: HashMap<Arc<str>, VecDeque<Frame>>,
     /// Smoothed probabilities per (camera, track), over `current`'s classes.
     smoothed: HashMap<(Arc<str>, u32), Vec<f32>>,
-    current: Option<Arc<ZeroShotClassifier>>,
+    current: Option<Rc<ZeroShotClassifier>>,
 }
 
 fn torch(e: tch::TchError) -> ActorError {
@@ -131,11 +132,11 @@ impl LabelerProcessor {
         self.candidates.as_deref().unwrap_or(&self.spec.vocabulary)
     }
 
-    fn classifier(&mut self) -> Result<Arc<ZeroShotClassifier>> {
+    fn classifier(&mut self) -> Result<Rc<ZeroShotClassifier>> {
         let classes = self.classes().to_vec();
         let classifier =
             tch::no_grad(|| self.classifiers.get(&self.clip, &self.tokenizer, &classes, &self.spec.templates))?;
-        if !self.current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &classifier)) {
+        if !self.current.as_ref().is_some_and(|c| Rc::ptr_eq(c, &classifier)) {
             self.smoothed.clear();
             self.current = Some(classifier.clone());
         }
@@ -193,7 +194,7 @@ impl LabelerProcessor {
             let square = cut.f_constant_pad_nd(pad).and_then(|t| t.f_add(&mean)).map_err(torch)?; // [1, 3, side, side]
             crops.push(resize_shortest_center_crop(&square, size, Some(Normalization::CLIP))?); // [1, 3, S, S]
         }
-        Ok(Tensor::f_cat(&crops, 0).map_err(torch)?) // [N, 3, S, S]
+        Tensor::f_cat(&crops, 0).map_err(torch) // [N, 3, S, S]
     }
 
     fn label(&mut self, frame: &Frame, mut tracks: Tracks) -> Result<Tracks> {
@@ -206,7 +207,7 @@ impl LabelerProcessor {
             let probs = tch::no_grad(|| -> Result<Tensor> {
                 let features = self.clip.encode_image(&crops)?; // [N, embed]
                 let logits = classifier.logits(&features)?; // [N, classes]
-                Ok(logits.f_to_kind(Kind::Float).and_then(|l| l.f_softmax(-1, None::<Kind>)).map_err(torch)?)
+                logits.f_to_kind(Kind::Float).and_then(|l| l.f_softmax(-1, None::<Kind>)).map_err(torch)
             })?;
             let probs = Vec::<Vec<f32>>::try_from(probs.f_to_device(Device::Cpu).map_err(torch)?).map_err(torch)?;
             let alpha = self.spec.smoothing as f32;

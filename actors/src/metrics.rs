@@ -23,6 +23,7 @@ pub struct StageMetrics {
     skipped: AtomicU64,
     failures: AtomicU64,
     restarts: AtomicU64,
+    stalls: AtomicU64,
     /// (output time, capture-to-output latency), both in ns.
     window: Mutex<VecDeque<(i64, i64)>>,
     input: Mutex<Option<std::sync::Arc<EdgeStats>>>,
@@ -39,8 +40,10 @@ pub struct MetricsSnapshot {
     pub skipped: u64,
     /// Errors and panics of the processor.
     pub failures: u64,
-    /// Restarts by the supervisor.
+    /// Restarts by the supervisor (for a source: reconnections).
     pub restarts: u64,
+    /// Sources: times the stall watchdog saw no frame for too long.
+    pub stalls: u64,
     /// Outputs per second over the last two seconds.
     pub fps: f64,
     /// Median capture-to-output latency over the window, ms.
@@ -87,6 +90,11 @@ impl StageMetrics {
         self.restarts.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// One stall of a source (no frame for too long).
+    pub fn record_stall(&self) {
+        self.stalls.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The figures now.
     pub fn snapshot(&self, now_ns: i64) -> MetricsSnapshot {
         let (fps, p50, p99) = {
@@ -104,6 +112,7 @@ impl StageMetrics {
             skipped: self.skipped.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
             restarts: self.restarts.load(Ordering::Relaxed),
+            stalls: self.stalls.load(Ordering::Relaxed),
             fps,
             latency_p50_ms: p50,
             latency_p99_ms: p99,

@@ -91,6 +91,7 @@ impl PipelineMonitor {
                 depth = s.input.depth,
                 skipped = s.skipped,
                 restarts = s.restarts,
+                stalls = s.stalls,
             );
             if let Some(out) = &self.metrics_out {
                 out.push(Packet::Metrics(MetricsReport { stage: w.name.clone(), at_ns, snapshot: s }));

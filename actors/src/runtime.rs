@@ -17,7 +17,7 @@ use crate::edge::{EdgePolicy, EdgeSender, edge};
 use crate::frame::Packet;
 use crate::metrics::MetricsSnapshot;
 use crate::monitor::{NodeKind, PipelineMonitor, Shutdown, SourceControl, Watched};
-use crate::source::{GstSourceSpec, SourceOutputs, SyntheticSpec, ZenohSourceSpec, gst, synthetic};
+use crate::source::{GstSourceSpec, ReplaySpec, SourceOutputs, SyntheticSpec, ZenohSourceSpec, gst, replay, synthetic};
 use crate::stage::{ProcessorFactory, RestartPolicy, StageState, spawn_stage};
 use crate::{ActorError, Result, now_ns};
 
@@ -30,6 +30,8 @@ pub enum SourceKind {
     Synthetic(SyntheticSpec),
     /// Frames from a zenoh key expression.
     Zenoh(ZenohSourceSpec),
+    /// One camera's images read back from a Rerun recording.
+    Replay(ReplaySpec),
 }
 
 struct SourceDecl {
@@ -289,6 +291,13 @@ impl Pipeline {
                     }
                     SourceKind::Synthetic(spec) => {
                         if let Err(e) = synthetic::spawn(spec, outputs.clone()) {
+                            error!(source = %outputs.name, error = %e, "cannot start the source");
+                            outputs.close(Some(e.to_string()));
+                        }
+                        None
+                    }
+                    SourceKind::Replay(spec) => {
+                        if let Err(e) = replay::spawn(spec, outputs.clone()) {
                             error!(source = %outputs.name, error = %e, "cannot start the source");
                             outputs.close(Some(e.to_string()));
                         }

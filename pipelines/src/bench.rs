@@ -6,6 +6,7 @@
 //! Reported: frames/s through the sink and the latency the runtime adds from the source's
 //! timestamp to the sink (p50/p99).
 
+pub mod clip;
 pub mod llm;
 pub mod zenoh;
 

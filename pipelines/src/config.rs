@@ -16,7 +16,7 @@ use std::time::Duration;
 use ocellus_actors::edge::{DEFAULT_BLOCK_DEPTH, DropPolicy, EdgePolicy};
 use ocellus_actors::runtime::SourceKind;
 use ocellus_actors::sink::{KeyStyle, ZenohSinkSpec};
-use ocellus_actors::source::{GstSourceSpec, OutputFormat, Preset, ZenohSourceSpec};
+use ocellus_actors::source::{GstSourceSpec, OutputFormat, Preset, Reconnect, V4l2Request, ZenohSourceSpec};
 use ocellus_actors::transport::ros2::{MsgType, TypeHashes};
 use ocellus_actors::transport::{SessionMode, SessionSpec, WireFormat};
 use ocellus_kernels::{DType, parse_device};
@@ -278,6 +278,17 @@ struct SourceEntry {
     preset: Option<toml::Value>,
     zenoh: Option<toml::Value>,
     format: Option<FormatName>,
+    reconnect: Option<toml::Value>,
+}
+
+/// `[[source]] reconnect = { initial = "500ms", max = "10s", stall = "5s" }` (or `true`,
+/// `false`); `stall = "0s"` turns the watchdog off.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReconnectEntry {
+    initial: Option<String>,
+    max: Option<String>,
+    stall: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -1091,6 +1102,12 @@ impl PipelineConfig {
                 if let Some((key, _)) = other.iter().find(|(_, given)| *given) {
                     return Err(loc.error(at.key(key), "give one of `gstreamer`, `preset` or `zenoh`"));
                 }
+                if entry.reconnect.is_some() {
+                    return Err(loc.error(
+                        at.key("reconnect"),
+                        "a zenoh source waits for publishers by itself (`reconnect` is for GStreamer sources)",
+                    ));
+                }
                 if entry.format.is_some() {
                     return Err(loc.error(
                         at.key("format"),
@@ -1101,10 +1118,16 @@ impl PipelineConfig {
                 sources.push(SourceConfig { name: entry.name, kind: SourceKind::Zenoh(spec), path: at });
                 continue;
             }
+            let mut preset_kind = None;
             let launch = match (entry.gstreamer, entry.preset) {
                 (Some(launch), None) if !launch.trim().is_empty() => launch,
                 (Some(_), None) => return Err(loc.error(at.key("gstreamer"), "empty launch description")),
-                (None, Some(preset)) => Self::preset(&loc, &at.key("preset"), preset)?.launch(),
+                (None, Some(preset)) => {
+                    let preset = Self::preset(&loc, &at.key("preset"), preset)?;
+                    let launch = preset.launch();
+                    preset_kind = Some(preset);
+                    launch
+                }
                 (Some(_), Some(_)) => {
                     return Err(loc.error(at.key("preset"), "give either `gstreamer` or `preset`, not both"));
                 }
@@ -1119,7 +1142,14 @@ impl PipelineConfig {
                 FormatName::Nv12 => OutputFormat::Nv12,
                 FormatName::Native => OutputFormat::Native,
             };
-            let spec = GstSourceSpec { launch, format };
+            // RTSP cameras reconnect unless told not to; other sources when told to.
+            let rtsp = matches!(preset_kind, Some(Preset::Rtsp { .. }));
+            let reconnect = Self::reconnect(&loc, &at.key("reconnect"), entry.reconnect, rtsp)?;
+            let v4l2 = match preset_kind {
+                Some(Preset::V4l2 { device, width, height, fps }) => Some(V4l2Request { device, width, height, fps }),
+                _ => None,
+            };
+            let spec = GstSourceSpec { launch, format, reconnect, v4l2 };
             sources.push(SourceConfig { name: entry.name, kind: SourceKind::Gstreamer(spec), path: at });
         }
 
@@ -1652,6 +1682,40 @@ impl PipelineConfig {
             }
         };
         Ok(ActorKind::Backbone { model: e.model, weights, resolution })
+    }
+
+    fn reconnect(
+        loc: &Locator<'_>,
+        at: &KeyPath,
+        value: Option<toml::Value>,
+        default_on: bool,
+    ) -> Result<Option<Reconnect>, ConfigError> {
+        let entry = match value {
+            None if default_on => ReconnectEntry::default(),
+            None | Some(toml::Value::Boolean(false)) => return Ok(None),
+            Some(toml::Value::Boolean(true)) => ReconnectEntry::default(),
+            Some(v @ toml::Value::Table(_)) => loc.typed(at, v)?,
+            Some(other) => {
+                return Err(loc.error(
+                    at.clone(),
+                    format!("expected true, false or {{ initial, max, stall }}, found {}", other.type_str()),
+                ));
+            }
+        };
+        let defaults = Reconnect::default();
+        let duration = |key: &str, text: &Option<String>, default: std::time::Duration| {
+            text.as_deref().map_or(Ok(default), |t| parse_duration(loc, at.key(key), t))
+        };
+        let initial = duration("initial", &entry.initial, defaults.initial)?;
+        let max = duration("max", &entry.max, defaults.max)?;
+        let stall = duration("stall", &entry.stall, defaults.stall.unwrap_or_default())?;
+        if initial.is_zero() {
+            return Err(loc.error(at.key("initial"), "must be longer than zero"));
+        }
+        if max < initial {
+            return Err(loc.error(at.key("max"), "must be at least `initial`"));
+        }
+        Ok(Some(Reconnect { initial, max, stall: (!stall.is_zero()).then_some(stall) }))
     }
 
     fn preset(loc: &Locator<'_>, at: &KeyPath, value: toml::Value) -> Result<Preset, ConfigError> {

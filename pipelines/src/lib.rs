@@ -6,12 +6,16 @@
 //!   and the line.
 //! - [`graph`]: turns a validated configuration into an [`ocellus_actors::Pipeline`].
 //! - [`bench`]: the benchmarks behind `ocellus bench`.
+//! - [`curate`]: `ocellus curate`, MetaCLIP-balanced frames and captions from recordings.
+//! - [`replay`]: `ocellus replay`, a pipeline fed the camera images of a recording.
 //! - [`tools`]: `ocellus weights import | init`.
 #![warn(missing_docs)]
 
 pub mod bench;
 pub mod config;
+pub mod curate;
 pub mod graph;
+pub mod replay;
 pub mod tools;
 
 pub use config::{ConfigError, PipelineConfig};

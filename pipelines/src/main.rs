@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ocellus_actors::edge::{DropPolicy, EdgePolicy};
+use ocellus_actors::source::ReplayTiming;
 use ocellus_pipelines::bench::{self, RuntimeBench};
 use ocellus_pipelines::{PipelineConfig, build, check, tools};
 use tracing_subscriber::EnvFilter;
@@ -23,6 +24,24 @@ enum Command {
         /// Pipeline configuration (TOML).
         config: PathBuf,
     },
+    /// Run a pipeline on the camera images of a recording instead of its sources (each
+    /// source is fed `world/<source name>/image`), at the recorded pace or as fast as it goes.
+    Replay {
+        /// Recording (`.rrd`) written by a Rerun sink.
+        recording: PathBuf,
+        /// Pipeline configuration (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// At the recorded pace (the default).
+        #[arg(long, conflicts_with = "fast")]
+        realtime: bool,
+        /// As fast as the pipeline takes frames.
+        #[arg(long)]
+        fast: bool,
+        /// Write the Rerun sink's recording here instead of its configured file.
+        #[arg(long)]
+        save: Option<PathBuf>,
+    },
     /// Validate a pipeline configuration without running it.
     Check {
         /// Pipeline configuration (TOML).
@@ -38,6 +57,8 @@ enum Command {
         #[command(subcommand)]
         what: WeightsCommand,
     },
+    /// Select a MetaCLIP-balanced subset of frames and captions from `.rrd` recordings.
+    Curate(ocellus_pipelines::curate::CurateArgs),
     /// Show what this build finds: libtorch, CUDA devices, ONNX Runtime, GStreamer.
     Info,
 }
@@ -74,6 +95,8 @@ enum WeightsCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Zero-shot CLIP labels/s for 1 and 16 track crops against open_clip (same threads).
+    Clip(bench::clip::ClipBenchArgs),
     /// SAM 2 tracking per frame against the official video predictor, and the RSS of a long
     /// stream.
     Tracker {
@@ -181,7 +204,20 @@ fn init_tracing() {
 }
 
 fn run(config: PathBuf) -> anyhow::Result<ExitCode> {
-    let config = PipelineConfig::load(&config)?;
+    run_loaded(PipelineConfig::load(&config)?)
+}
+
+fn replay(recording: PathBuf, config: PathBuf, fast: bool, save: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let mut config = PipelineConfig::load(&config)?;
+    let timing = if fast { ReplayTiming::Fast } else { ReplayTiming::Realtime };
+    let index = ocellus_pipelines::replay::prepare(&mut config, &recording, timing, save.as_deref())?;
+    for (camera, c) in &index.cameras {
+        println!("{}: camera {camera}, {} images", recording.display(), c.frames);
+    }
+    run_loaded(config)
+}
+
+fn run_loaded(config: PipelineConfig) -> anyhow::Result<ExitCode> {
     let pipeline = build(&config)?;
     let report = pipeline.run()?;
     println!("{report}");
@@ -374,6 +410,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => run(config),
+        Command::Replay { recording, config, realtime: _, fast, save } => replay(recording, config, fast, save),
         Command::Check { config } => PipelineConfig::load(&config)
             .map_err(anyhow::Error::from)
             .and_then(|c| check(&c).map(|()| c).map_err(anyhow::Error::from))
@@ -406,6 +443,8 @@ fn main() -> ExitCode {
             None => bench_zenoh(width, height, frames, paced_fps, paced_frames),
         }
         .map(|()| ExitCode::SUCCESS),
+        Command::Bench { what: BenchCommand::Clip(args) } => bench::clip::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Curate(args) => ocellus_pipelines::curate::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Weights { what } => weights(what).map(|()| ExitCode::SUCCESS),
         Command::Info => info().map(|()| ExitCode::SUCCESS),
     };

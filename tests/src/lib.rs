@@ -41,10 +41,14 @@ impl Processor for Collector {
 pub struct Row {
     /// Value on the `frame` timeline.
     pub frame: Option<i64>,
+    /// Value on the camera's own timeline `frame/<camera>` (entities `world/<camera>/...`).
+    pub camera_frame: Option<i64>,
     /// Value on the `capture_time` timeline (ns).
     pub capture_ns: Option<i64>,
     /// Component names of the chunk.
     pub components: Vec<String>,
+    /// Timelines of the chunk.
+    pub timelines: Vec<String>,
 }
 
 /// What a recording holds, per entity path.
@@ -80,12 +84,16 @@ pub fn read_rrd(path: &Path) -> anyhow::Result<RrdSummary> {
             chunk.timelines().iter().find(|(n, _)| n.as_str() == name).map(|(_, c)| c.times_raw().to_vec())
         };
         let (frames, captures) = (column("frame"), column("capture_time"));
+        let camera_frames = camera_of(&entity).and_then(|c| column(&format!("frame/{c}")));
+        let timelines: Vec<String> = chunk.timelines().keys().map(|n| n.as_str().to_owned()).collect();
         let rows = summary.rows.entry(entity).or_default();
         for i in 0..chunk.num_rows() {
             rows.push(Row {
                 frame: frames.as_ref().and_then(|f| f.get(i).copied()),
+                camera_frame: camera_frames.as_ref().and_then(|f| f.get(i).copied()),
                 capture_ns: captures.as_ref().and_then(|c| c.get(i).copied()),
                 components: components.clone(),
+                timelines: timelines.clone(),
             });
         }
     }
@@ -93,6 +101,42 @@ pub fn read_rrd(path: &Path) -> anyhow::Result<RrdSummary> {
         rows.sort_by_key(|r| (r.frame, r.capture_ns));
     }
     Ok(summary)
+}
+
+/// The camera of an entity `world/<camera>/...`.
+fn camera_of(entity: &str) -> Option<String> {
+    let mut parts = entity.split('/');
+    (parts.next() == Some("world")).then(|| parts.next().map(str::to_owned)).flatten()
+}
+
+/// The bytes of `component` (an image or segmentation buffer, say) logged at `entity`, by
+/// the camera's frame number (`frame/<camera>`, else `frame`).
+pub fn buffers_of(
+    path: &Path,
+    entity: &str,
+    component: rerun::ComponentIdentifier,
+) -> anyhow::Result<BTreeMap<i64, Vec<u8>>> {
+    let file = std::io::BufReader::new(std::fs::File::open(path)?);
+    let camera_timeline = camera_of(entity).map(|c| format!("frame/{c}"));
+    let mut out = BTreeMap::new();
+    for msg in re_log_encoding::DecoderApp::decode_lazy(file) {
+        let re_log_types::LogMsg::ArrowMsg(_, arrow) = msg? else { continue };
+        let chunk = re_chunk::Chunk::from_arrow_msg(&arrow)?;
+        if chunk.is_static() || chunk.entity_path().to_string().trim_start_matches('/') != entity {
+            continue;
+        }
+        let column = |name: &str| {
+            chunk.timelines().iter().find(|(n, _)| n.as_str() == name).map(|(_, c)| c.times_raw().to_vec())
+        };
+        let frames = camera_timeline.as_deref().and_then(column).or_else(|| column("frame"));
+        for (row, buffers) in chunk.iter_component::<rerun::components::ImageBuffer>(component).enumerate() {
+            let (Some(frame), Some(buffer)) = (frames.as_ref().and_then(|f| f.get(row)), buffers.first()) else {
+                continue;
+            };
+            out.insert(*frame, buffer.0.0.to_vec());
+        }
+    }
+    Ok(out)
 }
 
 /// A fresh folder `base/test` for one test's files (pass `env!("CARGO_TARGET_TMPDIR")`).

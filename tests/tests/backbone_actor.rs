@@ -32,6 +32,7 @@ fn sam2_encoder_features_per_frame() {
         SourceKind::Gstreamer(GstSourceSpec {
             launch: format!("videotestsrc pattern=ball num-buffers={FRAMES} ! video/x-raw,width=320,height=240"),
             format: OutputFormat::Rgb,
+            ..Default::default()
         }),
     )
     .stage(

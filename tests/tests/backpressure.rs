@@ -38,6 +38,7 @@ fn run(policy: EdgePolicy) -> (PipelineReport, Vec<(u64, u64)>) {
                 "videotestsrc is-live=true num-buffers={FRAMES} ! video/x-raw,width=64,height=48,framerate=500/1"
             ),
             format: OutputFormat::Rgb,
+            ..Default::default()
         }),
     )
     .stage("slow", &["fast"], policy, Box::new(move || Ok(Box::new(Slow(slow.clone())) as Box<dyn Processor>)));

@@ -248,3 +248,42 @@ fn zenoh_source_and_sink_errors() {
     expect_error(&sink("shm_pool_mib = 64"), "sink[0].shm_pool_mib", 9, "set `frames = true`");
     expect_error(&sink("keys = \"dds\""), "sink[0].keys", 9, "unknown variant `dds`");
 }
+
+#[test]
+fn agent_errors() {
+    let tracker = "\n[[actor]]\nname = \"t\"\nkind = \"sam2\"\nmodel = \"sam2.1_hiera_tiny\"\ninputs = [\"front\"]\nallow_random_weights = true\n";
+    // Lines: GOOD_SOURCE ends on line 4; the tracker spans 6-11; the agent 13-17, line 18 is added.
+    let base = format!(
+        "{GOOD_SOURCE}{tracker}\n[[actor]]\nname = \"a\"\nkind = \"agent\"\ninputs = [\"t\"]\nserver = {{ url = \"http://127.0.0.1:8080/v1\", model = \"m\" }}\n"
+    );
+    expect_error(
+        &format!("{base}tools = [\"alert\", \"unlock\"]\n"),
+        "actor[1].tools[1]",
+        18,
+        "unknown tool \"unlock\"",
+    );
+    expect_error(
+        &format!("{base}guard = {{ model = \"llama-guard-2\" }}\n"),
+        "actor[1].guard.model",
+        18,
+        "unknown guard",
+    );
+    expect_error(
+        &format!("{base}guard = {{ server = {{ url = \"x\", model = \"g\" }}, exclude = [\"S14\"] }}\n"),
+        "actor[1].guard.server.url",
+        18,
+        "http(s) URL",
+    );
+    expect_error(
+        &format!("{base}guard = {{ server = {{ url = \"http://h/v1\", model = \"g\" }}, exclude = [\"S14\"] }}\n"),
+        "actor[1].guard.exclude[0]",
+        18,
+        "S1..S13",
+    );
+    expect_error(&format!("{base}caption_every = \"soon\"\n"), "actor[1].caption_every", 18, "not a duration");
+    expect_error(&format!("{base}model = \"llama-3.2-1b\"\n"), "actor[1].server", 17, "not both");
+    let untracked = format!(
+        "{GOOD_SOURCE}\n[[actor]]\nname = \"a\"\nkind = \"agent\"\ninputs = [\"front\"]\nserver = {{ url = \"http://h/v1\", model = \"m\" }}\ntools = [\"track\"]\n"
+    );
+    expect_error(&untracked, "actor[0].tools", 11, "need a sam2 actor");
+}

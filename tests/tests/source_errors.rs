@@ -19,6 +19,7 @@ fn a_failing_element_is_named_and_downstream_finishes() {
         SourceKind::Gstreamer(GstSourceSpec {
             launch: "filesrc location=/nonexistent/ocellus.mp4 ! decodebin".into(),
             format: OutputFormat::Rgb,
+            ..Default::default()
         }),
     )
     .stage("collect", &["missing"], EdgePolicy::Latest, Box::new(move || Ok(sink.processor())));
@@ -34,7 +35,7 @@ fn a_failing_element_is_named_and_downstream_finishes() {
 
 #[test]
 fn an_unknown_element_is_named() {
-    let spec = GstSourceSpec { launch: "videotestsrc ! notanelement".into(), format: OutputFormat::Rgb };
+    let spec = GstSourceSpec::new("videotestsrc ! notanelement", OutputFormat::Rgb);
     match ocellus_actors::source::gst::check(&spec) {
         Err(ActorError::Gstreamer { message, .. }) => assert!(message.contains("notanelement"), "{message}"),
         other => panic!("expected a GStreamer error, got {other:?}"),

@@ -38,7 +38,7 @@ fn frames(launch: String, format: OutputFormat) -> Vec<Frame> {
     let collected = Collected::default();
     let sink = collected.clone();
     let mut p = Pipeline::new();
-    p.source("raw", SourceKind::Gstreamer(GstSourceSpec { launch, format })).stage(
+    p.source("raw", SourceKind::Gstreamer(GstSourceSpec::new(launch, format))).stage(
         "collect",
         &["raw"],
         EdgePolicy::Block { depth: 4 },

@@ -51,6 +51,7 @@ fn run(panic: bool) {
         SourceKind::Gstreamer(GstSourceSpec {
             launch: format!("videotestsrc num-buffers={FRAMES} ! video/x-raw,width=64,height=48"),
             format: OutputFormat::Rgb,
+            ..Default::default()
         }),
     )
     .stage(

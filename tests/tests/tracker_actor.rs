@@ -82,6 +82,7 @@ fn tracks_are_consistent_per_frame() {
         SourceKind::Gstreamer(GstSourceSpec {
             launch: format!("videotestsrc pattern=ball num-buffers={FRAMES} ! video/x-raw,width=200,height=150"),
             format: OutputFormat::Rgb,
+            ..Default::default()
         }),
     )
     .stage(

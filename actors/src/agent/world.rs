@@ -111,6 +111,12 @@ impl WorldState {
         for e in &events {
             self.push_event(e.clone());
         }
+        // Labels from a labeler (MetaCLIP): what a track is, as data for the prompts.
+        for t in &frame.tracks {
+            if let Some(label) = &t.label {
+                self.set_label(t.id, &label.name);
+            }
+        }
         events
     }
 

@@ -3,8 +3,10 @@
 //! Layout (see `ARCHITECTURE.md`): `world/<camera>/image` (the frame),
 //! `world/<camera>/motion` (segmentation image; its annotation context is logged static on the
 //! same path), `world/<camera>/tracks` (+ `/boxes`, labelled by class once a labeler ran),
-//! `metrics/<stage>/{fps,latency_ms,latency_p99_ms,dropped}`. Timelines: `frame`
-//! (per-camera sequence) and `capture_time` (sensor time). Rerun's time cursor is per thread:
+//! `metrics/<stage>/{fps,latency_ms,latency_p99_ms,dropped}`. Timelines: `frame/<camera>`
+//! (that camera's own sequence: cameras never share frame numbers), `frame` (the same
+//! number on one timeline for every camera, convenient with a single camera) and
+//! `capture_time` (sensor time, common to all cameras). Rerun's time cursor is per thread:
 //! the sink runs on its own stage thread and sets time right before each log.
 
 use std::collections::HashSet;
@@ -22,8 +24,13 @@ use crate::frame::{Frame, Mask, MaskKind, MetricsReport, Packet, PixelFormat, Tr
 use crate::stage::{Outputs, Processor};
 use crate::{ActorError, Result};
 
-/// Timeline of per-camera frame numbers.
+/// Timeline of per-camera frame numbers (shared by every camera; see [`camera_timeline`]).
 pub const TIMELINE_FRAME: &str = "frame";
+
+/// The timeline of one camera's frame numbers: `frame/<camera>`.
+pub fn camera_timeline(camera: &str) -> String {
+    format!("{TIMELINE_FRAME}/{camera}")
+}
 /// Timeline of capture times.
 pub const TIMELINE_CAPTURE: &str = "capture_time";
 
@@ -141,7 +148,18 @@ impl RerunSink {
         }
     }
 
+    /// Sets the time cursor to one camera's frame (and only it: the cursor is per thread and
+    /// keeps every timeline set before).
+    fn set_camera_time(&self, meta: &crate::frame::FrameMeta) {
+        self.set_frame_time(meta.seq, meta.capture_ns);
+        // Camera names are never empty (the configuration checks them).
+        if let Ok(timeline) = rerun::TimelineName::try_new(camera_timeline(&meta.camera)) {
+            self.rec.set_time_sequence(timeline, i64::try_from(meta.seq).unwrap_or(i64::MAX));
+        }
+    }
+
     fn set_frame_time(&self, seq: u64, capture_ns: i64) {
+        self.rec.reset_time();
         self.rec.set_time_sequence(TIMELINE_FRAME, i64::try_from(seq).unwrap_or(i64::MAX));
         self.rec.set_time(TIMELINE_CAPTURE, TimeCell::from_timestamp_nanos_since_epoch(capture_ns));
     }
@@ -158,7 +176,7 @@ impl RerunSink {
             PixelFormat::Gray8 => Image::from_l8(packed, resolution),
             PixelFormat::Nv12 => Image::from_pixel_format(resolution, rerun::PixelFormat::NV12, packed),
         };
-        self.set_frame_time(frame.meta.seq, frame.meta.capture_ns);
+        self.set_camera_time(&frame.meta);
         self.rec.log(format!("world/{}/image", frame.meta.camera), &image).map_err(|e| ActorError::Rerun(e.to_string()))
     }
 
@@ -183,7 +201,7 @@ impl RerunSink {
         }
         let format = ImageFormat::segmentation([mask.width, mask.height], ChannelDatatype::U8);
         let image = SegmentationImage::new(mask.data.to_vec(), format);
-        self.set_frame_time(mask.meta.seq, mask.meta.capture_ns);
+        self.set_camera_time(&mask.meta);
         self.rec.log(path, &image).map_err(|e| ActorError::Rerun(e.to_string()))
     }
 
@@ -207,7 +225,7 @@ impl RerunSink {
             )));
         }
         let format = ImageFormat::segmentation([t.width, t.height], ChannelDatatype::U16);
-        self.set_frame_time(t.meta.seq, t.meta.capture_ns);
+        self.set_camera_time(&t.meta);
         self.rec
             .log(path.as_str(), &SegmentationImage::new(t.labels.to_vec(), format))
             .map_err(|e| ActorError::Rerun(e.to_string()))?;

@@ -7,10 +7,23 @@
 //! the pipeline and consumes its bus: EOS closes the outputs cleanly, an error names the
 //! element that failed.
 //!
+//! Surviving: with a [`Reconnect`] policy (on by default for RTSP), an error, the end of a
+//! live stream, or the stall watchdog (no frame for `stall`) tears the pipeline down and
+//! builds it again after an exponential backoff (`initial`, doubling up to `max`, back to
+//! `initial` once frames flow again). Frame numbers go on across reconnections. The
+//! source's `restarts` counts reconnections, `stalls` the watchdog's firings. A non-live
+//! pipeline (a file) still ends at its EOS. V4L2 cameras ([`V4l2Request`]) are probed
+//! first: the requested size and rate when the device offers them, else its nearest mode
+//! (raw preferred over MJPEG), with a warning naming the device and what it offers.
+//!
 //! Capture time: for a live pipeline (cameras, RTSP) it is the buffer's PTS as a running time,
 //! plus the pipeline's base time, mapped from the pipeline clock to wall time. A non-live
 //! pipeline (a file, an unpaced test pattern) has no capture instant: its frames are stamped
 //! when they leave the pipeline.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -136,13 +149,55 @@ impl Preset {
     }
 }
 
+/// How a source reconnects after an error, the end of a live stream or a stall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reconnect {
+    /// First backoff.
+    pub initial: Duration,
+    /// Longest backoff (the backoff doubles up to it).
+    pub max: Duration,
+    /// Reconnect when no frame came for this long (`None`: no watchdog).
+    pub stall: Option<Duration>,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Self { initial: Duration::from_millis(500), max: Duration::from_secs(10), stall: Some(Duration::from_secs(5)) }
+    }
+}
+
+/// A V4L2 camera and the mode asked of it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct V4l2Request {
+    /// Device node, e.g. `/dev/video0`.
+    pub device: String,
+    /// Requested width.
+    pub width: Option<u32>,
+    /// Requested height.
+    pub height: Option<u32>,
+    /// Requested frames per second.
+    pub fps: Option<u32>,
+}
+
 /// A GStreamer source: a launch description and the format to deliver.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct GstSourceSpec {
     /// `gst-launch` description; an appsink is appended when absent.
     pub launch: String,
     /// Pixel format delivered (used when Ocellus appends the appsink).
     pub format: OutputFormat,
+    /// Reconnect on errors, EOS of a live stream and stalls (`None`: an error ends the source).
+    pub reconnect: Option<Reconnect>,
+    /// A V4L2 camera whose modes are probed when the source starts: the launch description
+    /// is then `v4l2src` with the mode chosen (`launch` is what `check` builds).
+    pub v4l2: Option<V4l2Request>,
+}
+
+impl GstSourceSpec {
+    /// A source running `launch` and delivering `format` (no reconnection, no probing).
+    pub fn new(launch: impl Into<String>, format: OutputFormat) -> Self {
+        Self { launch: launch.into(), format, ..Self::default() }
+    }
 }
 
 /// Initializes GStreamer once.
@@ -242,7 +297,10 @@ fn layout_of(info: &gst_video::VideoInfo, buffer: &gst::BufferRef) -> Option<Fra
 /// Per-stream state of the appsink callback.
 struct Capture {
     outputs: SourceOutputs,
-    seq: u64,
+    /// Next frame number (shared across reconnections).
+    seq: Arc<AtomicU64>,
+    /// When the last frame left (ns), for the stall watchdog.
+    last_frame_ns: Arc<AtomicI64>,
     caps: Option<(gst::Caps, gst_video::VideoInfo)>,
     /// Wall time minus pipeline-clock time (ns), for live pipelines; decided on the first
     /// buffer (`Some(None)`: not live).
@@ -261,8 +319,8 @@ impl Capture {
 
     fn on_sample(&mut self, sink: &gst_app::AppSink) -> std::result::Result<gst::FlowSuccess, gst::FlowError> {
         let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-        let seq = self.seq;
-        self.seq += 1;
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        self.last_frame_ns.store(now_ns(), Ordering::Relaxed);
         let (Some(caps), Some(buffer)) = (sample.caps_owned(), sample.buffer_owned()) else {
             return self.skip(seq, "sample without caps or buffer");
         };
@@ -327,17 +385,59 @@ pub struct GstSource {
     spec: GstSourceSpec,
     outputs: SourceOutputs,
     pipeline: Option<gst::Pipeline>,
+    /// The current pipeline's bus stream (cancelled with the pipeline).
+    bus: Option<SpawnHandle>,
+    /// Whether the current pipeline is live (its EOS means the stream broke off).
+    live: bool,
+    seq: Arc<AtomicU64>,
+    last_frame_ns: Arc<AtomicI64>,
+    /// Frame number when the current pipeline started (frames since: the backoff resets).
+    seq_at_start: u64,
+    /// The next backoff.
+    backoff: Duration,
+    /// A reconnection is scheduled.
+    waiting: bool,
+    /// Ctrl-C (or the pipeline) asked for the end of the stream.
+    eos_requested: bool,
 }
 
 impl GstSource {
     /// A source running `spec` into `outputs` once started.
     pub fn new(spec: GstSourceSpec, outputs: SourceOutputs) -> Self {
-        Self { spec, outputs, pipeline: None }
+        let backoff = spec.reconnect.map_or(Duration::ZERO, |r| r.initial);
+        Self {
+            spec,
+            outputs,
+            pipeline: None,
+            bus: None,
+            live: false,
+            seq: Arc::new(AtomicU64::new(0)),
+            last_frame_ns: Arc::new(AtomicI64::new(0)),
+            seq_at_start: 0,
+            backoff,
+            waiting: false,
+            eos_requested: false,
+        }
+    }
+
+    /// The spec to build now: a V4L2 camera is probed for the mode to ask.
+    fn current_spec(&self) -> Result<GstSourceSpec> {
+        match &self.spec.v4l2 {
+            Some(request) => Ok(GstSourceSpec { launch: v4l2_launch(request)?, ..self.spec.clone() }),
+            None => Ok(self.spec.clone()),
+        }
     }
 
     fn start(&mut self, ctx: &mut Context<Self>) -> Result<()> {
-        let (pipeline, appsink) = build_pipeline(&self.spec)?;
-        let mut capture = Capture { outputs: self.outputs.clone(), seq: 0, caps: None, live_offset: None };
+        let spec = self.current_spec()?;
+        let (pipeline, appsink) = build_pipeline(&spec)?;
+        let mut capture = Capture {
+            outputs: self.outputs.clone(),
+            seq: self.seq.clone(),
+            last_frame_ns: self.last_frame_ns.clone(),
+            caps: None,
+            live_offset: None,
+        };
         appsink.set_property("sync", false);
         appsink.set_callbacks(
             gst_app::AppSinkCallbacks::builder().new_sample(move |sink| capture.on_sample(sink)).build(),
@@ -347,33 +447,111 @@ impl GstSource {
             message: "pipeline without a bus".into(),
             debug: None,
         })?;
-        if let Err(e) = pipeline.set_state(gst::State::Playing) {
-            // The element that failed posted an error on the bus: report that one.
-            let posted = bus.pop_filtered(&[gst::MessageType::Error]);
-            let error = match posted.as_ref().map(|m| m.view()) {
-                Some(gst::MessageView::Error(err)) => error_from(err),
-                _ => ActorError::Gstreamer {
-                    element: pipeline.name().to_string(),
-                    message: format!("cannot start: {e}"),
-                    debug: None,
-                },
-            };
-            if pipeline.set_state(gst::State::Null).is_err() {
-                warn!(source = %self.outputs.name, "could not stop the pipeline after a failed start");
+        self.seq_at_start = self.seq.load(Ordering::Relaxed);
+        self.last_frame_ns.store(now_ns(), Ordering::Relaxed);
+        match pipeline.set_state(gst::State::Playing) {
+            Ok(success) => self.live = success == gst::StateChangeSuccess::NoPreroll,
+            Err(e) => {
+                // The element that failed posted an error on the bus: report that one.
+                let posted = bus.pop_filtered(&[gst::MessageType::Error]);
+                let error = match posted.as_ref().map(|m| m.view()) {
+                    Some(gst::MessageView::Error(err)) => error_from(err),
+                    _ => ActorError::Gstreamer {
+                        element: pipeline.name().to_string(),
+                        message: format!("cannot start: {e}"),
+                        debug: None,
+                    },
+                };
+                if pipeline.set_state(gst::State::Null).is_err() {
+                    warn!(source = %self.outputs.name, "could not stop the pipeline after a failed start");
+                }
+                return Err(error);
             }
-            return Err(error);
         }
-        ctx.add_stream(bus.stream());
-        info!(source = %self.outputs.name, launch = %full_launch(&self.spec), "playing");
+        self.bus = Some(ctx.add_stream(bus.stream()));
+        info!(source = %self.outputs.name, launch = %full_launch(&spec), live = self.live, "playing");
         self.pipeline = Some(pipeline);
         Ok(())
     }
 
-    fn stop_pipeline(&mut self, error: Option<String>) {
+    /// Starts (or restarts) the pipeline; a failure schedules a reconnection when the
+    /// policy allows, else ends the source.
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        self.waiting = false;
+        if self.eos_requested || self.outputs.is_closed() {
+            self.finish(None, ctx);
+            return;
+        }
+        if let Err(e) = self.start(ctx) {
+            // A description that does not parse never will: no retry.
+            let fatal = matches!(&e, ActorError::Gstreamer { element, .. } if element == "launch description");
+            if self.spec.reconnect.is_some() && !fatal {
+                self.reconnect(format!("cannot start: {e}"), ctx);
+            } else {
+                error!(source = %self.outputs.name, error = %e, "source failed to start");
+                self.finish(Some(e.to_string()), ctx);
+            }
+        }
+    }
+
+    /// Stops the current pipeline (its bus stream too); frames in flight are dropped.
+    fn teardown(&mut self, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.bus.take() {
+            ctx.cancel_future(handle);
+        }
         if let Some(Err(e)) = self.pipeline.take().map(|p| p.set_state(gst::State::Null)) {
             warn!(source = %self.outputs.name, error = %e, "could not stop the pipeline");
         }
+    }
+
+    /// Tears the pipeline down and builds it again after the backoff.
+    fn reconnect(&mut self, reason: String, ctx: &mut Context<Self>) {
+        let Some(policy) = self.spec.reconnect else { return };
+        self.teardown(ctx);
+        if self.eos_requested {
+            self.finish(None, ctx);
+            return;
+        }
+        let delay = self.backoff;
+        self.backoff = (self.backoff * 2).min(policy.max);
+        self.waiting = true;
+        self.outputs.metrics.record_restart();
+        let reconnects = self.outputs.metrics.snapshot(now_ns()).restarts;
+        warn!(source = %self.outputs.name, %reason, delay_ms = delay.as_millis() as u64, reconnects, "reconnecting");
+        ctx.run_later(delay, |this, ctx| this.connect(ctx));
+    }
+
+    /// The watchdog: a pipeline that has sent no frame for `stall` is rebuilt; one that sends
+    /// frames again resets the backoff.
+    fn watch(&mut self, ctx: &mut Context<Self>) {
+        let Some(policy) = self.spec.reconnect else { return };
+        if self.waiting || self.pipeline.is_none() {
+            return;
+        }
+        if self.seq.load(Ordering::Relaxed) > self.seq_at_start {
+            self.backoff = policy.initial;
+        }
+        let Some(stall) = policy.stall else { return };
+        let silent_ns = now_ns() - self.last_frame_ns.load(Ordering::Relaxed);
+        if silent_ns > i64::try_from(stall.as_nanos()).unwrap_or(i64::MAX) {
+            if self.eos_requested {
+                // A stalled stream never delivers its EOS.
+                info!(source = %self.outputs.name, "end of stream (stalled)");
+                self.finish(None, ctx);
+                return;
+            }
+            self.outputs.metrics.record_stall();
+            let stalls = self.outputs.metrics.snapshot(now_ns()).stalls;
+            warn!(source = %self.outputs.name, silent_ms = silent_ns / 1_000_000, stalls, "stalled");
+            self.reconnect(format!("no frame for {} ms", silent_ns / 1_000_000), ctx);
+        }
+    }
+
+    /// Ends the source: the pipeline stops and the outputs close.
+    fn finish(&mut self, error: Option<String>, ctx: &mut Context<Self>) {
+        self.teardown(ctx);
         self.outputs.close(error);
+        ctx.stop();
     }
 }
 
@@ -381,17 +559,18 @@ impl Actor for GstSource {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        if let Err(e) = self.start(ctx) {
-            error!(source = %self.outputs.name, error = %e, "source failed to start");
-            self.stop_pipeline(Some(e.to_string()));
-            ctx.stop();
+        if let Some(stall) = self.spec.reconnect.and_then(|r| r.stall) {
+            let every = (stall / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+            ctx.run_interval(every, Self::watch);
         }
+        self.connect(ctx);
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        if self.pipeline.is_some() {
-            self.stop_pipeline(None);
+        if let Some(Err(e)) = self.pipeline.take().map(|p| p.set_state(gst::State::Null)) {
+            warn!(source = %self.outputs.name, error = %e, "could not stop the pipeline");
         }
+        self.outputs.close(None);
     }
 }
 
@@ -400,15 +579,21 @@ impl StreamHandler<gst::Message> for GstSource {
         use gst::MessageView;
         match msg.view() {
             MessageView::Eos(..) => {
-                info!(source = %self.outputs.name, "end of stream");
-                self.stop_pipeline(None);
-                ctx.stop();
+                if self.spec.reconnect.is_some() && self.live && !self.eos_requested {
+                    self.reconnect("end of stream".into(), ctx);
+                } else {
+                    info!(source = %self.outputs.name, "end of stream");
+                    self.finish(None, ctx);
+                }
             }
             MessageView::Error(err) => {
                 let e = error_from(err);
-                error!(source = %self.outputs.name, error = %e, "source failed");
-                self.stop_pipeline(Some(e.to_string()));
-                ctx.stop();
+                if self.spec.reconnect.is_some() && !self.eos_requested {
+                    self.reconnect(e.to_string(), ctx);
+                } else {
+                    error!(source = %self.outputs.name, error = %e, "source failed");
+                    self.finish(Some(e.to_string()), ctx);
+                }
             }
             MessageView::Warning(w) => {
                 warn!(source = %self.outputs.name, element = ?w.src().map(|s| s.path_string()), warning = %w.error(), "GStreamer warning");
@@ -417,9 +602,9 @@ impl StreamHandler<gst::Message> for GstSource {
         }
     }
 
-    fn finished(&mut self, ctx: &mut Self::Context) {
-        // The bus stream only ends with the pipeline.
-        ctx.stop();
+    fn finished(&mut self, _ctx: &mut Self::Context) {
+        // A bus stream ends with its pipeline, which was torn down on purpose (a replaced
+        // stream is cancelled first): EOS and errors decide when the source ends.
     }
 }
 
@@ -427,12 +612,12 @@ impl Handler<EndOfStream> for GstSource {
     type Result = ();
 
     fn handle(&mut self, _msg: EndOfStream, ctx: &mut Self::Context) {
+        self.eos_requested = true;
         match &self.pipeline {
-            Some(p) if p.send_event(gst::event::Eos::new()) => info!(source = %self.outputs.name, "EOS requested"),
-            _ => {
-                self.stop_pipeline(None);
-                ctx.stop();
+            Some(p) if !self.waiting && p.send_event(gst::event::Eos::new()) => {
+                info!(source = %self.outputs.name, "EOS requested");
             }
+            _ => self.finish(None, ctx),
         }
     }
 }
@@ -455,4 +640,223 @@ pub fn start(spec: GstSourceSpec, outputs: SourceOutputs) -> (Addr<GstSource>, A
 /// The GStreamer library version in use.
 pub fn version() -> String {
     gst::version_string().to_string()
+}
+
+/// A mode a V4L2 device offers, fixed to the values nearest the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V4l2Mode {
+    /// `video/x-raw` or `image/jpeg`.
+    pub media: String,
+    /// Raw pixel format (`YUY2`, `NV12`, ...), when raw.
+    pub format: Option<String>,
+    /// Width.
+    pub width: i32,
+    /// Height.
+    pub height: i32,
+    /// Frame rate (numerator, denominator), when the device gives one.
+    pub framerate: Option<(i32, i32)>,
+}
+
+impl V4l2Mode {
+    /// Caps and decoder for a launch description (`image/jpeg,...! jpegdec`).
+    pub fn launch_caps(&self) -> String {
+        let mut caps = self.media.clone();
+        if let Some(f) = &self.format {
+            caps += &format!(",format={f}");
+        }
+        caps += &format!(",width={},height={}", self.width, self.height);
+        if let Some((n, d)) = self.framerate {
+            caps += &format!(",framerate={n}/{d}");
+        }
+        if self.media == "image/jpeg" {
+            caps += " ! jpegdec";
+        }
+        caps
+    }
+
+    fn fps(&self) -> Option<f64> {
+        self.framerate.filter(|(_, d)| *d != 0).map(|(n, d)| f64::from(n) / f64::from(d))
+    }
+}
+
+impl std::fmt::Display for V4l2Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = if self.media == "image/jpeg" { "MJPEG" } else { self.format.as_deref().unwrap_or("raw") };
+        write!(f, "{}x{}", self.width, self.height)?;
+        if let Some(fps) = self.fps() {
+            write!(f, " at {fps:.4} fps")?;
+        }
+        write!(f, " {kind}")
+    }
+}
+
+/// The mode of `offered` (a device's caps) closest to `request`: an exact match when there
+/// is one; else the nearest size (then rate); raw before MJPEG at equal distance. `None`
+/// when the device offers neither raw video nor JPEG.
+pub fn choose_v4l2_mode(offered: &gst::CapsRef, request: &V4l2Request) -> Option<(V4l2Mode, bool)> {
+    let mut best: Option<((f64, u8), V4l2Mode)> = None;
+    for s in offered.iter() {
+        let media = s.name().as_str();
+        let jpeg = match media {
+            "video/x-raw" => 0,
+            "image/jpeg" => 1,
+            _ => continue,
+        };
+        let mut s = s.to_owned();
+        if let Some(w) = request.width.and_then(|w| i32::try_from(w).ok()) {
+            s.fixate_field_nearest_int("width", w);
+        }
+        if let Some(h) = request.height.and_then(|h| i32::try_from(h).ok()) {
+            s.fixate_field_nearest_int("height", h);
+        }
+        if let Some(fps) = request.fps.and_then(|f| i32::try_from(f).ok()) {
+            s.fixate_field_nearest_fraction("framerate", gst::Fraction::new(fps, 1));
+        }
+        let mut fixed = gst::Caps::builder_full().structure(s).build();
+        fixed.fixate();
+        let Some(s) = fixed.structure(0) else { continue };
+        let (Ok(width), Ok(height)) = (s.get::<i32>("width"), s.get::<i32>("height")) else { continue };
+        let mode = V4l2Mode {
+            media: media.to_owned(),
+            format: s.get::<String>("format").ok(),
+            width,
+            height,
+            framerate: s.get::<gst::Fraction>("framerate").ok().map(|f| (f.numer(), f.denom())),
+        };
+        // Relative distance in size, then in rate (a rate miss weighs less than a size miss).
+        let rel = |got: f64, want: Option<u32>| want.map_or(0.0, |w| (got - f64::from(w)).abs() / f64::from(w.max(1)));
+        let distance = rel(f64::from(width), request.width)
+            + rel(f64::from(height), request.height)
+            + 0.5 * rel(mode.fps().unwrap_or(0.0), request.fps);
+        let key = (distance, jpeg);
+        if best.as_ref().is_none_or(|(k, _)| key.0 < k.0 || (key.0 == k.0 && key.1 < k.1)) {
+            best = Some((key, mode));
+        }
+    }
+    best.map(|((distance, _), mode)| (mode, distance == 0.0))
+}
+
+/// Opens a V4L2 device just long enough to read the modes it offers.
+pub fn v4l2_modes(device: &str) -> Result<gst::Caps> {
+    init()?;
+    let failed = |message: String| ActorError::Gstreamer { element: format!("v4l2src {device}"), message, debug: None };
+    let src = gst::ElementFactory::make("v4l2src")
+        .property("device", device)
+        .build()
+        .map_err(|e| failed(format!("cannot create v4l2src (gstreamer1.0-plugins-good): {e}")))?;
+    let probe = gst::Pipeline::new();
+    probe.add(&src).map_err(|e| failed(e.to_string()))?;
+    let opened = probe.set_state(gst::State::Ready);
+    let caps = src.static_pad("src").map(|pad| pad.query_caps(None));
+    let posted = probe.bus().and_then(|bus| bus.pop_filtered(&[gst::MessageType::Error]));
+    if probe.set_state(gst::State::Null).is_err() {
+        warn!(device, "could not close the device after probing it");
+    }
+    if opened.is_err() {
+        let reason = match posted.as_ref().map(|m| m.view()) {
+            Some(gst::MessageView::Error(err)) => {
+                format!(
+                    "cannot open the device: {}",
+                    err.debug().map_or_else(|| err.error().to_string(), |d| d.to_string())
+                )
+            }
+            _ => "cannot open the device".to_owned(),
+        };
+        return Err(failed(reason));
+    }
+    caps.ok_or_else(|| failed("v4l2src without a source pad".into()))
+}
+
+/// The launch description for a V4L2 camera: its modes are probed, the requested one is
+/// used when offered, else the nearest (with a warning naming the device and its modes).
+pub fn v4l2_launch(request: &V4l2Request) -> Result<String> {
+    let device = &request.device;
+    let src = format!("v4l2src device={}", quoted(device));
+    if request.width.is_none() && request.height.is_none() && request.fps.is_none() {
+        return Ok(src);
+    }
+    let offered = v4l2_modes(device)?;
+    let Some((mode, exact)) = choose_v4l2_mode(&offered, request) else {
+        return Err(ActorError::Gstreamer {
+            element: format!("v4l2src {device}"),
+            message: format!("{device} offers neither raw video nor MJPEG (it offers {offered})"),
+            debug: None,
+        });
+    };
+    let asked = format!(
+        "{}x{} at {} fps",
+        request.width.map_or("?".into(), |w| w.to_string()),
+        request.height.map_or("?".into(), |h| h.to_string()),
+        request.fps.map_or("?".into(), |f| f.to_string())
+    );
+    if exact {
+        info!(device = %device, mode = %mode, "V4L2 mode");
+    } else {
+        warn!(device = %device, asked = %asked, using = %mode, offered = %offered, "the camera does not offer the mode asked; using its nearest");
+    }
+    Ok(format!("{src} ! {}", mode.launch_caps()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(width: u32, height: u32, fps: u32) -> V4l2Request {
+        V4l2Request { device: "/dev/video9".into(), width: Some(width), height: Some(height), fps: Some(fps) }
+    }
+
+    fn caps(text: &str) -> gst::Caps {
+        init().expect("gstreamer");
+        text.parse().expect("caps")
+    }
+
+    const WEBCAM: &str = "video/x-raw, format=(string)YUY2, width=(int)640, height=(int)480, framerate=(fraction){ 30/1, 15/1 }; \
+        video/x-raw, format=(string)YUY2, width=(int)1280, height=(int)720, framerate=(fraction)10/1; \
+        image/jpeg, width=(int)1280, height=(int)720, framerate=(fraction){ 30/1, 15/1 }; \
+        image/jpeg, width=(int)1920, height=(int)1080, framerate=(fraction)30/1; \
+        video/x-h264, width=(int)1920, height=(int)1080, framerate=(fraction)30/1";
+
+    #[test]
+    fn the_requested_mode_when_offered() {
+        let (mode, exact) = choose_v4l2_mode(&caps(WEBCAM), &request(640, 480, 15)).expect("a mode");
+        assert!(exact);
+        assert_eq!(mode.launch_caps(), "video/x-raw,format=YUY2,width=640,height=480,framerate=15/1");
+        let (mode, exact) = choose_v4l2_mode(&caps(WEBCAM), &request(1920, 1080, 30)).expect("a mode");
+        assert!(exact, "MJPEG when only MJPEG has it");
+        assert_eq!(mode.launch_caps(), "image/jpeg,width=1920,height=1080,framerate=30/1 ! jpegdec");
+    }
+
+    #[test]
+    fn the_nearest_mode_otherwise() {
+        // 1280x720 at 30: raw only at 10 fps, MJPEG at 30 → MJPEG.
+        let (mode, exact) = choose_v4l2_mode(&caps(WEBCAM), &request(1280, 720, 30)).expect("a mode");
+        assert!(!exact);
+        assert_eq!(mode.media, "image/jpeg");
+        assert_eq!((mode.width, mode.height, mode.framerate), (1280, 720, Some((30, 1))));
+        // 800x600: nearest size is 640x480 raw.
+        let (mode, exact) = choose_v4l2_mode(&caps(WEBCAM), &request(800, 600, 30)).expect("a mode");
+        assert!(!exact);
+        assert_eq!(mode.to_string(), "640x480 at 30.0000 fps YUY2");
+        // Ranges (e.g. a virtual camera) fixate to the request.
+        let range = caps(
+            "video/x-raw, format=(string)NV12, width=(int)[ 16, 4096 ], height=(int)[ 16, 4096 ], framerate=(fraction)[ 0/1, 60/1 ]",
+        );
+        let (mode, exact) = choose_v4l2_mode(&range, &request(1000, 500, 25)).expect("a mode");
+        assert!(exact, "{mode}");
+        assert_eq!(mode.launch_caps(), "video/x-raw,format=NV12,width=1000,height=500,framerate=25/1");
+    }
+
+    #[test]
+    fn no_usable_mode() {
+        assert!(
+            choose_v4l2_mode(&caps("video/x-h264, width=(int)640, height=(int)480"), &request(640, 480, 30)).is_none()
+        );
+    }
+
+    #[test]
+    fn a_missing_device_is_named() {
+        let err = v4l2_launch(&request(640, 480, 30)).expect_err("no such device");
+        let text = err.to_string();
+        assert!(text.contains("/dev/video9"), "{text}");
+    }
 }

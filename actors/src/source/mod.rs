@@ -1,8 +1,9 @@
 //! Sources: GStreamer pipelines (an actix actor on its own arbiter), zenoh subscriptions (a
-//! session thread and a decoder thread) and a synthetic frame generator (benchmarks and tests
-//! of the runtime alone).
+//! session thread and a decoder thread), Rerun recordings replayed (a thread) and a synthetic
+//! frame generator (benchmarks and tests of the runtime alone).
 
 pub mod gst;
+pub mod replay;
 pub mod synthetic;
 pub mod zenoh;
 
@@ -15,7 +16,8 @@ use crate::frame::Packet;
 use crate::metrics::StageMetrics;
 use crate::stage::StageStatus;
 
-pub use self::gst::{GstSource, GstSourceSpec, OutputFormat, Preset};
+pub use self::gst::{GstSource, GstSourceSpec, OutputFormat, Preset, Reconnect, V4l2Request};
+pub use self::replay::{ReplaySpec, ReplayTiming};
 pub use self::synthetic::SyntheticSpec;
 pub use self::zenoh::ZenohSourceSpec;
 

@@ -7,7 +7,7 @@
 //! encoding is the expensive part, and a vocabulary rarely changes while a stream runs.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::rc::Rc;
 
 use tch::Tensor;
 
@@ -171,11 +171,12 @@ impl ZeroShotClassifier {
     }
 }
 
-/// Classifiers by vocabulary, the most recently used kept (at most `capacity`).
+/// Classifiers by vocabulary, the most recently used kept (at most `capacity`); it lives on
+/// the inference thread with the model (tch tensors are not `Sync`).
 #[derive(Debug)]
 pub struct ClassifierCache {
     capacity: usize,
-    entries: VecDeque<(Vec<String>, Vec<String>, Arc<ZeroShotClassifier>)>,
+    entries: VecDeque<(Vec<String>, Vec<String>, Rc<ZeroShotClassifier>)>,
 }
 
 impl ClassifierCache {
@@ -191,15 +192,18 @@ impl ClassifierCache {
         tokenizer: &ClipTokenizer,
         classes: &[String],
         templates: &[String],
-    ) -> Result<Arc<ZeroShotClassifier>> {
-        if let Some(i) = self.entries.iter().position(|(c, t, _)| c == classes && t == templates) {
-            if let Some(entry) = self.entries.remove(i) {
-                let classifier = entry.2.clone();
-                self.entries.push_front(entry);
-                return Ok(classifier);
-            }
+    ) -> Result<Rc<ZeroShotClassifier>> {
+        if let Some(entry) = self
+            .entries
+            .iter()
+            .position(|(c, t, _)| c == classes && t == templates)
+            .and_then(|i| self.entries.remove(i))
+        {
+            let classifier = entry.2.clone();
+            self.entries.push_front(entry);
+            return Ok(classifier);
         }
-        let classifier = Arc::new(ZeroShotClassifier::build(clip, tokenizer, classes, templates)?);
+        let classifier = Rc::new(ZeroShotClassifier::build(clip, tokenizer, classes, templates)?);
         self.entries.push_front((classes.to_vec(), templates.to_vec(), classifier.clone()));
         self.entries.truncate(self.capacity);
         Ok(classifier)
