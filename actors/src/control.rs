@@ -14,6 +14,7 @@ struct Shared<T> {
     capacity: usize,
     sent: AtomicU64,
     refused: AtomicU64,
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// The sending side (cloneable).
@@ -63,6 +64,7 @@ pub fn control_channel<T>(capacity: usize) -> (ControlSender<T>, ControlReceiver
         capacity: capacity.max(1),
         sent: AtomicU64::new(0),
         refused: AtomicU64::new(0),
+        closed: std::sync::atomic::AtomicBool::new(false),
     });
     (ControlSender { shared: shared.clone() }, ControlReceiver { shared })
 }
@@ -84,12 +86,22 @@ impl<T> ControlSender<T> {
     pub fn counts(&self) -> (u64, u64) {
         (self.shared.sent.load(Ordering::Relaxed), self.shared.refused.load(Ordering::Relaxed))
     }
+
+    /// Whether the receiving actor has finished (feeders stop).
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
 }
 
 impl<T> ControlReceiver<T> {
     /// Takes every queued command, oldest first.
     pub fn drain(&self) -> Vec<T> {
         self.shared.queue.lock().drain(..).collect()
+    }
+
+    /// Marks the channel finished: feeders (a zenoh prompt subscription) stop.
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
     }
 }
 
@@ -110,4 +122,119 @@ pub enum TrackerCommand {
         /// Track id.
         id: u32,
     },
+}
+
+/// One prompt message on a tracker's prompt topic (JSON):
+/// `{"id": 5, "box": [x0, y0, x1, y1]}`, `{"id": 5, "points": [[x, y]], "labels": [1]}`,
+/// `{"remove": 5}`; `"camera": "front"` limits it to one camera.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromptMessage {
+    id: Option<u32>,
+    #[serde(rename = "box")]
+    bbox: Option<[f64; 4]>,
+    points: Option<Vec<[f64; 2]>>,
+    labels: Option<Vec<i32>>,
+    remove: Option<u32>,
+    camera: Option<String>,
+}
+
+/// Reads a prompt message; the error says what is wrong.
+pub fn parse_prompt_message(bytes: &[u8]) -> Result<TrackerCommand, String> {
+    use crate::tracker::FramePrompt;
+    let m: PromptMessage = serde_json::from_slice(bytes).map_err(|e| format!("not a prompt message: {e}"))?;
+    let camera = m.camera.map(|c| Arc::<str>::from(c.as_str()));
+    let id = |id: Option<u32>| id.filter(|i| *i != 0).ok_or_else(|| "needs a non-zero \"id\"".to_owned());
+    match (m.remove, m.bbox, m.points) {
+        (Some(remove), None, None) if remove != 0 => Ok(TrackerCommand::Remove { id: remove }),
+        (None, Some([x0, y0, x1, y1]), None) => {
+            let ok = [x0, y0, x1, y1].iter().all(|v| v.is_finite() && *v >= 0.0) && x0 < x1 && y0 < y1;
+            if !ok {
+                return Err("a box needs 0 <= x0 < x1 and 0 <= y0 < y1".into());
+            }
+            Ok(TrackerCommand::Add { camera, id: id(m.id)?, prompt: FramePrompt::Box([x0, y0, x1, y1]) })
+        }
+        (None, None, Some(points)) => {
+            let labels = m.labels.unwrap_or_else(|| vec![1; points.len()]);
+            if points.is_empty() || labels.len() != points.len() || labels.iter().any(|l| !matches!(l, 0 | 1)) {
+                return Err("points need one label each, 1 (positive) or 0 (negative)".into());
+            }
+            if points.iter().flatten().any(|v| !v.is_finite() || *v < 0.0) {
+                return Err("points must be finite and non-negative".into());
+            }
+            Ok(TrackerCommand::Add { camera, id: id(m.id)?, prompt: FramePrompt::Points(points, labels) })
+        }
+        _ => Err("give exactly one of \"box\", \"points\" or \"remove\"".into()),
+    }
+}
+
+/// Where a tracker's prompts come from on zenoh.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptTopicSpec {
+    /// Session.
+    pub session: crate::transport::SessionSpec,
+    /// Key of the prompt messages.
+    pub key: String,
+}
+
+/// Feeds `tx` from the prompt topic, on a zenoh session living on its own runtime thread.
+/// Malformed messages are counted in the log and skipped. Ends when the tracker finishes.
+pub fn subscribe_prompts(
+    spec: PromptTopicSpec,
+    tx: ControlSender<TrackerCommand>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    crate::transport::spawn_host("tracker-prompts".into(), move || async move {
+        let config = match spec.session.to_config() {
+            Ok(c) => c,
+            Err(e) => return tracing::error!(error = %e, "tracker prompts: bad zenoh config"),
+        };
+        let session = match zenoh::open(config).await {
+            Ok(s) => s,
+            Err(e) => return tracing::error!(error = %e, "tracker prompts: cannot open the zenoh session"),
+        };
+        let subscriber = match session.declare_subscriber(spec.key.clone()).await {
+            Ok(s) => s,
+            Err(e) => return tracing::error!(error = %e, key = %spec.key, "tracker prompts: cannot subscribe"),
+        };
+        let mut bad = 0u64;
+        while !tx.is_closed() {
+            match subscriber.try_recv() {
+                Ok(Some(sample)) => match parse_prompt_message(&sample.payload().to_bytes()) {
+                    Ok(command) => {
+                        if tx.send(command).is_err() {
+                            tracing::warn!("tracker prompts: the tracker's control queue is full, prompt dropped");
+                        }
+                    }
+                    Err(e) => {
+                        bad += 1;
+                        tracing::warn!(error = %e, bad, "tracker prompts: malformed message skipped");
+                    }
+                },
+                Ok(None) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                Err(_) => break,
+            }
+        }
+        drop(subscriber);
+        if let Err(e) = session.close().await {
+            tracing::warn!(error = %e, "tracker prompts: closing the session");
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_messages() {
+        assert!(matches!(parse_prompt_message(br#"{"id": 4, "box": [1, 2, 30, 40]}"#), Ok(TrackerCommand::Add { id: 4, .. })));
+        assert!(matches!(parse_prompt_message(br#"{"remove": 4}"#), Ok(TrackerCommand::Remove { id: 4 })));
+        assert!(matches!(
+            parse_prompt_message(br#"{"id": 2, "points": [[5, 5]], "camera": "front"}"#),
+            Ok(TrackerCommand::Add { camera: Some(_), .. })
+        ));
+        for bad in [&br#"{"box": [1, 2, 3, 4]}"#[..], br#"{"id": 1, "box": [5, 2, 3, 4]}"#, br#"{"id": 1}"#, b"\xff", br#"{"id": 1, "points": [[1, 1]], "labels": [2]}"#, br#"{"id": 1, "box": [1, 2, 3, 4], "extra": 1}"#] {
+            assert!(parse_prompt_message(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
 }

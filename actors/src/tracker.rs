@@ -158,6 +158,13 @@ impl TrackerProcessor {
 }
 
 impl Processor for TrackerProcessor {
+    fn finish(&mut self, _out: &mut Outputs) -> Result<()> {
+        if let Some(control) = &self.spec.control {
+            control.close();
+        }
+        Ok(())
+    }
+
     fn process(&mut self, input: Packet, out: &mut Outputs) -> Result<()> {
         let Packet::Frame(frame) = input else { return Ok(()) };
         let _span = trace_span!("tracker", camera = %frame.meta.camera, seq = frame.meta.seq).entered();

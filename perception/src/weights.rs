@@ -102,11 +102,17 @@ pub fn init_seeded(vs: &VarStore, seed: i64) -> Result<()> {
         for (name, mut v) in vars {
             let noise = Tensor::f_randn(v.size().as_slice(), (Kind::Float, v.device()))?.f_mul_scalar(INIT_STD)?;
             let value =
-                if name.contains("norm") && name.ends_with(".weight") { noise.f_add_scalar(1.0)? } else { noise };
+                if is_norm_weight(&name) { noise.f_add_scalar(1.0)? } else { noise };
             v.f_copy_(&value)?;
         }
         Ok(())
     })
+}
+
+/// Norm scales start around 1: `*norm*.weight` (Hiera, SAM 2) and CLIP's `ln_*.weight`.
+fn is_norm_weight(name: &str) -> bool {
+    let last = name.rsplit('.').nth(1).unwrap_or_default();
+    name.ends_with(".weight") && (name.contains("norm") || last.starts_with("ln_"))
 }
 
 /// What a weights file holds.

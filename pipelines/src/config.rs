@@ -492,6 +492,21 @@ struct Sam2Entry {
     prompts: Vec<PromptEntry>,
     #[serde(default = "Sam2Entry::default_max_cond_frames")]
     max_cond_frames: usize,
+    prompt_topic: Option<PromptTopicEntry>,
+}
+
+/// `prompt_topic = { key = "robot/front/prompts", connect = [...] }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromptTopicEntry {
+    key: String,
+    mode: Option<ModeName>,
+    #[serde(default)]
+    connect: Vec<String>,
+    #[serde(default)]
+    listen: Vec<String>,
+    config: Option<PathBuf>,
+    multicast_scouting: Option<bool>,
 }
 
 impl Sam2Entry {
@@ -816,6 +831,8 @@ pub enum ActorKind {
         prompts: Vec<(u32, ocellus_actors::tracker::FramePrompt)>,
         /// Conditioning frames kept per object.
         max_cond_frames: usize,
+        /// Prompts from a zenoh topic (JSON: `{"id": 5, "box": [...]}`, `{"remove": 5}`).
+        prompt_topic: Option<ocellus_actors::control::PromptTopicSpec>,
     },
     /// The agent (its spec without the runtime channels, which the graph adds).
     Agent(Box<AgentConfig>),
@@ -1581,7 +1598,24 @@ impl PipelineConfig {
             };
             prompts.push((id, prompt));
         }
-        Ok(ActorKind::Sam2 { model: e.model, weights, prompts, max_cond_frames: e.max_cond_frames })
+        let prompt_topic = match e.prompt_topic {
+            None => None,
+            Some(t) => {
+                let tat = at.key("prompt_topic");
+                ocellus_actors::transport::check_key_expr(&t.key).map_err(|m| loc.error(tat.key("key"), m))?;
+                let fields = SessionFields {
+                    mode: t.mode,
+                    connect: t.connect,
+                    listen: t.listen,
+                    config: t.config,
+                    multicast_scouting: t.multicast_scouting,
+                    shared_memory: None,
+                };
+                let session = session_spec(loc, &tat, fields)?;
+                Some(ocellus_actors::control::PromptTopicSpec { session, key: t.key })
+            }
+        };
+        Ok(ActorKind::Sam2 { model: e.model, weights, prompts, max_cond_frames: e.max_cond_frames, prompt_topic })
     }
 
     fn labeler(loc: &Locator<'_>, at: &KeyPath, e: LabelerEntry) -> Result<ActorKind, ConfigError> {

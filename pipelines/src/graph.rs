@@ -90,7 +90,15 @@ pub fn build(config: &PipelineConfig) -> Result<Pipeline, BuildError> {
                     Box::new(move || Ok(Box::new(MotionProcessor::new(motion, device)?) as Box<dyn Processor>)),
                 );
             }
-            ActorKind::Sam2 { model, weights, prompts, max_cond_frames } => {
+            ActorKind::Sam2 { model, weights, prompts, max_cond_frames, prompt_topic } => {
+                if let Some(topic) = prompt_topic {
+                    let (tx, _) = controls
+                        .entry(actor.name.clone())
+                        .or_insert_with(|| control_channel(TRACKER_CONTROL_DEPTH));
+                    ocellus_actors::control::subscribe_prompts(topic.clone(), tx.clone()).map_err(|e| {
+                        BuildError::Actor(ActorError::Failed(format!("{}: prompt topic: {e}", actor.name)))
+                    })?;
+                }
                 let spec = TrackerSpec {
                     model: model.clone(),
                     weights: weights.clone(),
