@@ -124,6 +124,18 @@ pub enum TrackerCommand {
     },
 }
 
+/// Commands to a labeler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LabelerCommand {
+    /// Label `track_id` over `candidates` from now on (empty: back to the vocabulary).
+    Candidates {
+        /// Track id.
+        track_id: u32,
+        /// Candidate class names.
+        candidates: Vec<String>,
+    },
+}
+
 /// One prompt message on a tracker's prompt topic (JSON):
 /// `{"id": 5, "box": [x0, y0, x1, y1]}`, `{"id": 5, "points": [[x, y]], "labels": [1]}`,
 /// `{"remove": 5}`; `"camera": "front"` limits it to one camera.
@@ -227,13 +239,23 @@ mod tests {
 
     #[test]
     fn prompt_messages() {
-        assert!(matches!(parse_prompt_message(br#"{"id": 4, "box": [1, 2, 30, 40]}"#), Ok(TrackerCommand::Add { id: 4, .. })));
+        assert!(matches!(
+            parse_prompt_message(br#"{"id": 4, "box": [1, 2, 30, 40]}"#),
+            Ok(TrackerCommand::Add { id: 4, .. })
+        ));
         assert!(matches!(parse_prompt_message(br#"{"remove": 4}"#), Ok(TrackerCommand::Remove { id: 4 })));
         assert!(matches!(
             parse_prompt_message(br#"{"id": 2, "points": [[5, 5]], "camera": "front"}"#),
             Ok(TrackerCommand::Add { camera: Some(_), .. })
         ));
-        for bad in [&br#"{"box": [1, 2, 3, 4]}"#[..], br#"{"id": 1, "box": [5, 2, 3, 4]}"#, br#"{"id": 1}"#, b"\xff", br#"{"id": 1, "points": [[1, 1]], "labels": [2]}"#, br#"{"id": 1, "box": [1, 2, 3, 4], "extra": 1}"#] {
+        for bad in [
+            &br#"{"box": [1, 2, 3, 4]}"#[..],
+            br#"{"id": 1, "box": [5, 2, 3, 4]}"#,
+            br#"{"id": 1}"#,
+            b"\xff",
+            br#"{"id": 1, "points": [[1, 1]], "labels": [2]}"#,
+            br#"{"id": 1, "box": [1, 2, 3, 4], "extra": 1}"#,
+        ] {
             assert!(parse_prompt_message(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
     }

@@ -55,6 +55,8 @@ pub struct LabelerSpec {
     pub smoothing: f64,
     /// Box padding on each side, as a fraction of the box's longer side.
     pub padding: f64,
+    /// Commands from the agent's `label` tool: candidate names for one track.
+    pub control: Option<crate::control::ControlReceiver<crate::control::LabelerCommand>>,
 }
 
 impl LabelerSpec {
@@ -94,6 +96,9 @@ pub struct LabelerProcessor {
     /// Smoothed probabilities per (camera, track), over `current`'s classes.
     smoothed: HashMap<(Arc<str>, u32), Vec<f32>>,
     current: Option<Rc<ZeroShotClassifier>>,
+    /// Candidates the agent gave for single tracks, and their smoothed probabilities.
+    track_candidates: HashMap<u32, Vec<String>>,
+    track_smoothed: HashMap<(Arc<str>, u32), Vec<f32>>,
 }
 
 fn torch(e: tch::TchError) -> ActorError {
@@ -118,7 +123,19 @@ impl LabelerProcessor {
             frames: HashMap::new(),
             smoothed: HashMap::new(),
             current: None,
+            track_candidates: HashMap::new(),
+            track_smoothed: HashMap::new(),
         })
+    }
+
+    /// Labels track `id` from `candidates` (the agent's `label` tool); smoothing restarts.
+    pub fn set_track_candidates(&mut self, id: u32, candidates: Vec<String>) {
+        self.track_smoothed.retain(|(_, t), _| *t != id);
+        if candidates.is_empty() {
+            self.track_candidates.remove(&id);
+        } else {
+            self.track_candidates.insert(id, candidates);
+        }
     }
 
     /// Labels from these candidates (e.g. an agent's) instead of the configured vocabulary;
@@ -198,30 +215,59 @@ impl LabelerProcessor {
     }
 
     fn label(&mut self, frame: &Frame, mut tracks: Tracks) -> Result<Tracks> {
+        if let Some(control) = &self.spec.control {
+            for crate::control::LabelerCommand::Candidates { track_id, candidates } in control.drain() {
+                self.set_track_candidates(track_id, candidates);
+            }
+        }
         let classifier = self.classifier()?;
         let visible: Vec<(u32, ocellus_kernels::masks::PixelBox)> =
             tracks.tracks.iter().filter(|t| !t.occluded).filter_map(|t| t.bbox.map(|b| (t.id, b))).collect();
         let camera = tracks.meta.camera.clone();
+        let mut own: HashMap<u32, Rc<ZeroShotClassifier>> = HashMap::new();
         if !visible.is_empty() {
             let crops = self.crops(frame, &tracks, &visible)?.f_to_kind(self.clip.kind()).map_err(torch)?;
-            let probs = tch::no_grad(|| -> Result<Tensor> {
-                let features = self.clip.encode_image(&crops)?; // [N, embed]
-                let logits = classifier.logits(&features)?; // [N, classes]
-                logits.f_to_kind(Kind::Float).and_then(|l| l.f_softmax(-1, None::<Kind>)).map_err(torch)
-            })?;
-            let probs = Vec::<Vec<f32>>::try_from(probs.f_to_device(Device::Cpu).map_err(torch)?).map_err(torch)?;
+            let features = tch::no_grad(|| self.clip.encode_image(&crops))?; // [N, embed]
             let alpha = self.spec.smoothing as f32;
-            for ((id, _), p) in visible.iter().zip(probs) {
-                let entry = self.smoothed.entry((camera.clone(), *id)).or_insert_with(|| p.clone());
+            for (row, (id, _)) in visible.iter().enumerate() {
+                // A track the agent gave candidates for is classified over those.
+                let track_classifier = match self.track_candidates.get(id).cloned() {
+                    Some(classes) => {
+                        let c = tch::no_grad(|| {
+                            self.classifiers.get(&self.clip, &self.tokenizer, &classes, &self.spec.templates)
+                        })?;
+                        own.insert(*id, c.clone());
+                        c
+                    }
+                    None => classifier.clone(),
+                };
+                let p = tch::no_grad(|| -> Result<Vec<f32>> {
+                    let f = features.f_narrow(0, row as i64, 1).map_err(torch)?; // [1, embed]
+                    let logits = track_classifier.logits(&f)?; // [1, classes]
+                    let probs =
+                        logits.f_to_kind(Kind::Float).and_then(|l| l.f_softmax(-1, None::<Kind>)).map_err(torch)?;
+                    Vec::<f32>::try_from(probs.f_view([-1]).and_then(|t| t.f_to_device(Device::Cpu)).map_err(torch)?)
+                        .map_err(torch)
+                })?;
+                let store = if own.contains_key(id) { &mut self.track_smoothed } else { &mut self.smoothed };
+                let entry = store.entry((camera.clone(), *id)).or_insert_with(|| p.clone());
                 for (s, n) in entry.iter_mut().zip(&p) {
                     *s = (1.0 - alpha) * *s + alpha * n;
                 }
             }
         }
         for track in &mut tracks.tracks {
-            track.label = self.smoothed.get(&(camera.clone(), track.id)).and_then(|p| {
+            let (store, c) = match own.get(&track.id) {
+                Some(c) => (&self.track_smoothed, c.clone()),
+                None if self.track_candidates.contains_key(&track.id) => {
+                    track.label = None;
+                    continue;
+                }
+                None => (&self.smoothed, classifier.clone()),
+            };
+            track.label = store.get(&(camera.clone(), track.id)).and_then(|p| {
                 let (best, score) = p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1))?;
-                Some(TrackLabel { name: classifier.classes().get(best)?.as_str().into(), score: *score })
+                Some(TrackLabel { name: c.classes().get(best)?.as_str().into(), score: *score })
             });
         }
         Ok(tracks)

@@ -101,8 +101,7 @@ pub fn init_seeded(vs: &VarStore, seed: i64) -> Result<()> {
         let _no_grad = tch::no_grad_guard();
         for (name, mut v) in vars {
             let noise = Tensor::f_randn(v.size().as_slice(), (Kind::Float, v.device()))?.f_mul_scalar(INIT_STD)?;
-            let value =
-                if is_norm_weight(&name) { noise.f_add_scalar(1.0)? } else { noise };
+            let value = if is_norm_weight(&name) { noise.f_add_scalar(1.0)? } else { noise };
             v.f_copy_(&value)?;
         }
         Ok(())

@@ -586,6 +586,7 @@ struct AgentEntry {
     rate_limit: Option<u32>,
     max_tokens: Option<usize>,
     tracker: Option<String>,
+    labeler: Option<String>,
     inbox: Option<InboxEntry>,
 }
 
@@ -883,6 +884,8 @@ pub struct AgentConfig {
     pub max_tokens: usize,
     /// The SAM 2 actor `track` / `untrack` act on.
     pub tracker: Option<String>,
+    /// The labeler `label` acts on.
+    pub labeler: Option<String>,
     /// Operator instructions and alt-texts on zenoh.
     pub inbox: Option<ocellus_actors::agent::inbox::InboxSpec>,
 }
@@ -1202,6 +1205,10 @@ impl PipelineConfig {
             .iter()
             .filter_map(|(_, e)| if let ActorEntry::Sam2(t) = e { Some(t.name.clone()) } else { None })
             .collect();
+        let labeler_names: HashSet<String> = actor_entries
+            .iter()
+            .filter_map(|(_, e)| if let ActorEntry::Labeler(l) = e { Some(l.name.clone()) } else { None })
+            .collect();
         let mut actors = Vec::new();
         for (at, e) in actor_entries {
             let inputs = e.inputs().to_vec();
@@ -1217,7 +1224,9 @@ impl PipelineConfig {
                 }
                 ActorEntry::Backbone(b) => (b.name.clone(), b.edge.clone(), Self::backbone(&loc, &at, b)?),
                 ActorEntry::Sam2(t) => (t.name.clone(), t.edge.clone(), Self::sam2(&loc, &at, t)?),
-                ActorEntry::Agent(a) => (a.name.clone(), a.edge.clone(), Self::agent(&loc, &at, *a, &sam2_names)?),
+                ActorEntry::Agent(a) => {
+                    (a.name.clone(), a.edge.clone(), Self::agent(&loc, &at, *a, &sam2_names, &labeler_names)?)
+                }
                 ActorEntry::Labeler(l) => (l.name.clone(), l.edge.clone(), Self::labeler(&loc, &at, l)?),
             };
             // A labeler pairs frames with their tracks: `latest` would drop one for the other.
@@ -1421,6 +1430,7 @@ impl PipelineConfig {
         at: &KeyPath,
         e: AgentEntry,
         sam2_names: &HashSet<String>,
+        labeler_names: &HashSet<String>,
     ) -> Result<ActorKind, ConfigError> {
         use ocellus_actors::agent::BackendSpec;
         use ocellus_actors::agent::tools::ToolKind;
@@ -1508,8 +1518,27 @@ impl PipelineConfig {
         let tracker = match e.tracker {
             Some(t) if sam2_names.contains(&t) => Some(t),
             Some(t) => return Err(loc.error(at.key("tracker"), format!("{t:?} is not a sam2 actor"))),
-            None => e.inputs.iter().find(|i| sam2_names.contains(*i)).cloned(),
+            // An input, else the pipeline's only one.
+            None => e
+                .inputs
+                .iter()
+                .find(|i| sam2_names.contains(*i))
+                .cloned()
+                .or_else(|| if sam2_names.len() == 1 { sam2_names.iter().next().cloned() } else { None }),
         };
+        let labeler = match e.labeler {
+            Some(l) if labeler_names.contains(&l) => Some(l),
+            Some(l) => return Err(loc.error(at.key("labeler"), format!("{l:?} is not a labeler actor"))),
+            None => e
+                .inputs
+                .iter()
+                .find(|i| labeler_names.contains(*i))
+                .cloned()
+                .or_else(|| if labeler_names.len() == 1 { labeler_names.iter().next().cloned() } else { None }),
+        };
+        if tools.contains(&ToolKind::Label) && labeler.is_none() {
+            return Err(loc.error(at.key("tools"), "`label` needs a labeler actor (in `inputs` or `labeler`)"));
+        }
         if tools.iter().any(|t| matches!(t, ToolKind::Track | ToolKind::Untrack)) && tracker.is_none() {
             return Err(
                 loc.error(at.key("tools"), "`track` and `untrack` need a sam2 actor (in `inputs` or `tracker`)")
@@ -1553,6 +1582,7 @@ impl PipelineConfig {
             descriptions: e.descriptions.into_iter().collect(),
             max_tokens: e.max_tokens.unwrap_or(128).max(1),
             tracker,
+            labeler,
             inbox,
         })))
     }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use ocellus_actors::agent::inbox::Inbox;
 use ocellus_actors::agent::{AgentProcessor, AgentSpec, BackendSpec, GuardSpec};
 use ocellus_actors::backbone::{BackboneProcessor, BackboneSpec};
-use ocellus_actors::control::{ControlReceiver, ControlSender, TrackerCommand, control_channel};
+use ocellus_actors::control::{ControlReceiver, ControlSender, LabelerCommand, TrackerCommand, control_channel};
 use ocellus_actors::labeler::{LabelerProcessor, LabelerSpec};
 use ocellus_actors::motion::MotionProcessor;
 use ocellus_actors::runtime::SourceKind;
@@ -71,11 +71,18 @@ pub fn build(config: &PipelineConfig) -> Result<Pipeline, BuildError> {
     // A control channel into every SAM 2 actor an agent acts on.
     let mut controls: HashMap<String, (ControlSender<TrackerCommand>, ControlReceiver<TrackerCommand>)> =
         HashMap::new();
+    let mut label_controls: HashMap<String, (ControlSender<LabelerCommand>, ControlReceiver<LabelerCommand>)> =
+        HashMap::new();
     for actor in &config.actors {
         if let ActorKind::Agent(agent) = &actor.kind
             && let Some(tracker) = &agent.tracker
         {
             controls.entry(tracker.clone()).or_insert_with(|| control_channel(TRACKER_CONTROL_DEPTH));
+        }
+        if let ActorKind::Agent(agent) = &actor.kind
+            && let Some(labeler) = &agent.labeler
+        {
+            label_controls.entry(labeler.clone()).or_insert_with(|| control_channel(TRACKER_CONTROL_DEPTH));
         }
     }
     for actor in &config.actors {
@@ -92,9 +99,8 @@ pub fn build(config: &PipelineConfig) -> Result<Pipeline, BuildError> {
             }
             ActorKind::Sam2 { model, weights, prompts, max_cond_frames, prompt_topic } => {
                 if let Some(topic) = prompt_topic {
-                    let (tx, _) = controls
-                        .entry(actor.name.clone())
-                        .or_insert_with(|| control_channel(TRACKER_CONTROL_DEPTH));
+                    let (tx, _) =
+                        controls.entry(actor.name.clone()).or_insert_with(|| control_channel(TRACKER_CONTROL_DEPTH));
                     ocellus_actors::control::subscribe_prompts(topic.clone(), tx.clone()).map_err(|e| {
                         BuildError::Actor(ActorError::Failed(format!("{}: prompt topic: {e}", actor.name)))
                     })?;
@@ -126,6 +132,7 @@ pub fn build(config: &PipelineConfig) -> Result<Pipeline, BuildError> {
                     bpe: bpe.clone(),
                     smoothing: *smoothing,
                     padding: *padding,
+                    control: label_controls.get(&actor.name).map(|(_, rx)| rx.clone()),
                 };
                 pipeline.stage(
                     &actor.name,
@@ -152,6 +159,7 @@ pub fn build(config: &PipelineConfig) -> Result<Pipeline, BuildError> {
                     max_tokens: agent.max_tokens,
                     inbox,
                     tracker: agent.tracker.as_ref().and_then(|t| controls.get(t)).map(|(tx, _)| tx.clone()),
+                    labeler: agent.labeler.as_ref().and_then(|l| label_controls.get(l)).map(|(tx, _)| tx.clone()),
                 };
                 pipeline.stage(
                     &actor.name,

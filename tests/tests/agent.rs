@@ -150,6 +150,7 @@ fn spec(url: &str, tools: Vec<ToolKind>, guard: bool, inbox: Arc<Inbox>, caption
         max_tokens: 64,
         inbox,
         tracker: None,
+        labeler: None,
     }
 }
 
@@ -458,4 +459,119 @@ save = "{rrd}"
     let summary = read_rrd(&rrd).unwrap();
     assert_eq!(summary.rows_of("agent/caption").len(), FRAMES);
     println!("native pipeline: {:.1} s", started.elapsed().as_secs_f64());
+}
+
+#[test]
+fn label_tool_makes_the_labeler_use_the_agents_candidates() {
+    const FRAMES: usize = 5;
+    const CANDIDATES: [&str; 2] = ["ball", "cube"];
+    let (url, _) = serve(|body| {
+        let (system, user) = system_and_user(body);
+        if system.starts_with("You maintain the caption") {
+            return "{\"phrases\": []}".into();
+        }
+        if user.contains("what is track 1") {
+            r#"[label(track_id=1, candidates=["ball", "cube"])]"#.into()
+        } else {
+            "ok".into()
+        }
+    });
+    let port = free_port();
+    let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "agent_label");
+    let sam2 = fixtures_dir().join("sam2_video_tiny.weights.safetensors");
+    let clip = fixtures_dir().join("clip_b32.weights.safetensors");
+    let config = config_file(
+        &dir,
+        "label.toml",
+        &format!(
+            r#"
+[[source]]
+name = "cam"
+preset = {{ kind = "test_pattern", pattern = "ball", width = 320, height = 240, frames = {FRAMES} }}
+
+[[actor]]
+name = "tracker"
+kind = "sam2"
+model = "sam2.1_hiera_tiny"
+weights = "{sam2}"
+inputs = ["cam"]
+edge = {{ policy = "block" }}
+prompts = [{{ box = [120, 80, 200, 160] }}]
+
+[[actor]]
+name = "labels"
+kind = "labeler"
+model = "ViT-B-32-quickgelu"
+weights = "{clip}"
+inputs = ["cam", "tracker"]
+edge = {{ policy = "block", depth = 16 }}
+vocabulary = ["person", "robot"]
+templates = ["a photo of a {{}}."]
+smoothing = 1.0
+
+[[actor]]
+name = "agent"
+kind = "agent"
+inputs = ["labels"]
+edge = {{ policy = "block" }}
+server = {{ url = "{url}", model = "scripted" }}
+tools = ["label"]
+caption_every = "1h"
+inbox = {{ operator_key = "ocellus/test/label", listen = ["tcp/127.0.0.1:{port}"], multicast_scouting = false }}
+"#,
+            sam2 = sam2.display(),
+            clip = clip.display(),
+        ),
+    );
+    let mut pipeline = build(&config).unwrap();
+    let collected = Collected::default();
+    let sink = collected.clone();
+    pipeline.stage(
+        "collect",
+        &["labels", "agent"],
+        EdgePolicy::Block { depth: 64 },
+        Box::new(move || Ok(sink.processor())),
+    );
+    let done = Arc::new(AtomicBool::new(false));
+    let stop = done.clone();
+    let operator = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        rt.block_on(async move {
+            let spec = ocellus_actors::transport::SessionSpec::loopback(&[], &[&format!("tcp/127.0.0.1:{port}")]);
+            let session = zenoh::open(spec.to_config().unwrap()).await.unwrap();
+            // Once: the agent acts on it at its next frame.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            session.put("ocellus/test/label", "what is track 1?").await.unwrap();
+            while !stop.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            session.close().await.unwrap();
+        });
+    });
+    let report = pipeline.run().unwrap();
+    done.store(true, Ordering::Release);
+    operator.join().unwrap();
+    assert_eq!(report.failures().count(), 0, "{report}");
+    let packets = collected.take();
+    let executed = packets.iter().any(|(p, _)| {
+        matches!(p, Packet::Agent(a) if matches!(&a.output, AgentOutput::Decision(d) if d.tool == "label" && matches!(d.outcome, Outcome::Executed(_))))
+    });
+    assert!(executed, "the label call was executed");
+    let labels: Vec<(u64, String)> = packets
+        .iter()
+        .filter_map(|(p, _)| if let Packet::Tracks(t) = p { Some(t) } else { None })
+        .flat_map(|t| {
+            t.tracks
+                .iter()
+                .filter(|tr| tr.id == 1)
+                .filter_map(|tr| tr.label.as_ref().map(|l| (t.meta.seq, l.name.to_string())))
+        })
+        .collect();
+    println!("track 1 labels: {labels:?}");
+    assert!(
+        labels.iter().any(|(_, l)| CANDIDATES.contains(&l.as_str())),
+        "track 1 labelled over the agent's candidates"
+    );
+    let first = labels.iter().position(|(_, l)| CANDIDATES.contains(&l.as_str())).unwrap();
+    assert!(labels[first..].iter().all(|(_, l)| CANDIDATES.contains(&l.as_str())), "and from then on: {labels:?}");
 }

@@ -287,3 +287,26 @@ fn agent_errors() {
     );
     expect_error(&untracked, "actor[0].tools", 11, "need a sam2 actor");
 }
+
+#[test]
+fn reconnect_settings() {
+    use ocellus_actors::runtime::SourceKind;
+    let source = |extra: &str| {
+        format!("[[source]]\nname = \"cam\"\npreset = {{ kind = \"rtsp\", url = \"rtsp://127.0.0.1:8554/x\" }}\n{extra}")
+    };
+    let reconnect = |text: &str| match &PipelineConfig::parse(Path::new("ok.toml"), text).unwrap().sources[0].kind {
+        SourceKind::Gstreamer(spec) => spec.reconnect,
+        other => panic!("{other:?}"),
+    };
+    // RTSP reconnects by default; `false` turns it off; a table sets it.
+    let default = reconnect(&source("")).expect("on by default for RTSP");
+    assert_eq!((default.initial.as_millis(), default.max.as_secs(), default.stall.map(|s| s.as_secs())), (500, 10, Some(5)));
+    assert_eq!(reconnect(&source("reconnect = false\n")), None);
+    let set = reconnect(&source("reconnect = { initial = \"100ms\", max = \"2s\", stall = \"0s\" }\n")).unwrap();
+    assert_eq!((set.initial.as_millis(), set.max.as_secs(), set.stall), (100, 2, None));
+    assert_eq!(reconnect(GOOD_SOURCE), None, "other sources only when told");
+    expect_error(&source("reconnect = { initial = \"2s\", max = \"1s\" }\n"), "source[0].reconnect.max", 4, "at least");
+    expect_error(&source("reconnect = { stall = \"often\" }\n"), "source[0].reconnect.stall", 4, "not a duration");
+    expect_error(&source("reconnect = { backoff = \"1s\" }\n"), "source[0].reconnect.backoff", 4, "unknown field");
+    expect_error(&source("reconnect = 3\n"), "source[0].reconnect", 4, "expected true, false");
+}

@@ -1,6 +1,7 @@
 //! A live RTSP camera that goes away and comes back: a local RTSP server (GStreamer's RTSP
 //! server library) is stopped mid-stream and started again on the same port; the source
-//! reconnects (backoff, counted) and frames keep coming, their numbers going on.
+//! reconnects (backoff, counted) and frames keep coming, their numbers going on. Beside it,
+//! a live source that sends nothing (no error, no EOS) is restarted by the stall watchdog.
 #![allow(clippy::unwrap_used)] // tests may unwrap, helpers included
 
 use std::time::{Duration, Instant};
@@ -9,6 +10,8 @@ use gstreamer_rtsp_server as rtsp;
 use ocellus_actors::Pipeline;
 use ocellus_actors::edge::EdgePolicy;
 use ocellus_actors::frame::Packet;
+use ocellus_actors::runtime::SourceKind;
+use ocellus_actors::source::{GstSourceSpec, OutputFormat, Reconnect};
 use ocellus_actors::stage::StageState;
 use ocellus_tests::{Collected, config_file, scratch_dir};
 use rtsp::glib;
@@ -83,7 +86,7 @@ fn wait_for(collected: &Collected, count: usize, within: Duration) {
 
 #[test]
 fn the_source_reconnects_when_the_server_comes_back() {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new("info")).with_test_writer().init();
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new("info")).with_writer(std::io::stderr).init();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "rtsp_reconnect");
     // The source as a configuration declares it (RTSP reconnects by default; faster here).
@@ -115,6 +118,23 @@ inputs = ["gate"]
         Box::new(move || Ok(sink.processor())),
     );
     let runner = std::thread::spawn(move || pipeline.run());
+    // A camera that stays silent: only the watchdog notices.
+    let silent = GstSourceSpec {
+        reconnect: Some(Reconnect {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(200),
+            stall: Some(Duration::from_millis(300)),
+        }),
+        ..GstSourceSpec::new("videotestsrc is-live=true ! video/x-raw,width=32,height=32 ! valve drop=true", OutputFormat::Rgb)
+    };
+    let mut stalled = Pipeline::new();
+    stalled.source("silent", SourceKind::Gstreamer(silent)).stage(
+        "drop",
+        &["silent"],
+        EdgePolicy::Latest,
+        Box::new(|| Ok(Collected::default().processor())),
+    );
+    let stalled = std::thread::spawn(move || stalled.run());
 
     wait_for(&collected, 15, Duration::from_secs(10));
     server.stop();
@@ -129,6 +149,11 @@ inputs = ["gate"]
     assert!(status.success());
     let report = runner.join().unwrap().unwrap();
     server.stop();
+    let silent = stalled.join().unwrap().unwrap();
+    println!("{silent}");
+    let silent = silent.node("silent").unwrap();
+    assert_eq!(silent.state, StageState::Finished);
+    assert!(silent.metrics.stalls >= 2 && silent.metrics.restarts >= silent.metrics.stalls, "{silent:?}");
     println!("{report}");
     let source = report.node("gate").unwrap();
     assert_eq!(source.state, StageState::Finished, "{report}");

@@ -183,7 +183,8 @@ save = "{}"
     assert_eq!(report.failures().count(), 0, "{report}");
     let summary = read_rrd(&rrd).unwrap();
     // No config prompts: the annotation context appears once track 42 arrives over zenoh.
-    let contexts = summary.statics.get("world/cam/tracks").map_or(0, |c| c.iter().filter(|n| n.contains("context")).count());
+    let contexts =
+        summary.statics.get("world/cam/tracks").map_or(0, |c| c.iter().filter(|n| n.contains("context")).count());
     assert!(contexts >= 1, "track 42 from the prompt topic reached Rerun");
     assert_eq!(summary.rows_of("world/cam/tracks").len(), FRAMES);
 }

@@ -22,7 +22,7 @@
 //! when they leave the pipeline.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -301,6 +301,8 @@ struct Capture {
     seq: Arc<AtomicU64>,
     /// When the last frame left (ns), for the stall watchdog.
     last_frame_ns: Arc<AtomicI64>,
+    /// Set once a buffer shows the pipeline is live.
+    live: Arc<AtomicBool>,
     caps: Option<(gst::Caps, gst_video::VideoInfo)>,
     /// Wall time minus pipeline-clock time (ns), for live pipelines; decided on the first
     /// buffer (`Some(None)`: not live).
@@ -312,6 +314,9 @@ impl Capture {
         *self.live_offset.get_or_insert_with(|| {
             let mut query = gst::query::Latency::new();
             let live = sink.static_pad("sink").is_some_and(|pad| pad.peer_query(&mut query)) && query.result().0;
+            if live {
+                self.live.store(true, Ordering::Relaxed);
+            }
             let clock = sink.clock()?;
             live.then(|| now_ns() - i64::try_from(clock.time().nseconds()).unwrap_or(0))
         })
@@ -387,8 +392,9 @@ pub struct GstSource {
     pipeline: Option<gst::Pipeline>,
     /// The current pipeline's bus stream (cancelled with the pipeline).
     bus: Option<SpawnHandle>,
-    /// Whether the current pipeline is live (its EOS means the stream broke off).
-    live: bool,
+    /// Whether the stream is live (its EOS means it broke off): a pipeline that started
+    /// without preroll, or whose buffers said so, or an RTSP or V4L2 camera.
+    live: Arc<AtomicBool>,
     seq: Arc<AtomicU64>,
     last_frame_ns: Arc<AtomicI64>,
     /// Frame number when the current pipeline started (frames since: the backoff resets).
@@ -405,12 +411,13 @@ impl GstSource {
     /// A source running `spec` into `outputs` once started.
     pub fn new(spec: GstSourceSpec, outputs: SourceOutputs) -> Self {
         let backoff = spec.reconnect.map_or(Duration::ZERO, |r| r.initial);
+        let live = spec.v4l2.is_some() || spec.launch.contains("rtspsrc");
         Self {
             spec,
             outputs,
             pipeline: None,
             bus: None,
-            live: false,
+            live: Arc::new(AtomicBool::new(live)),
             seq: Arc::new(AtomicU64::new(0)),
             last_frame_ns: Arc::new(AtomicI64::new(0)),
             seq_at_start: 0,
@@ -435,6 +442,7 @@ impl GstSource {
             outputs: self.outputs.clone(),
             seq: self.seq.clone(),
             last_frame_ns: self.last_frame_ns.clone(),
+            live: self.live.clone(),
             caps: None,
             live_offset: None,
         };
@@ -450,7 +458,8 @@ impl GstSource {
         self.seq_at_start = self.seq.load(Ordering::Relaxed);
         self.last_frame_ns.store(now_ns(), Ordering::Relaxed);
         match pipeline.set_state(gst::State::Playing) {
-            Ok(success) => self.live = success == gst::StateChangeSuccess::NoPreroll,
+            Ok(gst::StateChangeSuccess::NoPreroll) => self.live.store(true, Ordering::Relaxed),
+            Ok(_) => {}
             Err(e) => {
                 // The element that failed posted an error on the bus: report that one.
                 let posted = bus.pop_filtered(&[gst::MessageType::Error]);
@@ -469,7 +478,7 @@ impl GstSource {
             }
         }
         self.bus = Some(ctx.add_stream(bus.stream()));
-        info!(source = %self.outputs.name, launch = %full_launch(&spec), live = self.live, "playing");
+        info!(source = %self.outputs.name, launch = %full_launch(&spec), live = self.live.load(Ordering::Relaxed), "playing");
         self.pipeline = Some(pipeline);
         Ok(())
     }
@@ -579,7 +588,7 @@ impl StreamHandler<gst::Message> for GstSource {
         use gst::MessageView;
         match msg.view() {
             MessageView::Eos(..) => {
-                if self.spec.reconnect.is_some() && self.live && !self.eos_requested {
+                if self.spec.reconnect.is_some() && self.live.load(Ordering::Relaxed) && !self.eos_requested {
                     self.reconnect("end of stream".into(), ctx);
                 } else {
                     info!(source = %self.outputs.name, "end of stream");
@@ -828,9 +837,13 @@ mod tests {
 
     #[test]
     fn the_nearest_mode_otherwise() {
+        // 1280x720 at 20: MJPEG at 15 or 30, raw at 10 → MJPEG at 15 (the nearest rate).
+        let (mode, exact) = choose_v4l2_mode(&caps(WEBCAM), &request(1280, 720, 20)).expect("a mode");
+        assert!(!exact);
+        assert_eq!(mode.to_string(), "1280x720 at 15.0000 fps MJPEG");
         // 1280x720 at 30: raw only at 10 fps, MJPEG at 30 → MJPEG.
         let (mode, exact) = choose_v4l2_mode(&caps(WEBCAM), &request(1280, 720, 30)).expect("a mode");
-        assert!(!exact);
+        assert!(exact);
         assert_eq!(mode.media, "image/jpeg");
         assert_eq!((mode.width, mode.height, mode.framerate), (1280, 720, Some((30, 1))));
         // 800x600: nearest size is 640x480 raw.
