@@ -60,7 +60,7 @@ pub fn prepare(
     let index = replay::index(recording)?;
     let clock = ReplayClock::new(index.origin_ns());
     for source in &mut config.sources {
-        if !index.cameras.get(&source.name).is_some_and(|c| c.frames > 0) {
+        if index.cameras.get(&source.name).is_none_or(|c| c.frames == 0) {
             let found = if index.cameras.is_empty() {
                 "no camera images".to_owned()
             } else {

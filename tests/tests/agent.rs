@@ -66,9 +66,12 @@ fn system_and_user(body: &Value) -> (String, String) {
     (find("system"), find("user"))
 }
 
+/// Which tracks (id, label) are visible on frame `seq`.
+type Schedule = fn(u64) -> Vec<(u32, Option<&'static str>)>;
+
 /// Scripted perception: frame `seq` → tracks by a schedule (no SAM 2, so the test is fast).
 struct ScriptedTracks {
-    schedule: fn(u64) -> Vec<(u32, Option<&'static str>)>,
+    schedule: Schedule,
 }
 
 impl Processor for ScriptedTracks {
@@ -98,7 +101,7 @@ struct Run {
     elapsed: Duration,
 }
 
-fn run_agent(test: &str, frames: u64, schedule: fn(u64) -> Vec<(u32, Option<&'static str>)>, spec: AgentSpec) -> Run {
+fn run_agent(test: &str, frames: u64, schedule: Schedule, spec: AgentSpec) -> Run {
     let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), test);
     let rrd_path = dir.join("agent.rrd");
     let rec = open_recording("ocellus-test", &RerunTarget::Save(rrd_path.clone())).unwrap();

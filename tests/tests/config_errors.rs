@@ -292,7 +292,9 @@ fn agent_errors() {
 fn reconnect_settings() {
     use ocellus_actors::runtime::SourceKind;
     let source = |extra: &str| {
-        format!("[[source]]\nname = \"cam\"\npreset = {{ kind = \"rtsp\", url = \"rtsp://127.0.0.1:8554/x\" }}\n{extra}")
+        format!(
+            "[[source]]\nname = \"cam\"\npreset = {{ kind = \"rtsp\", url = \"rtsp://127.0.0.1:8554/x\" }}\n{extra}"
+        )
     };
     let reconnect = |text: &str| match &PipelineConfig::parse(Path::new("ok.toml"), text).unwrap().sources[0].kind {
         SourceKind::Gstreamer(spec) => spec.reconnect,
@@ -300,7 +302,10 @@ fn reconnect_settings() {
     };
     // RTSP reconnects by default; `false` turns it off; a table sets it.
     let default = reconnect(&source("")).expect("on by default for RTSP");
-    assert_eq!((default.initial.as_millis(), default.max.as_secs(), default.stall.map(|s| s.as_secs())), (500, 10, Some(5)));
+    assert_eq!(
+        (default.initial.as_millis(), default.max.as_secs(), default.stall.map(|s| s.as_secs())),
+        (500, 10, Some(5))
+    );
     assert_eq!(reconnect(&source("reconnect = false\n")), None);
     let set = reconnect(&source("reconnect = { initial = \"100ms\", max = \"2s\", stall = \"0s\" }\n")).unwrap();
     assert_eq!((set.initial.as_millis(), set.max.as_secs(), set.stall), (100, 2, None));

@@ -21,6 +21,13 @@ use tch::{Device, Kind, Tensor};
 /// Max abs error allowed on logits (fp32; logits have magnitude about 4 here).
 const LOGITS_TOL: f64 = 2e-4;
 
+/// The two big models (5 and 6 GB of fp32 weights) run one at a time.
+static BIG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_big_model() -> std::sync::MutexGuard<'static, ()> {
+    BIG.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn ids_of(t: &Tensor) -> Vec<u32> {
     Vec::<i64>::try_from(t).unwrap().into_iter().map(|x| x as u32).collect()
 }
@@ -46,6 +53,7 @@ fn full_logits(model: &Llama, tokens: &[u32]) -> Tensor {
 
 #[test]
 fn llama_3_2_1b_matches_transformers_and_meta() {
+    let _one = one_big_model();
     let dir = fixtures_dir();
     let config = LlamaConfig::from_json(&std::fs::read_to_string(dir.join("llama_1b.json")).unwrap()).unwrap();
     assert_eq!(config, LlamaConfig::by_name("llama-3.2-1b").unwrap(), "config.json reads as the published 1B config");
@@ -96,6 +104,7 @@ fn llama_3_2_1b_matches_transformers_and_meta() {
 
 #[test]
 fn meta_layout_8b_shape_matches_meta_and_transformers() {
+    let _one = one_big_model();
     let dir = fixtures_dir();
     let params: MetaParams =
         serde_json::from_str(&std::fs::read_to_string(dir.join("llama_8b_2l.params.json")).unwrap()).unwrap();

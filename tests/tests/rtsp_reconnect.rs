@@ -86,7 +86,7 @@ fn wait_for(collected: &Collected, count: usize, within: Duration) {
 
 #[test]
 fn the_source_reconnects_when_the_server_comes_back() {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new("info")).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new("info")).with_test_writer().init();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "rtsp_reconnect");
     // The source as a configuration declares it (RTSP reconnects by default; faster here).
@@ -125,7 +125,10 @@ inputs = ["gate"]
             max: Duration::from_millis(200),
             stall: Some(Duration::from_millis(300)),
         }),
-        ..GstSourceSpec::new("videotestsrc is-live=true ! video/x-raw,width=32,height=32 ! valve drop=true", OutputFormat::Rgb)
+        ..GstSourceSpec::new(
+            "videotestsrc is-live=true ! video/x-raw,width=32,height=32 ! valve drop=true",
+            OutputFormat::Rgb,
+        )
     };
     let mut stalled = Pipeline::new();
     stalled.source("silent", SourceKind::Gstreamer(silent)).stage(

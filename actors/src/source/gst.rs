@@ -517,7 +517,7 @@ impl GstSource {
     fn reconnect(&mut self, reason: String, ctx: &mut Context<Self>) {
         let Some(policy) = self.spec.reconnect else { return };
         self.teardown(ctx);
-        if self.eos_requested {
+        if self.eos_requested || self.outputs.is_closed() {
             self.finish(None, ctx);
             return;
         }

@@ -45,6 +45,12 @@ pub struct TrackJson {
     pub occluded: bool,
     /// Mask area, pixels.
     pub area: u64,
+    /// Label from a labeler (MetaCLIP), when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// The label's probability.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_score: Option<f32>,
 }
 
 /// What kind of text an observation carries.
@@ -134,6 +140,8 @@ impl<'a> Observation<'a> {
                 score: tr.score,
                 occluded: tr.occluded,
                 area: tr.area,
+                label: tr.label.as_ref().map(|l| l.name.to_string()),
+                label_score: tr.label.as_ref().map(|l| l.score),
             })
             .collect();
         Self::Tracks { frame: (&t.meta).into(), width: t.width, height: t.height, tracks }
