@@ -542,11 +542,11 @@ inbox = {{ operator_key = "ocellus/test/label", listen = ["tcp/127.0.0.1:{port}"
         rt.block_on(async move {
             let spec = ocellus_actors::transport::SessionSpec::loopback(&[], &[&format!("tcp/127.0.0.1:{port}")]);
             let session = zenoh::open(spec.to_config().unwrap()).await.unwrap();
-            // Once: the agent acts on it at its next frame.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            session.put("ocellus/test/label", "what is track 1?").await.unwrap();
+            // Repeated until the run ends: a put before the peers have connected is lost, and
+            // asking again with the same candidates changes nothing.
             while !stop.load(Ordering::Acquire) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                session.put("ocellus/test/label", "what is track 1?").await.unwrap();
+                tokio::time::sleep(Duration::from_millis(300)).await;
             }
             session.close().await.unwrap();
         });
