@@ -1,6 +1,6 @@
 """transformers' LlamaForCausalLM timing for `ocellus bench llm` (run by the venv's Python).
 
-usage: bench_llm_reference.py CONFIG_JSON THREADS PROMPT_TOKENS DECODE_TOKENS RUNS
+usage: bench_llm_reference.py CONFIG_JSON THREADS PROMPT_TOKENS DECODE_TOKENS RUNS [f32|bf16]
 prints: prompt_tokens_per_s decode_tokens_per_s (medians)
 """
 import json
@@ -12,12 +12,13 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 config_path, threads, prompt_len, decode_len, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+dtype = torch.bfloat16 if len(sys.argv) > 6 and sys.argv[6] == "bf16" else torch.float32
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 with open(config_path) as f:
     cfg = json.load(f)
-config = LlamaConfig(**cfg, attn_implementation="sdpa", dtype=torch.float32)
-model = LlamaForCausalLM(config).eval()
+config = LlamaConfig(**cfg, attn_implementation="sdpa", dtype=dtype)
+model = LlamaForCausalLM(config).to(dtype).eval()
 ids = torch.randint(0, 128000, (1, prompt_len))
 mask = torch.ones_like(ids)
 

@@ -134,6 +134,9 @@ enum BenchCommand {
         /// Timed runs (after one warm-up); medians are reported.
         #[arg(long, default_value_t = 2)]
         runs: usize,
+        /// Weights and activations in bf16 on both sides (fp32 by default).
+        #[arg(long)]
+        bf16: bool,
     },
     /// Backbone forward time against the official Python forward (same threads, weights).
     Models {
@@ -240,11 +243,12 @@ fn run_loaded(config: PipelineConfig) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn bench_llm(model: &str, threads: i32, prompt: usize, decode: usize, runs: usize) -> anyhow::Result<()> {
+fn bench_llm(model: &str, threads: i32, prompt: usize, decode: usize, runs: usize, bf16: bool) -> anyhow::Result<()> {
+    let dtype = if bf16 { "bf16" } else { "fp32" };
     println!(
-        "{model}, fp32 CPU, {threads} threads, prompt {prompt} tokens, decode {decode} tokens (medians of {runs})"
+        "{model}, {dtype} CPU, {threads} threads, prompt {prompt} tokens, decode {decode} tokens (medians of {runs})"
     );
-    let r = bench::llm::run(model, threads, prompt, decode, runs)?;
+    let r = bench::llm::run(model, threads, prompt, decode, runs, bf16)?;
     println!("| | Ocellus | transformers | ratio |\n|---|---|---|---|");
     println!(
         "| prompt tokens/s | {:.1} | {:.1} | {:.2}x |",
@@ -427,8 +431,8 @@ fn main() -> ExitCode {
         Command::Bench { what: BenchCommand::Tracker { model, objects, frames, threads, stream_frames } } => {
             bench_tracker(&model, &objects, frames, threads, stream_frames).map(|()| ExitCode::SUCCESS)
         }
-        Command::Bench { what: BenchCommand::Llm { model, threads, prompt_tokens, decode_tokens, runs } } => {
-            bench_llm(&model, threads, prompt_tokens, decode_tokens, runs).map(|()| ExitCode::SUCCESS)
+        Command::Bench { what: BenchCommand::Llm { model, threads, prompt_tokens, decode_tokens, runs, bf16 } } => {
+            bench_llm(&model, threads, prompt_tokens, decode_tokens, runs, bf16).map(|()| ExitCode::SUCCESS)
         }
         Command::Bench { what: BenchCommand::Models { models, threads, iters } } => {
             bench_models(&models, threads, iters).map(|()| ExitCode::SUCCESS)

@@ -68,12 +68,14 @@ pub fn run(
     prompt_len: usize,
     decode_len: usize,
     runs: usize,
+    bf16: bool,
 ) -> anyhow::Result<LlmBenchResult> {
     tch::set_num_threads(threads);
     let config = LlamaConfig::by_name(model)?;
     let bandwidth_gbs = copy_bandwidth()?;
-    let weight_bytes = config.num_parameters() as f64 * 4.0;
-    let llama = Llama::random(config.clone(), 0, Device::Cpu, Kind::Float)?;
+    let (kind, bytes) = if bf16 { (Kind::BFloat16, 2.0) } else { (Kind::Float, 4.0) };
+    let weight_bytes = config.num_parameters() as f64 * bytes;
+    let llama = Llama::random(config.clone(), 0, Device::Cpu, kind)?;
     let prompt: Vec<u32> = (0..prompt_len as u32).map(|i| (i * 7919) % 128_000).collect();
     let options = GenerateOptions { stop_tokens: vec![], ..GenerateOptions::greedy(decode_len) };
     let mut cache = llama.new_cache(1, (prompt_len + decode_len) as i64)?;
@@ -109,6 +111,7 @@ pub fn run(
         .arg(REFERENCE_SCRIPT)
         .arg(&scratch)
         .args([threads.to_string(), prompt_len.to_string(), decode_len.to_string(), runs.to_string()])
+        .arg(if bf16 { "bf16" } else { "f32" })
         .output()?;
     std::fs::remove_file(&scratch).ok();
     anyhow::ensure!(out.status.success(), "reference run failed: {}", String::from_utf8_lossy(&out.stderr));
