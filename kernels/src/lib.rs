@@ -7,6 +7,7 @@
 //! - [`masks`]: mask post-processing (device tensor → host bytes, boxes, area).
 //! - [`cache`]: tensors derived from a size alone, computed once.
 //! - [`device`]: parsing of device names (`"cpu"`, `"cuda:0"`) and dtypes.
+//! - [`keys`]: a weights file's keys and shapes against a model's, every mismatch at once.
 //! - [`nn`]: PyTorch-compatible layers (names and numerics) over a `tch::nn::Path`, RMSNorm.
 //! - [`position`]: position encodings (2D sine).
 //! - [`rope`]: SAM 2's 2D axial rotary encoding; Llama 3's scaled 1D RoPE.
@@ -19,6 +20,7 @@
 
 pub mod cache;
 pub mod device;
+pub mod keys;
 pub mod masks;
 pub mod nn;
 pub mod position;

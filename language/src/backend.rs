@@ -249,12 +249,3 @@ impl LanguageModel for NativeModel {
         })
     }
 }
-
-/// The reply of a native or remote chat, for logs.
-pub fn describe(reply: &AssistantReply) -> String {
-    if reply.message.tool_calls.is_empty() {
-        reply.message.content.clone()
-    } else {
-        reply.message.tool_calls.iter().map(|c| c.tool_name.as_str().to_owned()).collect::<Vec<_>>().join(", ")
-    }
-}

@@ -267,12 +267,3 @@ pub fn generate_batch(
     }
     Ok(out)
 }
-
-/// Probabilities (softmax in fp32) of the first token after `prompt`, for the given ids
-/// (Llama Guard's score is the probability of `unsafe`).
-pub fn first_token_probs(model: &Llama, cache: &mut KvCache, prompt: &[u32], ids: &[u32]) -> Result<Vec<f32>> {
-    let input = Tensor::from_slice(&prompt.iter().map(|&t| i64::from(t)).collect::<Vec<_>>()).f_unsqueeze(0)?;
-    let logits = model.forward(&input, None, cache, true)?; // [1, 1, V]
-    let probs = logits.f_reshape([-1])?.f_softmax(-1, Kind::Float)?.f_to_device(tch::Device::Cpu)?;
-    ids.iter().map(|&id| Ok(probs.f_double_value(&[i64::from(id)])? as f32)).collect()
-}

@@ -9,7 +9,7 @@
 //! Weights ([`Llama`]) are shared and read-only; each stream owns its [`KvCache`], a fixed
 //! budget of positions allocated once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use ocellus_kernels::nn::rms_norm;
@@ -132,13 +132,6 @@ pub fn permute_for_half_rotation(w: &Tensor, heads: i64) -> Result<Tensor> {
     let (rows, dim) = (w.size()[0], w.size()[1]);
     // [heads, hd/2, 2, dim] → [heads, 2, hd/2, dim] → [rows, dim]
     Ok(w.f_view([heads, rows / heads / 2, 2, dim])?.f_transpose(1, 2)?.f_reshape([rows, dim])?)
-}
-
-/// The inverse of [`permute_for_half_rotation`] (transformers → Meta layout).
-pub fn unpermute_to_interleaved(w: &Tensor, heads: i64) -> Result<Tensor> {
-    let (rows, dim) = (w.size()[0], w.size()[1]);
-    // [heads, 2, hd/2, dim] → [heads, hd/2, 2, dim] → [rows, dim]
-    Ok(w.f_view([heads, 2, rows / heads / 2, dim])?.f_transpose(1, 2)?.f_reshape([rows, dim])?)
 }
 
 fn weights_error(path: &Path, message: impl std::fmt::Display) -> LanguageError {
@@ -419,7 +412,7 @@ impl Llama {
         cache.valid.f_narrow(1, start, t)?.f_copy_(&valid)?;
         let mask = self.attention_mask(&cache.valid.f_narrow(1, 0, total)?, start, t)?; // [B, 1, T, total]
 
-        let mut h = self.embed_tokens.f_embedding_renorm_check(&tokens)?; // [B, T, d]
+        let mut h = embed(&self.embed_tokens, &tokens)?; // [B, T, d]
         for (i, layer) in self.layers.iter().enumerate() {
             let _span = tracing::trace_span!("llama.layer", i).entered();
             let x = rms_norm(&h, &layer.input_layernorm, self.config.rms_norm_eps)?;
@@ -488,53 +481,28 @@ impl Llama {
     }
 }
 
-/// Lists every missing, unexpected or mis-shaped key at once.
+/// Lists every missing, unexpected or mis-shaped key at once (named as the file's layout
+/// spells them).
 fn check_keys(
     expected: &BTreeMap<String, Vec<i64>>,
     found: &BTreeMap<String, Tensor>,
     path: &Path,
     layout: WeightLayout,
 ) -> Result<()> {
+    let found: BTreeMap<String, Vec<i64>> = found.iter().map(|(k, t)| (k.clone(), t.size())).collect();
     let shown = |k: &str| if layout == WeightLayout::Meta { meta_key(k) } else { k.to_owned() };
-    let missing: BTreeSet<String> = expected.keys().filter(|k| !found.contains_key(*k)).map(|k| shown(k)).collect();
-    let unexpected: BTreeSet<&String> = found.keys().filter(|k| !expected.contains_key(*k)).collect();
-    let mismatched: Vec<String> = found
-        .iter()
-        .filter_map(|(k, t)| {
-            expected
-                .get(k)
-                .filter(|s| **s != t.size())
-                .map(|s| format!("{}: file {:?}, model {s:?}", shown(k), t.size()))
-        })
-        .collect();
-    if missing.is_empty() && unexpected.is_empty() && mismatched.is_empty() {
-        return Ok(());
+    match ocellus_kernels::keys::key_report(expected, &found, shown) {
+        None => Ok(()),
+        Some(report) => Err(weights_error(path, format!("{layout:?} layout does not fit the config: {report}"))),
     }
-    let mut parts = Vec::new();
-    if !missing.is_empty() {
-        parts.push(format!("missing {missing:?}"));
-    }
-    if !unexpected.is_empty() {
-        parts.push(format!("unexpected {unexpected:?}"));
-    }
-    if !mismatched.is_empty() {
-        parts.push(format!("wrong shapes [{}]", mismatched.join("; ")));
-    }
-    Err(weights_error(path, format!("{layout:?} layout does not fit the config: {}", parts.join(", "))))
 }
 
 /// Embedding lookup with an id range check, so that a bad token is an error, not a crash.
-trait EmbeddingExt {
-    fn f_embedding_renorm_check(&self, ids: &Tensor) -> Result<Tensor>;
-}
-
-impl EmbeddingExt for Tensor {
-    fn f_embedding_renorm_check(&self, ids: &Tensor) -> Result<Tensor> {
-        let vocab = self.size()[0];
-        let (min, max) = (ids.f_min()?.int64_value(&[]), ids.f_max()?.int64_value(&[]));
-        if min < 0 || max >= vocab {
-            return Err(LanguageError::Shape(format!("token ids must be in [0, {vocab}), got [{min}, {max}]")));
-        }
-        Ok(Tensor::f_embedding(self, ids, -1, false, false)?)
+fn embed(weight: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let vocab = weight.size()[0];
+    let (min, max) = (ids.f_min()?.int64_value(&[]), ids.f_max()?.int64_value(&[]));
+    if min < 0 || max >= vocab {
+        return Err(LanguageError::Shape(format!("token ids must be in [0, {vocab}), got [{min}, {max}]")));
     }
+    Ok(Tensor::f_embedding(weight, ids, -1, false, false)?)
 }

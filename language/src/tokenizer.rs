@@ -288,29 +288,19 @@ fn py_isspace(c: char) -> bool {
 }
 
 /// GPT-2 byte-level alphabet, inverted: the byte that a `tokenizer.json` character stands for.
+/// Printable bytes stand for themselves; the others were mapped, in order, to U+0100, U+0101, ...
 fn byte_level_decode(token: &str) -> Vec<u8> {
+    static SHIFTED: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let printable = |b: u32| (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+    let shifted = SHIFTED.get_or_init(|| (0u8..=255).filter(|b| !printable(u32::from(*b))).collect());
     token
         .chars()
         .map(|c| {
             let cp = c as u32;
-            let printable =
-                |b: u32| (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
             if printable(cp) {
                 cp as u8
             } else {
-                // Non-printable bytes were mapped, in order, to 256, 257, ...
-                let mut n = 0u32;
-                let mut found = 0u8;
-                for b in 0u32..256 {
-                    if !printable(b) {
-                        if 256 + n == cp {
-                            found = b as u8;
-                            break;
-                        }
-                        n += 1;
-                    }
-                }
-                found
+                cp.checked_sub(256).and_then(|i| shifted.get(i as usize)).copied().unwrap_or(0)
             }
         })
         .collect()

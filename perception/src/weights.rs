@@ -9,7 +9,7 @@
 //! (PyTorch's pickle format is only safely read by PyTorch), then verifies the keys against
 //! the model's architecture and writes a manifest beside the file.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
@@ -51,28 +51,10 @@ pub fn load(vs: &mut VarStore, path: &Path, scope: Scope<'_>) -> Result<()> {
         Scope::Prefixes(ps) => ps.iter().any(|p| k.starts_with(p)),
     };
     let file: BTreeMap<String, Tensor> = file.into_iter().filter(|(k, _)| in_scope(k)).collect();
-    let missing: BTreeSet<&String> = vars.keys().filter(|k| !file.contains_key(*k)).collect();
-    let unexpected: BTreeSet<&String> = file.keys().filter(|k| !vars.contains_key(*k)).collect();
-    let mismatched: Vec<String> = file
-        .iter()
-        .filter_map(|(k, t)| {
-            vars.get(k)
-                .filter(|v| v.size() != t.size())
-                .map(|v| format!("{k}: file {:?}, model {:?}", t.size(), v.size()))
-        })
-        .collect();
-    if !missing.is_empty() || !unexpected.is_empty() || !mismatched.is_empty() {
-        let mut msg = String::new();
-        if !missing.is_empty() {
-            msg += &format!("{} missing keys: {}; ", missing.len(), join(&missing));
-        }
-        if !unexpected.is_empty() {
-            msg += &format!("{} unexpected keys: {}; ", unexpected.len(), join(&unexpected));
-        }
-        if !mismatched.is_empty() {
-            msg += &format!("{} shape mismatches: {}", mismatched.len(), mismatched.join(", "));
-        }
-        return Err(weights_error(path, msg.trim_end_matches("; ").to_owned()));
+    let model: BTreeMap<String, Vec<i64>> = vars.iter().map(|(k, v)| (k.clone(), v.size())).collect();
+    let in_file: BTreeMap<String, Vec<i64>> = file.iter().map(|(k, t)| (k.clone(), t.size())).collect();
+    if let Some(report) = ocellus_kernels::keys::key_report(&model, &in_file, str::to_owned) {
+        return Err(weights_error(path, report));
     }
     tch::no_grad(|| -> Result<()> {
         for (name, t) in &file {
@@ -82,15 +64,6 @@ pub fn load(vs: &mut VarStore, path: &Path, scope: Scope<'_>) -> Result<()> {
         }
         Ok(())
     })
-}
-
-fn join(keys: &BTreeSet<&String>) -> String {
-    const SHOWN: usize = 12;
-    let mut s = keys.iter().take(SHOWN).map(|k| k.as_str()).collect::<Vec<_>>().join(", ");
-    if keys.len() > SHOWN {
-        s += &format!(", … ({} more)", keys.len() - SHOWN);
-    }
-    s
 }
 
 /// Fills every variable of `vs` with seeded normal noise (std 0.02; norms' weights around 1).

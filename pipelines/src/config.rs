@@ -298,7 +298,23 @@ enum ModeName {
     Client,
 }
 
-/// The session settings shared by zenoh sources and sinks.
+/// Gathers the zenoh session keys of a config entry.
+macro_rules! session_fields {
+    ($e:expr) => {
+        SessionFields {
+            mode: $e.mode,
+            connect: $e.connect,
+            listen: $e.listen,
+            config: $e.config,
+            multicast_scouting: $e.multicast_scouting,
+            shared_memory: $e.shared_memory,
+        }
+    };
+}
+
+/// The session settings shared by every zenoh user (sources, sinks, the agent's inbox, a
+/// tracker's prompt topic). serde's `flatten` does not combine with `deny_unknown_fields`, so
+/// each entry repeats these keys and `session_fields!` gathers them.
 #[derive(Debug, Clone, Default)]
 struct SessionFields {
     mode: Option<ModeName>,
@@ -507,6 +523,7 @@ struct PromptTopicEntry {
     listen: Vec<String>,
     config: Option<PathBuf>,
     multicast_scouting: Option<bool>,
+    shared_memory: Option<bool>,
 }
 
 impl Sam2Entry {
@@ -630,6 +647,7 @@ struct InboxEntry {
     listen: Vec<String>,
     config: Option<PathBuf>,
     multicast_scouting: Option<bool>,
+    shared_memory: Option<bool>,
 }
 
 enum ActorEntry {
@@ -1557,14 +1575,7 @@ impl PipelineConfig {
                         ocellus_actors::transport::check_key_expr(key).map_err(|m| loc.error(iat.key(k), m))?;
                     }
                 }
-                let fields = SessionFields {
-                    mode: i.mode,
-                    connect: i.connect,
-                    listen: i.listen,
-                    config: i.config,
-                    multicast_scouting: i.multicast_scouting,
-                    shared_memory: None,
-                };
+                let fields = session_fields!(i);
                 let session = session_spec(loc, &iat, fields)?;
                 Some(ocellus_actors::agent::inbox::InboxSpec {
                     session,
@@ -1633,14 +1644,7 @@ impl PipelineConfig {
             Some(t) => {
                 let tat = at.key("prompt_topic");
                 ocellus_actors::transport::check_key_expr(&t.key).map_err(|m| loc.error(tat.key("key"), m))?;
-                let fields = SessionFields {
-                    mode: t.mode,
-                    connect: t.connect,
-                    listen: t.listen,
-                    config: t.config,
-                    multicast_scouting: t.multicast_scouting,
-                    shared_memory: None,
-                };
+                let fields = session_fields!(t);
                 let session = session_spec(loc, &tat, fields)?;
                 Some(ocellus_actors::control::PromptTopicSpec { session, key: t.key })
             }
@@ -1904,18 +1908,7 @@ impl PipelineConfig {
             return Err(loc.error(at.key("frames"), "must be at least 1"));
         }
         let intake = parse_edge_at(loc, at.key("intake"), e.intake, EdgePolicy::Latest)?;
-        let session = session_spec(
-            loc,
-            at,
-            SessionFields {
-                mode: e.mode,
-                connect: e.connect,
-                listen: e.listen,
-                config: e.config,
-                multicast_scouting: e.multicast_scouting,
-                shared_memory: e.shared_memory,
-            },
-        )?;
+        let session = session_spec(loc, at, session_fields!(e))?;
         Ok(ZenohSourceSpec { session, key, format, intake, frames: e.frames, idle_timeout })
     }
 
@@ -1971,18 +1964,7 @@ impl PipelineConfig {
         if e.shm_pool_mib.is_some() && !e.frames {
             return Err(loc.error(at.key("shm_pool_mib"), "the shared-memory pool is for frames: set `frames = true`"));
         }
-        let session = session_spec(
-            loc,
-            at,
-            SessionFields {
-                mode: e.mode,
-                connect: e.connect,
-                listen: e.listen,
-                config: e.config,
-                multicast_scouting: e.multicast_scouting,
-                shared_memory: e.shared_memory,
-            },
-        )?;
+        let session = session_spec(loc, at, session_fields!(e))?;
         Ok(ZenohSinkSpec {
             session,
             keys,

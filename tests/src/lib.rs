@@ -186,3 +186,84 @@ pub fn config_file(dir: &Path, name: &str, text: &str) -> ocellus_pipelines::Pip
     std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
     ocellus_pipelines::PipelineConfig::load(&path).unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local address").port()
+}
+
+/// Config text of a `cam` source (a 320 × 240 ball test pattern of `frames` frames) and a
+/// `tracker` actor (SAM 2 tiny on the fixture's weights, `block` edge) with `tracker_lines`
+/// appended (prompts, prompt topic, ...).
+pub fn cam_and_tracker_toml(frames: usize, tracker_lines: &str) -> String {
+    let weights = fixtures_dir().join("sam2_video_tiny.weights.safetensors");
+    format!(
+        r#"
+[[source]]
+name = "cam"
+preset = {{ kind = "test_pattern", pattern = "ball", width = 320, height = 240, frames = {frames} }}
+
+[[actor]]
+name = "tracker"
+kind = "sam2"
+model = "sam2.1_hiera_tiny"
+weights = "{}"
+inputs = ["cam"]
+edge = {{ policy = "block" }}
+{tracker_lines}
+"#,
+        weights.display()
+    )
+}
+
+/// Publishes each of `payloads` on `key` every `every`, from a zenoh peer that connects to
+/// `tcp/127.0.0.1:port` (on its own runtime thread), until dropped. Repeating matters: a put
+/// before the peers have met is lost.
+pub struct ZenohPublisher {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ZenohPublisher {
+    /// Starts publishing.
+    pub fn start(port: u16, key: &str, payloads: &[&str], every: std::time::Duration) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let (key, payloads) = (key.to_owned(), payloads.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>());
+        let thread = std::thread::spawn(move || {
+            let rt =
+                tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                let spec = ocellus_actors::transport::SessionSpec::loopback(&[], &[&format!("tcp/127.0.0.1:{port}")]);
+                let session = zenoh::open(spec.to_config().expect("zenoh config")).await.expect("zenoh session");
+                while !flag.load(Ordering::Acquire) {
+                    for p in &payloads {
+                        session.put(&key, p.as_str()).await.expect("put");
+                    }
+                    tokio::time::sleep(every).await;
+                }
+                session.close().await.expect("close");
+            });
+        });
+        Self { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for ZenohPublisher {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.join().ok();
+        }
+    }
+}
+
+/// Config text of a Rerun sink saving `inputs` to `path` over a `block` edge of depth 32.
+pub fn rerun_sink_toml(inputs: &[&str], path: &Path) -> String {
+    format!(
+        "[[sink]]\nkind = \"rerun\"\ninputs = {inputs:?}\nedge = {{ policy = \"block\", depth = 32 }}\nsave = \"{}\"\n",
+        path.display()
+    )
+}

@@ -5,7 +5,6 @@
 //! Llama 3 with seeded random weights, and Rerun recordings read back.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,7 +22,10 @@ use ocellus_kernels::masks::PixelBox;
 use ocellus_language::guard::GuardModel;
 use ocellus_language::openai::OpenAiConfig;
 use ocellus_pipelines::build;
-use ocellus_tests::{Collected, config_file, fixtures_dir, read_rrd, scratch_dir};
+use ocellus_tests::{
+    Collected, ZenohPublisher, cam_and_tracker_toml, config_file, fixtures_dir, free_port, read_rrd, rerun_sink_toml,
+    scratch_dir,
+};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
@@ -314,10 +316,6 @@ fn tool_calls_are_validated_guarded_and_refused_with_reasons() {
     assert!(!run.rrd.rows_of("agent/alerts").is_empty());
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[test]
 fn operator_on_zenoh_makes_the_agent_track_with_sam2() {
     const FRAMES: usize = 10;
@@ -335,25 +333,9 @@ fn operator_on_zenoh_makes_the_agent_track_with_sam2() {
     let port = free_port();
     let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "agent_track");
     let rrd = dir.join("track.rrd");
-    let weights = fixtures_dir().join("sam2_video_tiny.weights.safetensors");
-    let config = config_file(
-        &dir,
-        "agent.toml",
-        &format!(
-            r#"
-[[source]]
-name = "cam"
-preset = {{ kind = "test_pattern", pattern = "ball", width = 320, height = 240, frames = {FRAMES} }}
-
-[[actor]]
-name = "tracker"
-kind = "sam2"
-model = "sam2.1_hiera_tiny"
-weights = "{weights}"
-inputs = ["cam"]
-edge = {{ policy = "block" }}
-prompts = [{{ box = [120, 80, 200, 160] }}]
-
+    let tracker = cam_and_tracker_toml(FRAMES, "prompts = [{ box = [120, 80, 200, 160] }]");
+    let agent = format!(
+        r#"
 [[actor]]
 name = "agent"
 kind = "agent"
@@ -363,35 +345,15 @@ tools = ["track"]
 rate_limit = 1
 caption_every = "1h"
 inbox = {{ operator_key = "ocellus/test/operator", listen = ["tcp/127.0.0.1:{port}"], multicast_scouting = false }}
-
-[[sink]]
-kind = "rerun"
-inputs = ["cam", "tracker", "agent"]
-edge = {{ policy = "block", depth = 32 }}
-save = "{rrd}"
-"#,
-            weights = weights.display(),
-            rrd = rrd.display()
-        ),
+"#
     );
+    let sink = rerun_sink_toml(&["cam", "tracker", "agent"], &rrd);
+    let config = config_file(&dir, "agent.toml", &format!("{tracker}{agent}\n{sink}"));
     let pipeline = build(&config).unwrap();
-    let done = Arc::new(AtomicBool::new(false));
-    let stop = done.clone();
-    let operator = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        rt.block_on(async move {
-            let spec = ocellus_actors::transport::SessionSpec::loopback(&[], &[&format!("tcp/127.0.0.1:{port}")]);
-            let session = zenoh::open(spec.to_config().unwrap()).await.unwrap();
-            while !stop.load(Ordering::Acquire) {
-                session.put("ocellus/test/operator", "track the ball").await.unwrap();
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-            session.close().await.unwrap();
-        });
-    });
+    let operator =
+        ZenohPublisher::start(port, "ocellus/test/operator", &["track the ball"], Duration::from_millis(300));
     let report = pipeline.run().unwrap();
-    done.store(true, Ordering::Release);
-    operator.join().unwrap();
+    drop(operator);
     assert_eq!(report.failures().count(), 0, "{report}");
     let summary = read_rrd(&rrd).unwrap();
     let decisions = summary.rows_of("agent/decisions").len();
@@ -409,26 +371,10 @@ fn native_llama_agent_runs_in_a_pipeline() {
     const FRAMES: usize = 3;
     let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "agent_native");
     let rrd = dir.join("native.rrd");
-    let weights = fixtures_dir().join("sam2_video_tiny.weights.safetensors");
     let tokenizer = fixtures_dir().join("llama3_tokenizer.model");
-    let config = config_file(
-        &dir,
-        "native.toml",
-        &format!(
-            r#"
-[[source]]
-name = "cam"
-preset = {{ kind = "test_pattern", pattern = "ball", width = 320, height = 240, frames = {FRAMES} }}
-
-[[actor]]
-name = "tracker"
-kind = "sam2"
-model = "sam2.1_hiera_tiny"
-weights = "{weights}"
-inputs = ["cam"]
-edge = {{ policy = "block" }}
-prompts = [{{ box = [120, 80, 200, 160] }}]
-
+    let tracker = cam_and_tracker_toml(FRAMES, "prompts = [{ box = [120, 80, 200, 160] }]");
+    let agent = format!(
+        r#"
 [[actor]]
 name = "agent"
 kind = "agent"
@@ -436,24 +382,17 @@ inputs = ["tracker"]
 edge = {{ policy = "block" }}
 model = "llama-3.2-1b-instruct"
 allow_random_weights = true
-tokenizer = "{tokenizer}"
+tokenizer = "{}"
 context = 1024
 max_tokens = 4
 caption_every = "0s"
 tools = ["alert"]
 descriptions = {{ cam = "A test pattern with a ball." }}
-
-[[sink]]
-kind = "rerun"
-inputs = ["agent"]
-edge = {{ policy = "block", depth = 16 }}
-save = "{rrd}"
 "#,
-            weights = weights.display(),
-            tokenizer = tokenizer.display(),
-            rrd = rrd.display()
-        ),
+        tokenizer.display()
     );
+    let sink = rerun_sink_toml(&["agent"], &rrd);
+    let config = config_file(&dir, "native.toml", &format!("{tracker}{agent}\n{sink}"));
     let started = std::time::Instant::now();
     let report = build(&config).unwrap().run().unwrap();
     println!("{report}");
@@ -481,26 +420,10 @@ fn label_tool_makes_the_labeler_use_the_agents_candidates() {
     });
     let port = free_port();
     let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "agent_label");
-    let sam2 = fixtures_dir().join("sam2_video_tiny.weights.safetensors");
     let clip = fixtures_dir().join("clip_b32.weights.safetensors");
-    let config = config_file(
-        &dir,
-        "label.toml",
-        &format!(
-            r#"
-[[source]]
-name = "cam"
-preset = {{ kind = "test_pattern", pattern = "ball", width = 320, height = 240, frames = {FRAMES} }}
-
-[[actor]]
-name = "tracker"
-kind = "sam2"
-model = "sam2.1_hiera_tiny"
-weights = "{sam2}"
-inputs = ["cam"]
-edge = {{ policy = "block" }}
-prompts = [{{ box = [120, 80, 200, 160] }}]
-
+    let tracker = cam_and_tracker_toml(FRAMES, "prompts = [{ box = [120, 80, 200, 160] }]");
+    let rest = format!(
+        r#"
 [[actor]]
 name = "labels"
 kind = "labeler"
@@ -522,10 +445,9 @@ tools = ["label"]
 caption_every = "1h"
 inbox = {{ operator_key = "ocellus/test/label", listen = ["tcp/127.0.0.1:{port}"], multicast_scouting = false }}
 "#,
-            sam2 = sam2.display(),
-            clip = clip.display(),
-        ),
+        clip = clip.display(),
     );
+    let config = config_file(&dir, "label.toml", &format!("{tracker}{rest}"));
     let mut pipeline = build(&config).unwrap();
     let collected = Collected::default();
     let sink = collected.clone();
@@ -535,25 +457,10 @@ inbox = {{ operator_key = "ocellus/test/label", listen = ["tcp/127.0.0.1:{port}"
         EdgePolicy::Block { depth: 64 },
         Box::new(move || Ok(sink.processor())),
     );
-    let done = Arc::new(AtomicBool::new(false));
-    let stop = done.clone();
-    let operator = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        rt.block_on(async move {
-            let spec = ocellus_actors::transport::SessionSpec::loopback(&[], &[&format!("tcp/127.0.0.1:{port}")]);
-            let session = zenoh::open(spec.to_config().unwrap()).await.unwrap();
-            // Repeated until the run ends: a put before the peers have connected is lost, and
-            // asking again with the same candidates changes nothing.
-            while !stop.load(Ordering::Acquire) {
-                session.put("ocellus/test/label", "what is track 1?").await.unwrap();
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-            session.close().await.unwrap();
-        });
-    });
+    // Asking again with the same candidates changes nothing.
+    let operator = ZenohPublisher::start(port, "ocellus/test/label", &["what is track 1?"], Duration::from_millis(300));
     let report = pipeline.run().unwrap();
-    done.store(true, Ordering::Release);
-    operator.join().unwrap();
+    drop(operator);
     assert_eq!(report.failures().count(), 0, "{report}");
     let packets = collected.take();
     let executed = packets.iter().any(|(p, _)| {

@@ -6,7 +6,9 @@
 use ocellus_actors::edge::EdgePolicy;
 use ocellus_actors::frame::Packet;
 use ocellus_pipelines::build;
-use ocellus_tests::{Collected, config_file, fixtures_dir, read_rrd, scratch_dir};
+use ocellus_tests::{
+    Collected, cam_and_tracker_toml, config_file, fixtures_dir, read_rrd, rerun_sink_toml, scratch_dir,
+};
 
 const FRAMES: usize = 3;
 const VOCABULARY: [&str; 3] = ["ball", "person", "robot"];
@@ -15,26 +17,11 @@ const VOCABULARY: [&str; 3] = ["ball", "person", "robot"];
 fn labels_reach_the_recording() {
     let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "labeler_actor");
     let rrd = dir.join("labels.rrd");
-    let sam2 = fixtures_dir().join("sam2_video_tiny.weights.safetensors");
     let clip = fixtures_dir().join("clip_b32.weights.safetensors");
-    let config = config_file(
-        &dir,
-        "labeler.toml",
-        &format!(
-            r#"
-[[source]]
-name = "cam"
-preset = {{ kind = "test_pattern", pattern = "ball", width = 320, height = 240, frames = {FRAMES} }}
-
-[[actor]]
-name = "tracker"
-kind = "sam2"
-model = "sam2.1_hiera_tiny"
-weights = "{}"
-inputs = ["cam"]
-edge = {{ policy = "block" }}
-prompts = [{{ box = [120, 80, 200, 160] }}, {{ id = 7, box = [10, 10, 300, 230] }}]
-
+    let tracker =
+        cam_and_tracker_toml(FRAMES, "prompts = [{ box = [120, 80, 200, 160] }, { id = 7, box = [10, 10, 300, 230] }]");
+    let labeler = format!(
+        r#"
 [[actor]]
 name = "labels"
 kind = "labeler"
@@ -45,18 +32,11 @@ edge = {{ policy = "block", depth = 16 }}
 vocabulary = {VOCABULARY:?}
 templates = ["a photo of a {{}}.", "a blurry photo of a {{}}."]
 smoothing = 0.5
-
-[[sink]]
-kind = "rerun"
-inputs = ["cam", "labels"]
-edge = {{ policy = "block", depth = 16 }}
-save = "{}"
 "#,
-            sam2.display(),
-            clip.display(),
-            rrd.display()
-        ),
+        clip.display()
     );
+    let sink = rerun_sink_toml(&["cam", "labels"], &rrd);
+    let config = config_file(&dir, "labeler.toml", &format!("{tracker}{labeler}\n{sink}"));
     let mut pipeline = build(&config).unwrap();
     let collected = Collected::default();
     let sink = collected.clone();

@@ -3,7 +3,9 @@
 #![allow(clippy::unwrap_used)] // tests may unwrap, helpers included
 
 use ocellus_pipelines::build;
-use ocellus_tests::{config_file, fixtures_dir, read_rrd, scratch_dir};
+use ocellus_tests::{
+    ZenohPublisher, cam_and_tracker_toml, config_file, fixtures_dir, free_port, read_rrd, rerun_sink_toml, scratch_dir,
+};
 
 const FRAMES: usize = 3;
 
@@ -11,35 +13,12 @@ const FRAMES: usize = 3;
 fn tracks_reach_the_recording() {
     let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "tracker_actor");
     let rrd = dir.join("tracks.rrd");
-    let weights = fixtures_dir().join("sam2_video_tiny.weights.safetensors");
-    let config = config_file(
-        &dir,
-        "tracker.toml",
-        &format!(
-            r#"
-[[source]]
-name = "cam"
-preset = {{ kind = "test_pattern", pattern = "ball", width = 320, height = 240, frames = {FRAMES} }}
-
-[[actor]]
-name = "tracker"
-kind = "sam2"
-model = "sam2.1_hiera_tiny"
-weights = "{}"
-inputs = ["cam"]
-edge = {{ policy = "block" }}
-prompts = [{{ box = [120, 80, 200, 160] }}, {{ id = 7, points = [[60, 60], [250, 200]], labels = [1, 0] }}]
-
-[[sink]]
-kind = "rerun"
-inputs = ["cam", "tracker"]
-edge = {{ policy = "block", depth = 16 }}
-save = "{}"
-"#,
-            weights.display(),
-            rrd.display()
-        ),
+    let tracker = cam_and_tracker_toml(
+        FRAMES,
+        "prompts = [{ box = [120, 80, 200, 160] }, { id = 7, points = [[60, 60], [250, 200]], labels = [1, 0] }]",
     );
+    let sink = rerun_sink_toml(&["cam", "tracker"], &rrd);
+    let config = config_file(&dir, "tracker.toml", &format!("{tracker}\n{sink}"));
     let report = build(&config).unwrap().run().unwrap();
     println!("{report}");
     assert_eq!(report.failures().count(), 0, "{report}");
@@ -124,62 +103,29 @@ fn tracks_are_consistent_per_frame() {
 
 #[test]
 fn prompts_from_a_zenoh_topic_add_objects() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
     const FRAMES: usize = 8;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "tracker_prompt_topic");
     let rrd = dir.join("prompts.rrd");
-    let weights = fixtures_dir().join("sam2_video_tiny.weights.safetensors");
-    let config = config_file(
-        &dir,
-        "prompts.toml",
+    let tracker = cam_and_tracker_toml(
+        FRAMES,
         &format!(
-            r#"
-[[source]]
-name = "cam"
-preset = {{ kind = "test_pattern", pattern = "ball", width = 320, height = 240, frames = {FRAMES} }}
-
-[[actor]]
-name = "tracker"
-kind = "sam2"
-model = "sam2.1_hiera_tiny"
-weights = "{}"
-inputs = ["cam"]
-edge = {{ policy = "block" }}
-prompt_topic = {{ key = "ocellus/test/prompts", listen = ["tcp/127.0.0.1:{port}"], multicast_scouting = false }}
-
-[[sink]]
-kind = "rerun"
-inputs = ["tracker"]
-edge = {{ policy = "block", depth = 16 }}
-save = "{}"
-"#,
-            weights.display(),
-            rrd.display()
+            "prompt_topic = {{ key = \"ocellus/test/prompts\", listen = [\"tcp/127.0.0.1:{port}\"], multicast_scouting = false }}"
         ),
     );
+    let sink = rerun_sink_toml(&["tracker"], &rrd);
+    let config = config_file(&dir, "prompts.toml", &format!("{tracker}\n{sink}"));
     let pipeline = ocellus_pipelines::build(&config).unwrap();
-    let done = Arc::new(AtomicBool::new(false));
-    let stop = done.clone();
-    let publisher = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        rt.block_on(async move {
-            let spec = ocellus_actors::transport::SessionSpec::loopback(&[], &[&format!("tcp/127.0.0.1:{port}")]);
-            let session = zenoh::open(spec.to_config().unwrap()).await.unwrap();
-            while !stop.load(Ordering::Acquire) {
-                // A malformed message between good ones is skipped.
-                session.put("ocellus/test/prompts", r#"{"id": 0, "box": [1, 1, 2]}"#).await.unwrap();
-                session.put("ocellus/test/prompts", r#"{"id": 42, "box": [120, 80, 200, 160]}"#).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(400)).await;
-            }
-            session.close().await.unwrap();
-        });
-    });
+    // A malformed message between good ones is skipped.
+    let publisher = ZenohPublisher::start(
+        port,
+        "ocellus/test/prompts",
+        &[r#"{"id": 0, "box": [1, 1, 2]}"#, r#"{"id": 42, "box": [120, 80, 200, 160]}"#],
+        Duration::from_millis(400),
+    );
     let report = pipeline.run().unwrap();
-    done.store(true, Ordering::Release);
-    publisher.join().unwrap();
+    drop(publisher);
     assert_eq!(report.failures().count(), 0, "{report}");
     let summary = read_rrd(&rrd).unwrap();
     // No config prompts: the annotation context appears once track 42 arrives over zenoh.

@@ -31,13 +31,22 @@ use zenoh::Wait;
 use zenoh::qos::CongestionControl;
 
 fn free_endpoint() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    format!("tcp/127.0.0.1:{port}")
+    format!("tcp/127.0.0.1:{}", ocellus_tests::free_port())
 }
 
-/// A test session listening on `endpoint` (opened on the test thread: no runtime there).
-fn listening_session(endpoint: &str) -> zenoh::Session {
-    zenoh::open(SessionSpec::loopback(&[endpoint], &[]).to_config().unwrap()).wait().unwrap()
+/// A test session listening on a free loopback endpoint (opened on the test thread: no
+/// runtime there), and that endpoint. A port found free can be taken before zenoh binds it
+/// (tests run in parallel): then another one is tried.
+fn listening_session() -> (zenoh::Session, String) {
+    let mut last = String::new();
+    for _ in 0..5 {
+        let endpoint = free_endpoint();
+        match zenoh::open(SessionSpec::loopback(&[&endpoint], &[]).to_config().unwrap()).wait() {
+            Ok(session) => return (session, endpoint),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    panic!("no free loopback endpoint: {last}");
 }
 
 fn source_spec(endpoint: &str, key: &str, format: WireFormat, frames: Option<u64>) -> ZenohSourceSpec {
@@ -97,8 +106,7 @@ fn test_frame(seq: u64) -> Frame {
 
 #[test]
 fn two_sessions_exchange_1000_frames() {
-    let endpoint = free_endpoint();
-    let session = listening_session(&endpoint);
+    let (session, endpoint) = listening_session();
     let publisher =
         session.declare_publisher("test/cam/frames").congestion_control(CongestionControl::Block).wait().unwrap();
     let (pipeline, collected) =
@@ -129,8 +137,7 @@ fn two_sessions_exchange_1000_frames() {
 
 #[test]
 fn malformed_messages_are_counted_and_skipped() {
-    let endpoint = free_endpoint();
-    let session = listening_session(&endpoint);
+    let (session, endpoint) = listening_session();
     let raw_pub = session.declare_publisher("bad/raw").congestion_control(CongestionControl::Block).wait().unwrap();
     let ros_pub = session.declare_publisher("bad/ros").congestion_control(CongestionControl::Block).wait().unwrap();
     let (pipeline, collected) = collecting_pipeline(&[
@@ -284,8 +291,7 @@ fn ros2_image_from_an_independent_encoder_arrives_as_the_right_frame() {
     let png = compressed::encode_rgb(compressed::Kind::Png, 5, 3, &(0..45u8).collect::<Vec<_>>()).unwrap();
     let compressed_cdr = unhex(&rosbags("compressed", &hex(&png)));
 
-    let endpoint = free_endpoint();
-    let session = listening_session(&endpoint);
+    let (session, endpoint) = listening_session();
     // What a Jazzy publisher of /camera/image_raw writes: the full key with the type hash,
     // the 33-byte attachment. Ours subscribes with the wildcard hash.
     let key = ros2::rmw_zenoh_key(0, "/camera/image_raw", MsgType::Image, Some(TypeHashes::Rihs01));
@@ -362,8 +368,7 @@ fn ros2_image_from_an_independent_encoder_arrives_as_the_right_frame() {
 
 #[test]
 fn zenoh_sink_publishes_frames_and_observations_as_a_ros2_node() {
-    let endpoint = free_endpoint();
-    let session = listening_session(&endpoint);
+    let (session, endpoint) = listening_session();
     let tokens = Arc::new(Mutex::new(Vec::<String>::new()));
     let seen = tokens.clone();
     let _liveliness = session
