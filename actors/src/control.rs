@@ -136,6 +136,21 @@ pub enum LabelerCommand {
     },
 }
 
+/// Commands to an inpainter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InpainterCommand {
+    /// Remove `track_id` from the frames from now on.
+    Remove {
+        /// Track id.
+        track_id: u32,
+    },
+    /// Show `track_id` again.
+    Restore {
+        /// Track id.
+        track_id: u32,
+    },
+}
+
 /// One prompt message on a tracker's prompt topic (JSON):
 /// `{"id": 5, "box": [x0, y0, x1, y1]}`, `{"id": 5, "points": [[x, y]], "labels": [1]}`,
 /// `{"remove": 5}`; `"camera": "front"` limits it to one camera.

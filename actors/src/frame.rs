@@ -128,6 +128,16 @@ pub struct Tracks {
     pub tracks: Vec<Track>,
 }
 
+/// A frame with tracked objects removed (the inpainter's output): what is shown and
+/// published instead of the raw frame where privacy matters.
+#[derive(Debug, Clone)]
+pub struct Inpainted {
+    /// The frame, inpainted (packed RGB, the source's size).
+    pub frame: Frame,
+    /// The tracks removed from it (empty: the frame unchanged).
+    pub removed: Vec<u32>,
+}
+
 /// A periodic metrics report of one stage.
 #[derive(Debug, Clone)]
 pub struct MetricsReport {
@@ -154,6 +164,8 @@ pub enum Packet {
     Metrics(MetricsReport),
     /// A caption, decision, alert or published text of the agent.
     Agent(Arc<crate::agent::AgentPacket>),
+    /// A frame with tracks inpainted away.
+    Inpainted(Inpainted),
 }
 
 impl Packet {
@@ -166,6 +178,7 @@ impl Packet {
             Self::Tracks(t) => Some(&t.meta),
             Self::Metrics(_) => None,
             Self::Agent(a) => Some(&a.meta),
+            Self::Inpainted(i) => Some(&i.frame.meta),
         }
     }
 }

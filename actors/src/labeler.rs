@@ -9,7 +9,7 @@
 //! time (an exponential moving average), and the tracks go out again with their label and its
 //! smoothed probability; occluded tracks keep their last label.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -22,10 +22,11 @@ use ocellus_perception::clip::{Clip, ClipConfig};
 use ocellus_perception::weights;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
-use tracing::{debug, trace_span};
+use tracing::trace_span;
 
 use crate::backbone::WeightsSource;
 use crate::frame::{Frame, Packet, TrackLabel, Tracks};
+use crate::pairing::FramePairing;
 use crate::stage::{Outputs, Processor};
 use crate::{ActorError, Result};
 
@@ -92,7 +93,7 @@ pub struct LabelerProcessor {
     spec: LabelerSpec,
     classifiers: ClassifierCache,
     candidates: Option<Vec<String>>,
-    frames: HashMap<Arc<str>, VecDeque<Frame>>,
+    frames: FramePairing,
     /// Smoothed probabilities per (camera, track), over `current`'s classes.
     smoothed: HashMap<(Arc<str>, u32), Vec<f32>>,
     current: Option<Rc<ZeroShotClassifier>>,
@@ -120,7 +121,7 @@ impl LabelerProcessor {
             spec,
             classifiers: ClassifierCache::new(CLASSIFIERS_CACHED),
             candidates: None,
-            frames: HashMap::new(),
+            frames: FramePairing::new(FRAME_BUFFER),
             smoothed: HashMap::new(),
             current: None,
             track_candidates: HashMap::new(),
@@ -278,27 +279,12 @@ impl Processor for LabelerProcessor {
     fn process(&mut self, input: Packet, out: &mut Outputs) -> Result<()> {
         match input {
             Packet::Frame(frame) => {
-                let frames = self.frames.entry(frame.meta.camera.clone()).or_default();
-                frames.push_back(frame);
-                while frames.len() > FRAME_BUFFER {
-                    frames.pop_front();
-                }
+                self.frames.push(frame);
                 Ok(())
             }
             Packet::Tracks(tracks) => {
                 let _span = trace_span!("labeler", camera = %tracks.meta.camera, seq = tracks.meta.seq).entered();
-                let frames = self.frames.entry(tracks.meta.camera.clone()).or_default();
-                // Frames older than these tracks will never be needed.
-                while frames.front().is_some_and(|f| f.meta.seq < tracks.meta.seq) {
-                    frames.pop_front();
-                }
-                let Some(frame) = frames.front().filter(|f| f.meta.seq == tracks.meta.seq).cloned() else {
-                    debug!(camera = %tracks.meta.camera, seq = tracks.meta.seq, "no frame for these tracks");
-                    return Err(ActorError::BadInput(format!(
-                        "{} tracks {}: their frame was not received (dropped upstream?)",
-                        tracks.meta.camera, tracks.meta.seq
-                    )));
-                };
+                let frame = self.frames.take(&tracks.meta)?;
                 let labelled = self.label(&frame, tracks)?;
                 out.emit(Packet::Tracks(labelled));
                 Ok(())

@@ -23,10 +23,12 @@ pub mod backbone;
 pub mod control;
 pub mod edge;
 pub mod frame;
+pub mod inpainter;
 pub mod labeler;
 pub mod metrics;
 pub mod monitor;
 pub mod motion;
+pub mod pairing;
 pub mod runtime;
 pub mod sink;
 pub mod source;
@@ -35,7 +37,7 @@ pub mod tracker;
 pub mod transport;
 
 pub use edge::{DropPolicy, EdgePolicy, EdgeReceiver, EdgeSender, EdgeStats, edge};
-pub use frame::{Features, Frame, FrameMeta, Mask, Packet, Track, TrackLabel, Tracks};
+pub use frame::{Features, Frame, FrameMeta, Inpainted, Mask, Packet, Track, TrackLabel, Tracks};
 pub use runtime::{Pipeline, PipelineReport};
 pub use stage::{Outputs, Processor, RestartPolicy};
 

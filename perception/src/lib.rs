@@ -10,6 +10,8 @@
 //! - [`sam2`]: SAM 2's prompt encoder, mask decoder and image prediction (official `sam2`).
 //! - [`clip`]: CLIP / MetaCLIP vision and text towers (official `open_clip`), exact; its BPE
 //!   tokenizer (token-exact), zero-shot classification and MetaCLIP's data curation.
+//! - [`diffmae`]: DiffMAE inpainting (MAE encoder, "joint" denoising decoder, respaced DDPM);
+//!   no official code exists, so MAE's (`models_mae.py`) structure and keys where MAE has them.
 //! - [`backbone`]: both by name, with their weights store.
 //! - [`weights`]: checked loading, seeded init, checkpoint import, manifests.
 //! - [`onnx`]: the ONNX Runtime backend, loaded dynamically from the venv made by
@@ -18,6 +20,7 @@
 
 pub mod backbone;
 pub mod clip;
+pub mod diffmae;
 pub mod hiera;
 pub mod hieradet;
 pub mod motion;

@@ -167,8 +167,13 @@ pub fn rss_mib() -> f64 {
 }
 
 fn click(obj: usize) -> Result<ocellus_perception::sam2::tracker::Prompt, tch::TchError> {
+    click_at(obj, 1.0)
+}
+
+/// [`click`] for a model whose input side is `scale` × 1024.
+fn click_at(obj: usize, scale: f32) -> Result<ocellus_perception::sam2::tracker::Prompt, tch::TchError> {
     // The reference clicks at (32 + 128 i, 32 + 128 j) on 512² frames: ×2 in model pixels.
-    let (x, y) = (2.0 * (32 + (obj % 4) * 128) as f32, 2.0 * (32 + (obj / 4) * 128) as f32);
+    let (x, y) = (2.0 * (32 + (obj % 4) * 128) as f32 * scale, 2.0 * (32 + (obj / 4) * 128) as f32 * scale);
     Ok(ocellus_perception::sam2::tracker::Prompt::Points(ocellus_perception::sam2::tracker::PointInputs {
         coords: tch::Tensor::f_from_slice(&[x, y])?.f_view([1, 1, 2])?,
         labels: tch::Tensor::f_from_slice(&[1i32])?.f_view([1, 1])?,
@@ -230,26 +235,38 @@ pub fn tracker(
 }
 
 /// Streams `frames` frames (a fixed random clip of 8, repeated) through the streaming tracker
-/// with `objects` objects and reports the RSS (MiB) after each frame in `at`.
-pub fn tracker_memory(model: &str, objects: usize, frames: u64, at: &[u64]) -> anyhow::Result<Vec<(u64, f64)>> {
+/// with `objects` objects, the model at input side `image_size`, and reports the RSS (MiB)
+/// after each frame in `at`.
+pub fn tracker_memory(
+    model: &str,
+    objects: usize,
+    frames: u64,
+    image_size: i64,
+    at: &[u64],
+) -> anyhow::Result<Vec<(u64, f64)>> {
     use anyhow::Context as _;
     use ocellus_perception::sam2::tracker::{StreamConfig, StreamingTracker};
-    let config = ocellus_perception::sam2::Sam2Config::by_name(model).context("unknown SAM 2 model")?;
+    let mut config = ocellus_perception::sam2::Sam2Config::by_name(model).context("unknown SAM 2 model")?;
+    anyhow::ensure!(image_size > 0 && image_size % 32 == 0, "the image size must be a multiple of 32");
+    config.image_size = image_size;
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
     let sam = ocellus_perception::sam2::Sam2::new_with_tracking(&vs.root(), &config)?;
     ocellus_perception::weights::init_seeded(&vs, 0)?;
-    let clip = tch::Tensor::f_randn([8, 3, 1024, 1024], (tch::Kind::Float, tch::Device::Cpu))?;
+    let clip = tch::Tensor::f_randn([8, 3, image_size, image_size], (tch::Kind::Float, tch::Device::Cpu))?;
     let mut tracker = StreamingTracker::new(StreamConfig::default());
+    let scale = image_size as f32 / 1024.0;
     for obj in 0..objects {
-        tracker.add_prompt(obj as u64 + 1, click(obj)?);
+        tracker.add_prompt(obj as u64 + 1, click_at(obj, scale)?);
     }
     let mut report = Vec::new();
+    let started = std::time::Instant::now();
     tch::no_grad(|| -> anyhow::Result<()> {
         for f in 0..frames {
             let feats = sam.frame_features(&clip.f_get((f % 8) as i64)?.f_unsqueeze(0)?)?;
             tracker.step(&sam, f, &feats)?;
             if at.contains(&(f + 1)) {
                 report.push((f + 1, rss_mib()));
+                eprintln!("[{:.0} s] stream frame {}", started.elapsed().as_secs_f64(), f + 1);
             }
         }
         Ok(())

@@ -565,6 +565,79 @@ impl LabelerEntry {
     }
 }
 
+/// Sampling steps of DiffMAE unless `steps` says otherwise.
+const DEFAULT_INPAINT_STEPS: usize = 10;
+/// Blur radius (pixels) unless `blur_radius` says otherwise.
+const DEFAULT_BLUR_RADIUS: u32 = 16;
+/// Largest blur radius and mask growth (pixels).
+const MAX_BLUR_RADIUS: u32 = 256;
+
+/// The names of the actors of each kind an agent can act on.
+struct ActorNames<'a> {
+    sam2: &'a HashSet<String>,
+    labeler: &'a HashSet<String>,
+    inpainter: &'a HashSet<String>,
+}
+
+/// The actor of kind `what` an agent's `key` names; when absent, one of its inputs, else the
+/// pipeline's only one.
+fn resolve_actor(
+    loc: &Locator<'_>,
+    at: &KeyPath,
+    key: &str,
+    given: Option<String>,
+    names: &HashSet<String>,
+    inputs: &[String],
+    what: &str,
+) -> Result<Option<String>, ConfigError> {
+    match given {
+        Some(n) if names.contains(&n) => Ok(Some(n)),
+        Some(n) => Err(loc.error(at.key(key), format!("{n:?} is not a {what} actor"))),
+        None => Ok(inputs
+            .iter()
+            .find(|i| names.contains(*i))
+            .cloned()
+            .or_else(|| if names.len() == 1 { names.iter().next().cloned() } else { None })),
+    }
+}
+
+/// `[[actor]] kind = "inpainter"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InpainterEntry {
+    name: String,
+    #[allow(dead_code)]
+    kind: String,
+    inputs: Vec<String>,
+    edge: Option<toml::Value>,
+    #[serde(default = "InpainterEntry::default_method")]
+    method: String,
+    model: Option<String>,
+    weights: Option<PathBuf>,
+    #[serde(default)]
+    allow_random_weights: bool,
+    #[serde(default)]
+    seed: i64,
+    steps: Option<usize>,
+    noise_seed: Option<i64>,
+    blur_radius: Option<u32>,
+    #[serde(default)]
+    tracks: Vec<u32>,
+    #[serde(default)]
+    labels: Vec<String>,
+    #[serde(default = "InpainterEntry::default_dilate")]
+    dilate: u32,
+}
+
+impl InpainterEntry {
+    fn default_method() -> String {
+        "diffmae".into()
+    }
+    fn default_dilate() -> u32 {
+        4
+    }
+}
+
 /// `prompts = [{ box = [x0, y0, x1, y1] }, { points = [[x, y]], labels = [1] }]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -604,6 +677,7 @@ struct AgentEntry {
     max_tokens: Option<usize>,
     tracker: Option<String>,
     labeler: Option<String>,
+    inpainter: Option<String>,
     inbox: Option<InboxEntry>,
 }
 
@@ -656,6 +730,7 @@ enum ActorEntry {
     Backbone(BackboneEntry),
     Sam2(Sam2Entry),
     Labeler(LabelerEntry),
+    Inpainter(InpainterEntry),
 }
 
 impl ActorEntry {
@@ -666,6 +741,7 @@ impl ActorEntry {
             Self::Sam2(t) => &t.name,
             Self::Agent(a) => &a.name,
             Self::Labeler(l) => &l.name,
+            Self::Inpainter(i) => &i.name,
         }
     }
 
@@ -676,6 +752,7 @@ impl ActorEntry {
             Self::Sam2(t) => &t.inputs,
             Self::Agent(a) => &a.inputs,
             Self::Labeler(l) => &l.inputs,
+            Self::Inpainter(i) => &i.inputs,
         }
     }
 }
@@ -881,6 +958,17 @@ pub enum ActorKind {
         /// Box padding per side, fraction of the longer side.
         padding: f64,
     },
+    /// Tracks painted out of frames (privacy).
+    Inpainter {
+        /// How regions are filled.
+        method: ocellus_actors::inpainter::InpaintMethod,
+        /// Track ids always removed.
+        tracks: Vec<u32>,
+        /// Labels always removed.
+        labels: Vec<String>,
+        /// Mask growth in pixels.
+        dilate: u32,
+    },
 }
 
 /// A validated agent.
@@ -904,6 +992,8 @@ pub struct AgentConfig {
     pub tracker: Option<String>,
     /// The labeler `label` acts on.
     pub labeler: Option<String>,
+    /// The inpainter `inpaint` acts on.
+    pub inpainter: Option<String>,
     /// Operator instructions and alt-texts on zenoh.
     pub inbox: Option<ocellus_actors::agent::inbox::InboxSpec>,
 }
@@ -1195,14 +1285,17 @@ impl PipelineConfig {
         let mut actor_entries = Vec::new();
         for (i, value) in top.actor.into_iter().enumerate() {
             let at = KeyPath::root("actor").index(i);
-            let entry = match kind_of(&loc, &at, &value, &["motion", "backbone", "sam2", "agent", "labeler"])?.as_str()
-            {
-                "motion" => ActorEntry::Motion(loc.typed(&at, value)?),
-                "backbone" => ActorEntry::Backbone(loc.typed(&at, value)?),
-                "agent" => ActorEntry::Agent(Box::new(loc.typed(&at, value)?)),
-                "labeler" => ActorEntry::Labeler(loc.typed(&at, value)?),
-                _ => ActorEntry::Sam2(loc.typed(&at, value)?),
-            };
+            let entry =
+                match kind_of(&loc, &at, &value, &["motion", "backbone", "sam2", "agent", "labeler", "inpainter"])?
+                    .as_str()
+                {
+                    "motion" => ActorEntry::Motion(loc.typed(&at, value)?),
+                    "backbone" => ActorEntry::Backbone(loc.typed(&at, value)?),
+                    "agent" => ActorEntry::Agent(Box::new(loc.typed(&at, value)?)),
+                    "labeler" => ActorEntry::Labeler(loc.typed(&at, value)?),
+                    "inpainter" => ActorEntry::Inpainter(loc.typed(&at, value)?),
+                    _ => ActorEntry::Sam2(loc.typed(&at, value)?),
+                };
             check_name(&loc, at.key("name"), entry.name(), &mut names)?;
             actor_entries.push((at, entry));
         }
@@ -1227,6 +1320,11 @@ impl PipelineConfig {
             .iter()
             .filter_map(|(_, e)| if let ActorEntry::Labeler(l) = e { Some(l.name.clone()) } else { None })
             .collect();
+        let inpainter_names: HashSet<String> = actor_entries
+            .iter()
+            .filter_map(|(_, e)| if let ActorEntry::Inpainter(i) = e { Some(i.name.clone()) } else { None })
+            .collect();
+        let kinds = ActorNames { sam2: &sam2_names, labeler: &labeler_names, inpainter: &inpainter_names };
         let mut actors = Vec::new();
         for (at, e) in actor_entries {
             let inputs = e.inputs().to_vec();
@@ -1242,14 +1340,16 @@ impl PipelineConfig {
                 }
                 ActorEntry::Backbone(b) => (b.name.clone(), b.edge.clone(), Self::backbone(&loc, &at, b)?),
                 ActorEntry::Sam2(t) => (t.name.clone(), t.edge.clone(), Self::sam2(&loc, &at, t)?),
-                ActorEntry::Agent(a) => {
-                    (a.name.clone(), a.edge.clone(), Self::agent(&loc, &at, *a, &sam2_names, &labeler_names)?)
-                }
+                ActorEntry::Agent(a) => (a.name.clone(), a.edge.clone(), Self::agent(&loc, &at, *a, &kinds)?),
                 ActorEntry::Labeler(l) => (l.name.clone(), l.edge.clone(), Self::labeler(&loc, &at, l)?),
+                ActorEntry::Inpainter(i) => (i.name.clone(), i.edge.clone(), Self::inpainter(&loc, &at, i)?),
             };
-            // A labeler pairs frames with their tracks: `latest` would drop one for the other.
+            // Labelers and inpainters pair frames with their tracks: `latest` would drop one
+            // for the other.
             let default_edge = match &kind {
-                ActorKind::Labeler { .. } => EdgePolicy::Queue { depth: 16, drop: DropPolicy::Oldest },
+                ActorKind::Labeler { .. } | ActorKind::Inpainter { .. } => {
+                    EdgePolicy::Queue { depth: 16, drop: DropPolicy::Oldest }
+                }
                 _ => EdgePolicy::Latest,
             };
             let edge = parse_edge(&loc, &at, edge, default_edge)?;
@@ -1443,13 +1543,7 @@ impl PipelineConfig {
         })
     }
 
-    fn agent(
-        loc: &Locator<'_>,
-        at: &KeyPath,
-        e: AgentEntry,
-        sam2_names: &HashSet<String>,
-        labeler_names: &HashSet<String>,
-    ) -> Result<ActorKind, ConfigError> {
+    fn agent(loc: &Locator<'_>, at: &KeyPath, e: AgentEntry, kinds: &ActorNames<'_>) -> Result<ActorKind, ConfigError> {
         use ocellus_actors::agent::BackendSpec;
         use ocellus_actors::agent::tools::ToolKind;
         use ocellus_language::guard::GuardModel;
@@ -1533,27 +1627,13 @@ impl PipelineConfig {
             };
             tools.push(tool);
         }
-        let tracker = match e.tracker {
-            Some(t) if sam2_names.contains(&t) => Some(t),
-            Some(t) => return Err(loc.error(at.key("tracker"), format!("{t:?} is not a sam2 actor"))),
-            // An input, else the pipeline's only one.
-            None => e
-                .inputs
-                .iter()
-                .find(|i| sam2_names.contains(*i))
-                .cloned()
-                .or_else(|| if sam2_names.len() == 1 { sam2_names.iter().next().cloned() } else { None }),
-        };
-        let labeler = match e.labeler {
-            Some(l) if labeler_names.contains(&l) => Some(l),
-            Some(l) => return Err(loc.error(at.key("labeler"), format!("{l:?} is not a labeler actor"))),
-            None => e
-                .inputs
-                .iter()
-                .find(|i| labeler_names.contains(*i))
-                .cloned()
-                .or_else(|| if labeler_names.len() == 1 { labeler_names.iter().next().cloned() } else { None }),
-        };
+        let tracker = resolve_actor(loc, at, "tracker", e.tracker.clone(), kinds.sam2, &e.inputs, "sam2")?;
+        let labeler = resolve_actor(loc, at, "labeler", e.labeler.clone(), kinds.labeler, &e.inputs, "labeler")?;
+        let inpainter =
+            resolve_actor(loc, at, "inpainter", e.inpainter.clone(), kinds.inpainter, &e.inputs, "inpainter")?;
+        if tools.contains(&ToolKind::Inpaint) && inpainter.is_none() {
+            return Err(loc.error(at.key("tools"), "`inpaint` needs an inpainter actor (`inpainter`)"));
+        }
         if tools.contains(&ToolKind::Label) && labeler.is_none() {
             return Err(loc.error(at.key("tools"), "`label` needs a labeler actor (in `inputs` or `labeler`)"));
         }
@@ -1594,8 +1674,64 @@ impl PipelineConfig {
             max_tokens: e.max_tokens.unwrap_or(128).max(1),
             tracker,
             labeler,
+            inpainter,
             inbox,
         })))
+    }
+
+    fn inpainter(loc: &Locator<'_>, at: &KeyPath, e: InpainterEntry) -> Result<ActorKind, ConfigError> {
+        use ocellus_actors::inpainter::InpaintMethod;
+        use ocellus_perception::diffmae::DiffMaeConfig;
+        let method = match e.method.as_str() {
+            "diffmae" => {
+                if e.blur_radius.is_some() {
+                    return Err(loc.error(at.key("blur_radius"), "only for `method = \"blur\"`"));
+                }
+                let model = e.model.unwrap_or_else(|| DiffMaeConfig::NAMES[0].to_owned());
+                let Some(config) = DiffMaeConfig::by_name(&model) else {
+                    return Err(loc.error(
+                        at.key("model"),
+                        format!("unknown DiffMAE model {model:?} (known: {})", DiffMaeConfig::NAMES.join(", ")),
+                    ));
+                };
+                let weights = Self::weights_source(loc, at, &model, e.weights, e.allow_random_weights, e.seed)?;
+                let steps = e.steps.unwrap_or(DEFAULT_INPAINT_STEPS);
+                if steps == 0 || steps > config.num_timesteps {
+                    return Err(loc.error(at.key("steps"), format!("{steps}: must be in 1..={}", config.num_timesteps)));
+                }
+                InpaintMethod::DiffMae { model, weights, steps, seed: e.noise_seed.unwrap_or(0) }
+            }
+            "blur" => {
+                for (key, given) in [
+                    ("model", e.model.is_some()),
+                    ("weights", e.weights.is_some()),
+                    ("allow_random_weights", e.allow_random_weights),
+                    ("steps", e.steps.is_some()),
+                    ("noise_seed", e.noise_seed.is_some()),
+                ] {
+                    if given {
+                        return Err(loc.error(at.key(key), "only for `method = \"diffmae\"`"));
+                    }
+                }
+                let radius = e.blur_radius.unwrap_or(DEFAULT_BLUR_RADIUS);
+                if !(1..=MAX_BLUR_RADIUS).contains(&radius) {
+                    return Err(loc.error(at.key("blur_radius"), format!("{radius}: must be in 1..={MAX_BLUR_RADIUS}")));
+                }
+                InpaintMethod::Blur { radius }
+            }
+            other => {
+                return Err(loc.error(at.key("method"), format!("unknown method {other:?} (known: diffmae, blur)")));
+            }
+        };
+        if e.dilate > MAX_BLUR_RADIUS {
+            return Err(loc.error(at.key("dilate"), format!("{}: must be at most {MAX_BLUR_RADIUS}", e.dilate)));
+        }
+        for (i, label) in e.labels.iter().enumerate() {
+            if label.trim().is_empty() {
+                return Err(loc.error(at.key("labels").index(i), "labels are non-empty class names"));
+            }
+        }
+        Ok(ActorKind::Inpainter { method, tracks: e.tracks, labels: e.labels, dilate: e.dilate })
     }
 
     fn sam2(loc: &Locator<'_>, at: &KeyPath, e: Sam2Entry) -> Result<ActorKind, ConfigError> {

@@ -5,7 +5,10 @@ use std::collections::HashMap;
 use ocellus_actors::agent::inbox::Inbox;
 use ocellus_actors::agent::{AgentProcessor, AgentSpec, BackendSpec, GuardSpec};
 use ocellus_actors::backbone::{BackboneProcessor, BackboneSpec};
-use ocellus_actors::control::{ControlReceiver, ControlSender, LabelerCommand, TrackerCommand, control_channel};
+use ocellus_actors::control::{
+    ControlReceiver, ControlSender, InpainterCommand, LabelerCommand, TrackerCommand, control_channel,
+};
+use ocellus_actors::inpainter::{InpainterProcessor, InpainterSpec};
 use ocellus_actors::labeler::{LabelerProcessor, LabelerSpec};
 use ocellus_actors::motion::MotionProcessor;
 use ocellus_actors::runtime::SourceKind;
@@ -73,6 +76,8 @@ pub fn build(config: &PipelineConfig) -> Result<Pipeline, BuildError> {
         HashMap::new();
     let mut label_controls: HashMap<String, (ControlSender<LabelerCommand>, ControlReceiver<LabelerCommand>)> =
         HashMap::new();
+    let mut inpaint_controls: HashMap<String, (ControlSender<InpainterCommand>, ControlReceiver<InpainterCommand>)> =
+        HashMap::new();
     for actor in &config.actors {
         if let ActorKind::Agent(agent) = &actor.kind
             && let Some(tracker) = &agent.tracker
@@ -83,6 +88,11 @@ pub fn build(config: &PipelineConfig) -> Result<Pipeline, BuildError> {
             && let Some(labeler) = &agent.labeler
         {
             label_controls.entry(labeler.clone()).or_insert_with(|| control_channel(TRACKER_CONTROL_DEPTH));
+        }
+        if let ActorKind::Agent(agent) = &actor.kind
+            && let Some(inpainter) = &agent.inpainter
+        {
+            inpaint_controls.entry(inpainter.clone()).or_insert_with(|| control_channel(TRACKER_CONTROL_DEPTH));
         }
     }
     for actor in &config.actors {
@@ -141,6 +151,23 @@ pub fn build(config: &PipelineConfig) -> Result<Pipeline, BuildError> {
                     Box::new(move || Ok(Box::new(LabelerProcessor::new(spec.clone())?) as Box<dyn Processor>)),
                 );
             }
+            ActorKind::Inpainter { method, tracks, labels, dilate } => {
+                let spec = InpainterSpec {
+                    method: method.clone(),
+                    device,
+                    dtype: config.dtype,
+                    tracks: tracks.clone(),
+                    labels: labels.clone(),
+                    dilate: *dilate,
+                    control: inpaint_controls.get(&actor.name).map(|(_, rx)| rx.clone()),
+                };
+                pipeline.stage(
+                    &actor.name,
+                    &inputs,
+                    actor.edge,
+                    Box::new(move || Ok(Box::new(InpainterProcessor::new(spec.clone())?) as Box<dyn Processor>)),
+                );
+            }
             ActorKind::Agent(agent) => {
                 let inbox = Inbox::new();
                 if let Some(spec) = &agent.inbox {
@@ -160,6 +187,7 @@ pub fn build(config: &PipelineConfig) -> Result<Pipeline, BuildError> {
                     inbox,
                     tracker: agent.tracker.as_ref().and_then(|t| controls.get(t)).map(|(tx, _)| tx.clone()),
                     labeler: agent.labeler.as_ref().and_then(|l| label_controls.get(l)).map(|(tx, _)| tx.clone()),
+                    inpainter: agent.inpainter.as_ref().and_then(|i| inpaint_controls.get(i)).map(|(tx, _)| tx.clone()),
                 };
                 pipeline.stage(
                     &actor.name,

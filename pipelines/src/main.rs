@@ -106,7 +106,7 @@ enum BenchCommand {
         /// Object counts to time.
         #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
         objects: Vec<usize>,
-        /// Frames per timing (the first, prompted, is not timed).
+        /// Frames per timing (the first, prompted, is not timed; 0: no timing).
         #[arg(long, default_value_t = 6)]
         frames: usize,
         /// Intra-op threads for both.
@@ -115,6 +115,13 @@ enum BenchCommand {
         /// Stream this many frames afterwards and report the RSS (0: skip).
         #[arg(long, default_value_t = 0)]
         stream_frames: u64,
+        /// Objects tracked on that stream.
+        #[arg(long, default_value_t = 1)]
+        stream_objects: usize,
+        /// Input side of that stream's model (1024 as released; smaller sides run faster on a
+        /// CPU and keep the same memory bank).
+        #[arg(long, default_value_t = 1024)]
+        stream_image_size: i64,
     },
     /// Llama 3 prompt and decode tokens/s against transformers (same shape and threads), and
     /// decode as a fraction of the memory-bandwidth bound.
@@ -302,16 +309,26 @@ fn bench_runtime(frames: u64, edge: BenchEdge, paced_fps: f64, paced_frames: u64
     Ok(())
 }
 
+/// What `bench tracker` streams after timing, to report the RSS.
+struct StreamBench {
+    frames: u64,
+    objects: usize,
+    image_size: i64,
+}
+
 fn bench_tracker(
     model: &str,
     objects: &[usize],
     frames: usize,
     threads: i32,
-    stream_frames: u64,
+    stream: &StreamBench,
 ) -> anyhow::Result<()> {
     let scratch = std::env::temp_dir().join(format!("ocellus-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
-    println!("{:<20} {:>8} {:>12} {:>14} {:>7}", "model", "objects", "ocellus ms", "reference ms", "ratio");
+    let objects = if frames == 0 { &[][..] } else { objects };
+    if !objects.is_empty() {
+        println!("{:<20} {:>8} {:>12} {:>14} {:>7}", "model", "objects", "ocellus ms", "reference ms", "ratio");
+    }
     for &n in objects {
         let r = bench::tracker(model, n, frames, threads, &scratch)?;
         println!(
@@ -324,10 +341,13 @@ fn bench_tracker(
         );
     }
     std::fs::remove_dir_all(&scratch).ok();
-    if stream_frames > 0 {
-        let marks: Vec<u64> =
-            [1, 10, 100, 1000, 2000, stream_frames].into_iter().filter(|&m| m <= stream_frames).collect();
-        for (frame, rss) in bench::tracker_memory(model, 1, stream_frames, &marks)? {
+    if stream.frames > 0 {
+        let marks: Vec<u64> = [1, 10, 100, 200, 500, 1000, 1500, 2000, stream.frames]
+            .into_iter()
+            .filter(|&m| m <= stream.frames)
+            .collect();
+        println!("stream: {} object(s) at {} pixels", stream.objects, stream.image_size);
+        for (frame, rss) in bench::tracker_memory(model, stream.objects, stream.frames, stream.image_size, &marks)? {
             println!("stream frame {frame:>5}: RSS {rss:.0} MiB");
         }
     }
@@ -428,8 +448,12 @@ fn main() -> ExitCode {
                 );
                 ExitCode::SUCCESS
             }),
-        Command::Bench { what: BenchCommand::Tracker { model, objects, frames, threads, stream_frames } } => {
-            bench_tracker(&model, &objects, frames, threads, stream_frames).map(|()| ExitCode::SUCCESS)
+        Command::Bench {
+            what:
+                BenchCommand::Tracker { model, objects, frames, threads, stream_frames, stream_objects, stream_image_size },
+        } => {
+            let stream = StreamBench { frames: stream_frames, objects: stream_objects, image_size: stream_image_size };
+            bench_tracker(&model, &objects, frames, threads, &stream).map(|()| ExitCode::SUCCESS)
         }
         Command::Bench { what: BenchCommand::Llm { model, threads, prompt_tokens, decode_tokens, runs, bf16 } } => {
             bench_llm(&model, threads, prompt_tokens, decode_tokens, runs, bf16).map(|()| ExitCode::SUCCESS)

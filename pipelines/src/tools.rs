@@ -1,4 +1,4 @@
-//! `ocellus weights import | init`, for the vision models (Hiera, SAM 2) and Llama 3.
+//! `ocellus weights import | init`, for the vision models (Hiera, SAM 2), DiffMAE and Llama 3.
 
 use std::path::{Path, PathBuf};
 
@@ -7,6 +7,7 @@ use ocellus_language::config::{LlamaConfig, MetaParams};
 use ocellus_language::llama::Llama;
 use ocellus_perception::PerceptionError;
 use ocellus_perception::backbone::Backbone;
+use ocellus_perception::diffmae::{DiffMae, DiffMaeConfig};
 use ocellus_perception::weights::{self, Manifest};
 use tch::{Device, Kind, Tensor};
 
@@ -21,7 +22,33 @@ pub fn import(model: &str, checkpoint: &Path, out: &Path) -> anyhow::Result<Mani
     if LlamaConfig::by_name(model).is_ok() {
         return import_llama(model, checkpoint, out);
     }
+    if let Some(config) = DiffMaeConfig::by_name(model) {
+        return Ok(import_diffmae(model, &config, checkpoint, out)?);
+    }
     Ok(import_vision(model, checkpoint, out)?)
+}
+
+/// DiffMAE from a checkpoint in MAE's layout (`model` / `state_dict` of a `.pth`, or
+/// safetensors) with the DiffMAE decoder's keys; every key is checked.
+fn import_diffmae(
+    model: &str,
+    config: &DiffMaeConfig,
+    checkpoint: &Path,
+    out: &Path,
+) -> Result<Manifest, PerceptionError> {
+    let mut vs = tch::nn::VarStore::new(Device::Cpu);
+    DiffMae::new(&vs.root(), config)?;
+    let tmp = out.with_extension("safetensors.partial");
+    weights::convert_checkpoint(checkpoint, &tmp)?;
+    if let Err(e) = weights::load(&mut vs, &tmp, weights::Scope::Exact) {
+        std::fs::remove_file(&tmp).ok();
+        return Err(e);
+    }
+    std::fs::rename(&tmp, out)
+        .map_err(|e| PerceptionError::Weights { path: out.to_path_buf(), message: e.to_string() })?;
+    let json = serde_json::to_value(config)
+        .map_err(|e| PerceptionError::Config { model: "diffmae", message: e.to_string() })?;
+    weights::write_manifest(out, model, json, format!("import {}", checkpoint.display()))
 }
 
 fn import_vision(model: &str, checkpoint: &Path, out: &Path) -> Result<Manifest, PerceptionError> {
@@ -47,6 +74,12 @@ pub fn init(model: &str, seed: i64, out: &Path) -> anyhow::Result<Manifest> {
         }
         llama.save(out)?;
         return Ok(weights::write_manifest(out, model, serde_json::to_value(&config)?, format!("init seed={seed}"))?);
+    }
+    if let Some(config) = DiffMaeConfig::by_name(model) {
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        DiffMae::new(&vs.root(), &config)?;
+        weights::init_seeded(&vs, seed)?;
+        return Ok(weights::save(&vs, out, model, serde_json::to_value(&config)?, format!("init seed={seed}"))?);
     }
     Ok(init_vision(model, seed, out)?)
 }

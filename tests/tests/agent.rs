@@ -156,6 +156,7 @@ fn spec(url: &str, tools: Vec<ToolKind>, guard: bool, inbox: Arc<Inbox>, caption
         inbox,
         tracker: None,
         labeler: None,
+        inpainter: None,
     }
 }
 
@@ -484,4 +485,76 @@ inbox = {{ operator_key = "ocellus/test/label", listen = ["tcp/127.0.0.1:{port}"
     );
     let first = labels.iter().position(|(_, l)| CANDIDATES.contains(&l.as_str())).unwrap();
     assert!(labels[first..].iter().all(|(_, l)| CANDIDATES.contains(&l.as_str())), "and from then on: {labels:?}");
+}
+
+#[test]
+fn inpaint_tool_makes_the_inpainter_paint_the_track_out() {
+    const FRAMES: usize = 8;
+    let (url, _) = serve(|body| {
+        let (system, user) = system_and_user(body);
+        if system.starts_with("You maintain the caption") {
+            return "{\"phrases\": []}".into();
+        }
+        if user.contains("hide track 1") { r#"[inpaint(track_id=1)]"#.into() } else { "ok".into() }
+    });
+    let port = free_port();
+    let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "agent_inpaint");
+    let rrd = dir.join("inpaint.rrd");
+    let tracker = cam_and_tracker_toml(FRAMES, "prompts = [{ box = [120, 80, 200, 160] }]");
+    let rest = format!(
+        r#"
+[[actor]]
+name = "privacy"
+kind = "inpainter"
+inputs = ["cam", "tracker"]
+edge = {{ policy = "block", depth = 16 }}
+model = "diffmae_vit_base_patch16"
+allow_random_weights = true
+steps = 2
+
+[[actor]]
+name = "agent"
+kind = "agent"
+inputs = ["tracker"]
+edge = {{ policy = "block" }}
+server = {{ url = "{url}", model = "scripted" }}
+tools = ["inpaint"]
+caption_every = "1h"
+inbox = {{ operator_key = "ocellus/test/inpaint", listen = ["tcp/127.0.0.1:{port}"], multicast_scouting = false }}
+"#
+    );
+    let sink = rerun_sink_toml(&["privacy", "agent"], &rrd);
+    let config = config_file(&dir, "inpaint.toml", &format!("{tracker}{rest}\n{sink}"));
+    let mut pipeline = build(&config).unwrap();
+    let collected = Collected::default();
+    let sink = collected.clone();
+    pipeline.stage(
+        "collect",
+        &["privacy", "agent"],
+        EdgePolicy::Block { depth: 64 },
+        Box::new(move || Ok(sink.processor())),
+    );
+    let operator = ZenohPublisher::start(port, "ocellus/test/inpaint", &["hide track 1"], Duration::from_millis(300));
+    let report = pipeline.run().unwrap();
+    drop(operator);
+    assert_eq!(report.failures().count(), 0, "{report}");
+    let packets = collected.take();
+    let executed = packets.iter().any(|(p, _)| {
+        matches!(p, Packet::Agent(a) if matches!(&a.output, AgentOutput::Decision(d) if d.tool == "inpaint" && matches!(d.outcome, Outcome::Executed(_))))
+    });
+    assert!(executed, "the inpaint call was executed");
+    let removed: Vec<(u64, Vec<u32>)> = packets
+        .iter()
+        .filter_map(
+            |(p, _)| if let Packet::Inpainted(i) = p { Some((i.frame.meta.seq, i.removed.clone())) } else { None },
+        )
+        .collect();
+    println!("removed per frame: {removed:?}");
+    assert_eq!(removed.len(), FRAMES, "an inpainted frame per frame");
+    assert!(removed.iter().any(|(_, r)| r == &[1]), "track 1 painted out after the agent asked");
+    // Once asked, every later frame where track 1 is visible has it removed (and none other).
+    let first = removed.iter().position(|(_, r)| !r.is_empty()).unwrap();
+    assert!(removed[first..].iter().all(|(_, r)| r.is_empty() || r == &[1]), "{removed:?}");
+    let summary = read_rrd(&rrd).unwrap();
+    assert_eq!(summary.rows_of("world/cam/inpainted").len(), FRAMES);
 }

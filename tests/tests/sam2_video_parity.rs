@@ -12,7 +12,7 @@
 use ocellus_perception::sam2::tracker::VideoSession;
 use ocellus_perception::sam2::{Sam2, Sam2Config};
 use ocellus_perception::weights::{self, Scope};
-use ocellus_tests::{assert_close, fixture_io, fixtures_dir, max_abs_diff};
+use ocellus_tests::{assert_close, assert_close_bf16, fixture_io, fixtures_dir};
 use tch::Device;
 use tch::nn::VarStore;
 
@@ -56,29 +56,12 @@ fn check(case: &str, model: &str) {
                 );
                 let ours = out.maskmem_features.as_ref().unwrap();
                 let reference = &io[&format!("{tag}.maskmem_features")];
-                check_bf16(&format!("{case} {tag} maskmem_features"), ours, reference);
+                assert_close_bf16(&format!("{case} {tag} maskmem_features"), ours, reference, TOL);
             }
         }
         assert_eq!(session.memory(1).unwrap().cond.len(), 2, "frames 0 and 3 condition object 1");
         assert_eq!(session.memory(2).unwrap().cond.len(), 1);
     });
-}
-
-/// Elementwise: within 1e-4 or one bf16 ulp (8-bit mantissa) of the reference value; and
-/// those one-ulp differences are rare.
-fn check_bf16(name: &str, ours: &tch::Tensor, reference: &tch::Tensor) {
-    let diff = (ours - reference).abs();
-    let ulp = reference.abs().clamp_min(1e-30).log2().floor().g_sub_scalar(7.0).exp2();
-    let allowed = ulp.clamp_min(TOL);
-    let within = diff.le_tensor(&allowed).all().int64_value(&[]) == 1;
-    let differing = diff.gt(TOL).to_kind(tch::Kind::Float).mean(tch::Kind::Float).double_value(&[]);
-    println!(
-        "{name}: max abs error {:.3e}, {:.5}% beyond 1e-4 (bf16 rounding)",
-        max_abs_diff(ours, reference),
-        differing * 100.0
-    );
-    assert!(within, "{name}: a difference beyond one bf16 ulp");
-    assert!(differing <= 1e-3, "{name}: {differing:e} of the elements differ");
 }
 
 #[test]

@@ -63,7 +63,7 @@ impl ToolKind {
             Self::Track => "Start tracking an object, given its box [x0, y0, x1, y1] in pixels of the camera's frame.",
             Self::Untrack => "Stop tracking the object with this track id.",
             Self::Label => "Name a tracked object by choosing among candidate labels.",
-            Self::Inpaint => "Remove a tracked object from the published image (privacy).",
+            Self::Inpaint => "Remove a tracked object from the published images (privacy), or show it again.",
             Self::Describe => "Describe one tracked object, or the whole scene when no track id is given.",
             Self::Alert => "Raise an alert for the operator (level 1 info, 2 warning, 3 critical).",
             Self::Publish => "Publish a short text on a topic under the pipeline's publish prefix.",
@@ -133,6 +133,9 @@ pub struct LabelArgs {
 pub struct InpaintArgs {
     /// Track id.
     pub track_id: u32,
+    /// Show the track again instead of removing it.
+    #[serde(default)]
+    pub restore: bool,
 }
 
 /// `describe`.
@@ -356,7 +359,9 @@ impl ToolRegistry {
             }
             ToolKind::Inpaint => {
                 let args: InpaintArgs = parse(name, args)?;
-                known(args.track_id)?;
+                if !args.restore {
+                    known(args.track_id)?; // restoring a track that has left is harmless
+                }
                 ValidCall::Inpaint(args)
             }
             ToolKind::Describe => {

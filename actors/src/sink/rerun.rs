@@ -165,6 +165,11 @@ impl RerunSink {
     }
 
     fn log_frame(&self, frame: &Frame) -> Result<()> {
+        self.log_image(frame, "image")
+    }
+
+    /// `frame` at `world/<camera>/<name>`.
+    fn log_image(&self, frame: &Frame, name: &str) -> Result<()> {
         let l = &frame.layout;
         let packed = l.pack(&frame.pixels).map_err(|e| ActorError::BadInput(e.to_string()))?;
         let resolution = [l.width as u32, l.height as u32];
@@ -177,7 +182,9 @@ impl RerunSink {
             PixelFormat::Nv12 => Image::from_pixel_format(resolution, rerun::PixelFormat::NV12, packed),
         };
         self.set_camera_time(&frame.meta);
-        self.rec.log(format!("world/{}/image", frame.meta.camera), &image).map_err(|e| ActorError::Rerun(e.to_string()))
+        self.rec
+            .log(format!("world/{}/{name}", frame.meta.camera), &image)
+            .map_err(|e| ActorError::Rerun(e.to_string()))
     }
 
     fn log_mask(&mut self, mask: &Mask) -> Result<()> {
@@ -270,6 +277,7 @@ impl Processor for RerunSink {
             Packet::Metrics(r) => self.log_metrics(r)?,
             Packet::Tracks(t) => self.log_tracks(t)?,
             Packet::Agent(a) => self.log_agent(a)?,
+            Packet::Inpainted(i) => self.log_image(&i.frame, "inpainted")?,
             // Feature maps are for models downstream; the recording shows their metrics.
             Packet::Features(_) => {}
         }

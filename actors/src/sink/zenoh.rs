@@ -185,6 +185,35 @@ impl ZenohSink {
     }
 }
 
+impl ZenohSink {
+    /// A frame on `<camera>/<topic>` (Ocellus raw) or `<camera>/<ros_topic>`
+    /// (`sensor_msgs/Image`).
+    fn image(
+        f: &crate::Frame,
+        topic: &str,
+        ros_topic: &str,
+        ros: bool,
+        camera: &dyn Fn(&str) -> String,
+    ) -> Result<Outgoing> {
+        let bad = |e: transport::CodecError| ActorError::BadInput(e.to_string());
+        Ok(if ros {
+            Outgoing {
+                topic: format!("{}/{ros_topic}", camera(&f.meta.camera)),
+                ty: MsgType::Image,
+                encoding: Encoding::APPLICATION_CDR,
+                body: Body::Bytes(ros2::encode_image(f, &f.meta.camera).map_err(bad)?),
+            }
+        } else {
+            Outgoing {
+                topic: format!("{}/{topic}", f.meta.camera),
+                ty: MsgType::Image,
+                encoding: Encoding::VIDEO_RAW,
+                body: Body::RawFrame { header: raw::encode_header(f).map_err(bad)?, pixels: f.pixels.clone() },
+            }
+        })
+    }
+}
+
 impl Processor for ZenohSink {
     fn process(&mut self, input: Packet, out: &mut Outputs) -> Result<()> {
         let capture = input.meta().map(|m| m.capture_ns);
@@ -200,24 +229,9 @@ impl Processor for ZenohSink {
             Packet::Metrics(r) => {
                 Some(self.observation(&Observation::metrics(r), format!("metrics/{}", camera(&r.stage)))?)
             }
-            Packet::Frame(f) if self.handle.spec.frames => {
-                let bad = |e: transport::CodecError| ActorError::BadInput(e.to_string());
-                Some(if ros {
-                    Outgoing {
-                        topic: format!("{}/image", camera(&f.meta.camera)),
-                        ty: MsgType::Image,
-                        encoding: Encoding::APPLICATION_CDR,
-                        body: Body::Bytes(ros2::encode_image(f, &f.meta.camera).map_err(bad)?),
-                    }
-                } else {
-                    Outgoing {
-                        topic: format!("{}/frames", f.meta.camera),
-                        ty: MsgType::Image,
-                        encoding: Encoding::VIDEO_RAW,
-                        body: Body::RawFrame { header: raw::encode_header(f).map_err(bad)?, pixels: f.pixels.clone() },
-                    }
-                })
-            }
+            Packet::Frame(f) if self.handle.spec.frames => Some(Self::image(f, "frames", "image", ros, &camera)?),
+            // Inpainted frames are routed here on purpose: always published.
+            Packet::Inpainted(i) => Some(Self::image(&i.frame, "inpainted", "inpainted/image", ros, &camera)?),
             Packet::Agent(a) => {
                 use crate::agent::AgentOutput;
                 use crate::transport::observations::TextKind;

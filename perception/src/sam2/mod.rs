@@ -101,6 +101,8 @@ pub struct Sam2 {
     /// Mask decoder.
     pub mask_decoder: MaskDecoder,
     no_mem_embed: Tensor, // [1, 1, 256]
+    /// Input side in pixels (`image_size`); masks at high resolution have this side.
+    image_size: i64,
     /// The video path (memory attention, memory encoder, object pointers), when built.
     tracking: Option<tracker::Sam2Tracking>,
 }
@@ -120,6 +122,7 @@ impl Sam2 {
             )?,
             mask_decoder: MaskDecoder::new(&(p / "sam_mask_decoder"), c.mask_decoder)?,
             no_mem_embed: parameter(p, "no_mem_embed", &[1, 1, HIDDEN_DIM])?,
+            image_size: c.image_size,
             tracking: None,
         })
     }
@@ -129,6 +132,11 @@ impl Sam2 {
         let mut sam = Self::new(p, c)?;
         sam.tracking = Some(tracker::Sam2Tracking::new(p)?);
         Ok(sam)
+    }
+
+    /// Input side in pixels (`image_size` of the config).
+    pub fn image_size(&self) -> i64 {
+        self.image_size
     }
 
     /// `forward_image` + the image predictor's `set_image`: encodes a normalized

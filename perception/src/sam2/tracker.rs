@@ -33,8 +33,8 @@ const NO_OBJ_SCORE: f64 = -1024.0;
 const SIGMOID_SCALE_FOR_MEM_ENC: f64 = 20.0;
 /// See [`SIGMOID_SCALE_FOR_MEM_ENC`].
 const SIGMOID_BIAS_FOR_MEM_ENC: f64 = -10.0;
-/// Low-resolution mask side.
-const LOW_RES: i64 = 256;
+/// Low-resolution masks have a quarter of the input side (256 at 1024).
+const LOW_RES_DIVISOR: i64 = 4;
 /// Previous mask logits used as a prompt are clamped to this.
 const PREV_LOGIT_CLAMP: f64 = 32.0;
 /// Checkpoint prefixes of the video path.
@@ -185,6 +185,61 @@ impl Horizon {
     }
 }
 
+/// What one object attends to on a frame: spatial memories with their temporal slot and
+/// object pointers with their distance in frames. Objects whose layouts have the same
+/// [`key`](Self::key) are tracked in one batch.
+struct MemoryLayout<'m> {
+    /// `(t_pos, maskmem_features [1, 64, H, W])`: conditioning frames (0), then the previous
+    /// frames (1..=6).
+    spatial: Vec<(i64, &'m Tensor)>,
+    /// `(t_diff, obj_ptr [1, 256])`: conditioning frames, then up to 15 previous frames.
+    ptrs: Vec<(i64, &'m Tensor)>,
+    /// Pointer distances are normalized by `max_ptrs - 1`.
+    max_ptrs: i64,
+}
+
+impl<'m> MemoryLayout<'m> {
+    /// The memories `mem` offers on `frame` (`_prepare_memory_conditioned_features`).
+    fn of(frame: u64, mem: &'m ObjectMemory, horizon: Horizon) -> Result<Self> {
+        if mem.cond.is_empty() {
+            return Err(PerceptionError::Config {
+                model: "sam2",
+                message: "tracking an object without a conditioning frame".into(),
+            });
+        }
+        let frame_i = frame as i64;
+        // Spatial memories: every conditioning frame (t_pos 0), then the 6 previous frames.
+        let mut with_outputs: Vec<(i64, &FrameOutput)> = mem.cond.iter().map(|(_, o)| (0, o)).collect();
+        for t_pos in 1..NUM_MASKMEM {
+            let prev = frame_i - (NUM_MASKMEM - t_pos);
+            if let Some(out) = u64::try_from(prev).ok().and_then(|p| mem.non_cond.get(&p)) {
+                with_outputs.push((t_pos, out));
+            }
+        }
+        let spatial =
+            with_outputs.into_iter().filter_map(|(t_pos, o)| o.maskmem_features.as_ref().map(|m| (t_pos, m))).collect();
+        // Object pointers: past conditioning frames, then up to 15 previous frames.
+        let max_ptrs = horizon.max_obj_ptrs();
+        let mut ptrs: Vec<(i64, &Tensor)> =
+            mem.cond.iter().filter(|(f, _)| *f <= frame).map(|(f, o)| (frame_i - *f as i64, &o.obj_ptr)).collect();
+        for t_diff in 1..max_ptrs {
+            let tt = frame_i - t_diff;
+            if tt < 0 || !horizon.contains(tt) {
+                break;
+            }
+            if let Some(out) = mem.non_cond.get(&(tt as u64)) {
+                ptrs.push((t_diff, &out.obj_ptr));
+            }
+        }
+        Ok(Self { spatial, ptrs, max_ptrs })
+    }
+
+    /// Equal keys: the same memory slots and pointer distances, so the memories stack.
+    fn key(&self) -> (Vec<i64>, Vec<i64>, i64) {
+        (self.spatial.iter().map(|(t, _)| *t).collect(), self.ptrs.iter().map(|(t, _)| *t).collect(), self.max_ptrs)
+    }
+}
+
 /// Outputs of the SAM heads (`_forward_sam_heads`).
 struct SamHeads {
     low_res_masks: Tensor,
@@ -231,9 +286,10 @@ impl Sam2 {
                 Tensor::f_ones([b, 1], (Kind::Int, device))?.f_neg()?,
             ),
         };
+        let (side, low_res) = (self.image_size(), self.image_size() / LOW_RES_DIVISOR);
         let mask_prompt = match mask_inputs {
-            Some(m) if m.size()[2..] != [LOW_RES, LOW_RES] => Some(
-                m.f_to_kind(Kind::Float)?.f_internal_upsample_bilinear2d_aa([LOW_RES, LOW_RES], false, None, None)?,
+            Some(m) if m.size()[2..] != [low_res, low_res] => Some(
+                m.f_to_kind(Kind::Float)?.f_internal_upsample_bilinear2d_aa([low_res, low_res], false, None, None)?,
             ),
             Some(m) => Some(m.shallow_clone()),
             None => None,
@@ -252,7 +308,7 @@ impl Sam2 {
         let no_obj = Tensor::f_full([1], NO_OBJ_SCORE, (Kind::Float, device))?;
         let low_res_multi =
             out.masks.f_where_self(&appearing.f_unsqueeze(-1)?.f_unsqueeze(-1)?, &no_obj)?.f_to_kind(Kind::Float)?;
-        let high_res_multi = low_res_multi.f_upsample_bilinear2d([1024, 1024], false, None, None)?;
+        let high_res_multi = low_res_multi.f_upsample_bilinear2d([side, side], false, None, None)?;
         let mut token = out.sam_tokens_out.f_select(1, 0)?;
         let (low_res_masks, high_res_masks) = if multimask {
             let best = out.iou_pred.f_argmax(-1, false)?;
@@ -279,7 +335,12 @@ impl Sam2 {
         let m = mask.f_to_kind(Kind::Float)?;
         let high_res_masks = m.f_mul_scalar(SIGMOID_SCALE_FOR_MEM_ENC)?.f_add_scalar(SIGMOID_BIAS_FOR_MEM_ENC)?;
         let (h, w) = (high_res_masks.size()[2], high_res_masks.size()[3]);
-        let low_res_masks = high_res_masks.f_internal_upsample_bilinear2d_aa([h / 4, w / 4], false, None, None)?;
+        let low_res_masks = high_res_masks.f_internal_upsample_bilinear2d_aa(
+            [h / LOW_RES_DIVISOR, w / LOW_RES_DIVISOR],
+            false,
+            None,
+            None,
+        )?;
         let heads = self.forward_sam_heads(backbone, None, Some(&t.mask_downsample.forward(&m)?), high_res, false)?;
         let appearing = m.f_flatten(1, -1)?.f_gt(0.0)?.f_any_dim(1, false)?.f_unsqueeze(-1)?.f_to_kind(Kind::Float)?;
         let object_score_logits =
@@ -298,55 +359,50 @@ impl Sam2 {
         mem: &ObjectMemory,
         horizon: Horizon,
     ) -> Result<Tensor> {
-        let t = self.tracking()?;
-        let (b, c, h, w) = feats.pix_feat.size4()?;
         if init_cond {
             // directly_add_no_mem_embed
             return Ok(feats.pix_feat.f_add(&self.no_mem_embed.f_view([1, -1, 1, 1])?)?);
         }
-        if mem.cond.is_empty() {
+        self.memory_conditioned_batch(feats, &[&MemoryLayout::of(frame, mem, horizon)?])
+    }
+
+    /// The memory-conditioned features of several objects whose memories have the same
+    /// [`MemoryLayout::key`], in one batch: `[B, C, H, W]`, one row per layout.
+    fn memory_conditioned_batch(&self, feats: &FrameFeatures, layouts: &[&MemoryLayout<'_>]) -> Result<Tensor> {
+        let t = self.tracking()?;
+        let (_, c, h, w) = feats.pix_feat.size4()?;
+        let Some(first) = layouts.first() else {
+            return Err(PerceptionError::Config { model: "sam2", message: "an empty batch of objects".into() });
+        };
+        if layouts.iter().any(|l| l.key() != first.key()) {
             return Err(PerceptionError::Config {
                 model: "sam2",
-                message: "tracking an object without a conditioning frame".into(),
+                message: "objects batched with unequal memories".into(),
             });
         }
-        let frame_i = frame as i64;
+        let b = layouts.len() as i64;
         let mut memories = Vec::new();
         let mut memory_pos = Vec::new();
-        // Spatial memories: every conditioning frame (t_pos 0), then the 6 previous frames.
-        let mut t_pos_and_prevs: Vec<(i64, &FrameOutput)> = mem.cond.iter().map(|(_, o)| (0, o)).collect();
-        for t_pos in 1..NUM_MASKMEM {
-            let prev = frame_i - (NUM_MASKMEM - t_pos);
-            if let Some(out) = u64::try_from(prev).ok().and_then(|p| mem.non_cond.get(&p)) {
-                t_pos_and_prevs.push((t_pos, out));
-            }
-        }
-        let mem_pos_enc = self.maskmem_pos_enc(&feats.pix_feat)?; // [1, 64, 64, 64]
-        for (t_pos, prev) in t_pos_and_prevs {
-            let Some(features) = prev.maskmem_features.as_ref() else { continue };
+        // Spatial memories: the same slots for every object of the batch.
+        let mem_pos_enc = self.maskmem_pos_enc(&feats.pix_feat)?.f_flatten(2, -1)?.f_permute([2, 0, 1])?; // [HW, 1, 64]
+        for (slot, (t_pos, _)) in first.spatial.iter().enumerate() {
+            let rows: Vec<&Tensor> = layouts.iter().map(|l| l.spatial[slot].1).collect();
+            let features = Tensor::f_cat(&rows, 0)?; // [B, 64, H, W]
             memories.push(features.f_flatten(2, -1)?.f_permute([2, 0, 1])?); // [HW, B, 64]
-            let enc = mem_pos_enc.f_flatten(2, -1)?.f_permute([2, 0, 1])?;
-            memory_pos.push(enc.f_add(&t.maskmem_tpos_enc.f_get(NUM_MASKMEM - t_pos - 1)?)?);
-        }
-        // Object pointers: past conditioning frames, then up to 15 previous frames.
-        let max_ptrs = horizon.max_obj_ptrs();
-        let mut pos_and_ptrs: Vec<(i64, &Tensor)> =
-            mem.cond.iter().filter(|(f, _)| *f <= frame).map(|(f, o)| (frame_i - *f as i64, &o.obj_ptr)).collect();
-        for t_diff in 1..max_ptrs {
-            let tt = frame_i - t_diff;
-            if tt < 0 || !horizon.contains(tt) {
-                break;
-            }
-            if let Some(out) = mem.non_cond.get(&(tt as u64)) {
-                pos_and_ptrs.push((t_diff, &out.obj_ptr));
-            }
+            let enc = mem_pos_enc.f_add(&t.maskmem_tpos_enc.f_get(NUM_MASKMEM - t_pos - 1)?)?;
+            memory_pos.push(enc.f_expand([-1, b, MEM_DIM], false)?);
         }
         let mut num_obj_ptr_tokens = 0;
-        if !pos_and_ptrs.is_empty() {
-            let ptrs: Vec<&Tensor> = pos_and_ptrs.iter().map(|(_, p)| *p).collect();
+        if !first.ptrs.is_empty() {
+            let ptrs = first
+                .ptrs
+                .iter()
+                .enumerate()
+                .map(|(slot, _)| Tensor::f_cat(&layouts.iter().map(|l| l.ptrs[slot].1).collect::<Vec<_>>(), 0))
+                .collect::<Result<Vec<_>, _>>()?;
             let obj_ptrs = Tensor::f_stack(&ptrs, 0)?; // [N, B, C]
-            let pos: Vec<i64> = pos_and_ptrs.iter().map(|(p, _)| *p).collect();
-            let t_diff_max = (max_ptrs - 1) as f64;
+            let pos: Vec<i64> = first.ptrs.iter().map(|(p, _)| *p).collect();
+            let t_diff_max = (first.max_ptrs - 1) as f64;
             let obj_pos = Tensor::f_from_slice(&pos)?.f_to_device(feats.pix_feat.device())?.f_div_scalar(t_diff_max)?;
             let obj_pos = t.obj_ptr_tpos_proj.forward(&sine_1d(&obj_pos, c)?)?; // [N, 64]
             let obj_pos = obj_pos.f_unsqueeze(1)?.f_expand([-1, b, MEM_DIM], false)?;
@@ -359,8 +415,8 @@ impl Sam2 {
         }
         let memory = Tensor::f_cat(&memories, 0)?;
         let memory_pos = Tensor::f_cat(&memory_pos, 0)?;
-        let curr = feats.pix_feat.f_flatten(2, -1)?.f_permute([2, 0, 1])?; // [HW, B, C]
-        let curr_pos = feats.pix_pos.f_flatten(2, -1)?.f_permute([2, 0, 1])?;
+        let curr = feats.pix_feat.f_flatten(2, -1)?.f_permute([2, 0, 1])?.f_expand([-1, b, c], false)?; // [HW, B, C]
+        let curr_pos = feats.pix_pos.f_flatten(2, -1)?.f_permute([2, 0, 1])?.f_expand([-1, b, c], false)?;
         let out = t.memory_attention.forward(&curr, &curr_pos, &memory, &memory_pos, num_obj_ptr_tokens)?;
         Ok(out.f_permute([1, 2, 0])?.f_view([b, c, h, w])?)
     }
@@ -432,9 +488,62 @@ impl Sam2 {
         })
     }
 
+    /// `track_step` without prompts for every object of a frame, batched: objects whose
+    /// memories have the same [`MemoryLayout::key`] (in a steady stream, all of them) share
+    /// one memory-attention pass, and all objects share one mask-decoder and one
+    /// memory-encoder pass over the frame's single encoding. One output per memory, in order.
+    pub fn track_objects(
+        &self,
+        frame: u64,
+        feats: &FrameFeatures,
+        mems: &[&ObjectMemory],
+        horizon: Horizon,
+    ) -> Result<Vec<FrameOutput>> {
+        let _span = trace_span!("sam2_track_objects", frame, objects = mems.len()).entered();
+        if mems.is_empty() {
+            return Ok(Vec::new());
+        }
+        let layouts = mems.iter().map(|m| MemoryLayout::of(frame, m, horizon)).collect::<Result<Vec<_>>>()?;
+        let mut groups: BTreeMap<_, Vec<usize>> = BTreeMap::new();
+        for (i, layout) in layouts.iter().enumerate() {
+            groups.entry(layout.key()).or_default().push(i);
+        }
+        let mut order = Vec::with_capacity(mems.len()); // batch row → index in `mems`
+        let mut pix = Vec::with_capacity(groups.len());
+        for members in groups.values() {
+            let batch: Vec<&MemoryLayout<'_>> = members.iter().map(|&i| &layouts[i]).collect();
+            pix.push(self.memory_conditioned_batch(feats, &batch)?); // [B_g, C, H, W]
+            order.extend_from_slice(members);
+        }
+        let pix = Tensor::f_cat(&pix, 0)?; // [B, C, H, W]
+        let high_res = (&feats.high_res.0, &feats.high_res.1);
+        // No points: multimask_output_in_sam applies (0 points ≤ 1).
+        let heads = self.forward_sam_heads(&pix, None, None, high_res, true)?;
+        let maskmem = self.encode_new_memory(feats, &heads.high_res_masks, &heads.object_score_logits, false)?;
+        let mut outputs: Vec<Option<FrameOutput>> = (0..mems.len()).map(|_| None).collect();
+        for (row, &i) in order.iter().enumerate() {
+            let row = row as i64;
+            // Rows are copied out so no object's memory keeps the whole batch alive.
+            let take = |t: &Tensor| -> Result<Tensor> { Ok(t.f_narrow(0, row, 1)?.f_contiguous()?.f_detach_copy()?) };
+            outputs[i] = Some(FrameOutput {
+                pred_masks: take(&heads.low_res_masks)?,
+                obj_ptr: take(&heads.obj_ptr)?,
+                object_score_logits: take(&heads.object_score_logits)?,
+                maskmem_features: Some(take(&maskmem)?),
+            });
+        }
+        outputs
+            .into_iter()
+            .map(|o| {
+                o.ok_or_else(|| PerceptionError::Config { model: "sam2", message: "an object lost its row".into() })
+            })
+            .collect()
+    }
+
     /// Memory of an output computed without it (`propagate_in_video_preflight`).
     fn memory_of(&self, feats: &FrameFeatures, out: &FrameOutput) -> Result<Tensor> {
-        let high = out.pred_masks.f_upsample_bilinear2d([1024, 1024], false, None, None)?;
+        let side = self.image_size();
+        let high = out.pred_masks.f_upsample_bilinear2d([side, side], false, None, None)?;
         self.encode_new_memory(feats, &high, &out.object_score_logits, true)
     }
 }
@@ -616,7 +725,8 @@ pub enum Prompt {
 }
 
 impl Prompt {
-    fn into_inputs(self) -> Result<(Option<PointInputs>, Option<Tensor>)> {
+    /// Point inputs or a binary mask at `side × side` (the model's input side).
+    fn into_inputs(self, side: i64) -> Result<(Option<PointInputs>, Option<Tensor>)> {
         Ok(match self {
             Self::Points(p) => (Some(p), None),
             Self::Box { bbox, points } => {
@@ -632,10 +742,10 @@ impl Prompt {
                 (Some(p), None)
             }
             Self::Mask(m) => {
-                let m = if m.size()[2..] == [1024, 1024] {
+                let m = if m.size()[2..] == [side, side] {
                     m
                 } else {
-                    m.f_to_kind(Kind::Float)?.f_upsample_bilinear2d([1024, 1024], false, None, None)?.f_gt(0.5)?
+                    m.f_to_kind(Kind::Float)?.f_upsample_bilinear2d([side, side], false, None, None)?.f_gt(0.5)?
                 };
                 (None, Some(m))
             }
@@ -699,49 +809,40 @@ impl StreamingTracker {
     }
 
     /// Tracks every object on frame `frame` (frame numbers must increase), applying the
-    /// queued prompts; returns each object's output.
+    /// queued prompts; returns each object's output, ordered by id.
+    ///
+    /// Prompted objects (new ones and corrections) are decoded one at a time with their
+    /// prompts; all the others are tracked in batches ([`Sam2::track_objects`]).
     pub fn step(&mut self, model: &Sam2, frame: u64, feats: &FrameFeatures) -> Result<Vec<(u64, FrameOutput)>> {
         let _span = trace_span!("sam2_stream_step", frame, objects = self.objects.len()).entered();
         let horizon = self.config.horizon;
-        let mut outputs = Vec::new();
-        let pending = std::mem::take(&mut self.pending);
-        let ids: BTreeSet<u64> = self.objects.keys().chain(pending.keys()).copied().collect();
-        let mut pending = pending;
-        for id in ids {
+        let mut outputs = BTreeMap::new();
+        for (id, prompt) in std::mem::take(&mut self.pending) {
             let mem = self.objects.entry(id).or_default();
-            let out = match pending.remove(&id) {
-                Some(prompt) => {
-                    let init = mem.cond.is_empty();
-                    let (points, mask) = prompt.into_inputs()?;
-                    let out = model.track_step(
-                        frame,
-                        init,
-                        feats,
-                        points.as_ref(),
-                        mask.as_ref(),
-                        mem,
-                        horizon,
-                        true,
-                        None,
-                    )?;
-                    mem.non_cond.remove(&frame);
-                    mem.cond_insert(frame, out.clone());
-                    while mem.cond.len() > self.config.max_cond_frames.max(1) {
-                        mem.cond.remove(1.min(mem.cond.len() - 1)); // keep the first prompt
-                    }
-                    out
-                }
-                None => {
-                    let out = model.track_step(frame, false, feats, None, None, mem, horizon, true, None)?;
-                    mem.non_cond.insert(frame, out.clone());
-                    out
-                }
-            };
-            // Only the last MAX_OBJ_PTRS_IN_ENCODER frames can be read again.
-            let keep_from = frame.saturating_sub(MAX_OBJ_PTRS_IN_ENCODER as u64 - 1);
-            mem.non_cond.retain(|f, _| *f >= keep_from);
-            outputs.push((id, out));
+            let init = mem.cond.is_empty();
+            let (points, mask) = prompt.into_inputs(model.image_size())?;
+            let out = model.track_step(frame, init, feats, points.as_ref(), mask.as_ref(), mem, horizon, true, None)?;
+            mem.non_cond.remove(&frame);
+            mem.cond_insert(frame, out.clone());
+            while mem.cond.len() > self.config.max_cond_frames.max(1) {
+                mem.cond.remove(1.min(mem.cond.len() - 1)); // keep the first prompt
+            }
+            outputs.insert(id, out);
         }
-        Ok(outputs)
+        let tracked: Vec<u64> = self.objects.keys().copied().filter(|id| !outputs.contains_key(id)).collect();
+        let mems: Vec<&ObjectMemory> = tracked.iter().filter_map(|id| self.objects.get(id)).collect();
+        let batch = model.track_objects(frame, feats, &mems, horizon)?;
+        for (id, out) in tracked.into_iter().zip(batch) {
+            if let Some(mem) = self.objects.get_mut(&id) {
+                mem.non_cond.insert(frame, out.clone());
+            }
+            outputs.insert(id, out);
+        }
+        // Only the last MAX_OBJ_PTRS_IN_ENCODER frames can be read again.
+        let keep_from = frame.saturating_sub(MAX_OBJ_PTRS_IN_ENCODER as u64 - 1);
+        for mem in self.objects.values_mut() {
+            mem.non_cond.retain(|f, _| *f >= keep_from);
+        }
+        Ok(outputs.into_iter().collect())
     }
 }
