@@ -592,7 +592,10 @@ fn resolve_actor(
 ) -> Result<Option<String>, ConfigError> {
     match given {
         Some(n) if names.contains(&n) => Ok(Some(n)),
-        Some(n) => Err(loc.error(at.key(key), format!("{n:?} is not a {what} actor"))),
+        Some(n) => Err(loc.error(
+            at.key(key),
+            format!("{n:?} is not {} {what} actor", if what.starts_with(['a', 'i']) { "an" } else { "a" }),
+        )),
         None => Ok(inputs
             .iter()
             .find(|i| names.contains(*i))

@@ -286,6 +286,23 @@ fn agent_errors() {
         "{GOOD_SOURCE}\n[[actor]]\nname = \"a\"\nkind = \"agent\"\ninputs = [\"front\"]\nserver = {{ url = \"http://h/v1\", model = \"m\" }}\ntools = [\"track\"]\n"
     );
     expect_error(&untracked, "actor[0].tools", 11, "need a sam2 actor");
+    expect_error(&format!("{base}tools = [\"inpaint\"]\n"), "actor[1].tools", 18, "needs an inpainter actor");
+    expect_error(&format!("{base}inpainter = \"t\"\n"), "actor[1].inpainter", 18, "is not an inpainter actor");
+}
+
+#[test]
+fn inpainter_errors() {
+    // Lines: GOOD_SOURCE ends on line 4; the inpainter spans 6-9, line 10 is added.
+    let base = format!("{GOOD_SOURCE}\n[[actor]]\nname = \"p\"\nkind = \"inpainter\"\ninputs = [\"front\"]\n");
+    expect_error(&format!("{base}method = \"smudge\"\n"), "actor[0].method", 10, "unknown method \"smudge\"");
+    expect_error(&format!("{base}model = \"diffmae_vit_tiny\"\n"), "actor[0].model", 10, "unknown DiffMAE model");
+    expect_error(&format!("{base}allow_random_weights = true\nsteps = 0\n"), "actor[0].steps", 11, "1..=1000");
+    expect_error(&format!("{base}blur_radius = 8\n"), "actor[0].blur_radius", 10, "only for `method = \"blur\"`");
+    expect_error(&format!("{base}method = \"blur\"\nsteps = 4\n"), "actor[0].steps", 11, "only for");
+    expect_error(&format!("{base}method = \"blur\"\nblur_radius = 0\n"), "actor[0].blur_radius", 11, "1..=256");
+    expect_error(&format!("{base}method = \"blur\"\nlabels = [\"\"]\n"), "actor[0].labels[0]", 11, "non-empty");
+    expect_error(&format!("{base}method = \"blur\"\ndilate = 1000\n"), "actor[0].dilate", 11, "at most 256");
+    expect_error(&base, "actor[0]", 6, "needs `weights`");
 }
 
 #[test]
