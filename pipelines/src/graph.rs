@@ -17,7 +17,7 @@ use ocellus_actors::source::gst;
 use ocellus_actors::stage::Processor;
 use ocellus_actors::tracker::{TrackerProcessor, TrackerSpec};
 use ocellus_actors::{ActorError, Pipeline};
-use ocellus_perception::sam2::tracker::StreamConfig;
+use ocellus_perception::sam2::tracker::{DEFAULT_MAX_BATCH, GPU_MAX_BATCH, StreamConfig};
 
 use crate::config::{ActorKind, ConfigError, PipelineConfig, SinkKind};
 
@@ -121,7 +121,11 @@ pub fn build(config: &PipelineConfig) -> Result<Pipeline, BuildError> {
                     device,
                     dtype: config.dtype,
                     prompts: prompts.clone(),
-                    stream: StreamConfig { max_cond_frames: *max_cond_frames, ..StreamConfig::default() },
+                    stream: StreamConfig {
+                        max_cond_frames: *max_cond_frames,
+                        max_batch: if device.is_cuda() { GPU_MAX_BATCH } else { DEFAULT_MAX_BATCH },
+                        ..StreamConfig::default()
+                    },
                     control: controls.get(&actor.name).map(|(_, rx)| rx.clone()),
                 };
                 pipeline.stage(

@@ -137,7 +137,7 @@ fn memory_stays_bounded_on_a_long_stream() {
     let (_vs, sam) = model();
     let io = fixture_io("sam2_video_tiny");
     tch::no_grad(|| {
-        let config = StreamConfig { max_cond_frames: 2, horizon: Horizon::Stream };
+        let config = StreamConfig { max_cond_frames: 2, ..StreamConfig::default() };
         let mut tracker = StreamingTracker::new(config);
         tracker.add_prompt(1, Prompt::Points(points(&io, 0)));
         let features: Vec<_> = (0..8).map(|f| sam.frame_features(&io["images"].get(f).unsqueeze(0)).unwrap()).collect();
