@@ -29,6 +29,24 @@ pub enum WeightsSource {
     },
 }
 
+impl WeightsSource {
+    /// Fills `vs` (built by a model's constructor): loads the file, every key checked, or
+    /// seeds it; then casts it to `dtype`.
+    pub fn fill(&self, vs: &mut tch::nn::VarStore, dtype: DType) -> Result<()> {
+        use ocellus_perception::weights;
+        match self {
+            Self::File(path) => weights::load(vs, path, weights::Scope::Exact)?,
+            Self::Random { seed } => weights::init_seeded(vs, *seed)?,
+        }
+        match dtype {
+            DType::F32 => {}
+            DType::Bf16 => vs.bfloat16(),
+            DType::F16 => vs.half(),
+        }
+        Ok(())
+    }
+}
+
 /// What the backbone actor runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackboneSpec {

@@ -19,7 +19,6 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 use ocellus_kernels::{DType, FrameLayout, PixelFormat, frame_to_tensor};
 use ocellus_perception::diffmae::{DiffMae, DiffMaeConfig};
-use ocellus_perception::weights;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 use tracing::{info, trace_span};
@@ -84,15 +83,7 @@ pub fn load_diffmae(model: &str, source: &WeightsSource, device: Device, dtype: 
         DiffMaeConfig::by_name(model).ok_or_else(|| ActorError::Failed(format!("unknown DiffMAE model {model:?}")))?;
     let mut vs = VarStore::new(device);
     let diffmae = DiffMae::new(&vs.root(), &config)?;
-    match source {
-        WeightsSource::File(path) => weights::load(&mut vs, path, weights::Scope::Exact)?,
-        WeightsSource::Random { seed } => weights::init_seeded(&vs, *seed)?,
-    }
-    match dtype {
-        DType::F32 => {}
-        DType::Bf16 => vs.bfloat16(),
-        DType::F16 => vs.half(),
-    }
+    source.fill(&mut vs, dtype)?;
     Ok((vs, diffmae))
 }
 

@@ -19,7 +19,6 @@ use ocellus_kernels::{DType, Normalization, frame_to_tensor};
 use ocellus_perception::clip::tokenizer::ClipTokenizer;
 use ocellus_perception::clip::zero_shot::{ClassifierCache, OPENAI_IMAGENET_TEMPLATES, ZeroShotClassifier};
 use ocellus_perception::clip::{Clip, ClipConfig};
-use ocellus_perception::weights;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 use tracing::trace_span;
@@ -73,15 +72,7 @@ pub fn load_clip(model: &str, source: &WeightsSource, device: Device, dtype: DTy
         ClipConfig::by_name(model).ok_or_else(|| ActorError::Failed(format!("unknown CLIP model {model:?}")))?;
     let mut vs = VarStore::new(device);
     let clip = Clip::new(&vs.root(), &config)?;
-    match source {
-        WeightsSource::File(path) => weights::load(&mut vs, path, weights::Scope::Exact)?,
-        WeightsSource::Random { seed } => weights::init_seeded(&vs, *seed)?,
-    }
-    match dtype {
-        DType::F32 => {}
-        DType::Bf16 => vs.bfloat16(),
-        DType::F16 => vs.half(),
-    }
+    source.fill(&mut vs, dtype)?;
     Ok((vs, clip))
 }
 

@@ -14,7 +14,6 @@ use ocellus_kernels::masks::{mask_box, mask_to_bytes};
 use ocellus_kernels::{DType, Normalization, frame_to_tensor};
 use ocellus_perception::sam2::tracker::{PointInputs, Prompt, StreamConfig, StreamingTracker};
 use ocellus_perception::sam2::{Sam2, Sam2Config};
-use ocellus_perception::weights;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 use tracing::trace_span;
@@ -96,15 +95,7 @@ pub fn load_sam2(spec: &TrackerSpec) -> Result<(VarStore, Sam2)> {
         .ok_or_else(|| ActorError::Failed(format!("unknown SAM 2 model {:?}", spec.model)))?;
     let mut vs = VarStore::new(spec.device);
     let sam = Sam2::new_with_tracking(&vs.root(), &config)?;
-    match &spec.weights {
-        WeightsSource::File(path) => weights::load(&mut vs, path, weights::Scope::Exact)?,
-        WeightsSource::Random { seed } => weights::init_seeded(&vs, *seed)?,
-    }
-    match spec.dtype {
-        DType::F32 => {}
-        DType::Bf16 => vs.bfloat16(),
-        DType::F16 => vs.half(),
-    }
+    spec.weights.fill(&mut vs, spec.dtype)?;
     Ok((vs, sam))
 }
 

@@ -579,8 +579,8 @@ struct ActorNames<'a> {
     inpainter: &'a HashSet<String>,
 }
 
-/// The actor of kind `what` an agent's `key` names; when absent, one of its inputs, else the
-/// pipeline's only one.
+/// The actor of kind `what` (with its article: "a sam2") that an agent's `key` names; when
+/// absent, one of its inputs, else the pipeline's only one.
 fn resolve_actor(
     loc: &Locator<'_>,
     at: &KeyPath,
@@ -592,10 +592,7 @@ fn resolve_actor(
 ) -> Result<Option<String>, ConfigError> {
     match given {
         Some(n) if names.contains(&n) => Ok(Some(n)),
-        Some(n) => Err(loc.error(
-            at.key(key),
-            format!("{n:?} is not {} {what} actor", if what.starts_with(['a', 'i']) { "an" } else { "a" }),
-        )),
+        Some(n) => Err(loc.error(at.key(key), format!("{n:?} is not {what} actor"))),
         None => Ok(inputs
             .iter()
             .find(|i| names.contains(*i))
@@ -1630,10 +1627,10 @@ impl PipelineConfig {
             };
             tools.push(tool);
         }
-        let tracker = resolve_actor(loc, at, "tracker", e.tracker.clone(), kinds.sam2, &e.inputs, "sam2")?;
-        let labeler = resolve_actor(loc, at, "labeler", e.labeler.clone(), kinds.labeler, &e.inputs, "labeler")?;
+        let tracker = resolve_actor(loc, at, "tracker", e.tracker.clone(), kinds.sam2, &e.inputs, "a sam2")?;
+        let labeler = resolve_actor(loc, at, "labeler", e.labeler.clone(), kinds.labeler, &e.inputs, "a labeler")?;
         let inpainter =
-            resolve_actor(loc, at, "inpainter", e.inpainter.clone(), kinds.inpainter, &e.inputs, "inpainter")?;
+            resolve_actor(loc, at, "inpainter", e.inpainter.clone(), kinds.inpainter, &e.inputs, "an inpainter")?;
         if tools.contains(&ToolKind::Inpaint) && inpainter.is_none() {
             return Err(loc.error(at.key("tools"), "`inpaint` needs an inpainter actor (`inpainter`)"));
         }

@@ -68,6 +68,29 @@ fn system_and_user(body: &Value) -> (String, String) {
     (find("system"), find("user"))
 }
 
+/// [`serve`] for one operator instruction: captions get no phrases, an instruction containing
+/// `trigger` gets `answer` (a tool call), anything else "ok".
+fn serve_instruction(trigger: &'static str, answer: &'static str) -> String {
+    serve(move |body| {
+        let (system, user) = system_and_user(body);
+        if system.starts_with("You maintain the caption") {
+            "{\"phrases\": []}".into()
+        } else if user.contains(trigger) {
+            answer.into()
+        } else {
+            "ok".into()
+        }
+    })
+    .0
+}
+
+/// Whether `packets` hold an executed decision of `tool`.
+fn executed(packets: &[(Packet, u64)], tool: &str) -> bool {
+    packets.iter().any(|(p, _)| {
+        matches!(p, Packet::Agent(a) if matches!(&a.output, AgentOutput::Decision(d) if d.tool == tool && matches!(d.outcome, Outcome::Executed(_))))
+    })
+}
+
 /// Which tracks (id, label) are visible on frame `seq`.
 type Schedule = fn(u64) -> Vec<(u32, Option<&'static str>)>;
 
@@ -320,17 +343,7 @@ fn tool_calls_are_validated_guarded_and_refused_with_reasons() {
 #[test]
 fn operator_on_zenoh_makes_the_agent_track_with_sam2() {
     const FRAMES: usize = 10;
-    let (url, _) = serve(|body| {
-        let (system, user) = system_and_user(body);
-        if system.starts_with("You maintain the caption") {
-            return "{\"phrases\": []}".into();
-        }
-        if user.contains("track the ball") {
-            r#"[track(box=[40, 40, 120, 120], label="ball")]"#.into()
-        } else {
-            "ok".into()
-        }
-    });
+    let url = serve_instruction("track the ball", r#"[track(box=[40, 40, 120, 120], label="ball")]"#);
     let port = free_port();
     let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "agent_track");
     let rrd = dir.join("track.rrd");
@@ -408,17 +421,7 @@ descriptions = {{ cam = "A test pattern with a ball." }}
 fn label_tool_makes_the_labeler_use_the_agents_candidates() {
     const FRAMES: usize = 5;
     const CANDIDATES: [&str; 2] = ["ball", "cube"];
-    let (url, _) = serve(|body| {
-        let (system, user) = system_and_user(body);
-        if system.starts_with("You maintain the caption") {
-            return "{\"phrases\": []}".into();
-        }
-        if user.contains("what is track 1") {
-            r#"[label(track_id=1, candidates=["ball", "cube"])]"#.into()
-        } else {
-            "ok".into()
-        }
-    });
+    let url = serve_instruction("what is track 1", r#"[label(track_id=1, candidates=["ball", "cube"])]"#);
     let port = free_port();
     let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "agent_label");
     let clip = fixtures_dir().join("clip_b32.weights.safetensors");
@@ -464,10 +467,7 @@ inbox = {{ operator_key = "ocellus/test/label", listen = ["tcp/127.0.0.1:{port}"
     drop(operator);
     assert_eq!(report.failures().count(), 0, "{report}");
     let packets = collected.take();
-    let executed = packets.iter().any(|(p, _)| {
-        matches!(p, Packet::Agent(a) if matches!(&a.output, AgentOutput::Decision(d) if d.tool == "label" && matches!(d.outcome, Outcome::Executed(_))))
-    });
-    assert!(executed, "the label call was executed");
+    assert!(executed(&packets, "label"), "the label call was executed");
     let labels: Vec<(u64, String)> = packets
         .iter()
         .filter_map(|(p, _)| if let Packet::Tracks(t) = p { Some(t) } else { None })
@@ -490,13 +490,7 @@ inbox = {{ operator_key = "ocellus/test/label", listen = ["tcp/127.0.0.1:{port}"
 #[test]
 fn inpaint_tool_makes_the_inpainter_paint_the_track_out() {
     const FRAMES: usize = 8;
-    let (url, _) = serve(|body| {
-        let (system, user) = system_and_user(body);
-        if system.starts_with("You maintain the caption") {
-            return "{\"phrases\": []}".into();
-        }
-        if user.contains("hide track 1") { r#"[inpaint(track_id=1)]"#.into() } else { "ok".into() }
-    });
+    let url = serve_instruction("hide track 1", r#"[inpaint(track_id=1)]"#);
     let port = free_port();
     let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "agent_inpaint");
     let rrd = dir.join("inpaint.rrd");
@@ -539,10 +533,7 @@ inbox = {{ operator_key = "ocellus/test/inpaint", listen = ["tcp/127.0.0.1:{port
     drop(operator);
     assert_eq!(report.failures().count(), 0, "{report}");
     let packets = collected.take();
-    let executed = packets.iter().any(|(p, _)| {
-        matches!(p, Packet::Agent(a) if matches!(&a.output, AgentOutput::Decision(d) if d.tool == "inpaint" && matches!(d.outcome, Outcome::Executed(_))))
-    });
-    assert!(executed, "the inpaint call was executed");
+    assert!(executed(&packets, "inpaint"), "the inpaint call was executed");
     let removed: Vec<(u64, Vec<u32>)> = packets
         .iter()
         .filter_map(
