@@ -1,5 +1,6 @@
 //! The backbone actor: Hiera or the SAM 2 image encoder on every frame, at the model's
-//! resolution, on the configured device and dtype; features stay on the device.
+//! resolution, on the configured device and dtype; features stay on the device. Frames go
+//! through the model's official transform ([`Backbone::transform`]) unless `resize = fast`.
 //!
 //! Video models (`hiera_*_16x224`) run on a clip of the latest `T` frames of each camera; the
 //! clip is a bounded ring, so memory does not grow with the stream.
@@ -8,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use ocellus_kernels::{DType, Normalization, frame_to_tensor};
+use ocellus_kernels::{DType, ResizeMode, Transform};
 use ocellus_perception::backbone::Backbone;
 use tch::{Device, Tensor};
 use tracing::trace_span;
@@ -56,6 +57,8 @@ pub struct BackboneSpec {
     pub weights: WeightsSource,
     /// Input `(H, W)`; the model's own when `None`.
     pub resolution: Option<(i64, i64)>,
+    /// The official transform, or the fast path.
+    pub resize: ResizeMode,
     /// Device.
     pub device: Device,
     /// Precision.
@@ -77,7 +80,7 @@ pub fn load_backbone(spec: &BackboneSpec) -> Result<Backbone> {
 pub struct BackboneProcessor {
     backbone: Backbone,
     name: Arc<str>,
-    size: (i64, i64),
+    transform: Transform,
     clip_len: Option<i64>,
     clips: HashMap<Arc<str>, VecDeque<Tensor>>,
     spec: BackboneSpec,
@@ -88,14 +91,14 @@ impl BackboneProcessor {
     pub fn new(spec: BackboneSpec) -> Result<Self> {
         let backbone = load_backbone(&spec)?;
         let input = backbone.input_size().to_vec();
-        let (clip_len, own) = match input.as_slice() {
-            [t, h, w] => (Some(*t), (*h, *w)),
-            [h, w] => (None, (*h, *w)),
+        let clip_len = match input.as_slice() {
+            [t, _, _] => Some(*t),
+            [_, _] => None,
             _ => return Err(ActorError::Failed(format!("backbone input {input:?}"))),
         };
         Ok(Self {
             name: spec.model.as_str().into(),
-            size: spec.resolution.unwrap_or(own),
+            transform: backbone.transform(spec.resolution),
             clip_len,
             clips: HashMap::new(),
             backbone,
@@ -108,15 +111,10 @@ impl Processor for BackboneProcessor {
     fn process(&mut self, input: Packet, out: &mut Outputs) -> Result<()> {
         let Packet::Frame(frame) = input else { return Ok(()) };
         let _span = trace_span!("backbone", model = %self.name, seq = frame.meta.seq).entered();
-        let (h, w) = self.size;
-        let x = frame_to_tensor(
-            &frame.pixels,
-            &frame.layout,
-            self.spec.device,
-            Some((h as usize, w as usize)),
-            Some(Normalization::IMAGENET),
-        )
-        .map_err(|e| ActorError::BadInput(format!("{} frame {}: {e}", frame.meta.camera, frame.meta.seq)))?; // [1, 3, H, W]
+        let x = self
+            .transform
+            .apply_with(self.spec.resize, &frame.pixels, &frame.layout, self.spec.device)
+            .map_err(|e| ActorError::BadInput(format!("{} frame {}: {e}", frame.meta.camera, frame.meta.seq)))?; // [1, 3, H, W]
         let x = x.f_to_kind(self.spec.dtype.kind()).map_err(|e| ActorError::Failed(e.to_string()))?;
         let x = match self.clip_len {
             None => x,

@@ -2,8 +2,9 @@
 //!
 //! It reads frames and the tracks computed from them (pairing them by camera and sequence
 //! number), crops each visible track mask-aware — the box padded and made square, pixels
-//! outside the track's mask and outside the frame filled with CLIP's mean colour (zero after
-//! normalization) — and classifies every crop of a frame in one batch over the vocabulary
+//! outside the track's mask and outside the frame filled with CLIP's mean colour — as an 8-bit
+//! image that goes through open_clip's own preprocessing (Pillow bicubic resize of the short
+//! side, centre crop, CLIP statistics), and classifies every crop of a frame in one batch over the vocabulary
 //! (the configured one, or candidates an agent sets with
 //! [`LabelerProcessor::set_candidates`]). Per track, class probabilities are smoothed over
 //! time (an exponential moving average), and the tracks go out again with their label and its
@@ -14,8 +15,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use ocellus_kernels::preprocess::resize_shortest_center_crop;
-use ocellus_kernels::{DType, Normalization, frame_to_tensor};
+use ocellus_kernels::{DType, Fit, Normalization, Resize, Transform};
 use ocellus_perception::clip::tokenizer::ClipTokenizer;
 use ocellus_perception::clip::zero_shot::{ClassifierCache, OPENAI_IMAGENET_TEMPLATES, ZeroShotClassifier};
 use ocellus_perception::clip::{Clip, ClipConfig};
@@ -33,6 +33,8 @@ use crate::{ActorError, Result};
 const FRAME_BUFFER: usize = 32;
 /// Vocabularies whose class embeddings are kept.
 const CLASSIFIERS_CACHED: usize = 4;
+/// Largest value of an 8-bit channel.
+const U8_MAX: f64 = 255.0;
 
 /// What the labeler runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,6 +93,8 @@ pub struct LabelerProcessor {
     /// Candidates the agent gave for single tracks, and their smoothed probabilities.
     track_candidates: HashMap<u32, Vec<String>>,
     track_smoothed: HashMap<(Arc<str>, u32), Vec<f32>>,
+    /// open_clip's evaluation preprocessing at the model's image size.
+    transform: Transform,
 }
 
 fn torch(e: tch::TchError) -> ActorError {
@@ -105,7 +109,14 @@ impl LabelerProcessor {
             Some(path) => ClipTokenizer::from_file(path)?,
             None => ClipTokenizer::from_venv()?,
         };
+        let size = clip.config().vision_cfg.image_size;
+        let transform = Transform {
+            fit: Fit::ShortSideCenterCrop { short: size, crop: size },
+            resize: Resize::PilBicubic,
+            norm: Normalization::CLIP,
+        };
         Ok(Self {
+            transform,
             _vs: vs,
             clip,
             tokenizer,
@@ -152,56 +163,29 @@ impl LabelerProcessor {
         Ok(classifier)
     }
 
-    /// The square crop of box `[x0, y0, x1, y1)` padded, as `(x0, y0, side)` (may leave the frame).
-    fn square(&self, b: &ocellus_kernels::masks::PixelBox) -> (i64, i64, i64) {
-        let (w, h) = (i64::from(b.x1) - i64::from(b.x0), i64::from(b.y1) - i64::from(b.y0));
-        let long = w.max(h).max(1);
-        let side = long + 2 * (long as f64 * self.spec.padding).round() as i64;
-        let cx = i64::from(b.x0) + w / 2;
-        let cy = i64::from(b.y0) + h / 2;
-        (cx - side / 2, cy - side / 2, side)
-    }
-
-    /// Mask-aware crops `[N, 3, S, S]` (normalized) of the visible tracks with a box.
+    /// Mask-aware crops `[N, 3, S, S]` (normalized) of the visible tracks with a box: each an
+    /// 8-bit square image (track pixels, CLIP's mean colour elsewhere) put through open_clip's
+    /// evaluation preprocessing.
     fn crops(&self, frame: &Frame, tracks: &Tracks, ids: &[(u32, ocellus_kernels::masks::PixelBox)]) -> Result<Tensor> {
-        let device = self.spec.device;
-        let size = self.clip.config().vision_cfg.image_size;
-        let rgb = frame_to_tensor(&frame.pixels, &frame.layout, device, None, None)
-            .map_err(|e| ActorError::BadInput(format!("{} frame {}: {e}", frame.meta.camera, frame.meta.seq)))?; // [1, 3, H, W]
-        let (h, w) = (frame.layout.height as i64, frame.layout.width as i64);
-        if i64::from(tracks.width) != w || i64::from(tracks.height) != h {
+        let bad = |e: ocellus_kernels::KernelError| {
+            ActorError::BadInput(format!("{} frame {}: {e}", frame.meta.camera, frame.meta.seq))
+        };
+        let rgb = frame.layout.to_rgb8(&frame.pixels).map_err(bad)?; // [H, W, 3]
+        let (w, h) = (frame.layout.width, frame.layout.height);
+        if tracks.width as usize != w || tracks.height as usize != h || tracks.labels.len() != 2 * w * h {
             return Err(ActorError::BadInput(format!(
-                "tracks of {}x{} for a {w}x{h} frame",
-                tracks.width, tracks.height
+                "tracks of {}x{} ({} label bytes) for a {w}x{h} frame",
+                tracks.width,
+                tracks.height,
+                tracks.labels.len()
             )));
         }
-        let labels: Vec<i32> =
-            tracks.labels.chunks_exact(2).map(|c| i32::from(u16::from_le_bytes([c[0], c[1]]))).collect();
-        let labels = Tensor::f_from_slice(&labels)
-            .and_then(|t| t.f_view([h, w]))
-            .and_then(|t| t.f_to_device(device))
-            .map_err(torch)?; // [H, W]
-        let mean = Tensor::f_from_slice(&Normalization::CLIP.mean)
-            .and_then(|t| t.f_to_kind(Kind::Float))
-            .and_then(|t| t.f_to_device(device))
-            .and_then(|t| t.f_view([1, 3, 1, 1]))
-            .map_err(torch)?; // [1, 3, 1, 1]
-        let centred = rgb.f_sub(&mean).map_err(torch)?; // [1, 3, H, W], background will be 0
         let mut crops = Vec::with_capacity(ids.len());
         for (id, b) in ids {
-            let inside = labels.f_eq(i64::from(*id)).and_then(|m| m.f_to_kind(Kind::Float)).map_err(torch)?; // [H, W]
-            let masked = centred.f_mul(&inside.f_view([1, 1, h, w]).map_err(torch)?).map_err(torch)?; // [1, 3, H, W]
-            let (x0, y0, side) = self.square(b);
-            // Cut what lies inside the frame, then zero-pad (mean colour) to the square.
-            let (cx0, cy0) = (x0.clamp(0, w), y0.clamp(0, h));
-            let (cx1, cy1) = ((x0 + side).clamp(0, w), (y0 + side).clamp(0, h));
-            let cut = masked
-                .f_narrow(2, cy0, (cy1 - cy0).max(1))
-                .and_then(|t| t.f_narrow(3, cx0, (cx1 - cx0).max(1)))
-                .map_err(torch)?; // [1, 3, ch, cw]
-            let pad = [cx0 - x0, x0 + side - cx1.max(cx0 + 1), cy0 - y0, y0 + side - cy1.max(cy0 + 1)];
-            let square = cut.f_constant_pad_nd(pad).and_then(|t| t.f_add(&mean)).map_err(torch)?; // [1, 3, side, side]
-            crops.push(resize_shortest_center_crop(&square, size, Some(Normalization::CLIP))?); // [1, 3, S, S]
+            let (x0, y0, side) = square(b, self.spec.padding);
+            let crop = masked_square(&rgb, &tracks.labels, (w, h), *id, (x0, y0, side));
+            let side = side as usize;
+            crops.push(self.transform.apply_rgb8(&crop, side, side, self.spec.device)?); // [1, 3, S, S]
         }
         Tensor::f_cat(&crops, 0).map_err(torch) // [N, 3, S, S]
     }
@@ -264,6 +248,43 @@ impl LabelerProcessor {
         }
         Ok(tracks)
     }
+}
+
+/// The square crop of box `[x0, y0, x1, y1)`: its longer side plus `padding` of it on each
+/// side (rounded half away from zero), centred on the box, as `(x0, y0, side)` (it may leave
+/// the frame).
+pub fn square(b: &ocellus_kernels::masks::PixelBox, padding: f64) -> (i64, i64, i64) {
+    let (w, h) = (i64::from(b.x1) - i64::from(b.x0), i64::from(b.y1) - i64::from(b.y0));
+    let long = w.max(h).max(1);
+    let side = long + 2 * (long as f64 * padding).round() as i64;
+    let cx = i64::from(b.x0) + w / 2;
+    let cy = i64::from(b.y0) + h / 2;
+    (cx - side / 2, cy - side / 2, side)
+}
+
+/// The `side × side` square at `(x0, y0)` (it may leave the frame) of a packed RGB frame:
+/// the pixels of track `id` (by the little-endian u16 `labels`), CLIP's mean colour elsewhere.
+pub fn masked_square(rgb: &[u8], labels: &[u8], (w, h): (usize, usize), id: u32, (x0, y0, side): (i64, i64, i64)) -> Vec<u8> {
+    let fill = Normalization::CLIP.mean.map(|m| (m * U8_MAX).round() as u8);
+    let side = side.max(1) as usize;
+    let mut crop: Vec<u8> = std::iter::repeat_n(fill, side * side).flatten().collect();
+    for (r, row) in crop.chunks_exact_mut(side * 3).enumerate() {
+        let Ok(y) = usize::try_from(y0 + r as i64) else { continue };
+        if y >= h {
+            break;
+        }
+        for (c, px) in row.chunks_exact_mut(3).enumerate() {
+            let Ok(x) = usize::try_from(x0 + c as i64) else { continue };
+            if x >= w {
+                break;
+            }
+            let at = y * w + x;
+            if u32::from(u16::from_le_bytes([labels[2 * at], labels[2 * at + 1]])) == id {
+                px.copy_from_slice(&rgb[3 * at..3 * at + 3]);
+            }
+        }
+    }
+    crop
 }
 
 impl Processor for LabelerProcessor {

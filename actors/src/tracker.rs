@@ -1,17 +1,21 @@
 //! The tracker actor: SAM 2 streaming segmentation and multi-object tracking.
 //!
 //! Each camera has its own [`StreamingTracker`] (bounded memory per object); all objects of a
-//! frame share one image encoding. Prompts are given in frame pixels and scaled to the
-//! model's 1024 × 1024 input. Per frame it emits [`Tracks`]: a label image at frame
-//! resolution (mask logits upsampled bilinearly, > 0), boxes, object scores, and an
-//! occlusion flag for objects SAM 2 scores as absent (their mask is left empty).
+//! frame share one image encoding. Frames are preprocessed as the official video predictor
+//! loads them (`sam2/utils/misc.py`: Pillow's bicubic resize of the 8-bit image to
+//! `image_size × image_size`, then `/255` and ImageNet normalization), unless `resize = fast`.
+//! Prompts are given in frame pixels and scaled to the model's input as the predictor does
+//! (`points / [W, H] · image_size`, in f32). Per frame it emits [`Tracks`]: a label image at
+//! frame resolution (mask logits upsampled bilinearly, > 0, as `_get_orig_video_res_output`),
+//! boxes, object scores, and an occlusion flag for objects SAM 2 scores as absent (their mask
+//! is left empty).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use ocellus_kernels::masks::{mask_box, mask_to_bytes};
-use ocellus_kernels::{DType, Normalization, frame_to_tensor};
+use ocellus_kernels::{DType, Fit, Normalization, Resize, ResizeMode, Transform};
 use ocellus_perception::sam2::tracker::{PointInputs, Prompt, StreamConfig, StreamingTracker};
 use ocellus_perception::sam2::{Sam2, Sam2Config};
 use tch::nn::VarStore;
@@ -23,9 +27,6 @@ use crate::control::{ControlReceiver, TrackerCommand};
 use crate::frame::{Packet, Track, Tracks};
 use crate::stage::{Outputs, Processor};
 use crate::{ActorError, Result};
-
-/// SAM 2's input side.
-const MODEL_SIDE: f64 = 1024.0;
 
 /// A prompt in frame pixels.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,18 +52,26 @@ pub struct TrackerSpec {
     pub prompts: Vec<(u32, FramePrompt)>,
     /// Streaming memory settings.
     pub stream: StreamConfig,
+    /// Input side, when not the model config's `image_size` (a multiple of 32).
+    pub image_size: Option<i64>,
+    /// The official preprocessing, or the fast path.
+    pub resize: ResizeMode,
     /// Commands from other actors (the agent's `track` / `untrack` tools).
     pub control: Option<ControlReceiver<TrackerCommand>>,
 }
 
 impl FramePrompt {
-    /// The prompt in model pixels for a `width × height` frame.
-    fn to_model(&self, width: f64, height: f64, device: Device) -> Result<Prompt> {
-        let (sx, sy) = (MODEL_SIDE / width, MODEL_SIDE / height);
+    /// The prompt in model pixels for a `width × height` frame and a model input `side`
+    /// pixels square, computed as the official video predictor does (in f32:
+    /// `point / [W, H] * side`).
+    fn to_model(&self, width: f64, height: f64, side: i64, device: Device) -> Result<Prompt> {
+        let (w, h, side) = (width as f32, height as f32, side as f32);
+        let sx = |x: f64| (x as f32 / w) * side;
+        let sy = |y: f64| (y as f32 / h) * side;
         let err = |e: tch::TchError| ActorError::Failed(e.to_string());
         Ok(match self {
             Self::Box([x0, y0, x1, y1]) => {
-                let b = [(x0 * sx) as f32, (y0 * sy) as f32, (x1 * sx) as f32, (y1 * sy) as f32];
+                let b = [sx(*x0), sy(*y0), sx(*x1), sy(*y1)];
                 Prompt::Box {
                     bbox: Tensor::f_from_slice(&b)
                         .and_then(|t| t.f_view([1, 4]))
@@ -72,7 +81,7 @@ impl FramePrompt {
                 }
             }
             Self::Points(points, labels) => {
-                let coords: Vec<f32> = points.iter().flat_map(|[x, y]| [(x * sx) as f32, (y * sy) as f32]).collect();
+                let coords: Vec<f32> = points.iter().flat_map(|[x, y]| [sx(*x), sy(*y)]).collect();
                 let n = points.len() as i64;
                 Prompt::Points(PointInputs {
                     coords: Tensor::f_from_slice(&coords)
@@ -91,8 +100,11 @@ impl FramePrompt {
 
 /// Loads SAM 2 with its video path (every checkpoint key checked).
 pub fn load_sam2(spec: &TrackerSpec) -> Result<(VarStore, Sam2)> {
-    let config = Sam2Config::by_name(&spec.model)
+    let mut config = Sam2Config::by_name(&spec.model)
         .ok_or_else(|| ActorError::Failed(format!("unknown SAM 2 model {:?}", spec.model)))?;
+    if let Some(side) = spec.image_size {
+        config.image_size = side;
+    }
     let mut vs = VarStore::new(spec.device);
     let sam = Sam2::new_with_tracking(&vs.root(), &config)?;
     spec.weights.fill(&mut vs, spec.dtype)?;
@@ -107,13 +119,21 @@ pub struct TrackerProcessor {
     cameras: HashMap<Arc<str>, StreamingTracker>,
     /// Commands for cameras not seen yet, applied on their first frame.
     pending: Vec<TrackerCommand>,
+    /// The video predictor's frame loading.
+    transform: Transform,
 }
 
 impl TrackerProcessor {
     /// Builds the processor (loads the weights).
     pub fn new(spec: TrackerSpec) -> Result<Self> {
         let (vs, sam) = load_sam2(&spec)?;
-        Ok(Self { _vs: vs, sam, spec, cameras: HashMap::new(), pending: Vec::new() })
+        let side = sam.image_size();
+        let transform = Transform {
+            fit: Fit::Stretch { height: side, width: side },
+            resize: Resize::PilBicubic,
+            norm: Normalization::IMAGENET,
+        };
+        Ok(Self { _vs: vs, sam, spec, cameras: HashMap::new(), pending: Vec::new(), transform })
     }
 
     /// Applies queued commands to `camera`'s tracker (frame size `w × h`).
@@ -122,7 +142,7 @@ impl TrackerProcessor {
         if let Some(control) = &self.spec.control {
             commands.extend(control.drain());
         }
-        let device = self.spec.device;
+        let (device, side) = (self.spec.device, self.sam.image_size());
         for command in commands {
             let applies = match &command {
                 TrackerCommand::Add { camera: Some(c), .. } => c == camera,
@@ -137,7 +157,7 @@ impl TrackerProcessor {
             match command {
                 TrackerCommand::Add { id, prompt, .. } => {
                     tracing::info!(%camera, id, "tracking a new object");
-                    tracker.add_prompt(u64::from(id), prompt.to_model(w, h, device)?);
+                    tracker.add_prompt(u64::from(id), prompt.to_model(w, h, side, device)?);
                 }
                 TrackerCommand::Remove { id } => {
                     tracker.remove(u64::from(id));
@@ -160,17 +180,17 @@ impl Processor for TrackerProcessor {
         let Packet::Frame(frame) = input else { return Ok(()) };
         let _span = trace_span!("tracker", camera = %frame.meta.camera, seq = frame.meta.seq).entered();
         let (w, h) = (frame.layout.width, frame.layout.height);
-        let device = self.spec.device;
-        let side = MODEL_SIDE as usize;
-        let x =
-            frame_to_tensor(&frame.pixels, &frame.layout, device, Some((side, side)), Some(Normalization::IMAGENET))
-                .map_err(|e| ActorError::BadInput(format!("{} frame {}: {e}", frame.meta.camera, frame.meta.seq)))?
-                .f_to_kind(self.spec.dtype.kind())
-                .map_err(|e| ActorError::Failed(e.to_string()))?;
+        let (device, side) = (self.spec.device, self.sam.image_size());
+        let x = self
+            .transform
+            .apply_with(self.spec.resize, &frame.pixels, &frame.layout, device)
+            .map_err(|e| ActorError::BadInput(format!("{} frame {}: {e}", frame.meta.camera, frame.meta.seq)))?
+            .f_to_kind(self.spec.dtype.kind())
+            .map_err(|e| ActorError::Failed(e.to_string()))?; // [1, 3, side, side]
         if !self.cameras.contains_key(&frame.meta.camera) {
             let mut t = StreamingTracker::new(self.spec.stream);
             for (id, prompt) in &self.spec.prompts {
-                t.add_prompt(u64::from(*id), prompt.to_model(w as f64, h as f64, device)?);
+                t.add_prompt(u64::from(*id), prompt.to_model(w as f64, h as f64, side, device)?);
             }
             self.cameras.insert(frame.meta.camera.clone(), t);
         }

@@ -3,7 +3,9 @@
 //! Tensor building blocks over [`tch`] shared by every Ocellus model:
 //!
 //! - [`preprocess`]: strided camera bytes (RGB, BGR, GRAY8, NV12) → a normalized
-//!   `[1, 3, H, W]` float tensor at model resolution on the target device.
+//!   `[1, 3, H, W]` float tensor at model resolution on the target device, by each model's
+//!   official transform ([`Transform`]: region, resampling, normalization) or a fast path.
+//! - [`resample`]: Pillow's 8-bit resampling (bicubic, bilinear), bit for bit.
 //! - [`masks`]: mask post-processing (device tensor → host bytes, boxes, area).
 //! - [`cache`]: tensors derived from a size alone, computed once.
 //! - [`device`]: parsing of device names (`"cpu"`, `"cuda:0"`) and dtypes.
@@ -25,12 +27,13 @@ pub mod masks;
 pub mod nn;
 pub mod position;
 pub mod preprocess;
+pub mod resample;
 pub mod rope;
 pub mod sampling;
 pub mod window;
 
 pub use device::{DType, parse_device};
-pub use preprocess::{FrameLayout, Normalization, PixelFormat, YuvMatrix, frame_to_tensor};
+pub use preprocess::{Fit, FrameLayout, Normalization, PixelFormat, Resize, ResizeMode, Transform, YuvMatrix, frame_to_tensor};
 
 /// Errors of the kernel crate.
 #[derive(Debug, thiserror::Error)]

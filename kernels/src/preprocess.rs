@@ -8,7 +8,7 @@
 use tch::{Device, Kind, Tensor};
 use tracing::trace_span;
 
-use crate::{KernelError, Result};
+use crate::{KernelError, Result, resample};
 
 /// Largest value of an 8-bit sample, as a float.
 const U8_MAX: f64 = 255.0;
@@ -169,6 +169,34 @@ impl FrameLayout {
         }
         Ok(out)
     }
+
+    /// The frame as packed 8-bit RGB on the host (`height` rows of `3 · width` bytes): BGR
+    /// swapped, gray replicated (as Pillow's `convert("RGB")`), NV12 converted with
+    /// [`YuvMatrix`] and rounded to the nearest level.
+    pub fn to_rgb8(&self, data: &[u8]) -> Result<Vec<u8>> {
+        let packed = self.pack(data)?;
+        let n = self.width * self.height;
+        Ok(match self.format {
+            PixelFormat::Rgb => packed,
+            PixelFormat::Bgr => packed.chunks_exact(3).flat_map(|p| [p[2], p[1], p[0]]).collect(),
+            PixelFormat::Gray8 => packed.iter().flat_map(|&g| [g, g, g]).collect(),
+            PixelFormat::Nv12 => {
+                let (luma, chroma) = packed.split_at(n);
+                let chroma_row = self.format.row_bytes(1, self.width);
+                let (r_v, g_u, g_v, b_u) = self.yuv_matrix.coefficients();
+                let mut out = Vec::with_capacity(3 * n);
+                for (i, &y) in luma.iter().enumerate() {
+                    let (row, col) = (i / self.width, i % self.width);
+                    let at = (row / 2) * chroma_row + (col / 2) * 2;
+                    let (u, v) = (f64::from(chroma[at]) - 128.0, f64::from(chroma[at + 1]) - 128.0);
+                    let l = (f64::from(y) - 16.0) * 255.0 / 219.0;
+                    let level = |x: f64| x.clamp(0.0, U8_MAX).round() as u8;
+                    out.extend([level(l + r_v * v), level(l + g_u * u + g_v * v), level(l + b_u * u)]);
+                }
+                out
+            }
+        })
+    }
 }
 
 /// Per-channel normalization applied to `[0, 1]` RGB: `(x - mean) / std`.
@@ -183,6 +211,9 @@ pub struct Normalization {
 impl Normalization {
     /// ImageNet statistics, used by Hiera, SAM 2 and most Meta vision models.
     pub const IMAGENET: Self = Self { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
+    /// The statistics of Hiera's video example (`examples/inference.ipynb`: Kinetics means,
+    /// and a blue deviation of 0.255 where the usual value is 0.225; the official numbers).
+    pub const HIERA_VIDEO: Self = Self { mean: [0.45, 0.45, 0.45], std: [0.225, 0.225, 0.255] };
     /// CLIP / MetaCLIP statistics.
     pub const CLIP: Self =
         Self { mean: [0.481_454_66, 0.457_827_5, 0.408_210_73], std: [0.268_629_54, 0.261_302_58, 0.275_777_11] };
@@ -256,48 +287,209 @@ pub fn frame_to_tensor(
     Ok(x.f_contiguous()?)
 }
 
-/// PIL's bicubic resize of `[B, C, H, W]` 8-bit values (as floats in `[0, 255]`) to `(h, w)`:
-/// antialiased (the kernel widens when downscaling, `a = -0.5`), the horizontal pass first,
-/// each pass rounded (half up) and clamped to 8 bits as PIL does for 8-bit images.
-pub fn resize_bicubic_u8(x: &Tensor, size: (i64, i64)) -> Result<Tensor> {
-    let (_, _, h, w) = x.size4()?;
-    let round8 = |t: Tensor| -> Result<Tensor> { Ok(t.f_add_scalar(0.5)?.f_floor()?.f_clamp(0.0, U8_MAX)?) };
-    let mut y = x.shallow_clone();
-    if size.1 != w {
-        y = round8(y.f_internal_upsample_bicubic2d_aa([h, size.1], false, None, None)?)?; // [B, C, H, w']
-    }
-    if size.0 != h {
-        y = round8(y.f_internal_upsample_bicubic2d_aa([size.0, size.1], false, None, None)?)?; // [B, C, h', w']
-    }
-    Ok(y)
+/// How a model's official preprocessing resizes an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resize {
+    /// Pillow's `Image.resize` of the 8-bit image with its bicubic filter, reproduced bit for
+    /// bit on the host ([`crate::resample`]): SAM 2's video predictor, open_clip, Hiera.
+    PilBicubic,
+    /// torchvision's `Resize` of the float tensor: bilinear with antialiasing
+    /// (`F.interpolate(..., antialias=True)`): SAM 2's image predictor.
+    TorchvisionBilinear,
+    /// `F.interpolate(mode="bilinear")` of the float tensor, no antialiasing: Hiera's video
+    /// example, and the fast path of every transform.
+    Bilinear,
 }
 
-/// CLIP's evaluation preprocessing (open_clip's `image_transform`, `resize_mode = "shortest"`):
-/// the short side resized to `size` with PIL's bicubic filter (torchvision's `Resize(size)`
-/// rule for the long side: `int(size * long / short)`), a centred `size × size` crop (offsets
-/// rounded half to even, as torchvision's `CenterCrop`), then `[0, 1]` and `norm`.
-///
-/// `rgb` is `[1, 3, H, W]` in `[0, 1]` from 8-bit pixels (what [`frame_to_tensor`] returns).
-pub fn resize_shortest_center_crop(rgb: &Tensor, size: i64, norm: Option<Normalization>) -> Result<Tensor> {
-    let (_, _, h, w) = rgb.size4()?;
-    if h <= 0 || w <= 0 || size <= 0 {
-        return Err(KernelError::Layout(format!("cannot resize {w}x{h} to {size}")));
+/// Where the model's input comes from in the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fit {
+    /// The whole image, stretched to `height × width` (SAM 2).
+    Stretch {
+        /// Output rows.
+        height: i64,
+        /// Output columns.
+        width: i64,
+    },
+    /// The short side resized to `short` (the long one to `int(short · long / short_side)`,
+    /// torchvision's rule), then a centred `crop × crop` square (offsets rounded half to even,
+    /// torchvision's `CenterCrop`): Hiera's and CLIP's evaluation transforms.
+    ShortSideCenterCrop {
+        /// Length of the short side after resizing.
+        short: i64,
+        /// Side of the centred crop.
+        crop: i64,
+    },
+    /// The centred square of side `min(H, W)` (offsets rounded down), resized to `side`.
+    CenterSquare {
+        /// Output side.
+        side: i64,
+    },
+}
+
+impl Fit {
+    /// `(top, left, height, width)` of the region cut before resizing, and the size it is
+    /// resized to, for an `h × w` image; then the `(top, left, height, width)` cut after.
+    #[allow(clippy::type_complexity)]
+    fn plan(self, h: i64, w: i64) -> ((i64, i64, i64, i64), (i64, i64), Option<(i64, i64, i64, i64)>) {
+        match self {
+            Self::Stretch { height, width } => ((0, 0, h, w), (height, width), None),
+            Self::ShortSideCenterCrop { short, crop } => {
+                let (short_side, long_side) = (h.min(w), h.max(w));
+                let long = (short as f64 * long_side as f64 / short_side as f64) as i64;
+                let (rh, rw) = if w <= h { (long, short) } else { (short, long) };
+                let top = ((rh - crop) as f64 / 2.0).round_ties_even() as i64;
+                let left = ((rw - crop) as f64 / 2.0).round_ties_even() as i64;
+                ((0, 0, h, w), (rh, rw), Some((top, left, crop, crop)))
+            }
+            Self::CenterSquare { side } => {
+                let s = h.min(w);
+                (((h - s) / 2, (w - s) / 2, s, s), (side, side), None)
+            }
+        }
     }
-    let (short, long) = if w <= h { (w, h) } else { (h, w) };
-    let new_long = (size as f64 * long as f64 / short as f64) as i64;
-    let (new_h, new_w) = if w <= h { (new_long, size) } else { (size, new_long) };
-    let x = rgb.f_mul_scalar(U8_MAX)?.f_round()?; // [1, 3, H, W] in 0..=255
-    let x = resize_bicubic_u8(&x, (new_h, new_w))?; // [1, 3, new_h, new_w]
-    let top = ((new_h - size) as f64 / 2.0).round_ties_even() as i64;
-    let left = ((new_w - size) as f64 / 2.0).round_ties_even() as i64;
-    let mut x = x.f_narrow(2, top, size)?.f_narrow(3, left, size)?.f_div_scalar(U8_MAX)?; // [1, 3, size, size]
-    if let Some(n) = norm {
+
+    /// The model input's `(height, width)`.
+    pub fn output_size(self) -> (i64, i64) {
+        match self {
+            Self::Stretch { height, width } => (height, width),
+            Self::ShortSideCenterCrop { crop, .. } => (crop, crop),
+            Self::CenterSquare { side } => (side, side),
+        }
+    }
+}
+
+/// Which path a [`Transform`] takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ResizeMode {
+    /// The official pipeline, bit for bit ([`Transform::apply`]).
+    #[default]
+    Exact,
+    /// Bilinear on the device ([`Transform::apply_fast`]): cheaper, not exact.
+    Fast,
+}
+
+/// A model's input transform: which region, how it is resized, how it is normalized.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Transform {
+    /// Region and size.
+    pub fit: Fit,
+    /// Resampling of the official pipeline.
+    pub resize: Resize,
+    /// Per-channel normalization after scaling to `[0, 1]`.
+    pub norm: Normalization,
+}
+
+impl Transform {
+    /// The model input of a frame, exactly as the official pipeline computes it from the same
+    /// 8-bit RGB image: `[1, 3, H, W]` float on `device`.
+    pub fn apply(&self, data: &[u8], layout: &FrameLayout, device: Device) -> Result<Tensor> {
+        let _span = trace_span!("transform", w = layout.width, h = layout.height).entered();
+        match self.resize {
+            Resize::PilBicubic => {
+                let rgb = layout.to_rgb8(data)?;
+                self.apply_rgb8(&rgb, layout.width, layout.height, device)
+            }
+            Resize::TorchvisionBilinear | Resize::Bilinear => {
+                let x = frame_to_tensor(data, layout, device, None, None)?; // [1, 3, H, W] in [0, 1]
+                self.resize_tensor(&x, self.resize)
+            }
+        }
+    }
+
+    /// [`Transform::apply`] or [`Transform::apply_fast`], as `mode` says.
+    pub fn apply_with(&self, mode: ResizeMode, data: &[u8], layout: &FrameLayout, device: Device) -> Result<Tensor> {
+        match mode {
+            ResizeMode::Exact => self.apply(data, layout, device),
+            ResizeMode::Fast => self.apply_fast(data, layout, device),
+        }
+    }
+
+    /// The fast path: the same region, resized bilinearly (no antialiasing) on `device`.
+    /// Deviates from [`Transform::apply`] by resampling only; see the README for its size.
+    pub fn apply_fast(&self, data: &[u8], layout: &FrameLayout, device: Device) -> Result<Tensor> {
+        let _span = trace_span!("transform_fast", w = layout.width, h = layout.height).entered();
+        let x = frame_to_tensor(data, layout, device, None, None)?; // [1, 3, H, W] in [0, 1]
+        self.resize_tensor(&x, Resize::Bilinear)
+    }
+
+    /// [`Transform::apply`] on a packed 8-bit RGB image (`height` rows of `3 · width` bytes).
+    pub fn apply_rgb8(&self, rgb: &[u8], width: usize, height: usize, device: Device) -> Result<Tensor> {
+        if self.resize != Resize::PilBicubic {
+            let layout = FrameLayout::packed(PixelFormat::Rgb, width, height);
+            let x = frame_to_tensor(rgb, &layout, device, None, None)?; // [1, 3, H, W]
+            return self.resize_tensor(&x, self.resize);
+        }
+        let (h, w) = (height as i64, width as i64);
+        let ((top, left, ch, cw), (rh, rw), after) = self.fit.plan(h, w);
+        check_region(h, w, top, left, ch, cw)?;
+        let cut = if (top, left, ch, cw) == (0, 0, h, w) { None } else { Some(crop_rgb8(rgb, width, (top, left, ch, cw))) };
+        let (src, sw, sh) = match &cut {
+            Some(c) => (c.as_slice(), cw as usize, ch as usize),
+            None => (rgb, width, height),
+        };
+        let resized = resample::resize_u8(src, (sw, sh, 3), (rw as usize, rh as usize), resample::Filter::Bicubic)?;
+        let (out, oh, ow) = match after {
+            Some(region) => {
+                check_region(rh, rw, region.0, region.1, region.2, region.3)?;
+                (crop_rgb8(&resized, rw as usize, region), region.2, region.3)
+            }
+            None => (resized, rh, rw),
+        };
+        // ToTensor then Normalize, in f32 as torchvision computes them.
+        let plane = (oh * ow) as usize;
+        let mut chw = vec![0f32; 3 * plane];
+        for c in 0..3 {
+            let (mean, std) = (self.norm.mean[c] as f32, self.norm.std[c] as f32);
+            let lut: Vec<f32> = (0..=255u8).map(|v| (f32::from(v) / U8_MAX as f32 - mean) / std).collect();
+            for (dst, px) in chw[c * plane..(c + 1) * plane].iter_mut().zip(out.chunks_exact(3)) {
+                *dst = lut[usize::from(px[c])];
+            }
+        }
+        Ok(Tensor::f_from_slice(&chw)?.f_view([1, 3, oh, ow])?.f_to_device(device)?) // [1, 3, H, W]
+    }
+
+    /// Region, resize and normalization of `[1, 3, H, W]` values in `[0, 1]`.
+    fn resize_tensor(&self, x: &Tensor, resize: Resize) -> Result<Tensor> {
+        let (_, _, h, w) = x.size4()?;
+        let ((top, left, ch, cw), (rh, rw), after) = self.fit.plan(h, w);
+        check_region(h, w, top, left, ch, cw)?;
+        let mut x = x.f_narrow(2, top, ch)?.f_narrow(3, left, cw)?; // [1, 3, ch, cw]
+        if (rh, rw) != (ch, cw) {
+            x = match resize {
+                Resize::TorchvisionBilinear => x.f_internal_upsample_bilinear2d_aa([rh, rw], false, None, None)?,
+                Resize::Bilinear | Resize::PilBicubic => x.f_upsample_bilinear2d([rh, rw], false, None, None)?,
+            }; // [1, 3, rh, rw]
+        }
+        if let Some((t, l, ah, aw)) = after {
+            check_region(rh, rw, t, l, ah, aw)?;
+            x = x.f_narrow(2, t, ah)?.f_narrow(3, l, aw)?; // [1, 3, crop, crop]
+        }
         let device = x.device();
-        let mean = Tensor::f_from_slice(&n.mean)?.f_to_kind(Kind::Float)?.f_to_device(device)?.f_view([1, 3, 1, 1])?;
-        let std = Tensor::f_from_slice(&n.std)?.f_to_kind(Kind::Float)?.f_to_device(device)?.f_view([1, 3, 1, 1])?;
-        x = x.f_sub(&mean)?.f_div(&std)?;
+        let mean = Tensor::f_from_slice(&self.norm.mean)?.f_to_kind(Kind::Float)?.f_to_device(device)?.f_view([1, 3, 1, 1])?;
+        let std = Tensor::f_from_slice(&self.norm.std)?.f_to_kind(Kind::Float)?.f_to_device(device)?.f_view([1, 3, 1, 1])?;
+        Ok(x.f_sub(&mean)?.f_div(&std)?.f_contiguous()?)
     }
-    Ok(x.f_contiguous()?)
+}
+
+/// Checks that a `(top, left, height, width)` region lies inside an `h × w` image.
+fn check_region(h: i64, w: i64, top: i64, left: i64, rh: i64, rw: i64) -> Result<()> {
+    if h <= 0 || w <= 0 || rh <= 0 || rw <= 0 || top < 0 || left < 0 || top + rh > h || left + rw > w {
+        return Err(KernelError::Layout(format!(
+            "region {rw}x{rh} at ({left}, {top}) does not fit a {w}x{h} image"
+        )));
+    }
+    Ok(())
+}
+
+/// The `(top, left, height, width)` region of a packed RGB image `width` pixels wide.
+fn crop_rgb8(rgb: &[u8], width: usize, (top, left, h, w): (i64, i64, i64, i64)) -> Vec<u8> {
+    let (top, left, h, w) = (top as usize, left as usize, h as usize, w as usize);
+    let mut out = Vec::with_capacity(h * w * 3);
+    for r in top..top + h {
+        out.extend_from_slice(&rgb[(r * width + left) * 3..(r * width + left + w) * 3]);
+    }
+    out
 }
 
 /// NV12 → float RGB `[3, H, W]` in `[0, 1]`, limited range, nearest-neighbour chroma.

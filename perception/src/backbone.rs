@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use ocellus_kernels::DType;
+use ocellus_kernels::{DType, Fit, Normalization, Resize, Transform};
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
@@ -75,6 +75,38 @@ impl Backbone {
     /// `(T,) H, W` the model was built for.
     pub fn input_size(&self) -> &[i64] {
         &self.input_size
+    }
+
+    /// The official input transform of this model at `(H, W)` (its own size when `None`):
+    ///
+    /// - Hiera images: Hiera's inference example, `Resize(int(256 / 224 · size), BICUBIC)` of
+    ///   the Pillow image, `CenterCrop(size)`, ImageNet statistics;
+    /// - Hiera video: the same example's clip path, frames scaled to `[0, 1]` and resized with
+    ///   `F.interpolate` (bilinear in space), with its statistics; the example's clips were
+    ///   cut square beforehand, so the centred square of each frame is taken;
+    /// - SAM 2 encoders: the image predictor's `SAM2Transforms` (torchvision `Resize` of the
+    ///   float tensor to `H × W`, antialiased bilinear; ImageNet statistics).
+    pub fn transform(&self, resolution: Option<(i64, i64)>) -> Transform {
+        let (h, w) = resolution.unwrap_or_else(|| match self.input_size[..] {
+            [.., h, w] => (h, w),
+            _ => (0, 0),
+        });
+        match (&self.model, self.input_size.len()) {
+            (Model::Hiera(_), 3) => {
+                Transform { fit: Fit::CenterSquare { side: h }, resize: Resize::Bilinear, norm: Normalization::HIERA_VIDEO }
+            }
+            (Model::Hiera(_), _) => Transform {
+                // int((256 / 224) * input_size), computed as the example does.
+                fit: Fit::ShortSideCenterCrop { short: ((256.0 / 224.0) * h as f64) as i64, crop: h },
+                resize: Resize::PilBicubic,
+                norm: Normalization::IMAGENET,
+            },
+            (Model::ImageEncoder(_), _) => Transform {
+                fit: Fit::Stretch { height: h, width: w },
+                resize: Resize::TorchvisionBilinear,
+                norm: Normalization::IMAGENET,
+            },
+        }
     }
 
     /// Which keys of a weights file belong to this model.

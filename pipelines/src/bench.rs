@@ -8,6 +8,7 @@
 
 pub mod clip;
 pub mod llm;
+pub mod preprocess;
 pub mod zenoh;
 
 use std::time::Duration;

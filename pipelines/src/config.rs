@@ -487,6 +487,26 @@ struct BackboneEntry {
     #[serde(default)]
     seed: i64,
     resolution: Option<[i64; 2]>,
+    #[serde(default)]
+    resize: ResizeName,
+}
+
+/// `resize = "exact" | "fast"`: the model's official preprocessing, or bilinear on the device.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ResizeName {
+    #[default]
+    Exact,
+    Fast,
+}
+
+impl From<ResizeName> for ocellus_kernels::ResizeMode {
+    fn from(r: ResizeName) -> Self {
+        match r {
+            ResizeName::Exact => Self::Exact,
+            ResizeName::Fast => Self::Fast,
+        }
+    }
 }
 
 /// `[[actor]] kind = "sam2"`.
@@ -509,6 +529,9 @@ struct Sam2Entry {
     #[serde(default = "Sam2Entry::default_max_cond_frames")]
     max_cond_frames: usize,
     prompt_topic: Option<PromptTopicEntry>,
+    image_size: Option<i64>,
+    #[serde(default)]
+    resize: ResizeName,
 }
 
 /// `prompt_topic = { key = "robot/front/prompts", connect = [...] }`.
@@ -929,6 +952,10 @@ pub enum ActorKind {
         max_cond_frames: usize,
         /// Prompts from a zenoh topic (JSON: `{"id": 5, "box": [...]}`, `{"remove": 5}`).
         prompt_topic: Option<ocellus_actors::control::PromptTopicSpec>,
+        /// Input side, when not the model's `image_size`.
+        image_size: Option<i64>,
+        /// Official preprocessing or the fast path.
+        resize: ocellus_kernels::ResizeMode,
     },
     /// The agent (its spec without the runtime channels, which the graph adds).
     Agent(Box<AgentConfig>),
@@ -940,6 +967,8 @@ pub enum ActorKind {
         weights: ocellus_actors::backbone::WeightsSource,
         /// Input resolution, when not the model's own.
         resolution: Option<(i64, i64)>,
+        /// Official preprocessing or the fast path.
+        resize: ocellus_kernels::ResizeMode,
     },
     /// MetaCLIP zero-shot labels for tracks.
     Labeler {
@@ -1785,7 +1814,18 @@ impl PipelineConfig {
                 Some(ocellus_actors::control::PromptTopicSpec { session, key: t.key })
             }
         };
-        Ok(ActorKind::Sam2 { model: e.model, weights, prompts, max_cond_frames: e.max_cond_frames, prompt_topic })
+        if let Some(side) = e.image_size.filter(|s| *s <= 0 || s % 32 != 0) {
+            return Err(loc.error(at.key("image_size"), format!("{side}: SAM 2 needs a positive multiple of 32")));
+        }
+        Ok(ActorKind::Sam2 {
+            model: e.model,
+            weights,
+            prompts,
+            max_cond_frames: e.max_cond_frames,
+            prompt_topic,
+            image_size: e.image_size,
+            resize: e.resize.into(),
+        })
     }
 
     fn labeler(loc: &Locator<'_>, at: &KeyPath, e: LabelerEntry) -> Result<ActorKind, ConfigError> {
@@ -1885,7 +1925,7 @@ impl PipelineConfig {
                 Some((h, w))
             }
         };
-        Ok(ActorKind::Backbone { model: e.model, weights, resolution })
+        Ok(ActorKind::Backbone { model: e.model, weights, resolution, resize: e.resize.into() })
     }
 
     fn reconnect(

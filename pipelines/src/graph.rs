@@ -107,7 +107,7 @@ pub fn build(config: &PipelineConfig) -> Result<Pipeline, BuildError> {
                     Box::new(move || Ok(Box::new(MotionProcessor::new(motion, device)?) as Box<dyn Processor>)),
                 );
             }
-            ActorKind::Sam2 { model, weights, prompts, max_cond_frames, prompt_topic } => {
+            ActorKind::Sam2 { model, weights, prompts, max_cond_frames, prompt_topic, image_size, resize } => {
                 if let Some(topic) = prompt_topic {
                     let (tx, _) =
                         controls.entry(actor.name.clone()).or_insert_with(|| control_channel(TRACKER_CONTROL_DEPTH));
@@ -126,6 +126,8 @@ pub fn build(config: &PipelineConfig) -> Result<Pipeline, BuildError> {
                         max_batch: if device.is_cuda() { GPU_MAX_BATCH } else { DEFAULT_MAX_BATCH },
                         ..StreamConfig::default()
                     },
+                    image_size: *image_size,
+                    resize: *resize,
                     control: controls.get(&actor.name).map(|(_, rx)| rx.clone()),
                 };
                 pipeline.stage(
@@ -200,11 +202,12 @@ pub fn build(config: &PipelineConfig) -> Result<Pipeline, BuildError> {
                     Box::new(move || Ok(Box::new(AgentProcessor::new(spec.clone())?) as Box<dyn Processor>)),
                 );
             }
-            ActorKind::Backbone { model, weights, resolution } => {
+            ActorKind::Backbone { model, weights, resolution, resize } => {
                 let spec = BackboneSpec {
                     model: model.clone(),
                     weights: weights.clone(),
                     resolution: *resolution,
+                    resize: *resize,
                     device,
                     dtype: config.dtype,
                 };

@@ -97,6 +97,8 @@ enum WeightsCommand {
 enum BenchCommand {
     /// Zero-shot CLIP labels/s for 1 and 16 track crops against open_clip (same threads).
     Clip(bench::clip::ClipBenchArgs),
+    /// Preprocessing per camera frame: each model's exact official path against the fast path.
+    Preprocess(bench::preprocess::PreprocessBenchArgs),
     /// SAM 2 tracking per frame against the official video predictor, and the RSS of a long
     /// stream.
     Tracker {
@@ -472,6 +474,17 @@ fn main() -> ExitCode {
         }
         .map(|()| ExitCode::SUCCESS),
         Command::Bench { what: BenchCommand::Clip(args) } => bench::clip::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Bench { what: BenchCommand::Preprocess(args) } => bench::preprocess::run(&args).map(|rows| {
+            println!("{}x{} RGB frame, {} threads, median of {} runs", args.width, args.height, args.threads, args.iters);
+            println!("{:<40} {:>10} {:>10} {:>8} {:>14} {:>15}", "input", "exact ms", "fast ms", "ratio", "max Δ levels", "mean Δ levels");
+            for r in rows {
+                println!(
+                    "{:<40} {:>10.2} {:>10.2} {:>8.2} {:>14.2} {:>15.3}",
+                    r.name, r.exact_ms, r.fast_ms, r.exact_ms / r.fast_ms, r.max_levels, r.mean_levels
+                );
+            }
+            ExitCode::SUCCESS
+        }),
         Command::Curate(args) => ocellus_pipelines::curate::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Weights { what } => weights(what).map(|()| ExitCode::SUCCESS),
         Command::Info => info().map(|()| ExitCode::SUCCESS),

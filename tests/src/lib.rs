@@ -109,13 +109,13 @@ fn camera_of(entity: &str) -> Option<String> {
     (parts.next() == Some("world")).then(|| parts.next().map(str::to_owned)).flatten()
 }
 
-/// The bytes of `component` (an image or segmentation buffer, say) logged at `entity`, by
-/// the camera's frame number (`frame/<camera>`, else `frame`).
-pub fn buffers_of(
+/// The instances of `component` logged at `entity`, by the camera's frame number
+/// (`frame/<camera>`, else `frame`).
+pub fn components_of<C: rerun::Component>(
     path: &Path,
     entity: &str,
     component: rerun::ComponentIdentifier,
-) -> anyhow::Result<BTreeMap<i64, Vec<u8>>> {
+) -> anyhow::Result<BTreeMap<i64, Vec<C>>> {
     let file = std::io::BufReader::new(std::fs::File::open(path)?);
     let camera_timeline = camera_of(entity).map(|c| format!("frame/{c}"));
     let mut out = BTreeMap::new();
@@ -129,12 +129,62 @@ pub fn buffers_of(
             chunk.timelines().iter().find(|(n, _)| n.as_str() == name).map(|(_, c)| c.times_raw().to_vec())
         };
         let frames = camera_timeline.as_deref().and_then(column).or_else(|| column("frame"));
-        for (row, buffers) in chunk.iter_component::<rerun::components::ImageBuffer>(component).enumerate() {
-            let (Some(frame), Some(buffer)) = (frames.as_ref().and_then(|f| f.get(row)), buffers.first()) else {
-                continue;
-            };
-            out.insert(*frame, buffer.0.0.to_vec());
+        for (row, values) in chunk.iter_component::<C>(component).enumerate() {
+            if let Some(frame) = frames.as_ref().and_then(|f| f.get(row)) {
+                out.insert(*frame, values.to_vec());
+            }
         }
+    }
+    Ok(out)
+}
+
+/// The bytes of `component` (an image or segmentation buffer, say) logged at `entity`, by
+/// the camera's frame number (`frame/<camera>`, else `frame`).
+pub fn buffers_of(
+    path: &Path,
+    entity: &str,
+    component: rerun::ComponentIdentifier,
+) -> anyhow::Result<BTreeMap<i64, Vec<u8>>> {
+    Ok(components_of::<rerun::components::ImageBuffer>(path, entity, component)?
+        .into_iter()
+        .filter_map(|(frame, buffers)| buffers.first().map(|b| (frame, b.0.0.to_vec())))
+        .collect())
+}
+
+/// One box of a `Boxes2D` read back from a recording.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedBox {
+    /// `[x0, y0, x1, y1]`.
+    pub corners: [f32; 4],
+    /// Class id (the track id).
+    pub class_id: Option<u16>,
+    /// Label text.
+    pub label: Option<String>,
+}
+
+/// The boxes logged at `entity`, by frame number.
+pub fn boxes_of(path: &Path, entity: &str) -> anyhow::Result<BTreeMap<i64, Vec<LoggedBox>>> {
+    use rerun::components::{ClassId, HalfSize2D, Position2D, Text};
+    let centers = components_of::<Position2D>(path, entity, rerun::Boxes2D::descriptor_centers().component)?;
+    let halves = components_of::<HalfSize2D>(path, entity, rerun::Boxes2D::descriptor_half_sizes().component)?;
+    let classes = components_of::<ClassId>(path, entity, rerun::Boxes2D::descriptor_class_ids().component)?;
+    let labels = components_of::<Text>(path, entity, rerun::Boxes2D::descriptor_labels().component)?;
+    let mut out = BTreeMap::new();
+    for (frame, halves) in halves {
+        let centers = centers.get(&frame).cloned().unwrap_or_default();
+        let boxes = halves
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let c = centers.get(i).map_or([0.0, 0.0], |c| [c.x(), c.y()]);
+                LoggedBox {
+                    corners: [c[0] - h.x(), c[1] - h.y(), c[0] + h.x(), c[1] + h.y()],
+                    class_id: classes.get(&frame).and_then(|v| v.get(i)).map(|c| c.0.0),
+                    label: labels.get(&frame).and_then(|v| v.get(i)).map(|t| t.as_str().to_owned()),
+                }
+            })
+            .collect();
+        out.insert(frame, boxes);
     }
     Ok(out)
 }
@@ -213,7 +263,8 @@ pub fn free_port() -> u16 {
 
 /// Config text of a `cam` source (a 320 × 240 ball test pattern of `frames` frames) and a
 /// `tracker` actor (SAM 2 tiny on the fixture's weights, `block` edge) with `tracker_lines`
-/// appended (prompts, prompt topic, ...).
+/// appended (prompts, prompt topic, ...). The tracker runs at a 256-pixel input: these
+/// pipelines test what surrounds the model, whose numerics the parity tests check at 1024.
 pub fn cam_and_tracker_toml(frames: usize, tracker_lines: &str) -> String {
     let weights = fixtures_dir().join("sam2_video_tiny.weights.safetensors");
     format!(
@@ -229,6 +280,7 @@ model = "sam2.1_hiera_tiny"
 weights = "{}"
 inputs = ["cam"]
 edge = {{ policy = "block" }}
+image_size = 256
 {tracker_lines}
 "#,
         weights.display()
@@ -291,4 +343,121 @@ pub fn rerun_sink_toml(inputs: &[&str], path: &Path) -> String {
         "[[sink]]\nkind = \"rerun\"\ninputs = {inputs:?}\nedge = {{ policy = \"block\", depth = 32 }}\nsave = \"{}\"\n",
         path.display()
     )
+}
+
+/// A camera-sized clip of the fixtures (`camera_<W>x<H>`, written by `generate.py` from
+/// `tests/fixtures/camera.py`): PNG frames, ground-truth label images and the official
+/// pipelines' outputs.
+#[derive(Debug, Clone)]
+pub struct CameraClip {
+    /// `640x480`, `1280x720` or `641x479`.
+    pub size: &'static str,
+    /// Frame width.
+    pub width: usize,
+    /// Frame height.
+    pub height: usize,
+    /// Frames run through the actors.
+    pub tracked: usize,
+    /// The case's JSON (prompts, sizes).
+    pub meta: serde_json::Value,
+}
+
+/// The camera sizes of the actor-level tests: VGA, HD, and an odd size with padded rows.
+pub const CAMERA_SIZES: [&str; 3] = ["640x480", "1280x720", "641x479"];
+
+impl CameraClip {
+    /// The clip of `size`.
+    pub fn new(size: &'static str) -> Self {
+        let path = fixtures_dir().join(format!("camera_{size}.json"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let meta: serde_json::Value = serde_json::from_str(&text).expect("camera fixture JSON");
+        let get = |k: &str| meta[k].as_u64().unwrap_or_else(|| panic!("{k} in {}", path.display())) as usize;
+        Self { size, width: get("width"), height: get("height"), tracked: get("tracked"), meta }
+    }
+
+    /// A `[[source]]` named `name` reading the first `frames` PNG frames through GStreamer.
+    pub fn source_toml(&self, name: &str, frames: usize) -> String {
+        let dir = fixtures_dir().join(format!("camera_{}", self.size));
+        format!(
+            "[[source]]\nname = \"{name}\"\ngstreamer = \"multifilesrc location={}/%05d.png index=0 stop-index={} \
+             caps=image/png,framerate=30/1 ! pngdec\"\n",
+            dir.display(),
+            frames - 1
+        )
+    }
+
+    /// The tensors of the case (`camera_<size>.io.safetensors`).
+    pub fn io(&self) -> std::collections::HashMap<String, tch::Tensor> {
+        fixture_io(&format!("camera_{}", self.size))
+    }
+
+    /// Ground-truth label images of the tracked frames, as the tracker's little-endian u16.
+    pub fn labels(&self) -> Vec<Vec<u8>> {
+        let io = self.io();
+        (0..self.tracked)
+            .map(|f| {
+                let t = io[&format!("frame{f}.labels")].to_kind(tch::Kind::Int).flatten(0, -1);
+                Vec::<i32>::try_from(&t).expect("labels").iter().flat_map(|&l| (l as u16).to_le_bytes()).collect()
+            })
+            .collect()
+    }
+}
+
+/// The first `frames` PNG frames of `clip` as packed 8-bit RGB.
+pub fn png_frames(clip: &CameraClip, frames: usize) -> Vec<Vec<u8>> {
+    let dir = fixtures_dir().join(format!("camera_{}", clip.size));
+    (0..frames)
+        .map(|f| {
+            let path = dir.join(format!("{f:05}.png"));
+            image::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8().into_raw()
+        })
+        .collect()
+}
+
+/// A stage that answers each frame with the ground-truth tracks of its sequence number (from
+/// `labels`, little-endian u16 label images): the known tracks a labeler or inpainter is
+/// tested with.
+pub struct GroundTruthTracks {
+    labels: Vec<Vec<u8>>,
+    width: usize,
+}
+
+impl GroundTruthTracks {
+    /// Tracks from `labels` of `width`-wide frames.
+    pub fn processor(labels: Vec<Vec<u8>>, width: usize) -> Box<dyn Processor> {
+        Box::new(Self { labels, width })
+    }
+}
+
+impl Processor for GroundTruthTracks {
+    fn process(&mut self, input: Packet, out: &mut Outputs) -> ocellus_actors::Result<()> {
+        let Packet::Frame(frame) = input else { return Ok(()) };
+        let Some(labels) = self.labels.get(frame.meta.seq as usize) else { return Ok(()) };
+        let ids: std::collections::BTreeSet<u16> =
+            labels.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).filter(|&l| l != 0).collect();
+        let tracks = ids
+            .into_iter()
+            .map(|id| {
+                let mask: Vec<u8> =
+                    labels.chunks_exact(2).map(|b| u8::from(u16::from_le_bytes([b[0], b[1]]) == id)).collect();
+                let area = mask.iter().map(|&m| u64::from(m)).sum();
+                ocellus_actors::Track {
+                    id: u32::from(id),
+                    bbox: ocellus_kernels::masks::mask_box(&mask, self.width),
+                    score: 1.0,
+                    occluded: false,
+                    area,
+                    label: None,
+                }
+            })
+            .collect();
+        out.emit(Packet::Tracks(ocellus_actors::Tracks {
+            meta: frame.meta.clone(),
+            width: self.width as u32,
+            height: (labels.len() / 2 / self.width) as u32,
+            labels: bytes::Bytes::from(labels.clone()),
+            tracks,
+        }));
+        Ok(())
+    }
 }

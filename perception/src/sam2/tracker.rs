@@ -611,6 +611,12 @@ impl<'a> VideoSession<'a> {
         Horizon::Video(self.frames.len() as i64)
     }
 
+    /// The features of `frame`, once the session has computed them (they are computed once per
+    /// frame and kept for the session).
+    pub fn cached_features(&self, frame: u64) -> Option<&FrameFeatures> {
+        self.features.get(&frame)
+    }
+
     /// `add_new_points_or_box` (old points cleared): `coords` `[1, N, 2]` in model pixels.
     pub fn add_points(&mut self, obj: u64, frame: u64, coords: &Tensor, labels: &Tensor) -> Result<FrameOutput> {
         let horizon = self.horizon();

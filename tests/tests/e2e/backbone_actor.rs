@@ -9,7 +9,7 @@ use ocellus_actors::frame::Packet;
 use ocellus_actors::runtime::SourceKind;
 use ocellus_actors::source::{GstSourceSpec, OutputFormat};
 use ocellus_actors::stage::Processor;
-use ocellus_kernels::{DType, Normalization, frame_to_tensor};
+use ocellus_kernels::{DType, ResizeMode};
 use ocellus_tests::Collected;
 use tch::Device;
 
@@ -21,6 +21,7 @@ fn sam2_encoder_features_per_frame() {
         model: "sam2.1_hiera_tiny".into(),
         weights: WeightsSource::Random { seed: 3 },
         resolution: Some((256, 256)),
+        resize: ResizeMode::Exact,
         device: Device::Cpu,
         dtype: DType::F32,
     };
@@ -62,9 +63,7 @@ fn sam2_encoder_features_per_frame() {
         let shapes: Vec<Vec<i64>> = feats.levels.iter().map(|t| t.size()).collect();
         assert_eq!(shapes, [vec![1, 256, 64, 64], vec![1, 256, 32, 32], vec![1, 256, 16, 16]]);
         assert!(feats.levels.iter().all(|t| t.device() == Device::Cpu));
-        let x =
-            frame_to_tensor(&frame.pixels, &frame.layout, Device::Cpu, Some((256, 256)), Some(Normalization::IMAGENET))
-                .unwrap();
+        let x = reference.transform(Some((256, 256))).apply(&frame.pixels, &frame.layout, Device::Cpu).unwrap();
         let direct = reference.forward(&x).unwrap();
         for (ours, theirs) in feats.levels.iter().zip(&direct) {
             assert!(ours.equal(theirs), "the actor's features equal a direct forward");

@@ -51,9 +51,10 @@ fn streaming_equals_the_video_predictor_for_prompts_in_time_order() {
         let mut tracker = StreamingTracker::new(StreamConfig { horizon: Horizon::Video(8), ..StreamConfig::default() });
         tracker.add_prompt(1, Prompt::Points(points(&io, 0)));
         tracker.add_prompt(2, Prompt::Points(points(&io, 1)));
-        for (f, x) in frames.iter().enumerate() {
-            let feats = sam.frame_features(&x.unsqueeze(0)).unwrap();
-            for (obj, out) in tracker.step(&sam, f as u64, &feats).unwrap() {
+        for f in 0..frames.len() {
+            // The session's own encoding of the frame (computed once per frame).
+            let feats = session.cached_features(f as u64).unwrap();
+            for (obj, out) in tracker.step(&sam, f as u64, feats).unwrap() {
                 // Both objects are tracked in one batch from frame 1 on; the video predictor
                 // decodes them one at a time, as the official code does.
                 let reference = &offline[&(f as u64)][&obj];
@@ -67,51 +68,56 @@ fn streaming_equals_the_video_predictor_for_prompts_in_time_order() {
 
 /// Four objects added on different frames (so their memories differ in layout for a while,
 /// and form several batches), a box prompt and a correction: every batched output equals the
-/// object tracked alone from the same memory. At 512 pixels to keep the test short.
+/// object tracked alone from the same memory. At 256 pixels to keep the test short (batching
+/// does not depend on the input size).
 #[test]
 fn batched_objects_equal_one_at_a_time() {
-    let (_vs, sam) = model_at(512);
+    let (_vs, sam) = model_at(256);
     let io = fixture_io("sam2_video_tiny");
-    let half = |p: PointInputs| PointInputs { coords: p.coords / 2.0, labels: p.labels };
+    let quarter = |p: PointInputs| PointInputs { coords: p.coords / 4.0, labels: p.labels };
     tch::no_grad(|| {
-        let frames: Vec<tch::Tensor> = (0..8)
-            .map(|f| io["images"].get(f).unsqueeze(0).upsample_bilinear2d([512, 512], false, None, None))
+        // Each of the 8 frames encoded once; the stream cycles through them.
+        let features: Vec<_> = (0..8)
+            .map(|f| {
+                let x = io["images"].get(f).unsqueeze(0).upsample_bilinear2d([256, 256], false, None, None);
+                sam.frame_features(&x).unwrap()
+            })
             .collect();
         let mut tracker = StreamingTracker::new(StreamConfig::default());
         let mut batched_frames = 0;
         for f in 0..12u64 {
             let prompted: Vec<u64> = match f {
                 0 => {
-                    tracker.add_prompt(1, Prompt::Points(half(points(&io, 0))));
-                    tracker.add_prompt(2, Prompt::Points(half(points(&io, 1))));
+                    tracker.add_prompt(1, Prompt::Points(quarter(points(&io, 0))));
+                    tracker.add_prompt(2, Prompt::Points(quarter(points(&io, 1))));
                     vec![1, 2]
                 }
                 2 => {
-                    tracker.add_prompt(3, Prompt::Points(half(points(&io, 2))));
+                    tracker.add_prompt(3, Prompt::Points(quarter(points(&io, 2))));
                     vec![3]
                 }
                 4 => {
-                    let bbox = tch::Tensor::from_slice(&[300.0f32, 40.0, 420.0, 200.0]).view([1, 4]);
+                    let bbox = tch::Tensor::from_slice(&[150.0f32, 20.0, 210.0, 100.0]).view([1, 4]);
                     tracker.add_prompt(4, Prompt::Box { bbox, points: None });
                     vec![4]
                 }
                 6 => {
-                    tracker.add_prompt(1, Prompt::Points(half(points(&io, 2))));
+                    tracker.add_prompt(1, Prompt::Points(quarter(points(&io, 2))));
                     vec![1]
                 }
                 _ => vec![],
             };
-            let feats = sam.frame_features(&frames[(f % 8) as usize]).unwrap();
+            let feats = &features[(f % 8) as usize];
             let alone: Vec<(u64, _)> = tracker
                 .objects()
                 .filter(|id| !prompted.contains(id))
                 .map(|id| {
                     let mem = tracker.memory(id).unwrap();
-                    (id, sam.track_objects(f, &feats, &[mem], Horizon::Stream).unwrap().remove(0))
+                    (id, sam.track_objects(f, feats, &[mem], Horizon::Stream).unwrap().remove(0))
                 })
                 .collect();
             batched_frames += usize::from(alone.len() > 1);
-            let out = tracker.step(&sam, f, &feats).unwrap();
+            let out = tracker.step(&sam, f, feats).unwrap();
             assert_eq!(out.len(), tracker.objects().count(), "frame {f}: one output per object");
             for (id, reference) in &alone {
                 let ours = &out.iter().find(|(o, _)| o == id).unwrap().1;
@@ -132,20 +138,31 @@ fn batched_objects_equal_one_at_a_time() {
     });
 }
 
+/// What the memory keeps does not depend on the input size: at 256 pixels to keep it short.
 #[test]
 fn memory_stays_bounded_on_a_long_stream() {
-    let (_vs, sam) = model();
+    let (_vs, sam) = model_at(256);
     let io = fixture_io("sam2_video_tiny");
     tch::no_grad(|| {
         let config = StreamConfig { max_cond_frames: 2, ..StreamConfig::default() };
         let mut tracker = StreamingTracker::new(config);
-        tracker.add_prompt(1, Prompt::Points(points(&io, 0)));
-        let features: Vec<_> = (0..8).map(|f| sam.frame_features(&io["images"].get(f).unsqueeze(0)).unwrap()).collect();
+        // Prompts are in 1024-pixel coordinates; a quarter of them at 256.
+        let quarter = |i: usize| {
+            let p = points(&io, i);
+            Prompt::Points(PointInputs { coords: p.coords / 4.0, labels: p.labels })
+        };
+        tracker.add_prompt(1, quarter(0));
+        let features: Vec<_> = (0..8)
+            .map(|f| {
+                let x = io["images"].get(f).unsqueeze(0).upsample_bilinear2d([256, 256], false, None, None);
+                sam.frame_features(&x).unwrap()
+            })
+            .collect();
         let frames = 24u64;
         for f in 0..frames {
             if f == 9 || f == 17 {
                 // Corrections: each becomes a conditioning frame; the oldest correction goes.
-                tracker.add_prompt(1, Prompt::Points(points(&io, 2)));
+                tracker.add_prompt(1, quarter(2));
             }
             let out = tracker.step(&sam, f, &features[(f % 8) as usize]).unwrap();
             assert_eq!(out.len(), 1);

@@ -1,14 +1,17 @@
 #![allow(clippy::unwrap_used)]
 //! Llama 3 against the reference implementations on the same seeded random weights (fp32,
 //! CPU), from `tests/fixtures/generate_language.py`:
-//! - the true Llama 3.2 1B shape in the Hugging Face layout (tied embeddings, RoPE factor 32)
-//!   against transformers' `LlamaForCausalLM` and Meta's reference `Transformer`: prompt
-//!   logits, 32 greedy tokens, and incremental decoding with the KV cache equal to full
-//!   recomputation;
-//! - the Llama 3.1 8B shape reduced to 2 layers in Meta's layout (`consolidated.00.pth`,
-//!   imported by `ocellus weights import`) against Meta's reference and against
-//!   transformers on the converted weights: Meta-layout weights give the outputs of
-//!   HF-layout ones.
+//! - the Llama 3.2 1B shape (full width, heads, vocabulary, tied embeddings, RoPE factor 32)
+//!   with 2 of its 16 layers, in the Hugging Face layout, against transformers'
+//!   `LlamaForCausalLM` and Meta's reference `Transformer`: prompt logits, 32 greedy tokens,
+//!   and incremental decoding with the KV cache equal to full recomputation;
+//! - the Llama 3.1 8B shape reduced to 2 layers and a 16384-token vocabulary in Meta's layout
+//!   (`consolidated.00.pth`, imported by `ocellus weights import`) against Meta's reference
+//!   and against transformers on the converted weights: Meta-layout weights give the outputs
+//!   of HF-layout ones.
+//!
+//! Depth and the 8B vocabulary are reduced to keep the fixtures small; every code path runs
+//! at full width, and the full-depth presets are checked against the fixtures' configs.
 
 use std::ops::ControlFlow;
 
@@ -55,11 +58,13 @@ fn full_logits(model: &Llama, tokens: &[u32]) -> Tensor {
 fn llama_3_2_1b_matches_transformers_and_meta() {
     let _one = one_big_model();
     let dir = fixtures_dir();
-    let config = LlamaConfig::from_json(&std::fs::read_to_string(dir.join("llama_1b.json")).unwrap()).unwrap();
-    assert_eq!(config, LlamaConfig::by_name("llama-3.2-1b").unwrap(), "config.json reads as the published 1B config");
+    let config = LlamaConfig::from_json(&std::fs::read_to_string(dir.join("llama_1b_2l.json")).unwrap()).unwrap();
+    let preset = LlamaConfig::by_name("llama-3.2-1b").unwrap();
+    assert_eq!(preset.num_hidden_layers, 16);
+    assert_eq!(config, preset.with_layers(2), "config.json reads as the published 1B config (2 layers)");
     assert_eq!(config.rope_scaling.unwrap().factor, 32.0);
-    let model = Llama::load(config, &dir.join("llama_1b.weights.safetensors"), Device::Cpu, Kind::Float).unwrap();
-    let io = fixture_io("llama_1b");
+    let model = Llama::load(config, &dir.join("llama_1b_2l.weights.safetensors"), Device::Cpu, Kind::Float).unwrap();
+    let io = fixture_io("llama_1b_2l");
     let prompt = ids_of(&io["prompt"]);
     let reference_greedy = ids_of(&io["greedy"]);
 
@@ -109,7 +114,9 @@ fn meta_layout_8b_shape_matches_meta_and_transformers() {
     let params: MetaParams =
         serde_json::from_str(&std::fs::read_to_string(dir.join("llama_8b_2l.params.json")).unwrap()).unwrap();
     let config = LlamaConfig::from_meta_params(&params, 8.0, 131_072).unwrap();
-    assert_eq!(config, LlamaConfig::by_name("llama-3.1-8b").unwrap().with_layers(2));
+    let mut expected = LlamaConfig::by_name("llama-3.1-8b").unwrap().with_layers(2);
+    expected.vocab_size = params.vocab_size;
+    assert_eq!(config, expected, "the 8B shape, 2 layers, the fixture's vocabulary");
     // `ocellus weights import` on a Meta folder (params.json + consolidated.00.pth): the
     // checkpoint is read by PyTorch, converted to transformers' layout, checked and saved.
     let scratch = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "llama_8b_2l");

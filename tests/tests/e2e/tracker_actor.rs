@@ -51,6 +51,8 @@ fn tracks_are_consistent_per_frame() {
             (2, FramePrompt::Points(vec![[40.0, 40.0]], vec![1])),
         ],
         stream: StreamConfig::default(),
+        image_size: Some(256),
+        resize: ocellus_kernels::ResizeMode::Exact,
         control: None,
     };
     let collected = ocellus_tests::Collected::default();
