@@ -20,4 +20,4 @@ lint: bootstrap
 	@$(ENV) && cargo fmt --all -- --check && cargo clippy --workspace --all-targets -- -D warnings
 
 bench: bootstrap
-	@$(ENV) && cargo run --release -q -p ocellus-pipelines --bin ocellus -- bench runtime
+	@$(ENV) && cargo run --release -q -p ocellus-bench --bin ocellus-bench -- runtime

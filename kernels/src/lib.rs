@@ -33,27 +33,18 @@ pub mod sampling;
 pub mod window;
 
 pub use device::{DType, parse_device};
-pub use preprocess::{Fit, FrameLayout, Normalization, PixelFormat, Resize, ResizeMode, Transform, YuvMatrix, frame_to_tensor};
+pub use preprocess::{
+    Fit, FrameLayout, Normalization, PixelFormat, Resize, ResizeMode, Transform, YuvMatrix, frame_to_tensor,
+};
 
 /// Errors of the kernel crate.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
-    /// The pixel buffer is shorter than its layout requires.
-    #[error("frame buffer too short: {format:?} {width}x{height} needs {needed} bytes, got {got}")]
-    ShortBuffer {
-        /// Pixel format of the frame.
-        format: PixelFormat,
-        /// Width in pixels.
-        width: usize,
-        /// Height in pixels.
-        height: usize,
-        /// Bytes the layout requires.
-        needed: usize,
-        /// Bytes present.
-        got: usize,
-    },
-    /// The layout itself is inconsistent (zero size, stride smaller than a row, ...).
-    #[error("invalid frame layout: {0}")]
+    /// A frame's buffer does not hold its layout.
+    #[error(transparent)]
+    Frame(#[from] ocellus_wire::LayoutError),
+    /// A tensor or image of the wrong shape or size.
+    #[error("invalid layout: {0}")]
     Layout(String),
     /// A device or dtype name could not be parsed.
     #[error("unknown {what} {name:?} (expected {expected})")]

@@ -1,203 +1,19 @@
 //! Frame preprocessing: strided camera bytes → normalized `[1, 3, H, W]` float tensors.
 //!
 //! Camera buffers are rarely tightly packed: GStreamer pads RGB rows to a multiple of four
-//! bytes and NV12 planes to the decoder's alignment. The layout therefore carries a stride and
-//! an offset per plane, and rows are cut to their visible width on the device, after the one
-//! host→tensor copy that libtorch needs.
+//! bytes and NV12 planes to the decoder's alignment. The layout ([`FrameLayout`], from
+//! `ocellus-wire`) carries a stride and an offset per plane, and rows are cut to their visible
+//! width on the device, after the one host→tensor copy that libtorch needs.
 
 use tch::{Device, Kind, Tensor};
 use tracing::trace_span;
+
+pub use ocellus_wire::{FrameLayout, PixelFormat, YuvMatrix};
 
 use crate::{KernelError, Result, resample};
 
 /// Largest value of an 8-bit sample, as a float.
 const U8_MAX: f64 = 255.0;
-
-/// Pixel formats a [`FrameLayout`] can describe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PixelFormat {
-    /// Packed 8-bit R, G, B.
-    Rgb,
-    /// Packed 8-bit B, G, R.
-    Bgr,
-    /// 8-bit luma only.
-    Gray8,
-    /// Planar luma plus interleaved, 2×2-subsampled U/V (two planes).
-    Nv12,
-}
-
-impl PixelFormat {
-    /// Bytes per pixel of the first plane.
-    pub fn bytes_per_pixel(self) -> usize {
-        match self {
-            Self::Rgb | Self::Bgr => 3,
-            Self::Gray8 | Self::Nv12 => 1,
-        }
-    }
-
-    /// Number of planes.
-    pub fn planes(self) -> usize {
-        match self {
-            Self::Nv12 => 2,
-            _ => 1,
-        }
-    }
-
-    /// Visible bytes of one row of `plane` for a frame `width` pixels wide.
-    pub fn row_bytes(self, plane: usize, width: usize) -> usize {
-        match (self, plane) {
-            // U and V interleaved at half horizontal resolution, rounded up.
-            (Self::Nv12, 1) => width.div_ceil(2) * 2,
-            _ => width * self.bytes_per_pixel(),
-        }
-    }
-
-    /// Number of rows of `plane` for a frame `height` pixels high.
-    pub fn plane_rows(self, plane: usize, height: usize) -> usize {
-        match (self, plane) {
-            (Self::Nv12, 1) => height.div_ceil(2),
-            _ => height,
-        }
-    }
-}
-
-/// YUV → RGB matrix for NV12 frames (limited range, as GStreamer's `videoconvert` uses).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum YuvMatrix {
-    /// ITU-R BT.601 (SD and GStreamer's default for small frames).
-    #[default]
-    Bt601,
-    /// ITU-R BT.709 (HD).
-    Bt709,
-}
-
-impl YuvMatrix {
-    /// `(r_v, g_u, g_v, b_u)` coefficients applied to centred chroma.
-    fn coefficients(self) -> (f64, f64, f64, f64) {
-        match self {
-            Self::Bt601 => (1.596_027, -0.391_762, -0.812_968, 2.017_232),
-            Self::Bt709 => (1.792_741, -0.213_249, -0.532_909, 2.112_402),
-        }
-    }
-}
-
-/// Where the pixels of a frame are inside its buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FrameLayout {
-    /// Pixel format.
-    pub format: PixelFormat,
-    /// Width in pixels.
-    pub width: usize,
-    /// Height in pixels.
-    pub height: usize,
-    /// Bytes from one row to the next, per plane (unused planes are 0).
-    pub strides: [usize; 2],
-    /// Byte offset of each plane in the buffer (unused planes are 0).
-    pub offsets: [usize; 2],
-    /// Matrix for NV12; ignored by the other formats.
-    pub yuv_matrix: YuvMatrix,
-}
-
-impl FrameLayout {
-    /// A tightly packed layout (stride = visible row bytes, planes back to back).
-    pub fn packed(format: PixelFormat, width: usize, height: usize) -> Self {
-        let stride0 = format.row_bytes(0, width);
-        let (stride1, offset1) =
-            if format.planes() == 2 { (format.row_bytes(1, width), stride0 * height) } else { (0, 0) };
-        Self {
-            format,
-            width,
-            height,
-            strides: [stride0, stride1],
-            offsets: [0, offset1],
-            yuv_matrix: YuvMatrix::default(),
-        }
-    }
-
-    /// Bytes a buffer needs to hold this layout (the last row of a plane needs no padding).
-    pub fn required_len(&self) -> usize {
-        (0..self.format.planes())
-            .map(|p| {
-                let rows = self.format.plane_rows(p, self.height);
-                self.offsets[p] + self.strides[p] * rows.saturating_sub(1) + self.format.row_bytes(p, self.width)
-            })
-            .max()
-            .unwrap_or(0)
-    }
-
-    /// Checks that the layout is self-consistent and fits in `len` bytes.
-    pub fn validate(&self, len: usize) -> Result<()> {
-        if self.width == 0 || self.height == 0 {
-            return Err(KernelError::Layout(format!("empty frame {}x{}", self.width, self.height)));
-        }
-        for p in 0..self.format.planes() {
-            let row = self.format.row_bytes(p, self.width);
-            if self.strides[p] < row {
-                return Err(KernelError::Layout(format!(
-                    "plane {p} stride {} is smaller than its {row} visible bytes",
-                    self.strides[p]
-                )));
-            }
-        }
-        let needed = self.required_len();
-        if len < needed {
-            return Err(KernelError::ShortBuffer {
-                format: self.format,
-                width: self.width,
-                height: self.height,
-                needed,
-                got: len,
-            });
-        }
-        Ok(())
-    }
-
-    /// Copies the visible pixels of each plane into one tightly packed buffer.
-    pub fn pack(&self, data: &[u8]) -> Result<Vec<u8>> {
-        self.validate(data.len())?;
-        let packed = Self::packed(self.format, self.width, self.height);
-        let mut out = Vec::with_capacity(packed.required_len());
-        for p in 0..self.format.planes() {
-            let row = self.format.row_bytes(p, self.width);
-            for r in 0..self.format.plane_rows(p, self.height) {
-                let start = self.offsets[p] + r * self.strides[p];
-                out.extend_from_slice(
-                    data.get(start..start + row)
-                        .ok_or_else(|| KernelError::Layout(format!("plane {p} row {r} outside the buffer")))?,
-                );
-            }
-        }
-        Ok(out)
-    }
-
-    /// The frame as packed 8-bit RGB on the host (`height` rows of `3 · width` bytes): BGR
-    /// swapped, gray replicated (as Pillow's `convert("RGB")`), NV12 converted with
-    /// [`YuvMatrix`] and rounded to the nearest level.
-    pub fn to_rgb8(&self, data: &[u8]) -> Result<Vec<u8>> {
-        let packed = self.pack(data)?;
-        let n = self.width * self.height;
-        Ok(match self.format {
-            PixelFormat::Rgb => packed,
-            PixelFormat::Bgr => packed.chunks_exact(3).flat_map(|p| [p[2], p[1], p[0]]).collect(),
-            PixelFormat::Gray8 => packed.iter().flat_map(|&g| [g, g, g]).collect(),
-            PixelFormat::Nv12 => {
-                let (luma, chroma) = packed.split_at(n);
-                let chroma_row = self.format.row_bytes(1, self.width);
-                let (r_v, g_u, g_v, b_u) = self.yuv_matrix.coefficients();
-                let mut out = Vec::with_capacity(3 * n);
-                for (i, &y) in luma.iter().enumerate() {
-                    let (row, col) = (i / self.width, i % self.width);
-                    let at = (row / 2) * chroma_row + (col / 2) * 2;
-                    let (u, v) = (f64::from(chroma[at]) - 128.0, f64::from(chroma[at + 1]) - 128.0);
-                    let l = (f64::from(y) - 16.0) * 255.0 / 219.0;
-                    let level = |x: f64| x.clamp(0.0, U8_MAX).round() as u8;
-                    out.extend([level(l + r_v * v), level(l + g_u * u + g_v * v), level(l + b_u * u)]);
-                }
-                out
-            }
-        })
-    }
-}
 
 /// Per-channel normalization applied to `[0, 1]` RGB: `(x - mean) / std`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -423,7 +239,8 @@ impl Transform {
         let (h, w) = (height as i64, width as i64);
         let ((top, left, ch, cw), (rh, rw), after) = self.fit.plan(h, w);
         check_region(h, w, top, left, ch, cw)?;
-        let cut = if (top, left, ch, cw) == (0, 0, h, w) { None } else { Some(crop_rgb8(rgb, width, (top, left, ch, cw))) };
+        let cut =
+            if (top, left, ch, cw) == (0, 0, h, w) { None } else { Some(crop_rgb8(rgb, width, (top, left, ch, cw))) };
         let (src, sw, sh) = match &cut {
             Some(c) => (c.as_slice(), cw as usize, ch as usize),
             None => (rgb, width, height),
@@ -466,8 +283,10 @@ impl Transform {
             x = x.f_narrow(2, t, ah)?.f_narrow(3, l, aw)?; // [1, 3, crop, crop]
         }
         let device = x.device();
-        let mean = Tensor::f_from_slice(&self.norm.mean)?.f_to_kind(Kind::Float)?.f_to_device(device)?.f_view([1, 3, 1, 1])?;
-        let std = Tensor::f_from_slice(&self.norm.std)?.f_to_kind(Kind::Float)?.f_to_device(device)?.f_view([1, 3, 1, 1])?;
+        let mean =
+            Tensor::f_from_slice(&self.norm.mean)?.f_to_kind(Kind::Float)?.f_to_device(device)?.f_view([1, 3, 1, 1])?;
+        let std =
+            Tensor::f_from_slice(&self.norm.std)?.f_to_kind(Kind::Float)?.f_to_device(device)?.f_view([1, 3, 1, 1])?;
         Ok(x.f_sub(&mean)?.f_div(&std)?.f_contiguous()?)
     }
 }
@@ -475,9 +294,7 @@ impl Transform {
 /// Checks that a `(top, left, height, width)` region lies inside an `h × w` image.
 fn check_region(h: i64, w: i64, top: i64, left: i64, rh: i64, rw: i64) -> Result<()> {
     if h <= 0 || w <= 0 || rh <= 0 || rw <= 0 || top < 0 || left < 0 || top + rh > h || left + rw > w {
-        return Err(KernelError::Layout(format!(
-            "region {rw}x{rh} at ({left}, {top}) does not fit a {w}x{h} image"
-        )));
+        return Err(KernelError::Layout(format!("region {rw}x{rh} at ({left}, {top}) does not fit a {w}x{h} image")));
     }
     Ok(())
 }
@@ -555,11 +372,11 @@ mod tests {
         let layout = FrameLayout::packed(PixelFormat::Rgb, 4, 4);
         assert!(matches!(
             frame_to_tensor(&[0; 10], &layout, Device::Cpu, None, None),
-            Err(KernelError::ShortBuffer { needed: 48, got: 10, .. })
+            Err(KernelError::Frame(ocellus_wire::LayoutError::ShortBuffer { needed: 48, got: 10, .. }))
         ));
         let mut bad = layout;
         bad.strides[0] = 5;
-        assert!(matches!(bad.validate(1000), Err(KernelError::Layout(_))));
+        assert!(matches!(bad.validate(1000), Err(ocellus_wire::LayoutError::Invalid(_))));
     }
 
     #[test]

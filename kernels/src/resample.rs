@@ -100,12 +100,12 @@ impl Coefficients {
 }
 
 /// An accumulated fixed-point sum back to 8 bits (clamped).
-fn clip8(sum: i64) -> u8 {
+fn clip8(sum: i32) -> u8 {
     (sum >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
 /// The rounding offset every accumulation starts from.
-const HALF: i64 = 1 << (PRECISION_BITS - 1);
+const HALF: i32 = 1 << (PRECISION_BITS - 1);
 
 /// Resizes a packed 8-bit image (`height` rows of `width × channels` bytes) to
 /// `out_width × out_height` exactly as Pillow's `Image.resize` does (no `box`, no
@@ -137,19 +137,23 @@ pub fn resize_u8(
         (0, height)
     };
 
-    // Horizontal pass: [rows, width, C] → [rows, out_width, C].
+    // Horizontal pass: [rows, width, C] → [rows, out_width, C]. Sums fit in i32 (Pillow keeps
+    // two spare bits for it: 8-bit samples, weights of at most 2^22, at most ~2 in sum).
     let rows = row_end - row_first;
     let stage: std::borrow::Cow<'_, [u8]> = if out_width != width {
         let mut out = vec![0u8; rows * out_width * channels];
+        let mut sums = vec![0i32; channels];
         for (r, out_row) in out.chunks_exact_mut(out_width * channels).enumerate() {
             let in_row = &pixels[(row_first + r) * width * channels..][..width * channels];
             for (o, out_px) in out_row.chunks_exact_mut(channels).enumerate() {
                 let (first, weights) = horizontal.of(o);
-                for (c, value) in out_px.iter_mut().enumerate() {
-                    let mut sum = HALF;
-                    for (x, &w) in weights.iter().enumerate() {
-                        sum += i64::from(in_row[(first + x) * channels + c]) * i64::from(w);
+                sums.fill(HALF);
+                for (px, &w) in in_row[first * channels..].chunks_exact(channels).zip(weights) {
+                    for (sum, &v) in sums.iter_mut().zip(px) {
+                        *sum += i32::from(v) * w;
                     }
+                }
+                for (value, &sum) in out_px.iter_mut().zip(&sums) {
                     *value = clip8(sum);
                 }
             }
@@ -162,17 +166,22 @@ pub fn resize_u8(
         return Ok(stage.into_owned());
     }
 
-    // Vertical pass: [rows, out_width, C] → [out_height, out_width, C], rows shifted by row_first.
+    // Vertical pass: [rows, out_width, C] → [out_height, out_width, C], rows shifted by
+    // row_first; whole rows at a time (the inner loop vectorizes).
     let line = out_width * channels;
     let mut out = vec![0u8; out_height * line];
+    let mut sums = vec![0i32; line];
     for (o, out_row) in out.chunks_exact_mut(line).enumerate() {
         let (first, weights) = vertical.of(o);
         let first = first - row_first;
-        for (i, value) in out_row.iter_mut().enumerate() {
-            let mut sum = HALF;
-            for (y, &w) in weights.iter().enumerate() {
-                sum += i64::from(stage[(first + y) * line + i]) * i64::from(w);
+        sums.fill(HALF);
+        for (y, &w) in weights.iter().enumerate() {
+            let in_row = &stage[(first + y) * line..][..line];
+            for (sum, &v) in sums.iter_mut().zip(in_row) {
+                *sum += i32::from(v) * w;
             }
+        }
+        for (value, &sum) in out_row.iter_mut().zip(&sums) {
             *value = clip8(sum);
         }
     }

@@ -11,8 +11,8 @@ use crate::chat::{AssistantReply, Message, Role, StopReason, decode_assistant_te
 use crate::tools::{ToolCall, ToolName};
 use crate::{LanguageError, Result};
 
-/// Client settings.
-#[derive(Debug, Clone, PartialEq)]
+/// Client settings (its `Debug` never shows the API key).
+#[derive(Clone, PartialEq)]
 pub struct OpenAiConfig {
     /// Base URL, e.g. `http://127.0.0.1:8080/v1`.
     pub base_url: String,
@@ -26,6 +26,19 @@ pub struct OpenAiConfig {
     pub attempts: u32,
     /// Wait before the first retry; doubled after each.
     pub backoff: Duration,
+}
+
+impl std::fmt::Debug for OpenAiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiConfig")
+            .field("base_url", &self.base_url)
+            .field("model", &self.model)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("timeout", &self.timeout)
+            .field("attempts", &self.attempts)
+            .field("backoff", &self.backoff)
+            .finish()
+    }
 }
 
 impl OpenAiConfig {
@@ -233,5 +246,18 @@ impl LanguageModel for OpenAiClient {
             .and_then(Value::as_object)
             .map(|top| top.get("unsafe").and_then(Value::as_f64).map_or(0.0, |lp| lp.exp() as f32));
         Ok(RawCompletion { text, unsafe_prob })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_api_key_never_reaches_debug_output() {
+        let config = OpenAiConfig { api_key: Some("sk-hunter2".into()), ..OpenAiConfig::new("http://h/v1", "m") };
+        let shown = format!("{config:?} {:?}", OpenAiClient::new(config.clone()));
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 }

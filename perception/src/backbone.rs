@@ -1,30 +1,29 @@
-//! Backbones by name: Hiera (`hiera_*`) and the SAM 2 image encoder (`sam2.1_hiera_*`), with
-//! their weights store, so that tools and actors handle them alike.
+//! Backbones by name: Hiera (`hiera_*`) and the SAM 2 image encoder (`sam2.1_hiera_*`), so that
+//! tools and actors handle them alike. Loaded through [`crate::model::ModelSpec`].
 
-use std::path::Path;
+use ocellus_kernels::{Fit, Normalization, Resize, Transform};
+use tch::Tensor;
+use tch::nn::Path;
 
-use ocellus_kernels::{DType, Fit, Normalization, Resize, Transform};
-use tch::nn::VarStore;
-use tch::{Device, Tensor};
-
+use crate::Result;
 use crate::hiera::{Hiera, HieraConfig};
 use crate::hieradet::{ImageEncoder, ImageEncoderConfig};
-use crate::weights::{self, Scope};
-use crate::{PerceptionError, Result};
+use crate::model::{Model, unknown_model};
+use crate::sam2::Sam2Config;
+use crate::weights::Scope;
 
 /// SAM 2 checkpoint keys of the image encoder start with this.
 const SAM2_IMAGE_ENCODER: &str = "image_encoder";
 
-enum Model {
+enum Inner {
     Hiera(Box<Hiera>),
     ImageEncoder(Box<ImageEncoder>),
 }
 
-/// A backbone and its weights (shared, read-only once loaded).
+/// A backbone (its weights live in the [`crate::model::Loaded`] store it came from).
 pub struct Backbone {
     name: String,
-    vs: VarStore,
-    model: Model,
+    model: Inner,
     config: serde_json::Value,
     input_size: Vec<i64>,
 }
@@ -35,41 +34,55 @@ impl std::fmt::Debug for Backbone {
     }
 }
 
-/// Every backbone name [`Backbone::new`] accepts.
+/// Every backbone name.
 pub fn names() -> Vec<&'static str> {
     HieraConfig::NAMES.iter().chain(ImageEncoderConfig::NAMES.iter()).copied().collect()
 }
 
-impl Backbone {
-    /// Builds backbone `name` on `device` (weights zero until loaded or initialized).
-    pub fn new(name: &str, device: Device) -> Result<Self> {
-        let vs = VarStore::new(device);
-        let to_json = |v: serde_json::Result<serde_json::Value>| {
-            v.map_err(|e| PerceptionError::Config { model: "backbone", message: e.to_string() })
-        };
-        let (model, config, input_size) = if let Some(c) = HieraConfig::by_name(name) {
-            let model = Model::Hiera(Box::new(Hiera::new(&vs.root(), &c)?));
-            (model, to_json(serde_json::to_value(&c))?, c.input_size.clone())
-        } else if let Some(c) = ImageEncoderConfig::by_name(name) {
-            let model = Model::ImageEncoder(Box::new(ImageEncoder::new(&(vs.root() / SAM2_IMAGE_ENCODER), &c)?));
-            (model, to_json(serde_json::to_value(&c))?, vec![1024, 1024])
-        } else {
-            return Err(PerceptionError::Config {
-                model: "backbone",
-                message: format!("unknown backbone {name:?} (known: {})", names().join(", ")),
-            });
-        };
-        Ok(Self { name: name.to_owned(), vs, model, config, input_size })
+impl Model for Backbone {
+    type Options = ();
+    const FAMILY: &'static str = "backbone";
+
+    fn names() -> Vec<&'static str> {
+        names()
     }
 
+    fn build(name: &str, _options: &(), p: &Path) -> Result<Self> {
+        let to_json = |v: serde_json::Result<serde_json::Value>| v.unwrap_or_default();
+        let (model, config, input_size) = if let Some(c) = HieraConfig::by_name(name) {
+            (Inner::Hiera(Box::new(Hiera::new(p, &c)?)), to_json(serde_json::to_value(&c)), c.input_size.clone())
+        } else if let (Some(c), Some(sam2)) = (ImageEncoderConfig::by_name(name), Sam2Config::by_name(name)) {
+            let encoder = ImageEncoder::new(&(p / SAM2_IMAGE_ENCODER), &c)?;
+            let side = sam2.image_size;
+            (Inner::ImageEncoder(Box::new(encoder)), to_json(serde_json::to_value(&c)), vec![side, side])
+        } else {
+            return Err(unknown_model::<Self>(name));
+        };
+        Ok(Self { name: name.to_owned(), model, config, input_size })
+    }
+
+    fn scope(&self) -> Scope<'static> {
+        match self.model {
+            Inner::Hiera(_) => Scope::Exact,
+            Inner::ImageEncoder(_) => Scope::Prefix("image_encoder."),
+        }
+    }
+
+    fn weights_changed(&self) {
+        if let Inner::ImageEncoder(e) = &self.model {
+            e.trunk.clear_cache();
+        }
+    }
+
+    fn config_json(&self) -> serde_json::Value {
+        self.config.clone()
+    }
+}
+
+impl Backbone {
     /// The model's name.
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    /// The official configuration, as JSON (for manifests).
-    pub fn config(&self) -> &serde_json::Value {
-        &self.config
     }
 
     /// `(T,) H, W` the model was built for.
@@ -92,16 +105,18 @@ impl Backbone {
             _ => (0, 0),
         });
         match (&self.model, self.input_size.len()) {
-            (Model::Hiera(_), 3) => {
-                Transform { fit: Fit::CenterSquare { side: h }, resize: Resize::Bilinear, norm: Normalization::HIERA_VIDEO }
-            }
-            (Model::Hiera(_), _) => Transform {
+            (Inner::Hiera(_), 3) => Transform {
+                fit: Fit::CenterSquare { side: h },
+                resize: Resize::Bilinear,
+                norm: Normalization::HIERA_VIDEO,
+            },
+            (Inner::Hiera(_), _) => Transform {
                 // int((256 / 224) * input_size), computed as the example does.
                 fit: Fit::ShortSideCenterCrop { short: ((256.0 / 224.0) * h as f64) as i64, crop: h },
                 resize: Resize::PilBicubic,
                 norm: Normalization::IMAGENET,
             },
-            (Model::ImageEncoder(_), _) => Transform {
+            (Inner::ImageEncoder(_), _) => Transform {
                 fit: Fit::Stretch { height: h, width: w },
                 resize: Resize::TorchvisionBilinear,
                 norm: Normalization::IMAGENET,
@@ -109,57 +124,12 @@ impl Backbone {
         }
     }
 
-    /// Which keys of a weights file belong to this model.
-    pub fn scope(&self) -> Scope<'static> {
-        match self.model {
-            Model::Hiera(_) => Scope::Exact,
-            Model::ImageEncoder(_) => Scope::Prefix("image_encoder."),
-        }
-    }
-
-    /// Loads weights, checking every key (see [`weights::load`]).
-    pub fn load(&mut self, path: &Path) -> Result<()> {
-        let scope = self.scope();
-        weights::load(&mut self.vs, path, scope)?;
-        self.weights_changed();
-        Ok(())
-    }
-
-    /// Seeded random weights.
-    pub fn init_seeded(&self, seed: i64) -> Result<()> {
-        weights::init_seeded(&self.vs, seed)?;
-        self.weights_changed();
-        Ok(())
-    }
-
-    /// Drops what was derived from the weights.
-    fn weights_changed(&self) {
-        if let Model::ImageEncoder(e) = &self.model {
-            e.trunk.clear_cache();
-        }
-    }
-
-    /// The weights store.
-    pub fn var_store(&self) -> &VarStore {
-        &self.vs
-    }
-
-    /// Casts the weights to `dtype` (bf16/f16 for GPUs).
-    pub fn set_dtype(&mut self, dtype: DType) {
-        match dtype {
-            DType::F32 => self.vs.float(),
-            DType::Bf16 => self.vs.bfloat16(),
-            DType::F16 => self.vs.half(),
-        }
-        self.weights_changed();
-    }
-
     /// Runs the backbone on a normalized `[B, 3, (T,) H, W]` input; returns its feature maps
     /// as `[B, C, H, W]` (video: `[B, C, T, H, W]`), highest resolution first: Hiera's stage
     /// outputs, or the SAM 2 encoder's kept FPN levels.
     pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
         tch::no_grad(|| match &self.model {
-            Model::Hiera(h) => h
+            Inner::Hiera(h) => h
                 .forward(x, None, true)?
                 .intermediates
                 .iter()
@@ -171,7 +141,7 @@ impl Backbone {
                     Ok(t.f_permute(perm.as_slice())?)
                 })
                 .collect(),
-            Model::ImageEncoder(e) => Ok(e.forward(x)?.backbone_fpn),
+            Inner::ImageEncoder(e) => Ok(e.forward(x)?.backbone_fpn),
         })
     }
 }

@@ -12,7 +12,9 @@
 //!   tokenizer (token-exact), zero-shot classification and MetaCLIP's data curation.
 //! - [`diffmae`]: DiffMAE inpainting (MAE encoder, "joint" denoising decoder, respaced DDPM);
 //!   no official code exists, so MAE's (`models_mae.py`) structure and keys where MAE has them.
-//! - [`backbone`]: both by name, with their weights store.
+//! - [`backbone`]: both by name.
+//! - [`model`]: one way to load any of them ([`model::ModelSpec`]: name, weights, device,
+//!   precision).
 //! - [`weights`]: checked loading, seeded init, checkpoint import, manifests.
 //! - [`onnx`]: the ONNX Runtime backend, loaded dynamically from the venv made by
 //!   `scripts/bootstrap` or from `ORT_DYLIB_PATH`.
@@ -23,6 +25,7 @@ pub mod clip;
 pub mod diffmae;
 pub mod hiera;
 pub mod hieradet;
+pub mod model;
 pub mod motion;
 pub mod onnx;
 pub mod sam2;

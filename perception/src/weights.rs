@@ -105,6 +105,23 @@ pub fn manifest_path(weights: &Path) -> PathBuf {
     weights.with_extension("manifest.json")
 }
 
+/// The tensor names of a safetensors file, read from its header (no tensor is loaded).
+pub fn keys(path: &Path) -> Result<Vec<String>> {
+    let mut file = std::fs::File::open(path).map_err(|e| weights_error(path, e.to_string()))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|e| weights_error(path, format!("not safetensors: {e}")))?;
+    let len = usize::try_from(u64::from_le_bytes(len)).map_err(|e| weights_error(path, e.to_string()))?;
+    let size = file.metadata().map_err(|e| weights_error(path, e.to_string()))?.len();
+    if len as u64 > size {
+        return Err(weights_error(path, format!("not safetensors: a header of {len} bytes in {size}")));
+    }
+    let mut header = vec![0u8; len];
+    file.read_exact(&mut header).map_err(|e| weights_error(path, e.to_string()))?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| weights_error(path, format!("safetensors header: {e}")))?;
+    Ok(header.into_iter().map(|(k, _)| k).filter(|k| k != "__metadata__").collect())
+}
+
 /// SHA-256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
     let mut file = std::fs::File::open(path).map_err(|e| weights_error(path, e.to_string()))?;

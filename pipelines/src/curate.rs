@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
+use ocellus_io::recording;
 use ocellus_perception::clip::curation::{Metadata, balance};
-use rerun::components::{ImageBuffer, ImageFormat, Text};
-use rerun::datatypes::{ChannelDatatype, ColorModel};
+use rerun::components::Text;
 
 /// `ocellus curate` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -75,18 +75,6 @@ fn progress(
     Ok((bar, reader))
 }
 
-/// The `frame` timeline values of a chunk's rows.
-fn frames_of(chunk: &re_chunk::Chunk) -> Vec<Option<i64>> {
-    let times = chunk.timelines().iter().find(|(n, _)| n.as_str() == "frame").map(|(_, c)| c.times_raw().to_vec());
-    (0..chunk.num_rows()).map(|i| times.as_ref().and_then(|t| t.get(i).copied())).collect()
-}
-
-/// The camera of an entity `world/<camera>/...`.
-fn camera_of(entity: &str) -> Option<String> {
-    let mut parts = entity.trim_start_matches('/').split('/');
-    (parts.next() == Some("world")).then(|| parts.next().map(str::to_owned)).flatten()
-}
-
 /// The (camera, frame) of every image of a recording.
 type ImageIndex = HashSet<(String, i64)>;
 
@@ -96,77 +84,47 @@ fn scan(path: &Path) -> anyhow::Result<(Vec<Caption>, ImageIndex)> {
     let (mut captions, mut images) = (Vec::new(), HashSet::new());
     let text_components =
         [rerun::TextLog::descriptor_text().component, rerun::TextDocument::descriptor_text().component];
-    for msg in re_log_encoding::DecoderApp::decode_lazy(reader) {
-        let re_log_types::LogMsg::ArrowMsg(_, arrow) = msg? else { continue };
-        let chunk = re_chunk::Chunk::from_arrow_msg(&arrow)?;
-        let entity = chunk.entity_path().to_string();
-        let entity = entity.trim_start_matches('/');
-        let frames = frames_of(&chunk);
+    for chunk in recording::chunks_from(reader, path) {
+        let chunk = chunk?;
+        let entity = recording::entity_of(&chunk);
+        let frames = recording::times(&chunk, recording::TIMELINE_FRAME).unwrap_or_default();
         if entity.ends_with("caption") {
+            let camera = recording::camera_of(&entity).map(str::to_owned);
             for component in text_components {
                 for (row, texts) in chunk.iter_component::<Text>(component).enumerate() {
-                    let (Some(Some(frame)), Some(text)) = (frames.get(row), texts.first()) else { continue };
-                    captions.push(Caption { camera: camera_of(entity), frame: *frame, text: text.as_str().to_owned() });
+                    let (Some(frame), Some(text)) = (frames.get(row), texts.first()) else { continue };
+                    captions.push(Caption { camera: camera.clone(), frame: *frame, text: text.as_str().to_owned() });
                 }
             }
-        } else if let Some(camera) = camera_of(entity).filter(|_| entity.ends_with("/image")) {
-            images.extend(frames.iter().flatten().map(|f| (camera.clone(), *f)));
+        } else if let Some(camera) = recording::camera_of_image(&entity) {
+            images.extend(frames.iter().map(|f| (camera.to_owned(), *f)));
         }
     }
     bar.finish_and_clear();
     Ok((captions, images))
 }
 
-/// An 8-bit image of the recording as RGB (RGB, BGR, L; other formats are skipped).
-fn to_rgb(buffer: &ImageBuffer, format: &ImageFormat) -> Option<image::RgbImage> {
-    let f = &format.0;
-    let (w, h) = (f.width, f.height);
-    if f.pixel_format.is_some() || f.channel_datatype != Some(ChannelDatatype::U8) {
-        return None;
-    }
-    let bytes: &[u8] = &buffer.0.0; // ScalarBuffer<u8> derefs to a slice
-    let pixels: Vec<u8> = match f.color_model? {
-        ColorModel::RGB => bytes.get(..(w * h * 3) as usize)?.to_vec(),
-        ColorModel::BGR => {
-            bytes.get(..(w * h * 3) as usize)?.chunks_exact(3).flat_map(|p| [p[2], p[1], p[0]]).collect()
-        }
-        ColorModel::L => bytes.get(..(w * h) as usize)?.iter().flat_map(|&v| [v, v, v]).collect(),
-        _ => return None,
-    };
-    image::RgbImage::from_raw(w, h, pixels)
-}
-
 /// Second pass: writes the images of `wanted` (camera, frame) → file name.
 fn write_frames(path: &Path, wanted: &HashMap<(String, i64), PathBuf>) -> anyhow::Result<usize> {
     let (bar, reader) = progress(path, "write")?;
-    let mut written = 0;
-    let buffer_component = rerun::Image::descriptor_buffer().component;
-    let format_component = rerun::Image::descriptor_format().component;
-    for msg in re_log_encoding::DecoderApp::decode_lazy(reader) {
-        let re_log_types::LogMsg::ArrowMsg(_, arrow) = msg? else { continue };
-        let chunk = re_chunk::Chunk::from_arrow_msg(&arrow)?;
-        let entity = chunk.entity_path().to_string();
-        let Some(camera) = camera_of(&entity).filter(|_| entity.ends_with("/image")) else { continue };
-        let frames = frames_of(&chunk);
-        let buffers: Vec<Vec<ImageBuffer>> =
-            chunk.iter_component::<ImageBuffer>(buffer_component).map(|b| b.to_vec()).collect();
-        let formats: Vec<Vec<ImageFormat>> =
-            chunk.iter_component::<ImageFormat>(format_component).map(|f| f.to_vec()).collect();
-        for (row, frame) in frames.iter().enumerate() {
-            let Some(out) = frame.and_then(|f| wanted.get(&(camera.clone(), f))) else { continue };
-            let (Some(buffer), Some(format)) =
-                (buffers.get(row).and_then(|b| b.first()), formats.get(row).and_then(|f| f.first()))
-            else {
+    let (mut written, mut skipped) = (0, 0);
+    for chunk in recording::chunks_from(reader, path) {
+        let chunk = chunk?;
+        let entity = recording::entity_of(&chunk);
+        let Some(camera) = recording::camera_of_image(&entity) else { continue };
+        for image in recording::images_of(&chunk, &mut skipped) {
+            let Some(out) = i64::try_from(image.seq).ok().and_then(|f| wanted.get(&(camera.to_owned(), f))) else {
                 continue;
             };
-            match to_rgb(buffer, format) {
-                Some(img) => {
-                    img.save(out).with_context(|| format!("writing {}", out.display()))?;
-                    written += 1;
-                }
-                None => tracing::warn!(camera, frame = ?frame, "image format not written (not 8-bit RGB, BGR or L)"),
-            }
+            let rgb = image.layout.to_rgb8(&image.pixels)?;
+            let (w, h) = (image.layout.width as u32, image.layout.height as u32);
+            let img = image::RgbImage::from_raw(w, h, rgb).context("image size")?;
+            img.save(out).with_context(|| format!("writing {}", out.display()))?;
+            written += 1;
         }
+    }
+    if skipped > 0 {
+        tracing::warn!(skipped, recording = %path.display(), "images not written (not 8-bit RGB, BGR, L or NV12)");
     }
     bar.finish_and_clear();
     Ok(written)

@@ -2,16 +2,18 @@
 //!
 //! Pipeline configuration files (TOML) → running pipelines, and the `ocellus` command.
 //!
-//! - [`config`]: the schema and its validation, with errors that name the file, the key path
-//!   and the line.
-//! - [`graph`]: turns a validated configuration into an [`ocellus_actors::Pipeline`].
-//! - [`bench`]: the benchmarks behind `ocellus bench`.
+//! - [`config`]: the file's common keys, the table of node kinds (each kind owns its keys),
+//!   the wiring of typed ports, errors that name the file, the key path and the line, and the
+//!   JSON Schema of the format.
+//! - [`graph`]: turns a validated configuration into an [`ocellus_runtime::Pipeline`].
+//! - [`replay`]: `ocellus replay`, a pipeline fed the camera images of a recording, on its
+//!   clock.
 //! - [`curate`]: `ocellus curate`, MetaCLIP-balanced frames and captions from recordings.
-//! - [`replay`]: `ocellus replay`, a pipeline fed the camera images of a recording.
 //! - [`tools`]: `ocellus weights import | init`.
+//! - [`cli`]: the subcommands, one argument struct each.
 #![warn(missing_docs)]
 
-pub mod bench;
+pub mod cli;
 pub mod config;
 pub mod curate;
 pub mod graph;
@@ -19,4 +21,4 @@ pub mod replay;
 pub mod tools;
 
 pub use config::{ConfigError, PipelineConfig};
-pub use graph::{BuildError, build, check};
+pub use graph::{BuildError, build, build_with, check};

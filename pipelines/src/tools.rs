@@ -1,93 +1,146 @@
-//! `ocellus weights import | init`, for the vision models (Hiera, SAM 2), DiffMAE and Llama 3.
+//! `ocellus weights import | init`, for every model: Hiera, SAM 2, MetaCLIP, DiffMAE and Llama 3.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use ocellus_kernels::DType;
 use ocellus_language::config::{LlamaConfig, MetaParams};
 use ocellus_language::llama::Llama;
 use ocellus_perception::PerceptionError;
 use ocellus_perception::backbone::Backbone;
-use ocellus_perception::diffmae::{DiffMae, DiffMaeConfig};
+use ocellus_perception::clip::Clip;
+use ocellus_perception::diffmae::DiffMae;
+use ocellus_perception::hiera::HieraConfig;
+use ocellus_perception::model::{Model, ModelSpec, WeightsSource};
+use ocellus_perception::sam2::Sam2;
 use ocellus_perception::weights::{self, Manifest};
 use tch::{Device, Kind, Tensor};
+
+/// The key prefix of a SAM 2 checkpoint's image encoder.
+const SAM2_IMAGE_ENCODER_KEYS: &str = "image_encoder.";
 
 /// Default output of the weights commands: `weights/<model>.safetensors`.
 pub fn default_weights_path(model: &str) -> PathBuf {
     Path::new("weights").join(format!("{model}.safetensors"))
 }
 
-/// Converts an official checkpoint of `model` to safetensors at `out`, verifies every key
-/// against the architecture, and writes the manifest.
-pub fn import(model: &str, checkpoint: &Path, out: &Path) -> anyhow::Result<Manifest> {
-    if LlamaConfig::by_name(model).is_ok() {
-        return import_llama(model, checkpoint, out);
-    }
-    if let Some(config) = DiffMaeConfig::by_name(model) {
-        return Ok(import_diffmae(model, &config, checkpoint, out)?);
-    }
-    Ok(import_vision(model, checkpoint, out)?)
+/// The model families `ocellus weights` knows, by the names of their models.
+enum Family {
+    Llama,
+    DiffMae,
+    Sam2,
+    Clip,
+    Hiera,
 }
 
-/// DiffMAE from a checkpoint in MAE's layout (`model` / `state_dict` of a `.pth`, or
-/// safetensors) with the DiffMAE decoder's keys; every key is checked.
-fn import_diffmae(
+impl Family {
+    fn of(model: &str) -> anyhow::Result<Self> {
+        let has = |names: Vec<&str>| names.contains(&model);
+        Ok(if LlamaConfig::by_name(model).is_ok() {
+            Self::Llama
+        } else if has(DiffMae::names()) {
+            Self::DiffMae
+        } else if has(Sam2::names()) {
+            Self::Sam2
+        } else if has(Clip::names()) {
+            Self::Clip
+        } else if has(Backbone::names()) {
+            Self::Hiera
+        } else {
+            let known: Vec<&str> =
+                [DiffMae::names(), Sam2::names(), Clip::names(), HieraConfig::NAMES.to_vec()].concat();
+            anyhow::bail!("unknown model {model:?} (known: {}, and the Llama 3 models)", known.join(", "))
+        })
+    }
+}
+
+/// The CPU, f32 spec of `model` with `weights`.
+fn spec(model: &str, weights: WeightsSource) -> ModelSpec {
+    ModelSpec { name: model.to_owned(), weights, device: Device::Cpu, dtype: DType::F32 }
+}
+
+/// Converts an official checkpoint of `model` to safetensors at `out`, verifies every key
+/// and shape against the architecture (both ways), and writes the manifest.
+pub fn import(model: &str, checkpoint: &Path, out: &Path) -> anyhow::Result<Manifest> {
+    match Family::of(model)? {
+        Family::Llama => import_llama(model, checkpoint, out),
+        Family::DiffMae => Ok(import_model::<DiffMae>(model, checkpoint, out)?),
+        Family::Sam2 => Ok(import_sam2(model, checkpoint, out)?),
+        Family::Clip => Ok(import_model::<Clip>(model, checkpoint, out)?),
+        Family::Hiera => Ok(import_model::<Backbone>(model, checkpoint, out)?),
+    }
+}
+
+/// Converts `checkpoint` next to `out`, runs `verify` on the converted file (which returns the
+/// configuration of the manifest), and keeps it only if that passes.
+fn import_with(
     model: &str,
-    config: &DiffMaeConfig,
     checkpoint: &Path,
     out: &Path,
+    verify: impl FnOnce(&Path) -> Result<serde_json::Value, PerceptionError>,
 ) -> Result<Manifest, PerceptionError> {
-    let mut vs = tch::nn::VarStore::new(Device::Cpu);
-    DiffMae::new(&vs.root(), config)?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| PerceptionError::Weights { path: dir.to_path_buf(), message: e.to_string() })?;
+    }
     let tmp = out.with_extension("safetensors.partial");
     weights::convert_checkpoint(checkpoint, &tmp)?;
-    if let Err(e) = weights::load(&mut vs, &tmp, weights::Scope::Exact) {
-        std::fs::remove_file(&tmp).ok();
-        return Err(e);
-    }
+    let config = match verify(&tmp) {
+        Ok(config) => config,
+        Err(e) => {
+            std::fs::remove_file(&tmp).ok();
+            return Err(e);
+        }
+    };
     std::fs::rename(&tmp, out)
         .map_err(|e| PerceptionError::Weights { path: out.to_path_buf(), message: e.to_string() })?;
-    let json = serde_json::to_value(config)
-        .map_err(|e| PerceptionError::Config { model: "diffmae", message: e.to_string() })?;
-    weights::write_manifest(out, model, json, format!("import {}", checkpoint.display()))
+    weights::write_manifest(out, model, config, format!("import {}", checkpoint.display()))
 }
 
-fn import_vision(model: &str, checkpoint: &Path, out: &Path) -> Result<Manifest, PerceptionError> {
-    let mut backbone = Backbone::new(model, Device::Cpu)?;
-    let tmp = out.with_extension("safetensors.partial");
-    weights::convert_checkpoint(checkpoint, &tmp)?;
-    let verified = backbone.load(&tmp);
-    if let Err(e) = verified {
-        std::fs::remove_file(&tmp).ok();
-        return Err(e);
-    }
-    std::fs::rename(&tmp, out)
-        .map_err(|e| PerceptionError::Weights { path: out.to_path_buf(), message: e.to_string() })?;
-    weights::write_manifest(out, model, backbone.config().clone(), format!("import {}", checkpoint.display()))
+/// The converted file loaded as the actors load model `M`: every key and shape checked.
+fn verify_as<M: Model>(model: &str, converted: &Path) -> Result<serde_json::Value, PerceptionError> {
+    Ok(spec(model, WeightsSource::File(converted.to_path_buf())).load::<M>()?.config_json())
+}
+
+/// Any model of the [`Model`] trait.
+fn import_model<M: Model>(model: &str, checkpoint: &Path, out: &Path) -> Result<Manifest, PerceptionError> {
+    import_with(model, checkpoint, out, |tmp| verify_as::<M>(model, tmp))
+}
+
+/// SAM 2: a released checkpoint holds the whole model (every key checked, as the tracker
+/// loads it); one holding only `image_encoder.*` is an image encoder (for the backbone actor).
+fn import_sam2(model: &str, checkpoint: &Path, out: &Path) -> Result<Manifest, PerceptionError> {
+    import_with(model, checkpoint, out, |tmp| {
+        if weights::keys(tmp)?.iter().all(|k| k.starts_with(SAM2_IMAGE_ENCODER_KEYS)) {
+            verify_as::<Backbone>(model, tmp)
+        } else {
+            verify_as::<Sam2>(model, tmp)
+        }
+    })
 }
 
 /// Writes seeded random weights of `model` to `out`, with the manifest.
 pub fn init(model: &str, seed: i64, out: &Path) -> anyhow::Result<Manifest> {
-    if let Ok(config) = LlamaConfig::by_name(model) {
-        let llama = Llama::random(config.clone(), seed, Device::Cpu, Kind::Float)?;
-        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
+    match Family::of(model)? {
+        Family::Llama => {
+            let config = LlamaConfig::by_name(model)?;
+            let llama = Llama::random(config.clone(), seed, Device::Cpu, Kind::Float)?;
+            if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            llama.save(out)?;
+            Ok(weights::write_manifest(out, model, serde_json::to_value(&config)?, format!("init seed={seed}"))?)
         }
-        llama.save(out)?;
-        return Ok(weights::write_manifest(out, model, serde_json::to_value(&config)?, format!("init seed={seed}"))?);
+        Family::DiffMae => Ok(init_model::<DiffMae>(model, seed, out)?),
+        Family::Sam2 => Ok(init_model::<Sam2>(model, seed, out)?),
+        Family::Clip => Ok(init_model::<Clip>(model, seed, out)?),
+        Family::Hiera => Ok(init_model::<Backbone>(model, seed, out)?),
     }
-    if let Some(config) = DiffMaeConfig::by_name(model) {
-        let vs = tch::nn::VarStore::new(Device::Cpu);
-        DiffMae::new(&vs.root(), &config)?;
-        weights::init_seeded(&vs, seed)?;
-        return Ok(weights::save(&vs, out, model, serde_json::to_value(&config)?, format!("init seed={seed}"))?);
-    }
-    Ok(init_vision(model, seed, out)?)
 }
 
-fn init_vision(model: &str, seed: i64, out: &Path) -> Result<Manifest, PerceptionError> {
-    let backbone = Backbone::new(model, Device::Cpu)?;
-    backbone.init_seeded(seed)?;
-    weights::save(backbone.var_store(), out, model, backbone.config().clone(), format!("init seed={seed}"))
+fn init_model<M: Model>(model: &str, seed: i64, out: &Path) -> Result<Manifest, PerceptionError> {
+    let loaded = spec(model, WeightsSource::Random { seed }).load::<M>()?;
+    weights::save(&loaded.vs, out, model, loaded.config_json(), format!("init seed={seed}"))
 }
 
 /// Llama 3 from a Hugging Face folder (`config.json` + `*.safetensors` shards), a Meta folder

@@ -1,23 +1,30 @@
-//! Helpers shared by the end-to-end tests: a collecting stage and an `.rrd` reader built on
-//! Rerun's own decoder.
+//! Helpers shared by the end-to-end tests: a collecting stage, fixtures, camera clips, config
+//! snippets; recordings are read back with `ocellus_io::recording` (Rerun's own decoder).
 #![warn(missing_docs)]
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use ocellus_actors::frame::Packet;
-use ocellus_actors::stage::{Outputs, Processor};
+use ocellus_runtime::metrics::StageMetrics;
+use ocellus_runtime::{Clock, Context, EdgeReceiver, Input, Packet, Stage};
 use parking_lot::Mutex;
+
+pub use ocellus_io::recording::{LoggedBox, Row, Summary as RrdSummary, boxes_of, buffers_of, components_of, texts_of};
 
 /// A stage that keeps every packet it receives, with the upstream push count at that moment.
 #[derive(Clone, Default)]
 pub struct Collected(pub Arc<Mutex<Vec<(Packet, u64)>>>);
 
 impl Collected {
-    /// A processor appending to this collection.
-    pub fn processor(&self) -> Box<dyn Processor> {
-        Box::new(Collector(self.clone()))
+    /// A stage appending to this collection.
+    pub fn stage(&self) -> Collector {
+        Collector(self.clone())
+    }
+
+    /// The factory of such stages, for [`ocellus_runtime::Pipeline::stage`].
+    pub fn factory(&self) -> ocellus_runtime::node::StageFactory {
+        let me = self.clone();
+        ocellus_runtime::stage_factory(move || me.stage())
     }
 
     /// A copy of what was collected.
@@ -26,167 +33,20 @@ impl Collected {
     }
 }
 
-struct Collector(Collected);
+/// The stage of a [`Collected`].
+pub struct Collector(Collected);
 
-impl Processor for Collector {
-    fn process(&mut self, input: Packet, out: &mut Outputs) -> ocellus_actors::Result<()> {
-        out.record_consumed(input.meta().map(|m| m.capture_ns));
-        self.0.0.lock().push((input, out.upstream_pushed()));
+impl Stage for Collector {
+    fn process(&mut self, input: Input, ctx: &mut Context) -> ocellus_runtime::Result<()> {
+        ctx.record_consumed(input.packet.meta().map(|m| m.capture_ns));
+        self.0.0.lock().push((input.packet, ctx.upstream_pushed()));
         Ok(())
     }
 }
 
-/// One logged row of an entity.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Row {
-    /// Value on the `frame` timeline.
-    pub frame: Option<i64>,
-    /// Value on the camera's own timeline `frame/<camera>` (entities `world/<camera>/...`).
-    pub camera_frame: Option<i64>,
-    /// Value on the `capture_time` timeline (ns).
-    pub capture_ns: Option<i64>,
-    /// Component names of the chunk.
-    pub components: Vec<String>,
-    /// Timelines of the chunk.
-    pub timelines: Vec<String>,
-}
-
-/// What a recording holds, per entity path.
-#[derive(Debug, Default)]
-pub struct RrdSummary {
-    /// Temporal rows per entity.
-    pub rows: BTreeMap<String, Vec<Row>>,
-    /// Components logged static per entity.
-    pub statics: BTreeMap<String, Vec<String>>,
-}
-
-impl RrdSummary {
-    /// Rows of `entity` (empty if none).
-    pub fn rows_of(&self, entity: &str) -> &[Row] {
-        self.rows.get(entity).map_or(&[], Vec::as_slice)
-    }
-}
-
-/// Reads an `.rrd` file with Rerun's decoder.
+/// Reads an `.rrd` file with Rerun's decoder: what each entity holds.
 pub fn read_rrd(path: &Path) -> anyhow::Result<RrdSummary> {
-    let file = std::io::BufReader::new(std::fs::File::open(path)?);
-    let mut summary = RrdSummary::default();
-    for msg in re_log_encoding::DecoderApp::decode_lazy(file) {
-        let re_log_types::LogMsg::ArrowMsg(_, arrow) = msg? else { continue };
-        let chunk = re_chunk::Chunk::from_arrow_msg(&arrow)?;
-        let entity = chunk.entity_path().to_string().trim_start_matches('/').to_owned();
-        let components: Vec<String> = chunk.component_descriptors().map(|d| d.display_name().to_owned()).collect();
-        if chunk.is_static() {
-            summary.statics.entry(entity).or_default().extend(components);
-            continue;
-        }
-        let column = |name: &str| {
-            chunk.timelines().iter().find(|(n, _)| n.as_str() == name).map(|(_, c)| c.times_raw().to_vec())
-        };
-        let (frames, captures) = (column("frame"), column("capture_time"));
-        let camera_frames = camera_of(&entity).and_then(|c| column(&format!("frame/{c}")));
-        let timelines: Vec<String> = chunk.timelines().keys().map(|n| n.as_str().to_owned()).collect();
-        let rows = summary.rows.entry(entity).or_default();
-        for i in 0..chunk.num_rows() {
-            rows.push(Row {
-                frame: frames.as_ref().and_then(|f| f.get(i).copied()),
-                camera_frame: camera_frames.as_ref().and_then(|f| f.get(i).copied()),
-                capture_ns: captures.as_ref().and_then(|c| c.get(i).copied()),
-                components: components.clone(),
-                timelines: timelines.clone(),
-            });
-        }
-    }
-    for rows in summary.rows.values_mut() {
-        rows.sort_by_key(|r| (r.frame, r.capture_ns));
-    }
-    Ok(summary)
-}
-
-/// The camera of an entity `world/<camera>/...`.
-fn camera_of(entity: &str) -> Option<String> {
-    let mut parts = entity.split('/');
-    (parts.next() == Some("world")).then(|| parts.next().map(str::to_owned)).flatten()
-}
-
-/// The instances of `component` logged at `entity`, by the camera's frame number
-/// (`frame/<camera>`, else `frame`).
-pub fn components_of<C: rerun::Component>(
-    path: &Path,
-    entity: &str,
-    component: rerun::ComponentIdentifier,
-) -> anyhow::Result<BTreeMap<i64, Vec<C>>> {
-    let file = std::io::BufReader::new(std::fs::File::open(path)?);
-    let camera_timeline = camera_of(entity).map(|c| format!("frame/{c}"));
-    let mut out = BTreeMap::new();
-    for msg in re_log_encoding::DecoderApp::decode_lazy(file) {
-        let re_log_types::LogMsg::ArrowMsg(_, arrow) = msg? else { continue };
-        let chunk = re_chunk::Chunk::from_arrow_msg(&arrow)?;
-        if chunk.is_static() || chunk.entity_path().to_string().trim_start_matches('/') != entity {
-            continue;
-        }
-        let column = |name: &str| {
-            chunk.timelines().iter().find(|(n, _)| n.as_str() == name).map(|(_, c)| c.times_raw().to_vec())
-        };
-        let frames = camera_timeline.as_deref().and_then(column).or_else(|| column("frame"));
-        for (row, values) in chunk.iter_component::<C>(component).enumerate() {
-            if let Some(frame) = frames.as_ref().and_then(|f| f.get(row)) {
-                out.insert(*frame, values.to_vec());
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// The bytes of `component` (an image or segmentation buffer, say) logged at `entity`, by
-/// the camera's frame number (`frame/<camera>`, else `frame`).
-pub fn buffers_of(
-    path: &Path,
-    entity: &str,
-    component: rerun::ComponentIdentifier,
-) -> anyhow::Result<BTreeMap<i64, Vec<u8>>> {
-    Ok(components_of::<rerun::components::ImageBuffer>(path, entity, component)?
-        .into_iter()
-        .filter_map(|(frame, buffers)| buffers.first().map(|b| (frame, b.0.0.to_vec())))
-        .collect())
-}
-
-/// One box of a `Boxes2D` read back from a recording.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LoggedBox {
-    /// `[x0, y0, x1, y1]`.
-    pub corners: [f32; 4],
-    /// Class id (the track id).
-    pub class_id: Option<u16>,
-    /// Label text.
-    pub label: Option<String>,
-}
-
-/// The boxes logged at `entity`, by frame number.
-pub fn boxes_of(path: &Path, entity: &str) -> anyhow::Result<BTreeMap<i64, Vec<LoggedBox>>> {
-    use rerun::components::{ClassId, HalfSize2D, Position2D, Text};
-    let centers = components_of::<Position2D>(path, entity, rerun::Boxes2D::descriptor_centers().component)?;
-    let halves = components_of::<HalfSize2D>(path, entity, rerun::Boxes2D::descriptor_half_sizes().component)?;
-    let classes = components_of::<ClassId>(path, entity, rerun::Boxes2D::descriptor_class_ids().component)?;
-    let labels = components_of::<Text>(path, entity, rerun::Boxes2D::descriptor_labels().component)?;
-    let mut out = BTreeMap::new();
-    for (frame, halves) in halves {
-        let centers = centers.get(&frame).cloned().unwrap_or_default();
-        let boxes = halves
-            .iter()
-            .enumerate()
-            .map(|(i, h)| {
-                let c = centers.get(i).map_or([0.0, 0.0], |c| [c.x(), c.y()]);
-                LoggedBox {
-                    corners: [c[0] - h.x(), c[1] - h.y(), c[0] + h.x(), c[1] + h.y()],
-                    class_id: classes.get(&frame).and_then(|v| v.get(i)).map(|c| c.0.0),
-                    label: labels.get(&frame).and_then(|v| v.get(i)).map(|t| t.as_str().to_owned()),
-                }
-            })
-            .collect();
-        out.insert(frame, boxes);
-    }
-    Ok(out)
+    Ok(ocellus_io::recording::summary(path)?)
 }
 
 /// A fresh folder `base/test` for one test's files (pass `env!("CARGO_TARGET_TMPDIR")`).
@@ -306,7 +166,7 @@ impl ZenohPublisher {
             let rt =
                 tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
             rt.block_on(async move {
-                let spec = ocellus_actors::transport::SessionSpec::loopback(&[], &[&format!("tcp/127.0.0.1:{port}")]);
+                let spec = ocellus_io::session::SessionSpec::loopback(&[], &[&format!("tcp/127.0.0.1:{port}")]);
                 let session = zenoh::open(spec.to_config().expect("zenoh config")).await.expect("zenoh session");
                 while !flag.load(Ordering::Acquire) {
                     for p in &payloads {
@@ -330,11 +190,11 @@ impl Drop for ZenohPublisher {
     }
 }
 
-/// Drives a processor by hand: its outputs go into a bounded edge whose receiver is returned.
-pub fn test_outputs() -> (Outputs, ocellus_actors::EdgeReceiver<Packet>) {
-    let (tx, rx) = ocellus_actors::edge("test", ocellus_actors::EdgePolicy::Block { depth: 64 });
-    let metrics = Arc::new(ocellus_actors::metrics::StageMetrics::default());
-    (Outputs::new(Arc::from("test"), vec![tx], metrics), rx)
+/// Drives a stage by hand: its context, whose first output goes into a bounded edge whose
+/// receiver is returned.
+pub fn test_context() -> (Context, EdgeReceiver<Packet>) {
+    let (tx, rx) = ocellus_runtime::edge("test", ocellus_runtime::EdgePolicy::Block { depth: 64 });
+    (Context::new(Arc::from("test"), vec![vec![tx]], Arc::new(StageMetrics::default()), Clock::Live), rx)
 }
 
 /// Config text of a Rerun sink saving `inputs` to `path` over a `block` edge of depth 32.
@@ -424,14 +284,16 @@ pub struct GroundTruthTracks {
 
 impl GroundTruthTracks {
     /// Tracks from `labels` of `width`-wide frames.
-    pub fn processor(labels: Vec<Vec<u8>>, width: usize) -> Box<dyn Processor> {
-        Box::new(Self { labels, width })
+    pub fn new(labels: Vec<Vec<u8>>, width: usize) -> Self {
+        Self { labels, width }
     }
 }
 
-impl Processor for GroundTruthTracks {
-    fn process(&mut self, input: Packet, out: &mut Outputs) -> ocellus_actors::Result<()> {
-        let Packet::Frame(frame) = input else { return Ok(()) };
+impl Stage for GroundTruthTracks {
+    fn process(&mut self, input: Input, ctx: &mut Context) -> ocellus_runtime::Result<()> {
+        let Packet::Frame(frame) = input.packet else {
+            return Err(ocellus_runtime::RuntimeError::BadInput("ground truth: not a frame".into()));
+        };
         let Some(labels) = self.labels.get(frame.meta.seq as usize) else { return Ok(()) };
         let ids: std::collections::BTreeSet<u16> =
             labels.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).filter(|&l| l != 0).collect();
@@ -441,7 +303,7 @@ impl Processor for GroundTruthTracks {
                 let mask: Vec<u8> =
                     labels.chunks_exact(2).map(|b| u8::from(u16::from_le_bytes([b[0], b[1]]) == id)).collect();
                 let area = mask.iter().map(|&m| u64::from(m)).sum();
-                ocellus_actors::Track {
+                ocellus_runtime::Track {
                     id: u32::from(id),
                     bbox: ocellus_kernels::masks::mask_box(&mask, self.width),
                     score: 1.0,
@@ -451,7 +313,7 @@ impl Processor for GroundTruthTracks {
                 }
             })
             .collect();
-        out.emit(Packet::Tracks(ocellus_actors::Tracks {
+        ctx.emit(Packet::Tracks(ocellus_runtime::Tracks {
             meta: frame.meta.clone(),
             width: self.width as u32,
             height: (labels.len() / 2 / self.width) as u32,
@@ -460,4 +322,9 @@ impl Processor for GroundTruthTracks {
         }));
         Ok(())
     }
+}
+
+/// The factory of a GStreamer source running `spec`.
+pub fn gst_source(spec: ocellus_io::source::GstSourceSpec) -> ocellus_runtime::node::SourceFactory {
+    ocellus_io::kinds::ConfiguredSource::Gstreamer(spec).factory()
 }

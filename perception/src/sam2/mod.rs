@@ -10,8 +10,10 @@ pub mod mask_decoder;
 pub mod memory_attention;
 pub mod memory_encoder;
 pub mod prompt_encoder;
-pub mod tracker;
+pub mod sam2_base;
+pub mod streaming;
 pub mod transformer;
+pub mod video_predictor;
 
 use ocellus_kernels::nn::parameter;
 use tch::nn::Path;
@@ -104,7 +106,7 @@ pub struct Sam2 {
     /// Input side in pixels (`image_size`); masks at high resolution have this side.
     image_size: i64,
     /// The video path (memory attention, memory encoder, object pointers), when built.
-    tracking: Option<tracker::Sam2Tracking>,
+    tracking: Option<sam2_base::Sam2Tracking>,
 }
 
 impl Sam2 {
@@ -130,7 +132,7 @@ impl Sam2 {
     /// Builds the whole model, video path included (every key of a SAM 2 checkpoint).
     pub fn new_with_tracking(p: &Path, c: &Sam2Config) -> Result<Self> {
         let mut sam = Self::new(p, c)?;
-        sam.tracking = Some(tracker::Sam2Tracking::new(p)?);
+        sam.tracking = Some(sam2_base::Sam2Tracking::new(p)?);
         Ok(sam)
     }
 

@@ -2,15 +2,13 @@
 //! resolution, on the configured device, identical to running the model directly.
 #![allow(clippy::unwrap_used)] // tests may unwrap, helpers included
 
-use ocellus_actors::Pipeline;
-use ocellus_actors::backbone::{BackboneProcessor, BackboneSpec, WeightsSource, load_backbone};
-use ocellus_actors::edge::EdgePolicy;
-use ocellus_actors::frame::Packet;
-use ocellus_actors::runtime::SourceKind;
-use ocellus_actors::source::{GstSourceSpec, OutputFormat};
-use ocellus_actors::stage::Processor;
+use ocellus_io::source::{GstSourceSpec, OutputFormat};
 use ocellus_kernels::{DType, ResizeMode};
-use ocellus_tests::Collected;
+use ocellus_model_actors::backbone::{self, BackboneSpec, BackboneStage};
+use ocellus_perception::backbone::Backbone;
+use ocellus_perception::model::{ModelSpec, WeightsSource};
+use ocellus_runtime::{EdgePolicy, Packet, Pipeline, Wire, stage_factory};
+use ocellus_tests::{Collected, gst_source};
 use tch::Device;
 
 const FRAMES: u64 = 4;
@@ -18,32 +16,34 @@ const FRAMES: u64 = 4;
 #[test]
 fn sam2_encoder_features_per_frame() {
     let spec = BackboneSpec {
-        model: "sam2.1_hiera_tiny".into(),
-        weights: WeightsSource::Random { seed: 3 },
+        model: ModelSpec {
+            name: "sam2.1_hiera_tiny".into(),
+            weights: WeightsSource::Random { seed: 3 },
+            device: Device::Cpu,
+            dtype: DType::F32,
+        },
         resolution: Some((256, 256)),
         resize: ResizeMode::Exact,
-        device: Device::Cpu,
-        dtype: DType::F32,
     };
     let (features, frames) = (Collected::default(), Collected::default());
     let (f_sink, fr_sink, actor_spec) = (features.clone(), frames.clone(), spec.clone());
     let mut p = Pipeline::new();
     p.source(
         "cam",
-        SourceKind::Gstreamer(GstSourceSpec {
+        gst_source(GstSourceSpec {
             launch: format!("videotestsrc pattern=ball num-buffers={FRAMES} ! video/x-raw,width=320,height=240"),
             format: OutputFormat::Rgb,
             ..Default::default()
         }),
     )
-    .stage(
+    .node(
         "backbone",
-        &["cam"],
-        EdgePolicy::Block { depth: 2 },
-        Box::new(move || Ok(Box::new(BackboneProcessor::new(actor_spec.clone())?) as Box<dyn Processor>)),
+        backbone::ports(),
+        vec![Wire::new("frames", &["cam"], EdgePolicy::Block { depth: 2 })],
+        stage_factory(move || BackboneStage::new(actor_spec.clone())),
     )
-    .stage("features", &["backbone"], EdgePolicy::Block { depth: 8 }, Box::new(move || Ok(f_sink.processor())))
-    .stage("frames", &["cam"], EdgePolicy::Block { depth: 8 }, Box::new(move || Ok(fr_sink.processor())));
+    .stage("features", &["backbone"], EdgePolicy::Block { depth: 8 }, f_sink.factory())
+    .stage("frames", &["cam"], EdgePolicy::Block { depth: 8 }, fr_sink.factory());
     let report = p.run().unwrap();
     println!("{report}");
     assert_eq!(report.failures().count(), 0, "{report}");
@@ -56,7 +56,7 @@ fn sam2_encoder_features_per_frame() {
         .filter_map(|(p, _)| if let Packet::Features(f) = p { Some(f) } else { None })
         .collect();
     assert_eq!((frames.len() as u64, features.len() as u64), (FRAMES, FRAMES));
-    let reference = load_backbone(&spec).unwrap();
+    let reference = spec.model.load::<Backbone>().unwrap();
     for (frame, feats) in frames.iter().zip(&features) {
         assert_eq!(frame.meta, feats.meta);
         assert_eq!(&*feats.model, "sam2.1_hiera_tiny");

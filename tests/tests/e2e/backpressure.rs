@@ -4,25 +4,21 @@
 
 use std::time::Duration;
 
-use ocellus_actors::edge::{DropPolicy, EdgePolicy};
-use ocellus_actors::frame::Packet;
-use ocellus_actors::runtime::SourceKind;
-use ocellus_actors::source::{GstSourceSpec, OutputFormat};
-use ocellus_actors::stage::{Outputs, Processor};
-use ocellus_actors::{Pipeline, PipelineReport};
-use ocellus_tests::Collected;
+use ocellus_io::source::{GstSourceSpec, OutputFormat};
+use ocellus_runtime::{Context, DropPolicy, EdgePolicy, Input, Pipeline, PipelineReport, Stage, stage_factory};
+use ocellus_tests::{Collected, gst_source};
 
 const FRAMES: u64 = 250;
 const WORK: Duration = Duration::from_millis(20);
 
 struct Slow(Collected);
 
-impl Processor for Slow {
-    fn process(&mut self, input: Packet, out: &mut Outputs) -> ocellus_actors::Result<()> {
-        let pushed = out.upstream_pushed();
+impl Stage for Slow {
+    fn process(&mut self, input: Input, ctx: &mut Context) -> ocellus_runtime::Result<()> {
+        let pushed = ctx.upstream_pushed();
         std::thread::sleep(WORK);
-        out.record_consumed(input.meta().map(|m| m.capture_ns));
-        self.0.0.lock().push((input, pushed));
+        ctx.record_consumed(input.packet.meta().map(|m| m.capture_ns));
+        self.0.0.lock().push((input.packet, pushed));
         Ok(())
     }
 }
@@ -33,7 +29,7 @@ fn run(policy: EdgePolicy) -> (PipelineReport, Vec<(u64, u64)>) {
     let mut p = Pipeline::new();
     p.source(
         "fast",
-        SourceKind::Gstreamer(GstSourceSpec {
+        gst_source(GstSourceSpec {
             launch: format!(
                 "videotestsrc is-live=true num-buffers={FRAMES} ! video/x-raw,width=64,height=48,framerate=500/1"
             ),
@@ -41,7 +37,7 @@ fn run(policy: EdgePolicy) -> (PipelineReport, Vec<(u64, u64)>) {
             ..Default::default()
         }),
     )
-    .stage("slow", &["fast"], policy, Box::new(move || Ok(Box::new(Slow(slow.clone())) as Box<dyn Processor>)));
+    .stage("slow", &["fast"], policy, stage_factory(move || Slow(slow.clone())));
     let report = p.run().expect("pipeline runs");
     println!("{report}");
     let got = collected.take().into_iter().filter_map(|(p, pushed)| p.meta().map(|m| (m.seq, pushed))).collect();

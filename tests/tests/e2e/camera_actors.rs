@@ -7,12 +7,11 @@
 //! where the recording holds them.
 #![allow(clippy::unwrap_used)] // tests may unwrap, helpers included
 
-use ocellus_actors::edge::EdgePolicy;
-use ocellus_actors::frame::Packet;
-use ocellus_actors::sink::RerunSink;
-use ocellus_actors::sink::rerun::open_recording;
-use ocellus_actors::stage::Processor;
+use ocellus_io::sink::{RerunSink, RerunTarget, SharedRecording};
+use ocellus_perception::model::{ModelSpec, WeightsSource};
 use ocellus_pipelines::build;
+use ocellus_runtime::node::StageFactory;
+use ocellus_runtime::{EdgePolicy, Packet, PortType, Ports, Wire, stage_factory};
 use ocellus_tests::{
     CAMERA_SIZES, CameraClip, Collected, GroundTruthTracks, assert_close, boxes_of, buffers_of, config_file,
     fixture_io, fixtures_dir, rerun_sink_toml, scratch_dir,
@@ -48,7 +47,8 @@ fn tracker_matches_the_video_predictor_on_camera_frames() {
         let boxes = boxes_of(&rrd, "world/cam/tracks/boxes").unwrap();
         assert_eq!(images.len(), clip.tracked, "{size}: one label image per frame");
         for f in 0..clip.tracked {
-            let ours: Vec<u16> = images[&(f as i64)].chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+            let ours: Vec<u16> =
+                images[&(f as i64)].chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
             let theirs = Vec::<i32>::try_from(io[&format!("sam2.frame{f}.labels")].flatten(0, -1)).unwrap();
             assert_eq!(ours.len(), clip.width * clip.height);
             let same = ours.iter().zip(&theirs).filter(|(a, b)| i32::from(**a) == **b).count();
@@ -83,7 +83,7 @@ fn backbone_features(clip: &CameraClip, model: &str, weights: &str, frames: usiz
     let mut pipeline = build(&config_file(&dir, "backbone.toml", &text)).unwrap();
     let collected = Collected::default();
     let sink = collected.clone();
-    pipeline.stage("collect", &["backbone"], EdgePolicy::Block { depth: 4 }, Box::new(move || Ok(sink.processor())));
+    pipeline.stage("collect", &["backbone"], EdgePolicy::Block { depth: 4 }, sink.factory());
     let report = pipeline.run().unwrap();
     assert_eq!(report.failures().count(), 0, "{report}");
     collected
@@ -104,7 +104,12 @@ fn backbone_matches_the_official_transforms_on_camera_frames() {
         assert_eq!((hiera.len(), sam2.len()), (clip.tracked, clip.tracked));
         for f in 0..clip.tracked {
             for (i, level) in hiera[f].iter().enumerate() {
-                assert_close(&format!("{size} hiera frame {f} level {i}"), level, &io[&format!("hiera.frame{f}.{i}")], 1e-4);
+                assert_close(
+                    &format!("{size} hiera frame {f} level {i}"),
+                    level,
+                    &io[&format!("hiera.frame{f}.{i}")],
+                    1e-4,
+                );
             }
             for (i, level) in sam2[f].iter().enumerate() {
                 // The fixture keeps every 4th row and column.
@@ -124,33 +129,39 @@ fn backbone_matches_the_official_transforms_on_camera_frames() {
     }
 }
 
-/// A pipeline: the clip's frames, ground-truth tracks, `actor` reading both, a Rerun sink
-/// (into `rrd`) and a collector of the actor's outputs.
-fn with_ground_truth(clip: &CameraClip, actor: Box<dyn FnMut() -> ocellus_actors::Result<Box<dyn Processor>> + Send>, rrd: &std::path::Path) -> Vec<Packet> {
+/// Model `name` with the weights of fixture file `weights`, on the CPU in f32.
+fn fixture_model(name: &str, weights: &str) -> ModelSpec {
+    ModelSpec {
+        name: name.into(),
+        weights: WeightsSource::File(fixtures_dir().join(weights)),
+        device: tch::Device::Cpu,
+        dtype: ocellus_kernels::DType::F32,
+    }
+}
+
+/// A pipeline: the clip's frames, ground-truth tracks, `actor` (with `ports`: frames joined
+/// with tracks) reading both, a Rerun sink (into `rrd`) and a collector of the actor's
+/// outputs.
+fn with_ground_truth(clip: &CameraClip, ports: Ports, actor: StageFactory, rrd: &std::path::Path) -> Vec<Packet> {
     let text = clip.source_toml("cam", clip.tracked);
     let dir = rrd.parent().unwrap();
     let mut pipeline = build(&config_file(dir, "source.toml", &text)).unwrap();
     let (labels, width) = (clip.labels(), clip.width);
     let collected = Collected::default();
     let sink = collected.clone();
-    let rec = open_recording("ocellus", &ocellus_actors::sink::RerunTarget::Save(rrd.to_path_buf())).unwrap();
-    // The actor is declared first so that the camera hands it each frame before the stage
-    // that answers the frame with its tracks.
+    let rec = SharedRecording::new("ocellus", RerunTarget::Save(rrd.to_path_buf()));
+    let block = EdgePolicy::Block { depth: 8 };
     pipeline
-        .stage("actor", &["cam", "truth"], EdgePolicy::Block { depth: 8 }, actor)
-        .stage(
+        .node("actor", ports, vec![Wire::new("frames", &["cam"], block), Wire::new("tracks", &["truth"], block)], actor)
+        .actor(
             "truth",
             &["cam"],
             EdgePolicy::Block { depth: 4 },
-            Box::new(move || Ok(GroundTruthTracks::processor(labels.clone(), width))),
+            PortType::Tracks,
+            stage_factory(move || GroundTruthTracks::new(labels.clone(), width)),
         )
-        .stage("collect", &["actor"], EdgePolicy::Block { depth: 8 }, Box::new(move || Ok(sink.processor())))
-        .stage(
-            "rerun",
-            &["actor"],
-            EdgePolicy::Block { depth: 8 },
-            Box::new(move || Ok(Box::new(RerunSink::new(rec.clone())) as Box<dyn Processor>)),
-        );
+        .stage("collect", &["actor"], block, sink.factory())
+        .stage("rerun", &["actor"], block, stage_factory(move || RerunSink::new(rec.clone())));
     let report = pipeline.run().unwrap();
     assert_eq!(report.failures().count(), 0, "{report}");
     collected.take().into_iter().map(|(p, _)| p).collect()
@@ -158,8 +169,7 @@ fn with_ground_truth(clip: &CameraClip, actor: Box<dyn FnMut() -> ocellus_actors
 
 #[test]
 fn labeler_matches_open_clip_on_camera_frames() {
-    use ocellus_actors::backbone::WeightsSource;
-    use ocellus_actors::labeler::{LabelerProcessor, LabelerSpec};
+    use ocellus_model_actors::labeler::{self, LabelerSpec, LabelerStage};
 
     for size in CAMERA_SIZES {
         let clip = CameraClip::new(size);
@@ -172,26 +182,25 @@ fn labeler_matches_open_clip_on_camera_frames() {
         };
         let (classes, templates) = (strings("classes"), strings("templates"));
         let spec = LabelerSpec {
-            model: "ViT-B-32-quickgelu".into(),
-            weights: WeightsSource::File(fixtures_dir().join("clip_b32.weights.safetensors")),
-            device: tch::Device::Cpu,
-            dtype: ocellus_kernels::DType::F32,
+            name: "labeler".into(),
+            model: fixture_model("ViT-B-32-quickgelu", "clip_b32.weights.safetensors"),
             vocabulary: classes.clone(),
             templates,
             bpe: None,
             smoothing: meta["smoothing"].as_f64().unwrap(),
             padding: meta["padding"].as_f64().unwrap(),
-            control: None,
         };
         let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), &format!("camera_labeler_{size}"));
         let rrd = dir.join("labels.rrd");
         let outputs = with_ground_truth(
             &clip,
-            Box::new(move || Ok(Box::new(LabelerProcessor::new(spec.clone())?) as Box<dyn Processor>)),
+            labeler::ports(),
+            stage_factory(move || LabelerStage::new(spec.clone(), None)),
             &rrd,
         );
         let io = fixture_io(&case);
-        let tracks: Vec<_> = outputs.into_iter().filter_map(|p| if let Packet::Tracks(t) = p { Some(t) } else { None }).collect();
+        let tracks: Vec<_> =
+            outputs.into_iter().filter_map(|p| if let Packet::Tracks(t) = p { Some(t) } else { None }).collect();
         assert_eq!(tracks.len(), clip.tracked);
         let boxes = boxes_of(&rrd, "world/cam/tracks/boxes").unwrap();
         for (f, t) in tracks.iter().enumerate() {
@@ -201,7 +210,10 @@ fn labeler_matches_open_clip_on_camera_frames() {
                 let score = probs.double_value(&[best]);
                 let label = track.label.as_ref().unwrap();
                 assert_eq!(&*label.name, classes[best as usize], "{size} frame {f} track {}", track.id);
-                println!("{size} frame {f} track {}: {} {:.6} (reference {score:.6})", track.id, label.name, label.score);
+                println!(
+                    "{size} frame {f} track {}: {} {:.6} (reference {score:.6})",
+                    track.id, label.name, label.score
+                );
                 assert!((f64::from(label.score) - score).abs() <= 1e-4, "{size} frame {f} track {}: score", track.id);
                 // The recording shows the same label and score.
                 let logged = boxes[&(f as i64)].iter().find(|b| b.class_id == Some(track.id as u16)).unwrap();
@@ -222,18 +234,34 @@ fn labeler_crops_are_open_clip_preprocessing() {
     for size in CAMERA_SIZES {
         let clip = CameraClip::new(size);
         let io = fixture_io(&format!("labeler_{size}"));
-        let transform =
-            Transform { fit: Fit::ShortSideCenterCrop { short: 224, crop: 224 }, resize: Resize::PilBicubic, norm: Normalization::CLIP };
+        let transform = Transform {
+            fit: Fit::ShortSideCenterCrop { short: 224, crop: 224 },
+            resize: Resize::PilBicubic,
+            norm: Normalization::CLIP,
+        };
         let frames = ocellus_tests::png_frames(&clip, clip.tracked);
         for (f, (rgb, labels)) in frames.iter().zip(clip.labels()).enumerate() {
             for id in [1u32, 2] {
-                let mask: Vec<u8> =
-                    labels.chunks_exact(2).map(|b| u8::from(u32::from(u16::from_le_bytes([b[0], b[1]])) == id)).collect();
+                let mask: Vec<u8> = labels
+                    .chunks_exact(2)
+                    .map(|b| u8::from(u32::from(u16::from_le_bytes([b[0], b[1]])) == id))
+                    .collect();
                 let b = mask_box(&mask, clip.width).unwrap();
-                let (x0, y0, side) = ocellus_actors::labeler::square(&b, 0.1);
-                let crop = ocellus_actors::labeler::masked_square(rgb, &labels, (clip.width, clip.height), id, (x0, y0, side));
+                let (x0, y0, side) = ocellus_model_actors::labeler::square(&b, 0.1);
+                let crop = ocellus_model_actors::labeler::masked_square(
+                    rgb,
+                    &labels,
+                    (clip.width, clip.height),
+                    id,
+                    (x0, y0, side),
+                );
                 let ours = transform.apply_rgb8(&crop, side as usize, side as usize, tch::Device::Cpu).unwrap();
-                assert_close(&format!("{size} frame {f} track {id} crop"), &ours, &io[&format!("frame{f}.track{id}.crop")], 0.0);
+                assert_close(
+                    &format!("{size} frame {f} track {id} crop"),
+                    &ours,
+                    &io[&format!("frame{f}.track{id}.crop")],
+                    0.0,
+                );
             }
         }
     }
@@ -241,8 +269,7 @@ fn labeler_crops_are_open_clip_preprocessing() {
 
 #[test]
 fn inpainter_matches_the_reference_on_camera_frames() {
-    use ocellus_actors::backbone::WeightsSource;
-    use ocellus_actors::inpainter::{InpaintMethod, InpainterProcessor, InpainterSpec};
+    use ocellus_model_actors::inpainter::{self, InpaintMethod, InpainterSpec, InpainterStage};
 
     for size in CAMERA_SIZES {
         let clip = CameraClip::new(size);
@@ -251,24 +278,23 @@ fn inpainter_matches_the_reference_on_camera_frames() {
             serde_json::from_str(&std::fs::read_to_string(fixtures_dir().join(format!("{case}.json"))).unwrap())
                 .unwrap();
         let spec = InpainterSpec {
+            name: "inpainter".into(),
             method: InpaintMethod::DiffMae {
-                model: "diffmae_vit_base_patch16".into(),
-                weights: WeightsSource::File(fixtures_dir().join("diffmae_base.weights.safetensors")),
+                model: fixture_model("diffmae_vit_base_patch16", "diffmae_base.weights.safetensors"),
                 steps: meta["steps"].as_u64().unwrap() as usize,
                 seed: meta["seed"].as_i64().unwrap(),
             },
             device: tch::Device::Cpu,
-            dtype: ocellus_kernels::DType::F32,
             tracks: vec![1],
             labels: vec![],
             dilate: meta["dilate"].as_u64().unwrap() as u32,
-            control: None,
         };
         let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), &format!("camera_inpainter_{size}"));
         let rrd = dir.join("inpainted.rrd");
         with_ground_truth(
             &clip,
-            Box::new(move || Ok(Box::new(InpainterProcessor::new(spec.clone())?) as Box<dyn Processor>)),
+            inpainter::ports(),
+            stage_factory(move || InpainterStage::new(spec.clone(), None)),
             &rrd,
         );
         let io = fixture_io(&case);

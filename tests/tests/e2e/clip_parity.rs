@@ -14,8 +14,8 @@ use ocellus_perception::clip::{Clip, ClipConfig};
 use ocellus_perception::weights::{self, Scope};
 use ocellus_tests::{assert_close, fixture_io, fixtures_dir};
 use serde_json::Value;
-use tch::nn::VarStore;
 use tch::Device;
+use tch::nn::VarStore;
 
 /// The bound of the issue: fp32, CPU.
 const TOL: f64 = 1e-4;
@@ -86,8 +86,11 @@ fn the_80_openai_templates() {
 #[test]
 fn preprocessing_matches_open_clip_transform() {
     let io = fixture_io("clip_b32");
-    let transform =
-        Transform { fit: Fit::ShortSideCenterCrop { short: 224, crop: 224 }, resize: Resize::PilBicubic, norm: Normalization::CLIP };
+    let transform = Transform {
+        fit: Fit::ShortSideCenterCrop { short: 224, crop: 224 },
+        resize: Resize::PilBicubic,
+        norm: Normalization::CLIP,
+    };
     for i in 0..4 {
         let frame = &io[&format!("frame.{i}")]; // [H, W, 3] u8
         let (h, w) = (frame.size()[0] as usize, frame.size()[1] as usize);

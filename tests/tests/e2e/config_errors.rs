@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use ocellus_io::kinds::ConfiguredSource;
 use ocellus_pipelines::PipelineConfig;
 
 const GOOD_SOURCE: &str = r#"
@@ -208,7 +209,7 @@ fn zenoh_source_and_sink_errors() {
         &source("key = \"a/b\", encoding = \"h264\""),
         "source[0].zenoh.encoding",
         3,
-        "unknown encoding \"h264\"",
+        "unknown variant `h264`, expected one of `raw`, `jpeg`, `png`",
     );
     expect_error(&source("key = \"a//b\", encoding = \"raw\""), "source[0].zenoh.key", 3, "not a zenoh key expression");
     expect_error(
@@ -225,7 +226,7 @@ fn zenoh_source_and_sink_errors() {
     );
     expect_error(
         &source("key = \"a\", encoding = \"raw\", connect = [\"carrier-pigeon/1\"]"),
-        "source[0].zenoh.connect",
+        "source[0].zenoh.connect[0]",
         3,
         "this build speaks tcp and tls",
     );
@@ -240,7 +241,7 @@ fn zenoh_source_and_sink_errors() {
         &source("topic = \"/camera/image_raw/\", domain = 3, encoding = \"ros2/sensor_msgs/Image\""),
     )
     .unwrap();
-    let ocellus_actors::runtime::SourceKind::Zenoh(spec) = &ros.sources[0].kind else { panic!("a zenoh source") };
+    let ConfiguredSource::Zenoh(spec) = &ros.sources[0].kind else { panic!("a zenoh source") };
     assert_eq!(spec.key, "3/camera/image_raw/sensor_msgs::msg::dds_::Image_/*");
 
     let sink = |extra: &str| format!("{GOOD_SOURCE}\n[[sink]]\nkind = \"zenoh\"\ninputs = [\"front\"]\n{extra}\n");
@@ -260,7 +261,7 @@ fn agent_errors() {
         &format!("{base}tools = [\"alert\", \"unlock\"]\n"),
         "actor[1].tools[1]",
         18,
-        "unknown tool \"unlock\"",
+        "unknown variant `unlock`, expected one of `track`",
     );
     expect_error(
         &format!("{base}guard = {{ model = \"llama-guard-2\" }}\n"),
@@ -294,8 +295,18 @@ fn agent_errors() {
 fn inpainter_errors() {
     // Lines: GOOD_SOURCE ends on line 4; the inpainter spans 6-9, line 10 is added.
     let base = format!("{GOOD_SOURCE}\n[[actor]]\nname = \"p\"\nkind = \"inpainter\"\ninputs = [\"front\"]\n");
-    expect_error(&format!("{base}method = \"smudge\"\n"), "actor[0].method", 10, "unknown method \"smudge\"");
-    expect_error(&format!("{base}model = \"diffmae_vit_tiny\"\n"), "actor[0].model", 10, "unknown DiffMAE model");
+    expect_error(
+        &format!("{base}method = \"smudge\"\n"),
+        "actor[0].method",
+        10,
+        "unknown variant `smudge`, expected `diffmae` or `blur`",
+    );
+    expect_error(
+        &format!("{base}model = \"diffmae_vit_tiny\"\n"),
+        "actor[0].model",
+        10,
+        "unknown model \"diffmae_vit_tiny\" (known DiffMAE models: diffmae_vit_base_patch16",
+    );
     expect_error(&format!("{base}allow_random_weights = true\nsteps = 0\n"), "actor[0].steps", 11, "1..=1000");
     expect_error(&format!("{base}blur_radius = 8\n"), "actor[0].blur_radius", 10, "only for `method = \"blur\"`");
     expect_error(&format!("{base}method = \"blur\"\nsteps = 4\n"), "actor[0].steps", 11, "only for");
@@ -307,14 +318,13 @@ fn inpainter_errors() {
 
 #[test]
 fn reconnect_settings() {
-    use ocellus_actors::runtime::SourceKind;
     let source = |extra: &str| {
         format!(
             "[[source]]\nname = \"cam\"\npreset = {{ kind = \"rtsp\", url = \"rtsp://127.0.0.1:8554/x\" }}\n{extra}"
         )
     };
     let reconnect = |text: &str| match &PipelineConfig::parse(Path::new("ok.toml"), text).unwrap().sources[0].kind {
-        SourceKind::Gstreamer(spec) => spec.reconnect,
+        ConfiguredSource::Gstreamer(spec) => spec.reconnect,
         other => panic!("{other:?}"),
     };
     // RTSP reconnects by default; `false` turns it off; a table sets it.
@@ -331,4 +341,68 @@ fn reconnect_settings() {
     expect_error(&source("reconnect = { stall = \"often\" }\n"), "source[0].reconnect.stall", 4, "not a duration");
     expect_error(&source("reconnect = { backoff = \"1s\" }\n"), "source[0].reconnect.backoff", 4, "unknown field");
     expect_error(&source("reconnect = 3\n"), "source[0].reconnect", 4, "expected true, false");
+}
+
+#[test]
+fn typed_ports() {
+    // Lines: GOOD_SOURCE ends on line 4; the tracker spans 6-11; the labeler 13-19 (`inputs` on 19).
+    let tracker = "\n[[actor]]\nname = \"t\"\nkind = \"sam2\"\nmodel = \"sam2.1_hiera_tiny\"\ninputs = [\"front\"]\nallow_random_weights = true\n";
+    let labeler = |inputs: &str| {
+        format!(
+            "{GOOD_SOURCE}{tracker}\n[[actor]]\nname = \"l\"\nkind = \"labeler\"\nmodel = \"ViT-B-32-quickgelu\"\n\
+             allow_random_weights = true\nvocabulary = [\"a\", \"b\"]\ninputs = {inputs}\n"
+        )
+    };
+    // Both wired by name: valid (and the edges are the ports' own).
+    let ok = PipelineConfig::parse(Path::new("ok.toml"), &labeler("{ frames = \"front\", tracks = \"t\" }")).unwrap();
+    let wires: Vec<(&str, String)> =
+        ok.node("l").unwrap().wires.iter().map(|w| (w.port, w.from[0].to_string())).collect();
+    assert_eq!(wires, [("frames", "front".to_owned()), ("tracks", "t".to_owned())]);
+    // A list for a node with two inputs.
+    expect_error(&labeler("[\"front\", \"t\"]"), "actor[1].inputs", 19, "several inputs: wire them by name");
+    // An input left unwired.
+    expect_error(&labeler("{ frames = \"front\" }"), "actor[1].inputs", 19, "input `tracks` (tracks) is not wired");
+    // The wrong type on an input: a camera's frames where tracks are expected.
+    expect_error(
+        &labeler("{ frames = \"front\", tracks = \"front\" }"),
+        "actor[1].inputs.tracks",
+        19,
+        "input `tracks` takes tracks, but \"front\" emits frames",
+    );
+    expect_error(
+        &labeler("{ frames = \"t\", tracks = \"t\" }"),
+        "actor[1].inputs.frames",
+        19,
+        "input `frames` takes frames, but \"t\" emits tracks",
+    );
+    // An input the kind does not have, an output the upstream does not have.
+    expect_error(&labeler("{ frams = \"front\", tracks = \"t\" }"), "actor[1].inputs.frams", 19, "no input `frams`");
+    expect_error(
+        &labeler("{ frames = \"front\", tracks = \"t.masks\" }"),
+        "actor[1].inputs.tracks",
+        19,
+        "has no output `masks`",
+    );
+    // An edge per input, in the table form; on several lines, each error has its own line.
+    let per_input = labeler(
+        "{ frames = { from = \"front\", edge = { policy = \"queue\", depth = 4 } }, tracks = { from = \"t\", edge = { policy = \"warp\" } } }",
+    );
+    expect_error(&per_input, "actor[1].inputs.tracks.edge.policy", 19, "unknown variant `warp`");
+    // A sink takes several types, but not every one: a zenoh sink reads no features.
+    let backbone = "\n[[actor]]\nname = \"b\"\nkind = \"backbone\"\nmodel = \"hiera_tiny_224\"\ninputs = [\"front\"]\nallow_random_weights = true\n";
+    expect_error(
+        &format!("{GOOD_SOURCE}{backbone}\n[[sink]]\nkind = \"zenoh\"\ninputs = [\"front\", \"b\"]\n"),
+        "sink[0].inputs[1]",
+        15,
+        "emits features",
+    );
+    // The agent reads tracks: a camera is refused.
+    expect_error(
+        &format!(
+            "{GOOD_SOURCE}\n[[actor]]\nname = \"a\"\nkind = \"agent\"\ninputs = [\"front\"]\nserver = {{ url = \"http://h/v1\", model = \"m\" }}\n"
+        ),
+        "actor[0].inputs[0]",
+        9,
+        "takes tracks, but \"front\" emits frames",
+    );
 }

@@ -7,17 +7,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ocellus_actors::control::{InpainterCommand, control_channel};
-use ocellus_actors::edge::EdgePolicy;
-use ocellus_actors::frame::{Frame, FrameMeta, Packet, Track, TrackLabel, Tracks};
-use ocellus_actors::inpainter::{InpaintMethod, InpainterProcessor, InpainterSpec};
-use ocellus_actors::stage::Processor;
-use ocellus_actors::{ActorError, Inpainted};
 use ocellus_kernels::masks::PixelBox;
 use ocellus_kernels::{FrameLayout, PixelFormat};
+use ocellus_model_actors::inpainter::{InpaintMethod, InpainterCommand, InpainterSpec, InpainterStage};
 use ocellus_pipelines::build;
+use ocellus_runtime::control::control_channel;
+use ocellus_runtime::{
+    EdgePolicy, Frame, FrameMeta, Inpainted, Input, Packet, RuntimeError, Stage, Track, TrackLabel, Tracks,
+};
 use ocellus_tests::{
-    Collected, cam_and_tracker_toml, config_file, read_rrd, rerun_sink_toml, scratch_dir, test_outputs,
+    Collected, cam_and_tracker_toml, config_file, read_rrd, rerun_sink_toml, scratch_dir, test_context,
 };
 
 const W: usize = 64;
@@ -101,12 +100,16 @@ fn tracks(seq: u64) -> Tracks {
     }
 }
 
-/// Feeds `frame(seq)` and `tracks(seq)`; returns the inpainted frame.
-fn step(p: &mut InpainterProcessor, seq: u64) -> Inpainted {
-    let (mut out, mut rx) = test_outputs();
-    p.process(Packet::Frame(frame(seq)), &mut out).unwrap();
-    p.process(Packet::Tracks(tracks(seq)), &mut out).unwrap();
-    drop(out);
+/// The index of the inpainter's `tracks` input.
+const TRACKS_PORT: usize = 1;
+
+/// Feeds `tracks(seq)` joined with `frame(seq)`, as the runtime does; returns the inpainted
+/// frame.
+fn step(p: &mut InpainterStage, seq: u64) -> Inpainted {
+    let (mut ctx, mut rx) = test_context();
+    let input = Input { port: TRACKS_PORT, packet: Packet::Tracks(tracks(seq)), with: Some(Packet::Frame(frame(seq))) };
+    p.process(input, &mut ctx).unwrap();
+    drop(ctx);
     match rx.pop() {
         Some(Packet::Inpainted(i)) => i,
         other => panic!("expected an inpainted frame, got {other:?}"),
@@ -117,15 +120,15 @@ fn step(p: &mut InpainterProcessor, seq: u64) -> Inpainted {
 fn tracks_are_chosen_by_label_by_id_and_on_request() {
     let (tx, rx) = control_channel(4);
     let spec = InpainterSpec {
+        name: "inpainter".into(),
         method: InpaintMethod::Blur { radius: 3 },
         device: tch::Device::Cpu,
-        dtype: ocellus_kernels::DType::F32,
         tracks: vec![],
         labels: vec!["person".into()],
         dilate: 1,
-        control: Some(rx),
     };
-    let mut p = InpainterProcessor::new(spec).unwrap();
+    let mut p = InpainterStage::new(spec, Some(rx));
+    p.start(&mut test_context().0).unwrap();
     let labels = tracks(0).labels;
 
     // Policy: label "person" → track 3 (track 8 is a person too, but occluded: no mask).
@@ -142,23 +145,24 @@ fn tracks_are_chosen_by_label_by_id_and_on_request() {
     assert_eq!(step(&mut p, 2).removed, [3]);
 
     // Tracks without their frame are bad input (counted and skipped by the stage).
-    let (mut out, _rx) = test_outputs();
-    let err = p.process(Packet::Tracks(tracks(9)), &mut out).unwrap_err();
-    assert!(matches!(err, ActorError::BadInput(_)), "{err}");
+    let (mut ctx, _rx) = test_context();
+    let err =
+        p.process(Input { port: TRACKS_PORT, packet: Packet::Tracks(tracks(9)), with: None }, &mut ctx).unwrap_err();
+    assert!(matches!(err, RuntimeError::BadInput(_)), "{err}");
 }
 
 #[test]
 fn nothing_chosen_passes_the_frame_through_unchanged() {
     let spec = InpainterSpec {
+        name: "inpainter".into(),
         method: InpaintMethod::Blur { radius: 3 },
         device: tch::Device::Cpu,
-        dtype: ocellus_kernels::DType::F32,
         tracks: vec![42],
         labels: vec![],
         dilate: 0,
-        control: None,
     };
-    let mut p = InpainterProcessor::new(spec).unwrap();
+    let mut p = InpainterStage::new(spec, None);
+    p.start(&mut test_context().0).unwrap();
     let out = step(&mut p, 0);
     assert!(out.removed.is_empty());
     assert_eq!(out.frame.pixels, frame(0).pixels);
@@ -176,7 +180,7 @@ fn diffmae_paints_sam2_tracks_out_of_a_pipeline() {
 [[actor]]
 name = "privacy"
 kind = "inpainter"
-inputs = ["cam", "tracker"]
+inputs = {{ frames = "cam", tracks = "tracker" }}
 edge = {{ policy = "block", depth = 16 }}
 method = "diffmae"
 model = "diffmae_vit_base_patch16"
@@ -191,12 +195,7 @@ dilate = {DILATE}
     let mut pipeline = build(&config).unwrap();
     let collected = Collected::default();
     let sink = collected.clone();
-    pipeline.stage(
-        "collect",
-        &["cam", "tracker", "privacy"],
-        EdgePolicy::Block { depth: 64 },
-        Box::new(move || Ok(sink.processor())),
-    );
+    pipeline.stage("collect", &["cam", "tracker", "privacy"], EdgePolicy::Block { depth: 64 }, sink.factory());
     let report = pipeline.run().unwrap();
     println!("{report}");
     assert_eq!(report.failures().count(), 0, "{report}");

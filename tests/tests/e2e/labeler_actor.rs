@@ -3,9 +3,8 @@
 //! weights) over a configured vocabulary, and the Rerun recording read back.
 #![allow(clippy::unwrap_used)] // tests may unwrap, helpers included
 
-use ocellus_actors::edge::EdgePolicy;
-use ocellus_actors::frame::Packet;
 use ocellus_pipelines::build;
+use ocellus_runtime::{EdgePolicy, Packet};
 use ocellus_tests::{
     Collected, cam_and_tracker_toml, config_file, fixtures_dir, read_rrd, rerun_sink_toml, scratch_dir,
 };
@@ -27,7 +26,7 @@ name = "labels"
 kind = "labeler"
 model = "ViT-B-32-quickgelu"
 weights = "{}"
-inputs = ["cam", "tracker"]
+inputs = {{ frames = "cam", tracks = "tracker" }}
 edge = {{ policy = "block", depth = 16 }}
 vocabulary = {VOCABULARY:?}
 templates = ["a photo of a {{}}.", "a blurry photo of a {{}}."]
@@ -40,7 +39,7 @@ smoothing = 0.5
     let mut pipeline = build(&config).unwrap();
     let collected = Collected::default();
     let sink = collected.clone();
-    pipeline.stage("collect", &["labels"], EdgePolicy::Block { depth: 16 }, Box::new(move || Ok(sink.processor())));
+    pipeline.stage("collect", &["labels"], EdgePolicy::Block { depth: 16 }, sink.factory());
     let report = pipeline.run().unwrap();
     println!("{report}");
     assert_eq!(report.failures().count(), 0, "{report}");

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use ocellus_actors::source::ReplayTiming;
-use ocellus_pipelines::{PipelineConfig, build, replay};
+use ocellus_io::source::ReplayTiming;
+use ocellus_pipelines::{PipelineConfig, build_with, replay};
+use ocellus_runtime::kind::BuildContext;
 use ocellus_tests::{buffers_of, config_file, read_rrd, scratch_dir};
 
 const CAMERAS: [(&str, usize); 2] = [("left", 30), ("right", 20)];
@@ -59,8 +60,8 @@ fn outputs(rrd: &Path) -> Outputs {
         .collect()
 }
 
-fn run(config: &PipelineConfig) {
-    let report = build(config).unwrap().run().unwrap();
+fn run(config: &PipelineConfig, ctx: BuildContext) {
+    let report = build_with(config, ctx).unwrap().run().unwrap();
     println!("{report}");
     assert_eq!(report.failures().count(), 0, "{report}");
 }
@@ -69,7 +70,7 @@ fn run(config: &PipelineConfig) {
 fn replaying_a_recording_reproduces_its_masks() {
     let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "replay");
     let original = dir.join("original.rrd");
-    run(&config(&dir, &original));
+    run(&config(&dir, &original), BuildContext::new());
 
     // Two cameras: their own entities, their own frame timelines, numbers from 0 each.
     let summary = read_rrd(&original).unwrap();
@@ -103,10 +104,10 @@ fn replaying_a_recording_reproduces_its_masks() {
         // The configured file is the one being replayed: refused.
         let refused = replay::prepare(&mut again.clone(), &original, timing, None).unwrap_err();
         assert!(refused.to_string().contains("--save"), "{refused}");
-        let index = replay::prepare(&mut again, &original, timing, Some(&out)).unwrap();
+        let (index, ctx) = replay::prepare(&mut again, &original, timing, Some(&out)).unwrap();
         assert_eq!(index.cameras.iter().map(|(c, r)| (c.as_str(), r.frames as usize)).collect::<Vec<_>>(), CAMERAS);
         let started = Instant::now();
-        run(&again);
+        run(&again, ctx);
         let took = started.elapsed().as_secs_f64();
         println!("{timing:?}: {took:.2} s (recorded span {span_s:.2} s)");
         if timing == ReplayTiming::Realtime {

@@ -7,13 +7,10 @@
 use std::time::{Duration, Instant};
 
 use gstreamer_rtsp_server as rtsp;
-use ocellus_actors::Pipeline;
-use ocellus_actors::edge::EdgePolicy;
-use ocellus_actors::frame::Packet;
-use ocellus_actors::runtime::SourceKind;
-use ocellus_actors::source::{GstSourceSpec, OutputFormat, Reconnect};
-use ocellus_actors::stage::StageState;
-use ocellus_tests::{Collected, config_file, scratch_dir};
+use ocellus_io::source::{GstSourceSpec, OutputFormat, Reconnect};
+use ocellus_runtime::node::NodeState;
+use ocellus_runtime::{EdgePolicy, Packet, Pipeline};
+use ocellus_tests::{Collected, config_file, gst_source, scratch_dir};
 use rtsp::glib;
 use rtsp::prelude::*;
 
@@ -111,11 +108,11 @@ inputs = ["gate"]
     let collected = Collected::default();
     let sink = collected.clone();
     let mut pipeline = Pipeline::new();
-    pipeline.source("gate", config.sources[0].kind.clone()).stage(
+    pipeline.source("gate", config.sources[0].kind.factory()).stage(
         "collect",
         &["gate"],
         EdgePolicy::Block { depth: 8 },
-        Box::new(move || Ok(sink.processor())),
+        sink.factory(),
     );
     let runner = std::thread::spawn(move || pipeline.run());
     // A camera that stays silent: only the watchdog notices.
@@ -131,11 +128,11 @@ inputs = ["gate"]
         )
     };
     let mut stalled = Pipeline::new();
-    stalled.source("silent", SourceKind::Gstreamer(silent)).stage(
+    stalled.source("silent", gst_source(silent)).stage(
         "drop",
         &["silent"],
         EdgePolicy::Latest,
-        Box::new(|| Ok(Collected::default().processor())),
+        Collected::default().factory(),
     );
     let stalled = std::thread::spawn(move || stalled.run());
 
@@ -155,11 +152,11 @@ inputs = ["gate"]
     let silent = stalled.join().unwrap().unwrap();
     println!("{silent}");
     let silent = silent.node("silent").unwrap();
-    assert_eq!(silent.state, StageState::Finished);
+    assert_eq!(silent.state, NodeState::Finished);
     assert!(silent.metrics.stalls >= 2 && silent.metrics.restarts >= silent.metrics.stalls, "{silent:?}");
     println!("{report}");
     let source = report.node("gate").unwrap();
-    assert_eq!(source.state, StageState::Finished, "{report}");
+    assert_eq!(source.state, NodeState::Finished, "{report}");
     assert!(source.metrics.restarts >= 1, "reconnections are counted: {report}");
     let seqs = frames(&collected);
     println!(

@@ -3,7 +3,9 @@
 //! however long it runs.
 #![allow(clippy::unwrap_used)] // tests may unwrap, helpers included
 
-use ocellus_perception::sam2::tracker::{Horizon, PointInputs, Prompt, StreamConfig, StreamingTracker, VideoSession};
+use ocellus_perception::sam2::sam2_base::{Horizon, PointInputs};
+use ocellus_perception::sam2::streaming::{Prompt, StreamConfig, StreamingTracker};
+use ocellus_perception::sam2::video_predictor::VideoSession;
 use ocellus_perception::sam2::{Sam2, Sam2Config};
 use ocellus_perception::weights::{self, Scope};
 use ocellus_tests::{assert_close, assert_close_bf16, fixture_io, fixtures_dir};

@@ -10,7 +10,7 @@
 //! path itself is held to the bounds above by every later frame, which reads these memories.
 #![allow(clippy::unwrap_used)] // tests may unwrap, helpers included
 
-use ocellus_perception::sam2::tracker::VideoSession;
+use ocellus_perception::sam2::video_predictor::VideoSession;
 use ocellus_perception::sam2::{Sam2, Sam2Config};
 use ocellus_perception::weights::{self, Scope};
 use ocellus_tests::{assert_close, assert_close_bf16, fixture_io, fixtures_dir};

@@ -9,13 +9,10 @@
 
 use std::path::Path;
 
-use ocellus_actors::Pipeline;
-use ocellus_actors::edge::EdgePolicy;
-use ocellus_actors::frame::{Frame, Packet};
-use ocellus_actors::runtime::SourceKind;
-use ocellus_actors::source::{GstSourceSpec, OutputFormat};
+use ocellus_io::source::{GstSourceSpec, OutputFormat};
 use ocellus_kernels::{PixelFormat, YuvMatrix, frame_to_tensor};
-use ocellus_tests::{Collected, scratch_dir};
+use ocellus_runtime::{EdgePolicy, Frame, Packet, Pipeline};
+use ocellus_tests::{Collected, gst_source, scratch_dir};
 use tch::{Device, Kind, Tensor};
 
 const W: usize = 321;
@@ -38,11 +35,11 @@ fn frames(launch: String, format: OutputFormat) -> Vec<Frame> {
     let collected = Collected::default();
     let sink = collected.clone();
     let mut p = Pipeline::new();
-    p.source("raw", SourceKind::Gstreamer(GstSourceSpec::new(launch, format))).stage(
+    p.source("raw", gst_source(GstSourceSpec::new(launch, format))).stage(
         "collect",
         &["raw"],
         EdgePolicy::Block { depth: 4 },
-        Box::new(move || Ok(sink.processor())),
+        sink.factory(),
     );
     let report = p.run().expect("pipeline runs");
     assert_eq!(report.failures().count(), 0, "{report}");

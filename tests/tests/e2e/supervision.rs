@@ -5,13 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use ocellus_actors::edge::EdgePolicy;
-use ocellus_actors::frame::Packet;
-use ocellus_actors::runtime::SourceKind;
-use ocellus_actors::source::{GstSourceSpec, OutputFormat};
-use ocellus_actors::stage::{Outputs, Processor, RestartPolicy, StageState};
-use ocellus_actors::{ActorError, Pipeline};
-use ocellus_tests::Collected;
+use ocellus_io::source::{GstSourceSpec, OutputFormat};
+use ocellus_runtime::node::NodeState;
+use ocellus_runtime::{Context, EdgePolicy, Input, Pipeline, PortType, RestartPolicy, RuntimeError, Stage};
+use ocellus_tests::{Collected, gst_source};
 
 const FRAMES: u64 = 40;
 
@@ -21,15 +18,15 @@ struct FailOnce {
     panic: bool,
 }
 
-impl Processor for FailOnce {
-    fn process(&mut self, input: Packet, out: &mut Outputs) -> ocellus_actors::Result<()> {
-        if input.meta().map(|m| m.seq) == Some(self.fail_on) {
+impl Stage for FailOnce {
+    fn process(&mut self, input: Input, ctx: &mut Context) -> ocellus_runtime::Result<()> {
+        if input.packet.meta().map(|m| m.seq) == Some(self.fail_on) {
             if self.panic {
                 panic!("injected panic on frame {}", self.fail_on);
             }
-            return Err(ActorError::Failed(format!("injected failure on frame {}", self.fail_on)));
+            return Err(RuntimeError::Failed(format!("injected failure on frame {}", self.fail_on)));
         }
-        out.emit(input);
+        ctx.emit(input.packet);
         Ok(())
     }
 }
@@ -48,33 +45,34 @@ fn run(panic: bool) {
     })
     .source(
         "cam",
-        SourceKind::Gstreamer(GstSourceSpec {
+        gst_source(GstSourceSpec {
             launch: format!("videotestsrc num-buffers={FRAMES} ! video/x-raw,width=64,height=48"),
             format: OutputFormat::Rgb,
             ..Default::default()
         }),
     )
-    .stage(
+    .actor(
         "flaky",
         &["cam"],
         EdgePolicy::Block { depth: 4 },
+        PortType::Frame,
         Box::new(move || {
             factory_starts.fetch_add(1, Ordering::SeqCst);
-            Ok(Box::new(FailOnce { fail_on, panic }) as Box<dyn Processor>)
+            Ok(Box::new(FailOnce { fail_on, panic }) as Box<dyn Stage>)
         }),
     )
-    .stage("sink", &["flaky"], EdgePolicy::Block { depth: 4 }, Box::new(move || Ok(sink.processor())));
+    .stage("sink", &["flaky"], EdgePolicy::Block { depth: 4 }, sink.factory());
     let report = p.run().expect("pipeline runs");
     println!("{report}");
     let flaky = report.node("flaky").expect("flaky node");
-    assert_eq!(flaky.state, StageState::Finished);
+    assert_eq!(flaky.state, NodeState::Finished);
     assert_eq!((flaky.metrics.failures, flaky.metrics.restarts), (1, 1));
     assert_eq!(starts.load(Ordering::SeqCst), 2, "built once, rebuilt once");
     // With `block` edges nothing is lost but the frame that killed the actor.
     let seqs: Vec<u64> = collected.take().iter().filter_map(|(p, _)| p.meta().map(|m| m.seq)).collect();
     let expected: Vec<u64> = (0..FRAMES).filter(|&s| s != fail_on).collect();
     assert_eq!(seqs, expected);
-    assert_eq!(report.node("sink").map(|n| n.state), Some(StageState::Finished));
+    assert_eq!(report.node("sink").map(|n| n.state), Some(NodeState::Finished));
 }
 
 #[test]

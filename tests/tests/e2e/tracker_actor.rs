@@ -31,21 +31,20 @@ fn tracks_reach_the_recording() {
 
 #[test]
 fn tracks_are_consistent_per_frame() {
-    use ocellus_actors::Pipeline;
-    use ocellus_actors::backbone::WeightsSource;
-    use ocellus_actors::edge::EdgePolicy;
-    use ocellus_actors::frame::Packet;
-    use ocellus_actors::runtime::SourceKind;
-    use ocellus_actors::source::{GstSourceSpec, OutputFormat};
-    use ocellus_actors::stage::Processor;
-    use ocellus_actors::tracker::{FramePrompt, TrackerProcessor, TrackerSpec};
-    use ocellus_perception::sam2::tracker::StreamConfig;
+    use ocellus_io::source::{GstSourceSpec, OutputFormat};
+    use ocellus_model_actors::tracker::{self, FramePrompt, TrackerSpec, TrackerStage};
+    use ocellus_perception::model::{ModelSpec, WeightsSource};
+    use ocellus_perception::sam2::streaming::StreamConfig;
+    use ocellus_runtime::{EdgePolicy, Packet, Pipeline, Wire, stage_factory};
 
     let spec = TrackerSpec {
-        model: "sam2.1_hiera_tiny".into(),
-        weights: WeightsSource::File(fixtures_dir().join("sam2_video_tiny.weights.safetensors")),
-        device: tch::Device::Cpu,
-        dtype: ocellus_kernels::DType::F32,
+        name: "tracker".into(),
+        model: ModelSpec {
+            name: "sam2.1_hiera_tiny".into(),
+            weights: WeightsSource::File(fixtures_dir().join("sam2_video_tiny.weights.safetensors")),
+            device: tch::Device::Cpu,
+            dtype: ocellus_kernels::DType::F32,
+        },
         prompts: vec![
             (1, FramePrompt::Box([120.0, 80.0, 200.0, 160.0])),
             (2, FramePrompt::Points(vec![[40.0, 40.0]], vec![1])),
@@ -53,26 +52,26 @@ fn tracks_are_consistent_per_frame() {
         stream: StreamConfig::default(),
         image_size: Some(256),
         resize: ocellus_kernels::ResizeMode::Exact,
-        control: None,
+        prompt_topic: None,
     };
     let collected = ocellus_tests::Collected::default();
     let sink = collected.clone();
     let mut p = Pipeline::new();
     p.source(
         "cam",
-        SourceKind::Gstreamer(GstSourceSpec {
+        ocellus_tests::gst_source(GstSourceSpec {
             launch: format!("videotestsrc pattern=ball num-buffers={FRAMES} ! video/x-raw,width=200,height=150"),
             format: OutputFormat::Rgb,
             ..Default::default()
         }),
     )
-    .stage(
+    .node(
         "tracker",
-        &["cam"],
-        EdgePolicy::Block { depth: 2 },
-        Box::new(move || Ok(Box::new(TrackerProcessor::new(spec.clone())?) as Box<dyn Processor>)),
+        tracker::ports(),
+        vec![Wire::new("frames", &["cam"], EdgePolicy::Block { depth: 2 })],
+        stage_factory(move || TrackerStage::new(spec.clone(), None)),
     )
-    .stage("collect", &["tracker"], EdgePolicy::Block { depth: 8 }, Box::new(move || Ok(sink.processor())));
+    .stage("collect", &["tracker"], EdgePolicy::Block { depth: 8 }, sink.factory());
     let report = p.run().unwrap();
     assert_eq!(report.failures().count(), 0, "{report}");
     let tracks: Vec<_> = collected

@@ -3,13 +3,9 @@
 //! panic; what decodes is consistent with its payload.
 #![allow(clippy::unwrap_used)] // tests may unwrap, helpers included
 
-use std::sync::Arc;
-
 use bytes::Bytes;
-use ocellus_actors::frame::{Frame, FrameMeta};
-use ocellus_actors::transport::ros2::{self, Attachment, CompressedImage, Header, Image, Time};
-use ocellus_actors::transport::{MessageInfo, WireFormat, compressed, decode_frame, raw};
-use ocellus_kernels::{FrameLayout, PixelFormat};
+use ocellus_wire::ros2::{self, Attachment, CompressedImage, Header, Image, Time};
+use ocellus_wire::{FrameLayout, MessageInfo, PixelFormat, WireFormat, compressed, decode_frame, raw};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence};
 
@@ -20,9 +16,8 @@ fn config(cases: u32) -> Config {
 /// Decodes `bytes` as every format: only typed errors or consistent frames.
 fn decode_everything(bytes: &[u8]) {
     let payload = Bytes::copy_from_slice(bytes);
-    let camera: Arc<str> = "cam".into();
     for format in [WireFormat::Raw, WireFormat::Ros2Image, WireFormat::Ros2CompressedImage, WireFormat::Png] {
-        if let Ok(frame) = decode_frame(format, &payload, &camera, MessageInfo::default()) {
+        if let Ok(frame) = decode_frame(format, &payload, MessageInfo::default()) {
             assert!(frame.layout.validate(frame.pixels.len()).is_ok());
         }
     }
@@ -38,9 +33,8 @@ fn raw_frame(format_code: u8, w: usize, h: usize, pad: usize) -> Vec<u8> {
         layout.strides[1] += pad;
         layout.offsets[1] = layout.strides[0] * h;
     }
-    let pixels = Bytes::from(vec![7u8; layout.required_len()]);
-    let frame = Frame::new(FrameMeta { camera: "c".into(), seq: 1, capture_ns: 2 }, layout, pixels).unwrap();
-    raw::encode(&frame).unwrap()
+    let pixels = vec![7u8; layout.required_len()];
+    raw::encode(&layout, &pixels, 1, 2).unwrap()
 }
 
 /// A valid `sensor_msgs/Image`.

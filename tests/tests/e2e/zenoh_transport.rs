@@ -15,17 +15,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ocellus_actors::edge::EdgePolicy;
-use ocellus_actors::frame::{Frame, FrameMeta, Packet};
-use ocellus_actors::runtime::SourceKind;
-use ocellus_actors::sink::{KeyStyle, ZenohSinkHandle, ZenohSinkSpec};
-use ocellus_actors::source::zenoh::{payload_bytes, wait_for_subscriber};
-use ocellus_actors::source::{SyntheticSpec, ZenohSourceSpec};
-use ocellus_actors::transport::ros2::{self, Attachment, MsgType, TypeHashes};
-use ocellus_actors::transport::{SessionSpec, WireFormat, compressed, raw};
-use ocellus_actors::{Pipeline, PipelineReport};
-use ocellus_kernels::{FrameLayout, PixelFormat};
+use ocellus_io::session::{SessionSpec, payload_bytes, wait_for_subscriber};
+use ocellus_io::sink::{KeyStyle, ZenohSink, ZenohSinkSpec};
+use ocellus_io::source::{SyntheticSource, SyntheticSpec, ZenohSource, ZenohSourceSpec};
+use ocellus_runtime::{EdgePolicy, Frame, FrameMeta, Packet, Pipeline, PipelineReport, source_factory, stage_factory};
 use ocellus_tests::Collected;
+use ocellus_wire::ros2::{self, Attachment, MsgType, TypeHashes};
+use ocellus_wire::{FrameLayout, PixelFormat, WireFormat, compressed, raw};
 use parking_lot::Mutex;
 use zenoh::Wait;
 use zenoh::qos::CongestionControl;
@@ -66,12 +62,12 @@ fn collecting_pipeline(sources: &[(&str, ZenohSourceSpec)]) -> (Pipeline, Vec<Co
     let mut all = Vec::new();
     for (name, spec) in sources {
         let c = Collected::default();
-        let factory = c.clone();
-        p.source(name, SourceKind::Zenoh(spec.clone())).stage(
+        let spec = spec.clone();
+        p.source(name, source_factory(move || ZenohSource::new(spec.clone()))).stage(
             &format!("{name}.collect"),
             &[name],
             EdgePolicy::Block { depth: 16 },
-            Box::new(move || Ok(factory.processor())),
+            c.factory(),
         );
         all.push(c);
     }
@@ -104,6 +100,11 @@ fn test_frame(seq: u64) -> Frame {
         .unwrap()
 }
 
+/// `f` as an Ocellus raw frame message.
+fn encode_raw(f: &Frame) -> Vec<u8> {
+    raw::encode(&f.layout, &f.pixels, f.meta.seq, f.meta.capture_ns).unwrap()
+}
+
 #[test]
 fn two_sessions_exchange_1000_frames() {
     let (session, endpoint) = listening_session();
@@ -114,7 +115,7 @@ fn two_sessions_exchange_1000_frames() {
     let sender = std::thread::spawn(move || {
         assert!(wait_for_subscriber(&publisher, Duration::from_secs(20)), "the source never subscribed");
         for seq in 0..1000 {
-            publisher.put(raw::encode(&test_frame(seq)).unwrap()).wait().unwrap();
+            publisher.put(encode_raw(&test_frame(seq))).wait().unwrap();
         }
         publisher
     });
@@ -145,7 +146,7 @@ fn malformed_messages_are_counted_and_skipped() {
         ("ros", source_spec(&endpoint, "bad/ros", WireFormat::Ros2Image, None)),
     ]);
 
-    let good = raw::encode(&test_frame(1)).unwrap();
+    let good = encode_raw(&test_frame(1));
     let mut wrong_magic = good.clone();
     wrong_magic[0] = b'X';
     let mut wrong_size = good.clone();
@@ -346,7 +347,7 @@ fn ros2_image_from_an_independent_encoder_arrives_as_the_right_frame() {
     assert_eq!(frames[0].meta.capture_ns, 3_000_000_004);
 
     // And what ours encodes, rosbags decodes: the frame back, and a string.
-    let ours = ros2::encode_image(f, "cam_optical").unwrap();
+    let ours = ros2::encode_image(&f.layout, &f.pixels, f.meta.capture_ns, "cam_optical").unwrap();
     let text = "{\"type\":\"caption\",\"text\":\"ü\"}";
     let lines = format!(
         "sensor_msgs/msg/Image:{} std_msgs/msg/String:{}",
@@ -400,11 +401,17 @@ fn zenoh_sink_publishes_frames_and_observations_as_a_ros2_node() {
         block_on_congestion: true,
         shm_pool_bytes: None,
     };
-    let handle = ZenohSinkHandle::start("ros", spec).unwrap();
+    let spec = Arc::new(spec);
+    let source = SyntheticSpec { width: 8, height: 6, frames: 40, fps: Some(40.0) };
     let mut p = Pipeline::new();
     p.metrics_every(Duration::from_millis(200))
-        .source("cam", SourceKind::Synthetic(SyntheticSpec { width: 8, height: 6, frames: 40, fps: Some(40.0) }))
-        .stage("ros", &["cam"], EdgePolicy::Block { depth: 8 }, Box::new(move || Ok(handle.processor())))
+        .source("cam", source_factory(move || SyntheticSource::new(source)))
+        .stage(
+            "ros",
+            &["cam"],
+            EdgePolicy::Block { depth: 8 },
+            stage_factory(move || ZenohSink::new("ros", spec.clone())),
+        )
         .metrics_to("ros");
     let report = p.run().unwrap();
     assert_eq!(report.failures().count(), 0, "{report}");
@@ -459,11 +466,17 @@ fn zenoh_sink_to_zenoh_source_between_two_pipelines() {
         block_on_congestion: true,
         shm_pool_bytes: Some(8 << 20),
     };
-    let handle = ZenohSinkHandle::start("out", spec).unwrap();
+    let spec = Arc::new(spec);
+    let source = SyntheticSpec { width: 64, height: 48, frames: 300, fps: Some(100.0) };
     let mut p = Pipeline::new();
     p.metrics_every(Duration::from_secs(3600))
-        .source("cam", SourceKind::Synthetic(SyntheticSpec { width: 64, height: 48, frames: 300, fps: Some(100.0) }))
-        .stage("out", &["cam"], EdgePolicy::Block { depth: 8 }, Box::new(move || Ok(handle.processor())));
+        .source("cam", source_factory(move || SyntheticSource::new(source)))
+        .stage(
+            "out",
+            &["cam"],
+            EdgePolicy::Block { depth: 8 },
+            stage_factory(move || ZenohSink::new("out", spec.clone())),
+        );
     let sent: PipelineReport = p.run().unwrap();
     let report = receiving.join().unwrap();
     assert_eq!(sent.failures().count() + report.failures().count(), 0, "{sent}\n{report}");

@@ -1,0 +1,726 @@
+//! What a pipeline file says of sources and sinks, and how they are built.
+//!
+//! A `[[source]]` names a camera and gives one of `gstreamer` (a launch description), `preset`
+//! (`test_pattern`, `file`, `v4l2`, `rtsp`) or `zenoh` (a key or a ROS 2 topic). Sinks are
+//! node kinds (`rerun`, `zenoh`, `null`) like actors. Validation never opens or reads anything;
+//! [`ConfiguredSource::check`] and a sink's start do.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ocellus_runtime::edge::{DropPolicy, EdgeConfig, EdgePolicy};
+use ocellus_runtime::kind::{Common, ConfiguredNode, Issue, ModelUse, NodeKind, PipelineView, duration, typed};
+use ocellus_runtime::message::PortType;
+use ocellus_runtime::node::{SourceFactory, StageFactory, source_factory, stage_factory};
+use ocellus_runtime::pipeline::sink_ports;
+use ocellus_runtime::port::Ports;
+use ocellus_wire::WireFormat;
+use ocellus_wire::ros2::{MsgType, TypeHashes};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::session::{self, SessionMode, SessionSpec};
+use crate::sink::{KeyStyle, NullSink, RerunSink, RerunTarget, SharedRecording, ZenohSink, ZenohSinkSpec};
+use crate::source::{
+    GstSource, GstSourceSpec, OutputFormat, Preset, Reconnect, ReplaySource, ReplaySpec, V4l2Request, ZenohSource,
+    ZenohSourceSpec,
+};
+
+// --- zenoh sessions ----------------------------------------------------------------------
+
+/// `mode = "peer" | "client"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ModeName {
+    /// Talks to other peers directly (and to routers).
+    Peer,
+    /// Talks through one router or peer.
+    Client,
+}
+
+/// The zenoh session keys an entry may carry (`mode`, `connect`, `listen`, `config`,
+/// `multicast_scouting`, `shared_memory`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SessionKeys {
+    /// `mode`.
+    pub mode: Option<ModeName>,
+    /// `connect`: endpoints like `tcp/127.0.0.1:7447`.
+    pub connect: Vec<String>,
+    /// `listen`.
+    pub listen: Vec<String>,
+    /// `config`: a zenoh configuration file (JSON5: TLS, user/password, access control).
+    pub config: Option<PathBuf>,
+    /// `multicast_scouting`.
+    pub multicast_scouting: Option<bool>,
+    /// `shared_memory`.
+    pub shared_memory: Option<bool>,
+}
+
+impl SessionKeys {
+    /// The session these keys describe. The configuration file is only checked to exist (it
+    /// is read when the session opens); endpoints are checked here.
+    pub fn spec(self) -> Result<SessionSpec, Issue> {
+        if let Some(file) = self.config.as_ref().filter(|p| !p.exists()) {
+            return Err(Issue::at("config", format!("zenoh configuration {} not found", file.display())));
+        }
+        for (key, endpoints) in [("connect", &self.connect), ("listen", &self.listen)] {
+            for (i, endpoint) in endpoints.iter().enumerate() {
+                let protocol = endpoint.split_once('/').map(|(p, _)| p);
+                if !protocol.is_some_and(|p| session::LINK_PROTOCOLS.contains(&p)) {
+                    return Err(Issue::at(
+                        key,
+                        format!(
+                            "endpoint {endpoint:?}: this build speaks {} (like \"tcp/127.0.0.1:7447\")",
+                            session::LINK_PROTOCOLS.join(" and ")
+                        ),
+                    )
+                    .index(i));
+                }
+            }
+        }
+        Ok(SessionSpec {
+            config_file: self.config,
+            mode: self.mode.map(|m| match m {
+                ModeName::Peer => SessionMode::Peer,
+                ModeName::Client => SessionMode::Client,
+            }),
+            connect: self.connect,
+            listen: self.listen,
+            multicast_scouting: self.multicast_scouting,
+            shared_memory: self.shared_memory,
+        })
+    }
+}
+
+/// Gathers the session keys of an entry struct that has them.
+#[macro_export]
+macro_rules! session_keys {
+    ($e:expr) => {
+        $crate::kinds::SessionKeys {
+            mode: $e.mode,
+            connect: $e.connect.clone(),
+            listen: $e.listen.clone(),
+            config: $e.config.clone(),
+            multicast_scouting: $e.multicast_scouting,
+            shared_memory: $e.shared_memory,
+        }
+    };
+}
+
+/// Checks a key expression (at `key`).
+pub fn key_expr(key: &str, text: &str) -> Result<(), Issue> {
+    session::check_key_expr(text).map_err(|m| Issue::at(key, m))
+}
+
+// --- Sources -------------------------------------------------------------------------------
+
+/// `[[source]]`: a camera.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourceEntry {
+    /// The camera's name: `world/<name>/...` in Rerun, `frame/<name>` its timeline.
+    pub name: String,
+    /// A `gst-launch` description (an appsink is appended when it has none).
+    pub gstreamer: Option<String>,
+    /// A ready-made source.
+    pub preset: Option<PresetEntry>,
+    /// Frames from zenoh (a key, or a ROS 2 topic on rmw_zenoh).
+    pub zenoh: Option<ZenohSourceEntry>,
+    /// Pixel format delivered (GStreamer sources).
+    pub format: Option<FormatName>,
+    /// Reconnection: `true`, `false` or `{ initial, max, stall }` (GStreamer sources; on by
+    /// default for RTSP).
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub reconnect: Option<serde_json::Value>,
+}
+
+/// `format = "rgb" | ...`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FormatName {
+    /// Packed RGB.
+    #[default]
+    Rgb,
+    /// Packed BGR.
+    Bgr,
+    /// 8-bit grey.
+    Gray8,
+    /// NV12.
+    Nv12,
+    /// Whatever the pipeline produces with the least conversion.
+    Native,
+}
+
+/// `preset = { kind = "...", ... }`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PresetEntry {
+    /// `videotestsrc`.
+    TestPattern {
+        /// videotestsrc pattern (`ball`, `smpte`, `snow`, ...).
+        #[serde(default = "default_pattern")]
+        pattern: String,
+        /// Width.
+        #[serde(default = "default_width")]
+        width: u32,
+        /// Height.
+        #[serde(default = "default_height")]
+        height: u32,
+        /// Frames per second.
+        #[serde(default = "default_fps")]
+        fps: u32,
+        /// Frames before the end of the stream (endless when absent).
+        frames: Option<u64>,
+        /// Paced in real time like a camera.
+        #[serde(default)]
+        live: bool,
+    },
+    /// A media file.
+    File {
+        /// Its path.
+        path: String,
+    },
+    /// A V4L2 camera.
+    V4l2 {
+        /// Device node.
+        #[serde(default = "default_v4l2_device")]
+        device: String,
+        /// Requested width.
+        width: Option<u32>,
+        /// Requested height.
+        height: Option<u32>,
+        /// Requested frames per second.
+        fps: Option<u32>,
+    },
+    /// An RTSP stream (over TCP).
+    Rtsp {
+        /// `rtsp://` URL.
+        url: String,
+        /// Jitter-buffer latency, ms.
+        #[serde(default = "default_latency")]
+        latency_ms: u32,
+    },
+}
+
+fn default_pattern() -> String {
+    "ball".to_owned()
+}
+fn default_width() -> u32 {
+    640
+}
+fn default_height() -> u32 {
+    480
+}
+fn default_fps() -> u32 {
+    30
+}
+fn default_v4l2_device() -> String {
+    "/dev/video0".to_owned()
+}
+fn default_latency() -> u32 {
+    200
+}
+
+/// `zenoh = { key = "...", encoding = "...", ... }` of a source.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ZenohSourceEntry {
+    /// Key expression.
+    pub key: Option<String>,
+    /// A ROS 2 topic (rmw_zenoh keys; needs a `ros2/...` encoding).
+    pub topic: Option<String>,
+    /// `ROS_DOMAIN_ID` of `topic`.
+    #[serde(default)]
+    pub domain: u32,
+    /// How frames are encoded.
+    pub encoding: WireFormat,
+    /// End after this many frames.
+    pub frames: Option<u64>,
+    /// End after this long without a message (`"5s"`).
+    pub idle_timeout: Option<String>,
+    /// The edge from zenoh's callback to the decoder (default `latest`).
+    pub intake: Option<EdgeConfig>,
+    /// zenoh mode.
+    pub mode: Option<ModeName>,
+    /// Endpoints to connect to.
+    #[serde(default)]
+    pub connect: Vec<String>,
+    /// Endpoints to listen on.
+    #[serde(default)]
+    pub listen: Vec<String>,
+    /// A zenoh configuration file.
+    pub config: Option<PathBuf>,
+    /// Multicast scouting.
+    pub multicast_scouting: Option<bool>,
+    /// Shared memory.
+    pub shared_memory: Option<bool>,
+}
+
+/// A source as configured.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConfiguredSource {
+    /// A GStreamer pipeline.
+    Gstreamer(GstSourceSpec),
+    /// A zenoh subscription.
+    Zenoh(ZenohSourceSpec),
+    /// A camera of a recording, replayed.
+    Replay(ReplaySpec),
+}
+
+/// The reconnection policy of `reconnect` (`true`, `false`, `{ initial, max, stall }`).
+fn reconnect(value: Option<&serde_json::Value>, default_on: bool) -> Result<Option<Reconnect>, Issue> {
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    struct Settings {
+        initial: Option<String>,
+        max: Option<String>,
+        stall: Option<String>,
+    }
+    let settings = match value {
+        None if default_on => Settings::default(),
+        None | Some(serde_json::Value::Bool(false)) => return Ok(None),
+        Some(serde_json::Value::Bool(true)) => Settings::default(),
+        Some(v @ serde_json::Value::Object(_)) => typed(v.clone())?,
+        Some(_) => return Err(Issue::here("expected true, false or { initial, max, stall }")),
+    };
+    let defaults = Reconnect::default();
+    let time =
+        |key: &str, text: &Option<String>, default: Duration| text.as_deref().map_or(Ok(default), |t| duration(key, t));
+    let initial = time("initial", &settings.initial, defaults.initial)?;
+    let max = time("max", &settings.max, defaults.max)?;
+    let stall = time("stall", &settings.stall, defaults.stall.unwrap_or_default())?;
+    if initial.is_zero() {
+        return Err(Issue::at("initial", "must be longer than zero"));
+    }
+    if max < initial {
+        return Err(Issue::at("max", "must be at least `initial`"));
+    }
+    Ok(Some(Reconnect { initial, max, stall: (!stall.is_zero()).then_some(stall) }))
+}
+
+impl ConfiguredSource {
+    /// Validates a `[[source]]` entry.
+    pub fn configure(entry: &SourceEntry) -> Result<Self, Issue> {
+        if let Some(zenoh) = &entry.zenoh {
+            let other = [("gstreamer", entry.gstreamer.is_some()), ("preset", entry.preset.is_some())];
+            if let Some((key, _)) = other.iter().find(|(_, given)| *given) {
+                return Err(Issue::at(key, "give one of `gstreamer`, `preset` or `zenoh`"));
+            }
+            if entry.reconnect.is_some() {
+                return Err(Issue::at(
+                    "reconnect",
+                    "a zenoh source waits for publishers by itself (`reconnect` is for GStreamer sources)",
+                ));
+            }
+            if entry.format.is_some() {
+                return Err(Issue::at(
+                    "format",
+                    "a zenoh source delivers frames as they arrive (`format` is for GStreamer sources)",
+                ));
+            }
+            return Self::zenoh(zenoh).map_err(|i| i.inside("zenoh")).map(Self::Zenoh);
+        }
+        let (launch, preset) = match (&entry.gstreamer, &entry.preset) {
+            (Some(launch), None) if !launch.trim().is_empty() => (launch.clone(), None),
+            (Some(_), None) => return Err(Issue::at("gstreamer", "empty launch description")),
+            (None, Some(preset)) => {
+                let preset = Self::preset(preset).map_err(|i| i.inside("preset"))?;
+                (preset.launch(), Some(preset))
+            }
+            (Some(_), Some(_)) => return Err(Issue::at("preset", "give either `gstreamer` or `preset`, not both")),
+            (None, None) => return Err(Issue::here("needs `gstreamer` (a launch description), `preset` or `zenoh`")),
+        };
+        let format = match entry.format.unwrap_or_default() {
+            FormatName::Rgb => OutputFormat::Rgb,
+            FormatName::Bgr => OutputFormat::Bgr,
+            FormatName::Gray8 => OutputFormat::Gray8,
+            FormatName::Nv12 => OutputFormat::Nv12,
+            FormatName::Native => OutputFormat::Native,
+        };
+        // RTSP cameras reconnect unless told not to; other sources when told to.
+        let rtsp = matches!(preset, Some(Preset::Rtsp { .. }));
+        let reconnect = reconnect(entry.reconnect.as_ref(), rtsp).map_err(|i| i.inside("reconnect"))?;
+        let v4l2 = match preset {
+            Some(Preset::V4l2 { device, width, height, fps }) => Some(V4l2Request { device, width, height, fps }),
+            _ => None,
+        };
+        Ok(Self::Gstreamer(GstSourceSpec { launch, format, reconnect, v4l2 }))
+    }
+
+    fn preset(entry: &PresetEntry) -> Result<Preset, Issue> {
+        Ok(match entry.clone() {
+            PresetEntry::TestPattern { pattern, width, height, fps, frames, live } => {
+                if width == 0 || height == 0 || fps == 0 {
+                    return Err(Issue::here("width, height and fps must be positive"));
+                }
+                Preset::TestPattern { pattern, width, height, fps, frames, live }
+            }
+            PresetEntry::File { path } => Preset::File { path },
+            PresetEntry::V4l2 { device, width, height, fps } => Preset::V4l2 { device, width, height, fps },
+            PresetEntry::Rtsp { url, latency_ms } => Preset::Rtsp { url, latency_ms },
+        })
+    }
+
+    fn zenoh(e: &ZenohSourceEntry) -> Result<ZenohSourceSpec, Issue> {
+        let key = match (&e.key, &e.topic) {
+            (Some(key), None) => key.clone(),
+            (None, Some(topic)) => {
+                let ty = match e.encoding {
+                    WireFormat::Ros2Image => MsgType::Image,
+                    WireFormat::Ros2CompressedImage => MsgType::CompressedImage,
+                    _ => {
+                        return Err(Issue::at(
+                            "topic",
+                            "`topic` (a ROS 2 topic on rmw_zenoh) needs a ros2/... encoding; give `key` otherwise",
+                        ));
+                    }
+                };
+                ocellus_wire::ros2::rmw_zenoh_key(e.domain, topic, ty, None)
+            }
+            (Some(_), Some(_)) => return Err(Issue::at("topic", "give either `key` or `topic`, not both")),
+            (None, None) => return Err(Issue::here("needs `key` (a zenoh key expression) or `topic` (ROS 2)")),
+        };
+        key_expr("key", &key)?;
+        let idle_timeout = e.idle_timeout.as_deref().map(|t| duration("idle_timeout", t)).transpose()?;
+        if e.frames == Some(0) {
+            return Err(Issue::at("frames", "must be at least 1"));
+        }
+        let intake = match &e.intake {
+            Some(edge) => edge.policy().map_err(|i| i.inside("intake"))?,
+            None => EdgePolicy::Latest,
+        };
+        let session = session_keys!(e).spec()?;
+        Ok(ZenohSourceSpec { session, key, format: e.encoding, intake, frames: e.frames, idle_timeout })
+    }
+
+    /// A factory of the source.
+    pub fn factory(&self) -> SourceFactory {
+        match self.clone() {
+            Self::Gstreamer(spec) => source_factory(move || GstSource::new(spec.clone())),
+            Self::Zenoh(spec) => source_factory(move || ZenohSource::new(spec.clone())),
+            Self::Replay(spec) => source_factory(move || ReplaySource::new(spec.clone())),
+        }
+    }
+
+    /// What `ocellus check` verifies beyond validation, without running: GStreamer builds the
+    /// pipeline (unknown elements, bad properties, unlinkable caps), zenoh reads the
+    /// configuration file.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            Self::Gstreamer(spec) => crate::source::gst::check(spec).map_err(|e| e.to_string()),
+            Self::Zenoh(spec) => spec.session.to_config().map(|_| ()),
+            Self::Replay(_) => Ok(()),
+        }
+    }
+}
+
+// --- Sinks ---------------------------------------------------------------------------------
+
+/// The message types the Rerun sink logs.
+const RERUN_TAKES: [PortType; 6] =
+    [PortType::Frame, PortType::Mask, PortType::Tracks, PortType::Metrics, PortType::Agent, PortType::Inpainted];
+/// The message types the zenoh sink publishes.
+const ZENOH_TAKES: [PortType; 6] = RERUN_TAKES;
+
+/// `[[sink]] kind = "rerun"`: a recording, a live viewer, or a server viewers pull from.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RerunConfig {
+    /// Write an `.rrd` file.
+    pub save: Option<PathBuf>,
+    /// Stream to a viewer (`rerun+http://127.0.0.1:9876/proxy`).
+    pub connect: Option<String>,
+    /// Host a gRPC server (`{ bind = "0.0.0.0", port = 9876 }`).
+    pub serve: Option<ServeConfig>,
+    /// Also log every node's metrics.
+    #[serde(default = "yes")]
+    pub metrics: bool,
+    /// Rerun application id.
+    #[serde(default = "default_app_id")]
+    pub app_id: String,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_app_id() -> String {
+    "ocellus".to_owned()
+}
+
+/// `serve = { bind, port }`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Address to bind.
+    #[serde(default = "default_bind")]
+    pub bind: String,
+    /// Port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+}
+
+fn default_bind() -> String {
+    "0.0.0.0".to_owned()
+}
+fn default_port() -> u16 {
+    9876
+}
+
+/// A configured Rerun sink.
+#[derive(Debug)]
+pub struct RerunNode {
+    /// Where to.
+    pub target: RerunTarget,
+    /// Whether it logs metrics.
+    pub metrics: bool,
+    /// Application id.
+    pub app_id: String,
+}
+
+impl ConfiguredNode for RerunNode {
+    fn ports(&self) -> Ports {
+        sink_ports(&RERUN_TAKES, EdgePolicy::Queue { depth: 64, drop: DropPolicy::Oldest })
+    }
+
+    fn build(&self, _ctx: &mut ocellus_runtime::kind::BuildContext) -> ocellus_runtime::Result<StageFactory> {
+        let recording = SharedRecording::new(self.app_id.clone(), self.target.clone());
+        Ok(stage_factory(move || RerunSink::new(recording.clone())))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn takes_metrics(&self) -> bool {
+        self.metrics
+    }
+}
+
+/// The Rerun sink kind.
+pub struct RerunKind;
+
+impl NodeKind for RerunKind {
+    const NAME: &'static str = "rerun";
+    const DOC: &'static str = "Records to an .rrd file, streams to a viewer, or serves viewers over gRPC";
+    const MODEL: ModelUse = ModelUse::None;
+    type Config = RerunConfig;
+
+    fn configure(_common: &Common, c: RerunConfig, _view: &PipelineView) -> Result<Arc<dyn ConfiguredNode>, Issue> {
+        let target = match (c.save, c.connect, c.serve) {
+            (Some(path), None, None) => RerunTarget::Save(path),
+            (None, Some(url), None) => RerunTarget::Connect(url),
+            (None, None, Some(s)) => RerunTarget::Serve { bind: s.bind, port: s.port },
+            _ => return Err(Issue::here("a rerun sink needs exactly one of `save`, `connect` or `serve`")),
+        };
+        Ok(Arc::new(RerunNode { target, metrics: c.metrics, app_id: c.app_id }))
+    }
+}
+
+/// `[[sink]] kind = "zenoh"`: observations (and frames) on zenoh, or a ROS 2 node.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ZenohSinkConfig {
+    /// `zenoh` (Ocellus's keys), `ros2` (a ROS 2 node on rmw_zenoh) or `ros2dds` (the keys of
+    /// zenoh-bridge-ros2dds).
+    #[serde(default)]
+    pub keys: KeysName,
+    /// First chunks of every key (`keys = "zenoh"`; default `ocellus`).
+    pub prefix: Option<String>,
+    /// `ROS_DOMAIN_ID` (`keys = "ros2"`).
+    pub domain: Option<u32>,
+    /// Topic namespace (ROS 2; default `/ocellus`).
+    pub namespace: Option<String>,
+    /// Node name (`keys = "ros2"`; default `ocellus`).
+    pub node: Option<String>,
+    /// `rihs01` (Iron and later) or `humble`.
+    pub type_hash: Option<TypeHashName>,
+    /// The bridge's namespace (`keys = "ros2dds"`).
+    pub bridge_namespace: Option<String>,
+    /// Publish frames too.
+    #[serde(default)]
+    pub frames: bool,
+    /// zenoh congestion control: `block` or `drop`.
+    #[serde(default)]
+    pub congestion: CongestionName,
+    /// Frames from a shared-memory pool of this many MiB (needs `frames = true`).
+    pub shm_pool_mib: Option<usize>,
+    /// zenoh mode.
+    pub mode: Option<ModeName>,
+    /// Endpoints to connect to.
+    #[serde(default)]
+    pub connect: Vec<String>,
+    /// Endpoints to listen on.
+    #[serde(default)]
+    pub listen: Vec<String>,
+    /// A zenoh configuration file.
+    pub config: Option<PathBuf>,
+    /// Multicast scouting.
+    pub multicast_scouting: Option<bool>,
+    /// Shared memory.
+    pub shared_memory: Option<bool>,
+}
+
+/// `keys = ...`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KeysName {
+    /// Ocellus's keys.
+    #[default]
+    Zenoh,
+    /// rmw_zenoh.
+    Ros2,
+    /// zenoh-bridge-ros2dds.
+    Ros2dds,
+}
+
+/// `type_hash = ...`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TypeHashName {
+    /// RIHS01 (Iron and later).
+    Rihs01,
+    /// Humble's placeholder.
+    Humble,
+}
+
+/// `congestion = ...`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CongestionName {
+    /// Wait for the network.
+    #[default]
+    Block,
+    /// Drop what the network cannot take.
+    Drop,
+}
+
+/// A configured zenoh sink.
+#[derive(Debug)]
+pub struct ZenohSinkNode {
+    /// Its name.
+    pub name: String,
+    /// What it publishes.
+    pub spec: Arc<ZenohSinkSpec>,
+}
+
+impl ConfiguredNode for ZenohSinkNode {
+    fn ports(&self) -> Ports {
+        sink_ports(&ZENOH_TAKES, EdgePolicy::Queue { depth: 16, drop: DropPolicy::Oldest })
+    }
+
+    fn build(&self, _ctx: &mut ocellus_runtime::kind::BuildContext) -> ocellus_runtime::Result<StageFactory> {
+        let (name, spec) = (self.name.clone(), self.spec.clone());
+        Ok(stage_factory(move || ZenohSink::new(&name, spec.clone())))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The zenoh sink kind.
+pub struct ZenohSinkKind;
+
+impl NodeKind for ZenohSinkKind {
+    const NAME: &'static str = "zenoh";
+    const DOC: &'static str = "Publishes observations (and frames) on zenoh, or as a ROS 2 node on rmw_zenoh";
+    const MODEL: ModelUse = ModelUse::None;
+    type Config = ZenohSinkConfig;
+
+    fn configure(common: &Common, e: ZenohSinkConfig, _view: &PipelineView) -> Result<Arc<dyn ConfiguredNode>, Issue> {
+        let misplaced: &[(&str, bool)] = match e.keys {
+            KeysName::Zenoh => &[
+                ("domain", e.domain.is_some()),
+                ("namespace", e.namespace.is_some()),
+                ("node", e.node.is_some()),
+                ("type_hash", e.type_hash.is_some()),
+                ("bridge_namespace", e.bridge_namespace.is_some()),
+            ],
+            KeysName::Ros2 => &[("prefix", e.prefix.is_some()), ("bridge_namespace", e.bridge_namespace.is_some())],
+            KeysName::Ros2dds => &[
+                ("prefix", e.prefix.is_some()),
+                ("domain", e.domain.is_some()),
+                ("node", e.node.is_some()),
+                ("type_hash", e.type_hash.is_some()),
+            ],
+        };
+        if let Some((key, _)) = misplaced.iter().find(|(_, given)| *given) {
+            let keys = match e.keys {
+                KeysName::Zenoh => "zenoh",
+                KeysName::Ros2 => "ros2",
+                KeysName::Ros2dds => "ros2dds",
+            };
+            return Err(Issue::at(key, format!("`{key}` does not apply to keys = {keys:?}")));
+        }
+        let namespace = e.namespace.clone().unwrap_or_else(|| "/ocellus".to_owned());
+        let keys = match e.keys {
+            KeysName::Zenoh => KeyStyle::Zenoh { prefix: e.prefix.clone().unwrap_or_else(|| "ocellus".to_owned()) },
+            KeysName::Ros2 => KeyStyle::Ros2 {
+                domain: e.domain.unwrap_or(0),
+                namespace,
+                node: e.node.clone().unwrap_or_else(|| "ocellus".to_owned()),
+                hashes: match e.type_hash {
+                    Some(TypeHashName::Humble) => TypeHashes::NotSupported,
+                    Some(TypeHashName::Rihs01) | None => TypeHashes::Rihs01,
+                },
+            },
+            KeysName::Ros2dds => KeyStyle::Ros2Dds { bridge_namespace: e.bridge_namespace.clone(), namespace },
+        };
+        // Every key this sink may write must be a valid key expression.
+        let probe = crate::sink::zenoh::key_of(&keys, "camera/tracks", MsgType::String);
+        key_expr(if e.keys == KeysName::Zenoh { "prefix" } else { "namespace" }, &probe)?;
+        if e.shm_pool_mib == Some(0) {
+            return Err(Issue::at("shm_pool_mib", "must be at least 1 (leave it out for no pool)"));
+        }
+        if e.shm_pool_mib.is_some() && !e.frames {
+            return Err(Issue::at("shm_pool_mib", "the shared-memory pool is for frames: set `frames = true`"));
+        }
+        let session = session_keys!(e).spec()?;
+        let spec = ZenohSinkSpec {
+            session,
+            keys,
+            frames: e.frames,
+            block_on_congestion: e.congestion == CongestionName::Block,
+            shm_pool_bytes: e.shm_pool_mib.map(|m| m << 20),
+        };
+        Ok(Arc::new(ZenohSinkNode { name: common.name.clone(), spec: Arc::new(spec) }))
+    }
+}
+
+/// `[[sink]] kind = "null"`: counts and drops (benchmarks).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NullConfig {}
+
+/// A configured null sink.
+#[derive(Debug)]
+pub struct NullNode;
+
+impl ConfiguredNode for NullNode {
+    fn ports(&self) -> Ports {
+        sink_ports(&ocellus_runtime::pipeline::ALL_TYPES, EdgePolicy::Latest)
+    }
+
+    fn build(&self, _ctx: &mut ocellus_runtime::kind::BuildContext) -> ocellus_runtime::Result<StageFactory> {
+        Ok(stage_factory(|| NullSink))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The null sink kind.
+pub struct NullKind;
+
+impl NodeKind for NullKind {
+    const NAME: &'static str = "null";
+    const DOC: &'static str = "Counts and drops everything (benchmarks)";
+    const MODEL: ModelUse = ModelUse::None;
+    type Config = NullConfig;
+
+    fn configure(_common: &Common, _c: NullConfig, _view: &PipelineView) -> Result<Arc<dyn ConfiguredNode>, Issue> {
+        Ok(Arc::new(NullNode))
+    }
+}

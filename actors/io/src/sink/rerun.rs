@@ -1,0 +1,314 @@
+//! The Rerun sink: records to `.rrd`, streams to a viewer, or serves over gRPC.
+//!
+//! The entity paths and timelines are those of [`crate::recording`]. Rerun's time cursor is
+//! per thread: the sink runs on its own stage thread and sets time right before each log. The
+//! recording opens when the sink first starts and is kept across restarts (a restarted sink
+//! goes on writing to the same file).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use ocellus_runtime::message::{AgentEvent, AgentOutput, MetricsReport, Outcome};
+use ocellus_runtime::node::{Context, Input, Stage};
+use ocellus_runtime::{Frame, FrameMeta, Mask, MaskKind, Packet, RuntimeError, Tracks};
+use ocellus_wire::PixelFormat;
+use rerun::datatypes::{ChannelDatatype, ColorModel, ImageFormat};
+use rerun::{
+    AnnotationContext, Boxes2D, Image, RecordingStream, RecordingStreamBuilder, Rgba32, Scalars, SegmentationImage,
+    TimeCell,
+};
+use tracing::trace_span;
+
+use crate::recording::{TIMELINE_CAPTURE, TIMELINE_FRAME, camera_timeline, path};
+use crate::{IoError, Result};
+
+/// Class ids of motion masks.
+const MOTION_CLASSES: [(u16, &str, [u8; 3]); 2] = [(0, "static", [0, 0, 0]), (1, "moving", [255, 64, 32])];
+
+/// Where the recording goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RerunTarget {
+    /// Write an `.rrd` file.
+    Save(PathBuf),
+    /// Stream to a viewer, e.g. `rerun+http://127.0.0.1:9876/proxy`.
+    Connect(String),
+    /// Host a gRPC server viewers connect to.
+    Serve {
+        /// Address to bind.
+        bind: String,
+        /// Port to bind.
+        port: u16,
+    },
+}
+
+/// Opens a recording stream for `target`.
+pub fn open_recording(app_id: &str, target: &RerunTarget) -> Result<RecordingStream> {
+    let app_id =
+        rerun::ApplicationId::try_new(app_id).map_err(|e| IoError::Rerun(format!("application id {app_id:?}: {e}")))?;
+    let builder = RecordingStreamBuilder::new(app_id);
+    let rec = match target {
+        RerunTarget::Save(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| IoError::Rerun(format!("creating {}: {e}", dir.display())))?;
+            }
+            builder.save(path)
+        }
+        RerunTarget::Connect(url) => builder.connect_grpc_opts(url.clone()),
+        RerunTarget::Serve { bind, port } => builder.serve_grpc_opts(bind, *port, rerun::ServerOptions::default()),
+    };
+    rec.map_err(|e| IoError::Rerun(e.to_string()))
+}
+
+/// One recording for a whole run, opened by the first sink start (never while a
+/// configuration is read) and shared by every later incarnation of the sink.
+#[derive(Debug)]
+pub struct SharedRecording {
+    app_id: String,
+    target: RerunTarget,
+    stream: OnceLock<RecordingStream>,
+}
+
+impl SharedRecording {
+    /// A recording of `app_id` to `target`, not opened yet.
+    pub fn new(app_id: impl Into<String>, target: RerunTarget) -> Arc<Self> {
+        Arc::new(Self { app_id: app_id.into(), target, stream: OnceLock::new() })
+    }
+
+    /// The stream, opened on first use.
+    pub fn stream(&self) -> Result<RecordingStream> {
+        if let Some(rec) = self.stream.get() {
+            return Ok(rec.clone());
+        }
+        let rec = open_recording(&self.app_id, &self.target)?;
+        Ok(self.stream.get_or_init(|| rec).clone())
+    }
+}
+
+/// Logs frames, masks, tracks, agent events and metrics to one recording.
+pub struct RerunSink {
+    recording: Arc<SharedRecording>,
+    rec: RecordingStream,
+    annotated: HashSet<Arc<str>>,
+    /// Track ids already in each camera's track annotation context.
+    track_ids: std::collections::HashMap<Arc<str>, std::collections::BTreeSet<u32>>,
+}
+
+/// A distinct colour per track id (golden-angle hues).
+fn track_color(id: u32) -> Rgba32 {
+    let hue = (f64::from(id) * 137.508) % 360.0;
+    let (s, v) = (0.75, 0.95);
+    let c = v * s;
+    let x = c * (1.0 - ((hue / 60.0) % 2.0 - 1.0).abs());
+    let (r, g, b) = match (hue / 60.0) as u32 {
+        0 => (c, x, 0.0),
+        1 => (x, c, 0.0),
+        2 => (0.0, c, x),
+        3 => (0.0, x, c),
+        4 => (x, 0.0, c),
+        _ => (c, 0.0, x),
+    };
+    let m = v - c;
+    let to8 = |f: f64| ((f + m) * 255.0).round() as u8;
+    Rgba32::from_rgb(to8(r), to8(g), to8(b))
+}
+
+impl RerunSink {
+    /// A sink logging to `recording` (opened when the sink starts; restarts keep it).
+    pub fn new(recording: Arc<SharedRecording>) -> Self {
+        Self {
+            recording,
+            rec: RecordingStream::disabled(),
+            annotated: HashSet::new(),
+            track_ids: std::collections::HashMap::new(),
+        }
+    }
+
+    /// `agent/caption` (a markdown document: the caption, then each phrase with its track
+    /// ids), `agent/decisions` and `agent/alerts` (text logs).
+    fn log_agent(&self, a: &AgentEvent) -> Result<()> {
+        let err = |e: rerun::RecordingStreamError| IoError::Rerun(e.to_string());
+        self.set_frame_time(a.meta.seq, a.meta.capture_ns);
+        match &a.output {
+            AgentOutput::Caption(c) => {
+                let mut md = format!("{}\n\n", c.text());
+                for p in &c.phrases {
+                    md.push_str(&format!("- {} — tracks {:?}\n", p.text, p.tracks));
+                }
+                md.push_str(&format!("\n_re-aligned from {:?} by {} in {:.2} s_", c.base, c.model, c.latency_s));
+                let doc = rerun::TextDocument::from_markdown(md);
+                self.rec.log(path::caption_of(&c.camera), &doc).map_err(err)?;
+                self.rec.log(path::CAPTION, &rerun::TextDocument::new(c.text())).map_err(err)
+            }
+            AgentOutput::Decision(d) => {
+                let (level, body) = match &d.outcome {
+                    Outcome::Executed(detail) => {
+                        (rerun::TextLogLevel::INFO, format!("{}({}) → {detail}", d.tool, d.arguments))
+                    }
+                    Outcome::Refused(reason) => {
+                        (rerun::TextLogLevel::WARN, format!("{}({}) refused: {reason}", d.tool, d.arguments))
+                    }
+                };
+                self.rec.log(path::DECISIONS, &rerun::TextLog::new(body).with_level(level)).map_err(err)
+            }
+            AgentOutput::Alert(al) => {
+                let level = match al.level {
+                    1 => rerun::TextLogLevel::INFO,
+                    2 => rerun::TextLogLevel::WARN,
+                    _ => rerun::TextLogLevel::ERROR,
+                };
+                let text = format!("[{}] {}", al.source, al.text);
+                self.rec.log(path::ALERTS, &rerun::TextLog::new(text).with_level(level)).map_err(err)
+            }
+            AgentOutput::Publish { topic, text } => {
+                self.rec.log(path::published(topic), &rerun::TextLog::new(text.as_str())).map_err(err)
+            }
+            AgentOutput::Received(message) => {
+                // `<camera> <json>`: what a replay hands the agent again on the same frame.
+                let json = serde_json::to_string(message).map_err(|e| IoError::Rerun(e.to_string()))?;
+                let entry = format!("{} {json}", a.meta.camera);
+                self.rec.log(path::INBOX, &rerun::TextLog::new(entry)).map_err(err)
+            }
+        }
+    }
+
+    /// Sets the time cursor to one camera's frame (and only it: the cursor is per thread and
+    /// keeps every timeline set before).
+    fn set_camera_time(&self, meta: &FrameMeta) {
+        self.set_frame_time(meta.seq, meta.capture_ns);
+        // Camera names are never empty (the configuration checks them).
+        if let Ok(timeline) = rerun::TimelineName::try_new(camera_timeline(&meta.camera)) {
+            self.rec.set_time_sequence(timeline, i64::try_from(meta.seq).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn set_frame_time(&self, seq: u64, capture_ns: i64) {
+        self.rec.reset_time();
+        self.rec.set_time_sequence(TIMELINE_FRAME, i64::try_from(seq).unwrap_or(i64::MAX));
+        self.rec.set_time(TIMELINE_CAPTURE, TimeCell::from_timestamp_nanos_since_epoch(capture_ns));
+    }
+
+    /// `frame` at `entity`.
+    fn log_image(&self, frame: &Frame, entity: String) -> Result<()> {
+        let l = &frame.layout;
+        let packed = l.pack(&frame.pixels).map_err(|e| IoError::BadInput(e.to_string()))?;
+        let resolution = [l.width as u32, l.height as u32];
+        let image = match l.format {
+            PixelFormat::Rgb => Image::from_rgb24(packed, resolution),
+            PixelFormat::Bgr => {
+                Image::from_color_model_and_bytes(packed, resolution, ColorModel::BGR, ChannelDatatype::U8)
+            }
+            PixelFormat::Gray8 => Image::from_l8(packed, resolution),
+            PixelFormat::Nv12 => Image::from_pixel_format(resolution, rerun::PixelFormat::NV12, packed),
+        };
+        self.set_camera_time(&frame.meta);
+        self.rec.log(entity, &image).map_err(|e| IoError::Rerun(e.to_string()))
+    }
+
+    fn log_mask(&mut self, mask: &Mask) -> Result<()> {
+        let (entity, classes) = match mask.kind {
+            MaskKind::Motion => (path::motion(&mask.meta.camera), MOTION_CLASSES),
+        };
+        if self.annotated.insert(mask.meta.camera.clone()) {
+            let context =
+                AnnotationContext::new(classes.map(|(id, label, [r, g, b])| (id, label, Rgba32::from_rgb(r, g, b))));
+            self.rec.log_static(entity.as_str(), &context).map_err(|e| IoError::Rerun(e.to_string()))?;
+        }
+        let expected = mask.width as usize * mask.height as usize;
+        if mask.data.len() != expected {
+            return Err(IoError::BadInput(format!(
+                "mask of {} bytes for {}x{}",
+                mask.data.len(),
+                mask.width,
+                mask.height
+            )));
+        }
+        let format = ImageFormat::segmentation([mask.width, mask.height], ChannelDatatype::U8);
+        let image = SegmentationImage::new(mask.data.to_vec(), format);
+        self.set_camera_time(&mask.meta);
+        self.rec.log(entity, &image).map_err(|e| IoError::Rerun(e.to_string()))
+    }
+
+    fn log_tracks(&mut self, t: &Tracks) -> Result<()> {
+        let entity = path::tracks(&t.meta.camera);
+        let known = self.track_ids.entry(t.meta.camera.clone()).or_default();
+        if t.tracks.iter().any(|tr| !known.contains(&tr.id)) {
+            known.extend(t.tracks.iter().map(|tr| tr.id));
+            let classes: Vec<(u16, String, Rgba32)> =
+                known.iter().map(|&id| (id as u16, format!("track {id}"), track_color(id))).collect();
+            let context = AnnotationContext::new(classes.iter().map(|(id, label, c)| (*id, label.as_str(), *c)));
+            self.rec.log_static(entity.as_str(), &context).map_err(|e| IoError::Rerun(e.to_string()))?;
+        }
+        let expected = 2 * t.width as usize * t.height as usize;
+        if t.labels.len() != expected {
+            return Err(IoError::BadInput(format!(
+                "track labels of {} bytes for {}x{}",
+                t.labels.len(),
+                t.width,
+                t.height
+            )));
+        }
+        let format = ImageFormat::segmentation([t.width, t.height], ChannelDatatype::U16);
+        self.set_camera_time(&t.meta);
+        self.rec
+            .log(entity.as_str(), &SegmentationImage::new(t.labels.to_vec(), format))
+            .map_err(|e| IoError::Rerun(e.to_string()))?;
+        let visible: Vec<_> = t.tracks.iter().filter_map(|tr| tr.bbox.map(|b| (tr, b))).collect();
+        let boxes = Boxes2D::from_mins_and_sizes(
+            visible.iter().map(|(_, b)| (b.x0 as f32, b.y0 as f32)),
+            visible.iter().map(|(_, b)| ((b.x1 - b.x0) as f32, (b.y1 - b.y0) as f32)),
+        )
+        .with_class_ids(visible.iter().map(|(tr, _)| tr.id as u16))
+        .with_labels(visible.iter().map(|(tr, _)| match &tr.label {
+            Some(l) => format!("{} {:.2} (track {})", l.name, l.score, tr.id),
+            None => format!("track {} ({:.2})", tr.id, tr.score),
+        }));
+        self.rec.log(path::boxes(&t.meta.camera), &boxes).map_err(|e| IoError::Rerun(e.to_string()))
+    }
+
+    fn log_metrics(&self, report: &MetricsReport) -> Result<()> {
+        let s = &report.snapshot;
+        self.rec.reset_time();
+        self.rec.set_time(TIMELINE_CAPTURE, TimeCell::from_timestamp_nanos_since_epoch(report.at_ns));
+        for (name, value) in [
+            ("fps", s.fps),
+            ("latency_ms", s.latency_p50_ms),
+            ("latency_p99_ms", s.latency_p99_ms),
+            ("dropped", s.input.dropped as f64),
+        ] {
+            self.rec
+                .log(path::metric(&report.stage, name), &Scalars::single(value))
+                .map_err(|e| IoError::Rerun(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Stage for RerunSink {
+    fn start(&mut self, _ctx: &mut Context) -> ocellus_runtime::Result<()> {
+        self.rec = self.recording.stream()?;
+        Ok(())
+    }
+
+    fn process(&mut self, input: Input, ctx: &mut Context) -> ocellus_runtime::Result<()> {
+        let _span = trace_span!("rerun_log").entered();
+        let packet = input.packet;
+        match &packet {
+            Packet::Frame(f) => self.log_image(f, path::image(&f.meta.camera))?,
+            Packet::Mask(m) => self.log_mask(m)?,
+            Packet::Metrics(r) => self.log_metrics(r)?,
+            Packet::Tracks(t) => self.log_tracks(t)?,
+            Packet::Agent(a) => self.log_agent(a)?,
+            Packet::Inpainted(i) => self.log_image(&i.frame, path::inpainted(&i.frame.meta.camera))?,
+            Packet::Features(_) => {
+                return Err(RuntimeError::BadInput("feature maps are not logged (wire them to a model)".into()));
+            }
+        }
+        ctx.record_consumed(packet.meta().map(|m| m.capture_ns));
+        Ok(())
+    }
+
+    fn stop(&mut self, _ctx: &mut Context) -> ocellus_runtime::Result<()> {
+        self.rec.flush_blocking().map_err(|e| IoError::Rerun(e.to_string()).into())
+    }
+}

@@ -1,0 +1,72 @@
+//! # ocellus-model-actors
+//!
+//! The actors that run vision models, each a node kind that owns its configuration (its keys,
+//! their defaults and validation), declares its typed ports and builds its stage:
+//!
+//! | kind | inputs | outputs | model |
+//! |---|---|---|---|
+//! | [`motion`] | `frames` | `masks` | frame differencing |
+//! | [`backbone`] | `frames` | `features` | Hiera, SAM 2 image encoder |
+//! | [`tracker`] (`sam2`) | `frames` | `tracks` | SAM 2 streaming tracker |
+//! | [`labeler`] | `frames` ⋈ `tracks` | `tracks` | MetaCLIP zero-shot |
+//! | [`inpainter`] | `frames` ⋈ `tracks` | `inpainted` | DiffMAE, or blur |
+//!
+//! (⋈: joined by camera and frame number.) Models are loaded through
+//! [`ocellus_perception::model::ModelSpec`] when the stage starts on its own thread.
+#![warn(missing_docs)]
+
+pub mod backbone;
+pub mod inpainter;
+pub mod labeler;
+pub mod motion;
+pub mod tracker;
+
+use ocellus_perception::model::{Model, ModelSpec, WeightsSource};
+use ocellus_runtime::kind::{Common, ErasedKind, Issue, WeightsKeys, kind};
+use ocellus_runtime::{RuntimeError, message::FrameMeta};
+
+/// The node kinds of this crate.
+pub fn kinds() -> Vec<&'static dyn ErasedKind> {
+    vec![
+        kind::<motion::MotionKind>(),
+        kind::<backbone::BackboneKind>(),
+        kind::<tracker::TrackerKind>(),
+        kind::<labeler::LabelerKind>(),
+        kind::<inpainter::InpainterKind>(),
+    ]
+}
+
+/// The model of an entry's model keys, checked to be one of family `M`.
+pub fn model_spec<M: Model>(common: &Common) -> Result<ModelSpec, Issue> {
+    let name = common.model_name()?;
+    if !M::names().contains(&name) {
+        return Err(Issue::at(
+            "model",
+            format!("unknown model {name:?} (known {} models: {})", M::FAMILY, M::names().join(", ")),
+        ));
+    }
+    Ok(ModelSpec {
+        name: name.to_owned(),
+        weights: weights_source(common.weights()?),
+        device: common.device,
+        dtype: common.dtype,
+    })
+}
+
+/// The weights a configuration names.
+pub fn weights_source(keys: &WeightsKeys) -> WeightsSource {
+    match keys {
+        WeightsKeys::File(path) => WeightsSource::File(path.clone()),
+        WeightsKeys::Random { seed } => WeightsSource::Random { seed: *seed },
+    }
+}
+
+/// A model error while loading or running: the stage restarts.
+pub fn failed(e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Failed(e.to_string())
+}
+
+/// A frame that cannot be used: counted and skipped.
+pub fn bad_frame(meta: &FrameMeta, e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::BadInput(format!("{} frame {}: {e}", meta.camera, meta.seq))
+}

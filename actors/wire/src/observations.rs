@@ -1,0 +1,181 @@
+//! Observations as JSON (one object per message, `"type"` first), and as ROS 2
+//! `std_msgs/String` where no standard ROS 2 type fits (the same JSON, or a caption's text).
+//!
+//! ```json
+//! {"type":"tracks","camera":"front","seq":12,"capture_ns":1700000000000000000,"width":640,"height":480,
+//!  "tracks":[{"id":1,"bbox":[10,20,110,220],"score":0.97,"occluded":false,"area":12000}]}
+//! {"type":"motion","camera":"front","seq":12,"capture_ns":...,"width":640,"height":480,"coverage":0.02}
+//! {"type":"metrics","stage":"tracker","at_ns":...,"fps":29.8,"latency_p50_ms":31.2,...}
+//! {"type":"caption","camera":"front","seq":12,"capture_ns":...,"text":"a person walks in"}
+//! ```
+
+use serde::Serialize;
+
+use crate::{CodecError, CodecResult};
+
+/// The frame an observation is about.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FrameRef<'a> {
+    /// Camera.
+    pub camera: &'a str,
+    /// Sequence number.
+    pub seq: u64,
+    /// Capture time, ns since the epoch.
+    pub capture_ns: i64,
+}
+
+/// One track in JSON.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TrackJson {
+    /// Track id.
+    pub id: u32,
+    /// `[x0, y0, x1, y1]` in pixels, absent when not visible.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bbox: Option<[u32; 4]>,
+    /// Presence probability.
+    pub score: f32,
+    /// Not visible on this frame.
+    pub occluded: bool,
+    /// Mask area, pixels.
+    pub area: u64,
+    /// Label from a labeler (MetaCLIP), when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// The label's probability.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_score: Option<f32>,
+}
+
+/// What kind of text an observation carries.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TextKind {
+    /// A description of what a camera sees.
+    Caption,
+    /// A decision taken.
+    Decision,
+    /// Something that needs attention.
+    Alert,
+}
+
+/// Every observation Ocellus publishes.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Observation<'a> {
+    /// Tracked objects of a frame.
+    Tracks {
+        /// The frame.
+        #[serde(flatten)]
+        frame: FrameRef<'a>,
+        /// Frame width.
+        width: u32,
+        /// Frame height.
+        height: u32,
+        /// The tracks.
+        tracks: Vec<TrackJson>,
+    },
+    /// Motion on a frame.
+    Motion {
+        /// The frame.
+        #[serde(flatten)]
+        frame: FrameRef<'a>,
+        /// Frame width.
+        width: u32,
+        /// Frame height.
+        height: u32,
+        /// Fraction of the frame that moved.
+        coverage: f64,
+    },
+    /// A stage's figures.
+    Metrics {
+        /// The stage.
+        stage: &'a str,
+        /// When (ns since the epoch).
+        at_ns: i64,
+        /// Outputs per second.
+        fps: f64,
+        /// Median latency, ms.
+        latency_p50_ms: f64,
+        /// 99th percentile latency, ms.
+        latency_p99_ms: f64,
+        /// Outputs.
+        emitted: u64,
+        /// Inputs dropped by its edge.
+        dropped: u64,
+        /// Malformed inputs skipped.
+        skipped: u64,
+        /// Restarts.
+        restarts: u64,
+    },
+    /// A caption, decision or alert.
+    #[serde(untagged)]
+    Text {
+        /// Which.
+        #[serde(rename = "type")]
+        kind: TextKind,
+        /// The frame it is about, if any.
+        #[serde(flatten, skip_serializing_if = "Option::is_none")]
+        frame: Option<FrameRef<'a>>,
+        /// The text.
+        text: &'a str,
+    },
+}
+
+impl<'a> Observation<'a> {
+    /// The topic suffix this observation goes to (`tracks`, `motion`, `metrics`, `captions`, ...).
+    pub fn topic(&self) -> &'static str {
+        match self {
+            Self::Tracks { .. } => "tracks",
+            Self::Motion { .. } => "motion",
+            Self::Metrics { .. } => "metrics",
+            Self::Text { kind: TextKind::Caption, .. } => "captions",
+            Self::Text { kind: TextKind::Decision, .. } => "decisions",
+            Self::Text { kind: TextKind::Alert, .. } => "alerts",
+        }
+    }
+
+    /// The JSON text.
+    pub fn to_json(&self) -> CodecResult<Vec<u8>> {
+        serde_json::to_vec(self).map_err(|e| CodecError::Encode(e.to_string()))
+    }
+
+    /// A ROS 2 `std_msgs/String`: a caption's (decision's, alert's) text as is, anything
+    /// else as its JSON.
+    pub fn to_ros_string(&self) -> CodecResult<Vec<u8>> {
+        match self {
+            Self::Text { text, .. } => crate::ros2::encode_string(text),
+            other => {
+                let json = serde_json::to_string(other).map_err(|e| CodecError::Encode(e.to_string()))?;
+                crate::ros2::encode_string(&json)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_shapes() {
+        let frame = FrameRef { camera: "front", seq: 3, capture_ns: 9 };
+        let caption = Observation::Text { kind: TextKind::Caption, frame: Some(frame.clone()), text: "a cat" };
+        let json: serde_json::Value = serde_json::from_slice(&caption.to_json().expect("json")).expect("parse");
+        assert_eq!(
+            json,
+            serde_json::json!({"type": "caption", "camera": "front", "seq": 3, "capture_ns": 9, "text": "a cat"})
+        );
+        assert_eq!(caption.topic(), "captions");
+        let alert = Observation::Text { kind: TextKind::Alert, frame: None, text: "smoke" };
+        let json: serde_json::Value = serde_json::from_slice(&alert.to_json().expect("json")).expect("parse");
+        assert_eq!(json, serde_json::json!({"type": "alert", "text": "smoke"}));
+        let motion = Observation::Motion { frame, width: 2, height: 1, coverage: 0.5 };
+        let json: serde_json::Value = serde_json::from_slice(&motion.to_json().expect("json")).expect("parse");
+        assert_eq!(json["type"], "motion");
+        assert_eq!(json["coverage"], 0.5);
+        let ros = caption.to_ros_string().expect("cdr");
+        assert_eq!(&ros[..4], &crate::ros2::CDR_LE);
+        assert_eq!(&ros[4..8], &6u32.to_le_bytes());
+        assert_eq!(&ros[8..], b"a cat\0");
+    }
+}

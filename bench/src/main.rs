@@ -1,0 +1,340 @@
+//! `ocellus-bench`: Ocellus side by side with the official Python code on this machine (same
+//! threads, weights and inputs; ratios reported), and the runtime and transport alone. The
+//! reference sides run in the bootstrap venv (`scripts/bootstrap`).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use ocellus_runtime::{DropPolicy, EdgePolicy};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "ocellus-bench", version, about = "Benchmarks of Ocellus against the official references")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// What to measure.
+#[derive(Subcommand)]
+enum Command {
+    /// Zero-shot CLIP labels/s for 1 and 16 track crops against open_clip (same threads).
+    Clip(ocellus_bench::clip::ClipBenchArgs),
+    /// Preprocessing per camera frame: each model's exact official path against the fast path.
+    Preprocess(ocellus_bench::preprocess::PreprocessBenchArgs),
+    /// SAM 2 tracking per frame against the official video predictor, and the RSS of a long
+    /// stream.
+    Tracker {
+        /// SAM 2 model.
+        #[arg(long, default_value = "sam2.1_hiera_tiny")]
+        model: String,
+        /// Object counts to time.
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+        objects: Vec<usize>,
+        /// Frames per timing (the first, prompted, is not timed; 0: no timing).
+        #[arg(long, default_value_t = 6)]
+        frames: usize,
+        /// Intra-op threads for both.
+        #[arg(long, default_value_t = 2)]
+        threads: i32,
+        /// Stream this many frames afterwards and report the RSS (0: skip).
+        #[arg(long, default_value_t = 0)]
+        stream_frames: u64,
+        /// Objects tracked on that stream.
+        #[arg(long, default_value_t = 1)]
+        stream_objects: usize,
+        /// Input side of that stream's model (1024 as released; smaller sides run faster on a
+        /// CPU and keep the same memory bank).
+        #[arg(long, default_value_t = 1024)]
+        stream_image_size: i64,
+    },
+    /// Llama 3 prompt and decode tokens/s against transformers (same shape and threads), and
+    /// decode as a fraction of the memory-bandwidth bound.
+    Llm {
+        /// Model shape (random weights).
+        #[arg(long, default_value = "llama-3.2-1b")]
+        model: String,
+        /// Intra-op threads for both.
+        #[arg(long, default_value_t = 2)]
+        threads: i32,
+        /// Prompt length.
+        #[arg(long, default_value_t = 128)]
+        prompt_tokens: usize,
+        /// Tokens to decode.
+        #[arg(long, default_value_t = 32)]
+        decode_tokens: usize,
+        /// Timed runs (after one warm-up); medians are reported.
+        #[arg(long, default_value_t = 2)]
+        runs: usize,
+        /// Weights and activations in bf16 on both sides (fp32 by default).
+        #[arg(long)]
+        bf16: bool,
+    },
+    /// Backbone forward time against the official Python forward (same threads, weights).
+    Models {
+        /// Models to time.
+        #[arg(long, value_delimiter = ',', default_value = "hiera_tiny_224,hiera_base_plus_224,sam2.1_hiera_tiny")]
+        models: Vec<String>,
+        /// Intra-op threads for both.
+        #[arg(long, default_value_t = 2)]
+        threads: i32,
+        /// Timed runs per model (after 2 warm-ups).
+        #[arg(long, default_value_t = 10)]
+        iters: usize,
+    },
+    /// 1080p RGB frames between two local processes over zenoh, with and without shared memory.
+    Zenoh {
+        /// Frames per throughput case.
+        #[arg(long, default_value_t = 300)]
+        frames: u64,
+        /// Frame width.
+        #[arg(long, default_value_t = 1920)]
+        width: usize,
+        /// Frame height.
+        #[arg(long, default_value_t = 1080)]
+        height: usize,
+        /// Publisher rate for the latency cases (frames/s).
+        #[arg(long, default_value_t = 30.0)]
+        paced_fps: f64,
+        /// Frames per latency case.
+        #[arg(long, default_value_t = 150)]
+        paced_frames: u64,
+        /// (child process) Publish to this endpoint instead.
+        #[arg(long, hide = true)]
+        publish: Option<String>,
+        /// (child process) Publisher rate.
+        #[arg(long, hide = true)]
+        fps: Option<f64>,
+        /// (child process) Publish from shared memory.
+        #[arg(long, hide = true)]
+        shm: bool,
+    },
+    /// The runtime alone: synthetic source → no-op actor → null sink.
+    Runtime {
+        /// Frames per case.
+        #[arg(long, default_value_t = 3000)]
+        frames: u64,
+        /// Edge policy (`block` measures throughput, `latest` the freshest-frame path).
+        #[arg(long, value_enum, default_value_t = BenchEdge::Block)]
+        edge: BenchEdge,
+        /// Source rate for the latency cases (frames/s).
+        #[arg(long, default_value_t = 30.0)]
+        paced_fps: f64,
+        /// Frames per latency (paced) case.
+        #[arg(long, default_value_t = 300)]
+        paced_frames: u64,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BenchEdge {
+    Latest,
+    Queue,
+    Block,
+}
+
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+fn bench_llm(model: &str, threads: i32, prompt: usize, decode: usize, runs: usize, bf16: bool) -> anyhow::Result<()> {
+    let dtype = if bf16 { "bf16" } else { "fp32" };
+    println!(
+        "{model}, {dtype} CPU, {threads} threads, prompt {prompt} tokens, decode {decode} tokens (medians of {runs})"
+    );
+    let r = ocellus_bench::llm::run(model, threads, prompt, decode, runs, bf16)?;
+    println!("| | Ocellus | transformers | ratio |\n|---|---|---|---|");
+    println!(
+        "| prompt tokens/s | {:.1} | {:.1} | {:.2}x |",
+        r.prompt_tps,
+        r.reference_prompt_tps,
+        r.prompt_tps / r.reference_prompt_tps
+    );
+    println!(
+        "| decode tokens/s | {:.2} | {:.2} | {:.2}x |",
+        r.decode_tps,
+        r.reference_decode_tps,
+        r.decode_tps / r.reference_decode_tps
+    );
+    println!(
+        "copy bandwidth {:.1} GB/s, {:.2} GB of weights per token: bound {:.2} tokens/s; Ocellus decode at {:.0}% of it",
+        r.bandwidth_gbs,
+        r.weight_bytes / 1e9,
+        r.bound_tps(),
+        100.0 * r.decode_tps / r.bound_tps()
+    );
+    Ok(())
+}
+
+fn bench_runtime(frames: u64, edge: BenchEdge, paced_fps: f64, paced_frames: u64) -> anyhow::Result<()> {
+    let policy = match edge {
+        BenchEdge::Latest => EdgePolicy::Latest,
+        BenchEdge::Queue => EdgePolicy::Queue { depth: 8, drop: DropPolicy::Oldest },
+        BenchEdge::Block => EdgePolicy::Block { depth: 8 },
+    };
+    println!(
+        "{:<11} {:>10} {:>9} {:>12} {:>8} {:>9} {:>9}",
+        "resolution", "source", "edge", "frames/s", "dropped", "p50 ms", "p99 ms"
+    );
+    for (width, height) in [(640, 480), (1920, 1080)] {
+        for fps in [None, Some(paced_fps)] {
+            let frames = if fps.is_some() { paced_frames } else { frames };
+            let r = ocellus_bench::run(ocellus_bench::RuntimeBench { width, height, frames, fps, edge: policy })?;
+            let source = fps.map_or_else(|| "unpaced".to_owned(), |f| format!("{f} fps"));
+            println!(
+                "{:<11} {:>10} {:>9} {:>12.0} {:>8} {:>9.3} {:>9.3}",
+                format!("{width}x{height}"),
+                source,
+                format!("{policy}").split('(').next().unwrap_or("?"),
+                r.fps,
+                r.dropped,
+                r.latency_p50_ms,
+                r.latency_p99_ms
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What `bench tracker` streams after timing, to report the RSS.
+struct StreamBench {
+    frames: u64,
+    objects: usize,
+    image_size: i64,
+}
+
+fn bench_tracker(
+    model: &str,
+    objects: &[usize],
+    frames: usize,
+    threads: i32,
+    stream: &StreamBench,
+) -> anyhow::Result<()> {
+    let scratch = std::env::temp_dir().join(format!("ocellus-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let objects = if frames == 0 { &[][..] } else { objects };
+    if !objects.is_empty() {
+        println!("{:<20} {:>8} {:>12} {:>14} {:>7}", "model", "objects", "ocellus ms", "reference ms", "ratio");
+    }
+    for &n in objects {
+        let r = ocellus_bench::tracker(model, n, frames, threads, &scratch)?;
+        println!(
+            "{:<20} {:>8} {:>12.1} {:>14.1} {:>7.3}",
+            model,
+            r.objects,
+            r.ocellus_ms,
+            r.reference_ms,
+            r.ocellus_ms / r.reference_ms
+        );
+    }
+    std::fs::remove_dir_all(&scratch).ok();
+    if stream.frames > 0 {
+        let marks: Vec<u64> = [1, 10, 100, 200, 500, 1000, 1500, 2000, stream.frames]
+            .into_iter()
+            .filter(|&m| m <= stream.frames)
+            .collect();
+        println!("stream: {} object(s) at {} pixels", stream.objects, stream.image_size);
+        for (frame, rss) in
+            ocellus_bench::tracker_memory(model, stream.objects, stream.frames, stream.image_size, &marks)?
+        {
+            println!("stream frame {frame:>5}: RSS {rss:.0} MiB");
+        }
+    }
+    Ok(())
+}
+
+fn bench_models(models: &[String], threads: i32, iters: usize) -> anyhow::Result<()> {
+    let scratch = std::env::temp_dir().join(format!("ocellus-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    println!("{:<24} {:>22} {:>12} {:>14} {:>7}", "model", "input", "ocellus ms", "reference ms", "ratio");
+    for model in models {
+        let r = ocellus_bench::model(model, threads, iters, &scratch)?;
+        println!(
+            "{:<24} {:>22} {:>12.1} {:>14.1} {:>7.3}",
+            r.model,
+            format!("{:?}", r.input),
+            r.ocellus_ms,
+            r.reference_ms,
+            r.ocellus_ms / r.reference_ms
+        );
+    }
+    std::fs::remove_dir_all(&scratch).ok();
+    Ok(())
+}
+
+fn bench_zenoh(width: usize, height: usize, frames: u64, paced_fps: f64, paced_frames: u64) -> anyhow::Result<()> {
+    println!(
+        "{:<11} {:<7} {:>10} {:>9} {:>10} {:>9} {:>9} {:>9}",
+        "resolution", "memory", "source", "received", "frames/s", "MB/s", "p50 ms", "p99 ms"
+    );
+    for shm in [false, true] {
+        for fps in [None, Some(paced_fps)] {
+            let n = if fps.is_some() { paced_frames } else { frames };
+            let r = ocellus_bench::zenoh::run(ocellus_bench::zenoh::ZenohBench { width, height, frames: n, fps, shm })?;
+            println!(
+                "{:<11} {:<7} {:>10} {:>9} {:>10.1} {:>9.0} {:>9.2} {:>9.2}",
+                format!("{width}x{height}"),
+                if shm { "shm" } else { "tcp" },
+                fps.map_or_else(|| "unpaced".to_owned(), |f| format!("{f} fps")),
+                r.received,
+                r.fps,
+                r.fps * (width * height * 3) as f64 / 1e6,
+                r.latency_p50_ms,
+                r.latency_p99_ms
+            );
+        }
+    }
+    Ok(())
+}
+
+fn preprocess(args: &ocellus_bench::preprocess::PreprocessBenchArgs) -> anyhow::Result<()> {
+    let rows = ocellus_bench::preprocess::run(args)?;
+    println!("{}x{} RGB frame, {} threads, median of {} runs", args.width, args.height, args.threads, args.iters);
+    println!(
+        "{:<40} {:>10} {:>10} {:>8} {:>14} {:>15}",
+        "input", "exact ms", "fast ms", "ratio", "max Δ levels", "mean Δ levels"
+    );
+    for r in rows {
+        println!(
+            "{:<40} {:>10.2} {:>10.2} {:>8.2} {:>14.2} {:>15.3}",
+            r.name,
+            r.exact_ms,
+            r.fast_ms,
+            r.exact_ms / r.fast_ms,
+            r.max_levels,
+            r.mean_levels
+        );
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    init_tracing();
+    let result = match Cli::parse().command {
+        Command::Tracker { model, objects, frames, threads, stream_frames, stream_objects, stream_image_size } => {
+            let stream = StreamBench { frames: stream_frames, objects: stream_objects, image_size: stream_image_size };
+            bench_tracker(&model, &objects, frames, threads, &stream)
+        }
+        Command::Llm { model, threads, prompt_tokens, decode_tokens, runs, bf16 } => {
+            bench_llm(&model, threads, prompt_tokens, decode_tokens, runs, bf16)
+        }
+        Command::Models { models, threads, iters } => bench_models(&models, threads, iters),
+        Command::Runtime { frames, edge, paced_fps, paced_frames } => {
+            bench_runtime(frames, edge, paced_fps, paced_frames)
+        }
+        Command::Zenoh { frames, width, height, paced_fps, paced_frames, publish, fps, shm } => match publish {
+            Some(endpoint) => ocellus_bench::zenoh::publish(&endpoint, width, height, frames, fps, shm),
+            None => bench_zenoh(width, height, frames, paced_fps, paced_frames),
+        },
+        Command::Clip(args) => ocellus_bench::clip::run(&args),
+        Command::Preprocess(args) => preprocess(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

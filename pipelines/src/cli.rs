@@ -1,0 +1,247 @@
+//! The `ocellus` command: each subcommand is an argument struct with its own `run`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use ocellus_io::kinds::RerunNode;
+use ocellus_io::sink::RerunTarget;
+use ocellus_io::source::ReplayTiming;
+use ocellus_runtime::kind::BuildContext;
+
+use crate::curate::CurateArgs;
+use crate::{PipelineConfig, build_with, check, tools};
+
+/// A subcommand of `ocellus`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a pipeline until its sources end (or Ctrl-C: once drains, twice stops).
+    Run(RunArgs),
+    /// Validate a pipeline configuration without running it.
+    Check(CheckArgs),
+    /// Run a pipeline on the camera images of a recording instead of its sources.
+    Replay(ReplayArgs),
+    /// Select a MetaCLIP-balanced subset of frames and captions from `.rrd` recordings.
+    Curate(CurateArgs),
+    /// Model weights: import official checkpoints, or write seeded random ones.
+    Weights(WeightsArgs),
+    /// Print the JSON Schema of pipeline files (editor completion and checking).
+    Schema(SchemaArgs),
+    /// Show what this build finds: libtorch, CUDA devices, ONNX Runtime, GStreamer.
+    Info(InfoArgs),
+}
+
+impl Command {
+    /// Runs the subcommand.
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        match self {
+            Self::Run(a) => a.run(),
+            Self::Check(a) => a.run(),
+            Self::Replay(a) => a.run(),
+            Self::Curate(a) => crate::curate::run(&a).map(|()| ExitCode::SUCCESS),
+            Self::Weights(a) => a.run(),
+            Self::Schema(a) => a.run(),
+            Self::Info(a) => a.run(),
+        }
+    }
+}
+
+/// `ocellus run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Pipeline configuration (TOML).
+    pub config: PathBuf,
+}
+
+impl RunArgs {
+    /// Runs the pipeline.
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        run_config(&PipelineConfig::load(&self.config)?, BuildContext::new())
+    }
+}
+
+/// Builds and runs `config`; reports every node and where recordings went.
+fn run_config(config: &PipelineConfig, ctx: BuildContext) -> anyhow::Result<ExitCode> {
+    let report = build_with(config, ctx)?.run()?;
+    println!("{report}");
+    if report.failures().next().is_some() {
+        return Ok(ExitCode::FAILURE);
+    }
+    for sink in &config.sinks {
+        if let Some(RerunNode { target: RerunTarget::Save(path), .. }) = sink.spec::<RerunNode>() {
+            let path = path.display();
+            println!("recording: {path} (open it with `rerun {path}`; viewer: pip install rerun-sdk==0.36.3)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ocellus check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Pipeline configuration (TOML).
+    pub config: PathBuf,
+}
+
+impl CheckArgs {
+    /// Validates the file: keys, kinds, typed wiring, GStreamer descriptions.
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        let c = PipelineConfig::load(&self.config)?;
+        check(&c)?;
+        println!(
+            "{}: ok ({} sources, {} actors, {} sinks)",
+            c.file.display(),
+            c.sources.len(),
+            c.actors.len(),
+            c.sinks.len()
+        );
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// `ocellus replay`: each `[[source]]` is fed `world/<source name>/image` of the recording,
+/// at the recorded pace or as fast as the pipeline takes frames; the agent gets what it
+/// received when the recording was made.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Recording (`.rrd`) written by a Rerun sink.
+    pub recording: PathBuf,
+    /// Pipeline configuration (TOML).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// At the recorded pace (the default).
+    #[arg(long, conflicts_with = "fast")]
+    pub realtime: bool,
+    /// As fast as the pipeline takes frames (outputs are the same: time is the recorded one).
+    #[arg(long)]
+    pub fast: bool,
+    /// Write the Rerun sink's recording here instead of its configured file.
+    #[arg(long)]
+    pub save: Option<PathBuf>,
+}
+
+impl ReplayArgs {
+    /// Replays the recording through the pipeline.
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        let mut config = PipelineConfig::load(&self.config)?;
+        let timing = if self.fast { ReplayTiming::Fast } else { ReplayTiming::Realtime };
+        let (index, ctx) = crate::replay::prepare(&mut config, &self.recording, timing, self.save.as_deref())?;
+        for (camera, c) in &index.cameras {
+            println!("{}: camera {camera}, {} images", self.recording.display(), c.frames);
+        }
+        run_config(&config, ctx)
+    }
+}
+
+/// `ocellus weights`.
+#[derive(Debug, Args)]
+pub struct WeightsArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub what: WeightsCommand,
+}
+
+/// `ocellus weights import | init`.
+#[derive(Debug, Subcommand)]
+pub enum WeightsCommand {
+    /// Official checkpoint (Hiera `.pth`, SAM 2 `.pt`, open_clip `.bin`/`.pt`, DiffMAE `.pth`,
+    /// Llama 3 Hugging Face or Meta folder) → safetensors with the official key names and a
+    /// manifest; every missing, unexpected or mis-shaped key is an error.
+    Import(ImportArgs),
+    /// Seeded random weights (tests, offline demos).
+    Init(InitArgs),
+}
+
+/// `ocellus weights import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Model name (`hiera_tiny_224`, `sam2.1_hiera_tiny`, `ViT-B-32-quickgelu`,
+    /// `llama-3.2-1b-instruct`, ...).
+    #[arg(long)]
+    pub model: String,
+    /// The checkpoint.
+    #[arg(long = "from")]
+    pub from: PathBuf,
+    /// Output (default `weights/<model>.safetensors`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// `ocellus weights init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Model name.
+    #[arg(long)]
+    pub model: String,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: i64,
+    /// Output (default `weights/<model>.safetensors`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+impl WeightsArgs {
+    /// Imports or initializes, and prints the manifest's digest.
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        let manifest = match self.what {
+            WeightsCommand::Import(ImportArgs { model, from, out }) => {
+                let out = out.unwrap_or_else(|| tools::default_weights_path(&model));
+                let m = tools::import(&model, &from, &out)?;
+                println!("imported {} → {}", from.display(), out.display());
+                m
+            }
+            WeightsCommand::Init(InitArgs { model, seed, out }) => {
+                let out = out.unwrap_or_else(|| tools::default_weights_path(&model));
+                let m = tools::init(&model, seed, &out)?;
+                println!("initialized {model} (seed {seed}) → {}", out.display());
+                m
+            }
+        };
+        println!("model {}, sha256 {}", manifest.model, manifest.sha256);
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// `ocellus schema`.
+#[derive(Debug, Args)]
+pub struct SchemaArgs {
+    /// Write it to this file instead of printing it.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+impl SchemaArgs {
+    /// Prints or writes the schema.
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        let text = crate::config::schema::schema_text();
+        match self.out {
+            Some(path) => std::fs::write(&path, text)?,
+            None => print!("{text}"),
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// `ocellus info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {}
+
+impl InfoArgs {
+    /// Prints what this build finds.
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        println!("ocellus {}", env!("CARGO_PKG_VERSION"));
+        println!("libtorch: cuda available = {}, devices = {}", tch::Cuda::is_available(), tch::Cuda::device_count());
+        match ocellus_perception::onnx::init() {
+            Ok(info) => println!("onnxruntime: {} ({})", info.path.display(), info.build_info),
+            Err(e) => println!("onnxruntime: {e}"),
+        }
+        ocellus_io::source::gst::init()?;
+        println!("gstreamer: {}", ocellus_io::source::gst::version());
+        println!("node kinds:");
+        for (kind, doc) in PipelineConfig::kind_names() {
+            println!("  {kind:<12} {}", doc.lines().next().unwrap_or(""));
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
