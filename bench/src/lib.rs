@@ -14,6 +14,7 @@
 //! the source's timestamp to the sink (p50/p99).
 #![warn(missing_docs)]
 
+pub mod amg;
 pub mod clip;
 pub mod llm;
 pub mod preprocess;

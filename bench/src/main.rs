@@ -18,6 +18,9 @@ struct Cli {
 /// What to measure.
 #[derive(Subcommand)]
 enum Command {
+    /// SAM 2 automatic mask generation per frame against the official generator, and the cost
+    /// of discovery per frame at its cadence.
+    Amg(ocellus_bench::amg::AmgBenchArgs),
     /// Zero-shot CLIP labels/s for 1 and 16 track crops against open_clip (same threads).
     Clip(ocellus_bench::clip::ClipBenchArgs),
     /// Preprocessing per camera frame: each model's exact official path against the fast path.
@@ -328,6 +331,7 @@ fn main() -> ExitCode {
             None => bench_zenoh(width, height, frames, paced_fps, paced_frames),
         },
         Command::Clip(args) => ocellus_bench::clip::run(&args),
+        Command::Amg(args) => ocellus_bench::amg::run(&args, &std::env::temp_dir()),
         Command::Preprocess(args) => preprocess(&args),
     };
     match result {

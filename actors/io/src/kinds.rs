@@ -418,10 +418,18 @@ impl ConfiguredSource {
 // --- Sinks ---------------------------------------------------------------------------------
 
 /// The message types the Rerun sink logs.
-const RERUN_TAKES: [PortType; 6] =
-    [PortType::Frame, PortType::Mask, PortType::Tracks, PortType::Metrics, PortType::Agent, PortType::Inpainted];
+const RERUN_TAKES: [PortType; 7] = [
+    PortType::Frame,
+    PortType::Mask,
+    PortType::Tracks,
+    PortType::Candidates,
+    PortType::Metrics,
+    PortType::Agent,
+    PortType::Inpainted,
+];
 /// The message types the zenoh sink publishes.
-const ZENOH_TAKES: [PortType; 6] = RERUN_TAKES;
+const ZENOH_TAKES: [PortType; 6] =
+    [PortType::Frame, PortType::Mask, PortType::Tracks, PortType::Metrics, PortType::Agent, PortType::Inpainted];
 
 /// `[[sink]] kind = "rerun"`: a recording, a live viewer, or a server viewers pull from.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

@@ -6,6 +6,7 @@
 //! | `world/<camera>/image` | the frame |
 //! | `world/<camera>/motion` | motion mask (segmentation image; annotation context static) |
 //! | `world/<camera>/tracks` (+ `/boxes`) | tracks: label image with track ids, boxes labelled by track and class |
+//! | `world/<camera>/discovery` (+ `/boxes`) | candidates found without prompts: label image by rank, boxes with predicted IoU |
 //! | `world/<camera>/inpainted` | the frame with tracks painted out |
 //! | `agent/caption` (+ `/<camera>`) | the caption (text; markdown with phrases and track ids) |
 //! | `agent/decisions`, `agent/alerts` | text logs |
@@ -55,6 +56,14 @@ pub mod path {
     /// `world/<camera>/tracks/boxes`.
     pub fn boxes(camera: &str) -> String {
         format!("world/{camera}/tracks/boxes")
+    }
+    /// `world/<camera>/discovery`.
+    pub fn discovery(camera: &str) -> String {
+        format!("world/{camera}/discovery")
+    }
+    /// `world/<camera>/discovery/boxes`.
+    pub fn discovery_boxes(camera: &str) -> String {
+        format!("world/{camera}/discovery/boxes")
     }
     /// `world/<camera>/inpainted`.
     pub fn inpainted(camera: &str) -> String {

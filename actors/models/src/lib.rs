@@ -8,6 +8,7 @@
 //! | [`motion`] | `frames` | `masks` | frame differencing |
 //! | [`backbone`] | `frames` | `features` | Hiera, SAM 2 image encoder |
 //! | [`tracker`] (`sam2`) | `frames` | `tracks` | SAM 2 streaming tracker |
+//! | [`discovery`] | `frames` ⋈ `tracks` | `candidates` (+ mask prompts to the tracker) | SAM 2 automatic mask generation |
 //! | [`labeler`] | `frames` ⋈ `tracks` | `tracks` | MetaCLIP zero-shot |
 //! | [`inpainter`] | `frames` ⋈ `tracks` | `inpainted` | DiffMAE, or blur |
 //!
@@ -16,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod backbone;
+pub mod discovery;
 pub mod inpainter;
 pub mod labeler;
 pub mod motion;
@@ -31,6 +33,7 @@ pub fn kinds() -> Vec<&'static dyn ErasedKind> {
         kind::<motion::MotionKind>(),
         kind::<backbone::BackboneKind>(),
         kind::<tracker::TrackerKind>(),
+        kind::<discovery::DiscoveryKind>(),
         kind::<labeler::LabelerKind>(),
         kind::<inpainter::InpainterKind>(),
     ]

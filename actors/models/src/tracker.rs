@@ -55,6 +55,16 @@ pub enum FramePrompt {
     Box([f64; 4]),
     /// Points `[x, y]` with labels (1 positive, 0 negative).
     Points(Vec<[f64; 2]>, Vec<i32>),
+    /// A binary mask (`height` rows of `width` bytes, non-zero inside), as discovery finds
+    /// objects; resized to the model's side as the video predictor's `add_new_mask`.
+    Mask {
+        /// Columns.
+        width: usize,
+        /// Rows.
+        height: usize,
+        /// The pixels.
+        mask: Arc<[u8]>,
+    },
 }
 
 impl FramePrompt {
@@ -77,6 +87,16 @@ impl FramePrompt {
                     coords: Tensor::f_from_slice(&coords)?.f_view([1, n, 2])?.f_to_device(device)?,
                     labels: Tensor::f_from_slice(labels)?.f_view([1, n])?.f_to_device(device)?,
                 })
+            }
+            Self::Mask { width, height, mask } => {
+                if mask.len() != width * height {
+                    return Err(RuntimeError::BadInput(format!(
+                        "a {width}x{height} mask prompt of {} bytes",
+                        mask.len()
+                    )));
+                }
+                let m = Tensor::f_from_slice(mask)?.f_ne(0)?.f_view([1, 1, *height as i64, *width as i64])?;
+                Prompt::Mask(m.f_to_device(device)?)
             }
         })
     }

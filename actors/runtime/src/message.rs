@@ -316,6 +316,9 @@ pub enum Packet {
     Features(Features),
     /// Tracked objects of a frame.
     Tracks(Tracks),
+    /// Objects found on a frame without prompts (automatic mask generation), not tracks:
+    /// `id` is the candidate's rank, `score` its predicted IoU.
+    Candidates(Tracks),
     /// A metrics report.
     Metrics(MetricsReport),
     /// A caption, decision, alert or published text of the agent.
@@ -335,6 +338,8 @@ pub enum PortType {
     Features,
     /// [`Tracks`].
     Tracks,
+    /// [`Tracks`] of discovered candidates ([`Packet::Candidates`]).
+    Candidates,
     /// [`MetricsReport`].
     Metrics,
     /// [`AgentEvent`].
@@ -351,6 +356,7 @@ impl PortType {
             Self::Mask => "masks",
             Self::Features => "features",
             Self::Tracks => "tracks",
+            Self::Candidates => "candidates",
             Self::Metrics => "metrics",
             Self::Agent => "agent events",
             Self::Inpainted => "inpainted frames",
@@ -371,7 +377,7 @@ impl Packet {
             Self::Frame(f) => Some(&f.meta),
             Self::Mask(m) => Some(&m.meta),
             Self::Features(f) => Some(&f.meta),
-            Self::Tracks(t) => Some(&t.meta),
+            Self::Tracks(t) | Self::Candidates(t) => Some(&t.meta),
             Self::Metrics(_) => None,
             Self::Agent(a) => Some(&a.meta),
             Self::Inpainted(i) => Some(&i.frame.meta),
@@ -385,6 +391,7 @@ impl Packet {
             Self::Mask(_) => PortType::Mask,
             Self::Features(_) => PortType::Features,
             Self::Tracks(_) => PortType::Tracks,
+            Self::Candidates(_) => PortType::Candidates,
             Self::Metrics(_) => PortType::Metrics,
             Self::Agent(_) => PortType::Agent,
             Self::Inpainted(_) => PortType::Inpainted,

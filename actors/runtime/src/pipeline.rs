@@ -134,11 +134,12 @@ pub fn sink_ports(accepts: &[PortType], edge: EdgePolicy) -> Ports {
 }
 
 /// Every message type.
-pub const ALL_TYPES: [PortType; 7] = [
+pub const ALL_TYPES: [PortType; 8] = [
     PortType::Frame,
     PortType::Mask,
     PortType::Features,
     PortType::Tracks,
+    PortType::Candidates,
     PortType::Metrics,
     PortType::Agent,
     PortType::Inpainted,

@@ -6,6 +6,9 @@
 //! the weights (shared, read-only) and answers image prompts like `SAM2ImagePredictor`.
 //! Variable names are the official checkpoint keys.
 
+pub mod amg;
+pub mod automatic_mask_generator;
+pub mod image_predictor;
 pub mod mask_decoder;
 pub mod memory_attention;
 pub mod memory_encoder;
@@ -87,6 +90,8 @@ pub struct ImageFeatures {
 pub struct Prediction {
     /// Low-resolution mask logits `[B, M, 256, 256]`, clamped to ±32.
     pub low_res_masks: Tensor,
+    /// The same logits before clamping (the image predictor upsamples these).
+    pub low_res_logits: Tensor,
     /// Predicted IoU per mask `[B, M]`.
     pub iou: Tensor,
     /// Object score logits `[B, 1]` (≤ 0: no object).
@@ -192,6 +197,7 @@ impl Sam2 {
         )?;
         Ok(Prediction {
             low_res_masks: out.masks.f_clamp(-LOGIT_CLAMP, LOGIT_CLAMP)?,
+            low_res_logits: out.masks,
             iou: out.iou_pred,
             object_score_logits: out.object_score_logits,
         })

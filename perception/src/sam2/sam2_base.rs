@@ -482,10 +482,22 @@ impl Sam2 {
                 self.forward_sam_heads(&pix, points, prev_sam_mask_logits, high_res, multimask)?
             }
         };
-        let maskmem_features = if run_mem_encoder {
-            Some(self.encode_new_memory(feats, &heads.high_res_masks, &heads.object_score_logits, points.is_some())?)
-        } else {
-            None
+        let maskmem_features = match (run_mem_encoder, mask_inputs) {
+            (false, _) => None,
+            // A mask prompt is encoded as the video predictor's `propagate_in_video_preflight`
+            // encodes prompted frames: from the low-resolution logits (the antialiased
+            // downsampling of the mask) upsampled back, and binarized as a user input.
+            (true, Some(_)) => {
+                let side = heads.high_res_masks.size()[2];
+                let high = heads.low_res_masks.f_upsample_bilinear2d([side, side], false, None, None)?;
+                Some(self.encode_new_memory(feats, &high, &heads.object_score_logits, true)?)
+            }
+            (true, None) => Some(self.encode_new_memory(
+                feats,
+                &heads.high_res_masks,
+                &heads.object_score_logits,
+                points.is_some(),
+            )?),
         };
         Ok(FrameOutput {
             pred_masks: heads.low_res_masks,

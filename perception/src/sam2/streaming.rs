@@ -29,7 +29,8 @@ pub enum Prompt {
         /// Points after the box.
         points: Option<PointInputs>,
     },
-    /// A binary mask `[1, 1, H, W]` (any size; resized to the model's).
+    /// A binary mask `[1, 1, H, W]` at any size (resized to the model's as `add_new_mask`
+    /// does); the way discovered objects start.
     Mask(Tensor),
 }
 
@@ -54,7 +55,11 @@ impl Prompt {
                 let m = if m.size()[2..] == [side, side] {
                     m
                 } else {
-                    m.f_to_kind(Kind::Float)?.f_upsample_bilinear2d([side, side], false, None, None)?.f_gt(0.5)?
+                    // `add_new_mask`: antialiased bilinear to the model's side, then `>= 0.5`.
+                    m.f_to_kind(Kind::Float)?
+                        .f_internal_upsample_bilinear2d_aa([side, side], false, None, None)?
+                        .f_ge(0.5)?
+                        .f_to_kind(Kind::Float)?
                 };
                 (None, Some(m))
             }

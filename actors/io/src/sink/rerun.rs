@@ -266,6 +266,37 @@ impl RerunSink {
         self.rec.log(path::boxes(&t.meta.camera), &boxes).map_err(|e| IoError::Rerun(e.to_string()))
     }
 
+    /// Candidates of discovery: a label image by rank and boxes with the predicted IoU, on
+    /// their own layer so that they are not mistaken for tracks.
+    fn log_candidates(&mut self, t: &Tracks) -> Result<()> {
+        let entity = path::discovery(&t.meta.camera);
+        let expected = 2 * t.width as usize * t.height as usize;
+        if t.labels.len() != expected {
+            return Err(IoError::BadInput(format!(
+                "candidate labels of {} bytes for {}x{}",
+                t.labels.len(),
+                t.width,
+                t.height
+            )));
+        }
+        let format = ImageFormat::segmentation([t.width, t.height], ChannelDatatype::U16);
+        self.set_camera_time(&t.meta);
+        self.rec
+            .log(entity.as_str(), &SegmentationImage::new(t.labels.to_vec(), format))
+            .map_err(|e| IoError::Rerun(e.to_string()))?;
+        let visible: Vec<_> = t.tracks.iter().filter_map(|c| c.bbox.map(|b| (c, b))).collect();
+        let boxes = Boxes2D::from_mins_and_sizes(
+            visible.iter().map(|(_, b)| (b.x0 as f32, b.y0 as f32)),
+            visible.iter().map(|(_, b)| ((b.x1 - b.x0) as f32, (b.y1 - b.y0) as f32)),
+        )
+        .with_class_ids(visible.iter().map(|(c, _)| c.id as u16))
+        .with_labels(visible.iter().map(|(c, _)| match &c.label {
+            Some(l) => format!("{} {:.2} (candidate {}, IoU {:.2})", l.name, l.score, c.id, c.score),
+            None => format!("candidate {} (IoU {:.2})", c.id, c.score),
+        }));
+        self.rec.log(path::discovery_boxes(&t.meta.camera), &boxes).map_err(|e| IoError::Rerun(e.to_string()))
+    }
+
     fn log_metrics(&self, report: &MetricsReport) -> Result<()> {
         let s = &report.snapshot;
         self.rec.reset_time();
@@ -298,6 +329,7 @@ impl Stage for RerunSink {
             Packet::Mask(m) => self.log_mask(m)?,
             Packet::Metrics(r) => self.log_metrics(r)?,
             Packet::Tracks(t) => self.log_tracks(t)?,
+            Packet::Candidates(t) => self.log_candidates(t)?,
             Packet::Agent(a) => self.log_agent(a)?,
             Packet::Inpainted(i) => self.log_image(&i.frame, path::inpainted(&i.frame.meta.camera))?,
             Packet::Features(_) => {
