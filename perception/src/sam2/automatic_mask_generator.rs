@@ -343,22 +343,24 @@ impl AutomaticMaskGenerator {
             masks = Tensor::f_cat(&new_masks, 0)?.f_squeeze_dim(1)?;
             iou = Tensor::f_cat(&new_iou, 0)?.f_squeeze_dim(1)?;
         }
-        let mut keep = Tensor::f_ones([masks.size()[0]], (Kind::Bool, device))?;
+        // Filtered as the reference does: by predicted IoU first, so that the stability score
+        // is computed for the masks that passed it only.
+        let mut idx = Tensor::f_arange(masks.size()[0], (Kind::Int64, device))?; // rows kept so far
         if c.pred_iou_thresh > 0.0 {
-            keep = keep.f_logical_and(&iou.f_gt(c.pred_iou_thresh)?)?;
+            let sel = iou.f_gt(c.pred_iou_thresh)?.f_nonzero()?.f_squeeze_dim(1)?;
+            (masks, iou, idx) =
+                (masks.f_index_select(0, &sel)?, iou.f_index_select(0, &sel)?, idx.f_index_select(0, &sel)?);
         }
-        // The reference filters by IoU before computing the score; scoring every mask and
-        // filtering once keeps the same rows.
-        let stability = amg::calculate_stability_score(&masks, c.mask_threshold, c.stability_score_offset)?;
+        let mut stability = amg::calculate_stability_score(&masks, c.mask_threshold, c.stability_score_offset)?;
         if c.stability_score_thresh > 0.0 {
-            keep = keep.f_logical_and(&stability.f_ge(c.stability_score_thresh)?)?;
+            let sel = stability.f_ge(c.stability_score_thresh)?.f_nonzero()?.f_squeeze_dim(1)?;
+            (masks, iou, idx) =
+                (masks.f_index_select(0, &sel)?, iou.f_index_select(0, &sel)?, idx.f_index_select(0, &sel)?);
+            stability = stability.f_index_select(0, &sel)?;
         }
-        let idx = keep.f_nonzero()?.f_squeeze_dim(1)?; // [k]
-        let masks = masks.f_index_select(0, &idx)?.f_gt(c.mask_threshold)?; // [k, h, w] bool
-        let iou: Vec<f32> =
-            Vec::try_from(iou.f_index_select(0, &idx)?.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?)?;
-        let stability: Vec<f32> =
-            Vec::try_from(stability.f_index_select(0, &idx)?.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?)?;
+        let masks = masks.f_gt(c.mask_threshold)?; // [k, h, w] bool
+        let iou: Vec<f32> = Vec::try_from(iou.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?)?;
+        let stability: Vec<f32> = Vec::try_from(stability.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?)?;
         let rows: Vec<i64> = Vec::try_from(idx.f_to_device(Device::Cpu)?)?;
         point_rows = rows.iter().map(|&r| point_rows[r as usize]).collect();
         let boxes = amg::boxes_to_vec(&amg::batched_mask_to_box(&masks)?)?;
