@@ -278,21 +278,28 @@ pub struct Memory {
     /// Handed over, not yet in the tracks: id → (mask, frame handed over).
     pending: BTreeMap<u32, (Shape, u64)>,
     next_id: u32,
-    /// The frame of the last run, and its grey thumbnail.
-    last_run: Option<(u64, Vec<f64>)>,
+    /// The frame of the last run, and its grey thumbnail (with a motion trigger).
+    last_run: Option<(u64, Option<Vec<f64>>)>,
 }
 
 impl Memory {
     /// Learns the tracks of a frame (label image of `width` columns, little-endian u16).
     fn observe(&mut self, tracks: &Tracks, seq: u64, remember: u64) {
         let n = tracks.width as usize * tracks.height as usize;
-        for t in tracks.tracks.iter().filter(|t| !t.occluded && t.area > 0) {
-            let id = t.id as u16;
-            let mask: Vec<u8> = (0..n)
-                .map(|p| u8::from(u16::from_le_bytes([tracks.labels[2 * p], tracks.labels[2 * p + 1]]) == id))
-                .collect();
-            self.last_seen.insert(t.id, (Shape::new(mask), seq));
-            self.pending.remove(&t.id);
+        // One pass over the label image fills the mask of every visible track.
+        let mut masks: BTreeMap<u16, Vec<u8>> =
+            tracks.tracks.iter().filter(|t| !t.occluded && t.area > 0).map(|t| (t.id as u16, vec![0u8; n])).collect();
+        if !masks.is_empty() {
+            for (p, l) in tracks.labels.chunks_exact(2).enumerate() {
+                if let Some(mask) = masks.get_mut(&u16::from_le_bytes([l[0], l[1]])) {
+                    mask[p] = 1;
+                }
+            }
+        }
+        for (id, mask) in masks {
+            let id = u32::from(id);
+            self.last_seen.insert(id, (Shape::new(mask), seq));
+            self.pending.remove(&id);
         }
         self.last_seen.retain(|_, (_, at)| seq.saturating_sub(*at) <= remember);
         self.pending.retain(|_, (_, at)| seq.saturating_sub(*at) <= remember);
@@ -389,12 +396,12 @@ impl DiscoveryStage {
     }
 
     /// Whether this frame is due a run (cadence, or motion since the last run).
-    fn due(&self, memory: &Memory, seq: u64, thumb: &[f64]) -> bool {
+    fn due(&self, memory: &Memory, seq: u64, thumb: Option<&[f64]>) -> bool {
         let Some((at, last)) = &memory.last_run else { return true };
         if seq.saturating_sub(*at) >= self.spec.every {
             return true;
         }
-        let Some(threshold) = self.spec.motion else { return false };
+        let (Some(threshold), Some(thumb), Some(last)) = (self.spec.motion, thumb, last) else { return false };
         let changed = thumb.iter().zip(last).filter(|(a, b)| (**a - **b).abs() > MOTION_LEVELS).count();
         changed as f64 / thumb.len().max(1) as f64 > threshold
     }
@@ -483,12 +490,27 @@ impl Stage for DiscoveryStage {
         let seq = frame.meta.seq;
         let mut memory = self.cameras.remove(&frame.meta.camera).unwrap_or_default();
         memory.observe(&tracks, seq, self.spec.limits.remember);
-        let rgb = frame.layout.to_rgb8(&frame.pixels).map_err(|e| bad_frame(&frame.meta, e))?;
-        let thumb = thumbnail(&rgb, w, h);
-        if !self.due(&memory, seq, &thumb) {
+        // The frame is unpacked only when the motion trigger needs it or the generator runs.
+        let mut rgb = None;
+        let unpack =
+            || -> Result<Vec<u8>> { frame.layout.to_rgb8(&frame.pixels).map_err(|e| bad_frame(&frame.meta, e)) };
+        let thumb = match self.spec.motion {
+            Some(_) => {
+                let pixels = unpack()?;
+                let t = thumbnail(&pixels, w, h);
+                rgb = Some(pixels);
+                Some(t)
+            }
+            None => None,
+        };
+        if !self.due(&memory, seq, thumb.as_deref()) {
             self.cameras.insert(frame.meta.camera.clone(), memory);
             return Ok(());
         }
+        let rgb = match rgb {
+            Some(pixels) => pixels,
+            None => unpack()?,
+        };
         let _span = trace_span!("discovery", camera = %frame.meta.camera, seq).entered();
         let Some(run) = self.running.as_ref() else { return Err(RuntimeError::Failed("not started".into())) };
         let mut predictor = ImagePredictor::new(&run.sam, self.spec.model.device);

@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 
 use ocellus_runtime::message::{AgentEvent, AgentOutput, MetricsReport, Outcome};
 use ocellus_runtime::node::{Context, Input, Stage};
-use ocellus_runtime::{Frame, FrameMeta, Mask, MaskKind, Packet, RuntimeError, Tracks};
+use ocellus_runtime::{Frame, FrameMeta, Mask, MaskKind, Packet, RuntimeError, Track, Tracks};
 use ocellus_wire::PixelFormat;
 use rerun::datatypes::{ChannelDatatype, ColorModel, ImageFormat};
 use rerun::{
@@ -239,10 +239,37 @@ impl RerunSink {
             let context = AnnotationContext::new(classes.iter().map(|(id, label, c)| (*id, label.as_str(), *c)));
             self.rec.log_static(entity.as_str(), &context).map_err(|e| IoError::Rerun(e.to_string()))?;
         }
+        let label = |tr: &Track| match &tr.label {
+            Some(l) => format!("{} {:.2} (track {})", l.name, l.score, tr.id),
+            None => format!("track {} ({:.2})", tr.id, tr.score),
+        };
+        self.log_labels_and_boxes(t, &entity, &path::boxes(&t.meta.camera), label)
+    }
+
+    /// Candidates of discovery: a label image by rank and boxes with the predicted IoU, on
+    /// their own layer so that they are not mistaken for tracks.
+    fn log_candidates(&mut self, t: &Tracks) -> Result<()> {
+        let label = |c: &Track| match &c.label {
+            Some(l) => format!("{} {:.2} (candidate {}, IoU {:.2})", l.name, l.score, c.id, c.score),
+            None => format!("candidate {} (IoU {:.2})", c.id, c.score),
+        };
+        let camera = &t.meta.camera;
+        self.log_labels_and_boxes(t, &path::discovery(camera), &path::discovery_boxes(camera), label)
+    }
+
+    /// A label image (u16 ids) at `entity` and the boxes of its visible entries at `boxes_at`,
+    /// each labelled by `label`.
+    fn log_labels_and_boxes(
+        &mut self,
+        t: &Tracks,
+        entity: &str,
+        boxes_at: &str,
+        label: impl Fn(&Track) -> String,
+    ) -> Result<()> {
         let expected = 2 * t.width as usize * t.height as usize;
         if t.labels.len() != expected {
             return Err(IoError::BadInput(format!(
-                "track labels of {} bytes for {}x{}",
+                "{entity}: labels of {} bytes for {}x{}",
                 t.labels.len(),
                 t.width,
                 t.height
@@ -251,7 +278,7 @@ impl RerunSink {
         let format = ImageFormat::segmentation([t.width, t.height], ChannelDatatype::U16);
         self.set_camera_time(&t.meta);
         self.rec
-            .log(entity.as_str(), &SegmentationImage::new(t.labels.to_vec(), format))
+            .log(entity, &SegmentationImage::new(t.labels.to_vec(), format))
             .map_err(|e| IoError::Rerun(e.to_string()))?;
         let visible: Vec<_> = t.tracks.iter().filter_map(|tr| tr.bbox.map(|b| (tr, b))).collect();
         let boxes = Boxes2D::from_mins_and_sizes(
@@ -259,42 +286,8 @@ impl RerunSink {
             visible.iter().map(|(_, b)| ((b.x1 - b.x0) as f32, (b.y1 - b.y0) as f32)),
         )
         .with_class_ids(visible.iter().map(|(tr, _)| tr.id as u16))
-        .with_labels(visible.iter().map(|(tr, _)| match &tr.label {
-            Some(l) => format!("{} {:.2} (track {})", l.name, l.score, tr.id),
-            None => format!("track {} ({:.2})", tr.id, tr.score),
-        }));
-        self.rec.log(path::boxes(&t.meta.camera), &boxes).map_err(|e| IoError::Rerun(e.to_string()))
-    }
-
-    /// Candidates of discovery: a label image by rank and boxes with the predicted IoU, on
-    /// their own layer so that they are not mistaken for tracks.
-    fn log_candidates(&mut self, t: &Tracks) -> Result<()> {
-        let entity = path::discovery(&t.meta.camera);
-        let expected = 2 * t.width as usize * t.height as usize;
-        if t.labels.len() != expected {
-            return Err(IoError::BadInput(format!(
-                "candidate labels of {} bytes for {}x{}",
-                t.labels.len(),
-                t.width,
-                t.height
-            )));
-        }
-        let format = ImageFormat::segmentation([t.width, t.height], ChannelDatatype::U16);
-        self.set_camera_time(&t.meta);
-        self.rec
-            .log(entity.as_str(), &SegmentationImage::new(t.labels.to_vec(), format))
-            .map_err(|e| IoError::Rerun(e.to_string()))?;
-        let visible: Vec<_> = t.tracks.iter().filter_map(|c| c.bbox.map(|b| (c, b))).collect();
-        let boxes = Boxes2D::from_mins_and_sizes(
-            visible.iter().map(|(_, b)| (b.x0 as f32, b.y0 as f32)),
-            visible.iter().map(|(_, b)| ((b.x1 - b.x0) as f32, (b.y1 - b.y0) as f32)),
-        )
-        .with_class_ids(visible.iter().map(|(c, _)| c.id as u16))
-        .with_labels(visible.iter().map(|(c, _)| match &c.label {
-            Some(l) => format!("{} {:.2} (candidate {}, IoU {:.2})", l.name, l.score, c.id, c.score),
-            None => format!("candidate {} (IoU {:.2})", c.id, c.score),
-        }));
-        self.rec.log(path::discovery_boxes(&t.meta.camera), &boxes).map_err(|e| IoError::Rerun(e.to_string()))
+        .with_labels(visible.iter().map(|(tr, _)| label(tr)));
+        self.rec.log(boxes_at, &boxes).map_err(|e| IoError::Rerun(e.to_string()))
     }
 
     fn log_metrics(&self, report: &MetricsReport) -> Result<()> {
