@@ -310,6 +310,7 @@ impl Stage for GroundTruthTracks {
                     occluded: false,
                     area,
                     label: None,
+                    origin: None,
                 }
             })
             .collect();

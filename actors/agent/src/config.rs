@@ -9,6 +9,7 @@ use ocellus_io::kinds::{ModeName, SessionKeys, key_expr};
 use ocellus_io::recording::RecordedInbox;
 use ocellus_language::guard::GuardModel;
 use ocellus_language::openai::OpenAiConfig;
+use ocellus_model_actors::discovery;
 use ocellus_model_actors::inpainter::{self, InpainterCommand};
 use ocellus_model_actors::labeler::{self, LabelerCommand};
 use ocellus_model_actors::tracker::{self, TrackerCommand};
@@ -128,6 +129,8 @@ pub struct AgentEntry {
     pub labeler: Option<String>,
     /// The inpainter `inpaint` acts on.
     pub inpainter: Option<String>,
+    /// The discovery actor that answers `track` text queries (default: the only one).
+    pub discovery: Option<String>,
     /// Operator instructions and alt-texts on zenoh.
     pub inbox: Option<InboxEntry>,
 }
@@ -262,6 +265,7 @@ impl NodeKind for AgentKind {
         let tracker = view.resolve("tracker", e.tracker.as_deref(), "sam2", "a sam2 actor")?;
         let labeler = view.resolve("labeler", e.labeler.as_deref(), "labeler", "a labeler actor")?;
         let inpainter = view.resolve("inpainter", e.inpainter.as_deref(), "inpainter", "an inpainter actor")?;
+        let discovery = view.resolve("discovery", e.discovery.as_deref(), "discovery", "a discovery actor")?;
         let tools = e.tools;
         if tools.contains(&ToolKind::Inpaint) && inpainter.is_none() {
             return Err(Issue::at("tools", "`inpaint` needs an inpainter actor (`inpainter`)"));
@@ -304,6 +308,7 @@ impl NodeKind for AgentKind {
             tracker,
             labeler,
             inpainter,
+            discovery,
         }))
     }
 }
@@ -327,6 +332,7 @@ impl ConfiguredNode for AgentSpec {
             tracker: self.tracker.as_ref().map(|t| ctx.control::<TrackerCommand>(t, tracker::CONTROL_DEPTH).0),
             labeler: self.labeler.as_ref().map(|l| ctx.control::<LabelerCommand>(l, labeler::CONTROL_DEPTH).0),
             inpainter: self.inpainter.as_ref().map(|i| ctx.control::<InpainterCommand>(i, inpainter::CONTROL_DEPTH).0),
+            discovery: self.discovery.as_ref().map(|d| discovery::control_of(ctx, d)),
         };
         // A replay hands the agent what it received when the recording was made.
         let inbox = match ctx.extension::<RecordedInbox>() {

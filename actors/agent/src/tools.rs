@@ -14,6 +14,8 @@ use crate::world::WorldState;
 
 /// Longest text a tool accepts.
 pub const MAX_TEXT: usize = 500;
+/// Longest text query of `track` (CLIP reads 77 tokens).
+pub const MAX_QUERY: usize = 200;
 
 /// The tools the agent knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
@@ -60,7 +62,10 @@ impl ToolKind {
 
     fn description(self) -> &'static str {
         match self {
-            Self::Track => "Start tracking an object, given its box [x0, y0, x1, y1] in pixels of the camera's frame.",
+            Self::Track => {
+                "Start tracking an object: either its box [x0, y0, x1, y1] in pixels of the camera's frame, or a short \
+                 text query describing it (\"the red cup\"), matched against the objects the camera's discovery found."
+            }
             Self::Untrack => "Stop tracking the object with this track id.",
             Self::Label => "Name a tracked object by choosing among candidate labels.",
             Self::Inpaint => "Remove a tracked object from the published images (privacy), or show it again.",
@@ -94,13 +99,16 @@ impl ToolKind {
     }
 }
 
-/// `track`.
+/// `track`: `box` or `query`, not both.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrackArgs {
-    /// `[x0, y0, x1, y1]` in pixels.
-    #[serde(rename = "box")]
-    pub bbox: [f64; 4],
+    /// `[x0, y0, x1, y1]` in pixels (or give `query`).
+    #[serde(rename = "box", default, skip_serializing_if = "Option::is_none")]
+    pub bbox: Option<[f64; 4]>,
+    /// What the object looks like, in a few words ("the red cup"), instead of `box`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
     /// Camera; the only one when absent.
     #[serde(default)]
     pub camera: Option<String>,
@@ -263,6 +271,9 @@ pub enum Refusal {
     /// The pipeline has nothing to carry the call out.
     #[error("{0}")]
     Unavailable(String),
+    /// A text query matched no object (the reason says how close the best came).
+    #[error("no match: {0}")]
+    NoMatch(String),
 }
 
 /// Allow-list, rate limits and validation.
@@ -331,12 +342,22 @@ impl ToolRegistry {
                     None if cameras.len() == 1 => cameras[0].to_owned(),
                     None => return Err(out_of_range(name, format!("say which camera: {}", cameras.join(", ")))),
                 };
-                let (_, w, h) = world.frame_of(&camera).unwrap_or((0, 0, 0));
-                let [x0, y0, x1, y1] = args.bbox;
-                let inside = [x0, x1].iter().all(|x| (0.0..=f64::from(w)).contains(x))
-                    && [y0, y1].iter().all(|y| (0.0..=f64::from(h)).contains(y));
-                if !inside || x1 - x0 < 2.0 || y1 - y0 < 2.0 {
-                    return Err(out_of_range(name, format!("box {:?} is not inside the {w}x{h} frame", args.bbox)));
+                match (&args.bbox, &args.query) {
+                    (Some(bbox), None) => {
+                        let (_, w, h) = world.frame_of(&camera).unwrap_or((0, 0, 0));
+                        let [x0, y0, x1, y1] = *bbox;
+                        let inside = [x0, x1].iter().all(|x| (0.0..=f64::from(w)).contains(x))
+                            && [y0, y1].iter().all(|y| (0.0..=f64::from(h)).contains(y));
+                        if !inside || x1 - x0 < 2.0 || y1 - y0 < 2.0 {
+                            return Err(out_of_range(name, format!("box {bbox:?} is not inside the {w}x{h} frame")));
+                        }
+                    }
+                    (None, Some(query)) => {
+                        if query.trim().is_empty() || query.chars().count() > MAX_QUERY {
+                            return Err(out_of_range(name, format!("query must have 1 to {MAX_QUERY} characters")));
+                        }
+                    }
+                    _ => return Err(bad_args(name, "give either `box` or `query`, not both")),
                 }
                 if let Some(label) = &args.label {
                     check_text(name, label)?;
@@ -422,7 +443,8 @@ mod tests {
         let spec = ToolKind::Track.spec();
         assert_eq!(spec.parameters["type"], "object");
         assert!(spec.parameters["properties"]["box"].is_object());
-        assert_eq!(spec.parameters["required"], serde_json::json!(["box"]));
+        assert!(spec.parameters["properties"]["query"].is_object());
+        assert!(spec.parameters.get("required").is_none_or(|r| r.as_array().is_some_and(|r| r.is_empty())));
     }
 
     #[test]
@@ -455,5 +477,37 @@ mod tests {
         // The window runs on the pipeline's clock (capture times), not on the wall clock.
         let later = i64::try_from(Duration::from_secs(61).as_nanos()).unwrap();
         assert!(reg.validate("alert", &args(serde_json::json!({"text": "door"})), &world, later).is_ok());
+    }
+
+    #[test]
+    fn track_takes_a_box_or_a_text_query() {
+        let mut world = WorldState::default();
+        world.update(&ocellus_runtime::Tracks {
+            meta: ocellus_runtime::FrameMeta { camera: "cam".into(), seq: 0, capture_ns: 0 },
+            width: 64,
+            height: 48,
+            labels: vec![0u8; 2 * 64 * 48].into(),
+            tracks: vec![],
+        });
+        let mut reg = ToolRegistry::new(vec![ToolKind::Track], 100, Duration::from_secs(60));
+        let mut check = |v: Value| reg.validate("track", v.as_object().unwrap_or(&Map::new()), &world, 0);
+        let call = check(serde_json::json!({"query": "the red cup"})).unwrap();
+        assert!(call.render().contains(r#""query":"the red cup""#), "{}", call.render());
+        assert!(matches!(
+            call,
+            ValidCall::Track { args: TrackArgs { query: Some(_), bbox: None, .. }, ref camera_resolved } if camera_resolved == "cam"
+        ));
+        assert!(check(serde_json::json!({"box": [1, 1, 30, 30]})).is_ok());
+        for (args, why) in [
+            (serde_json::json!({}), "give either `box` or `query`"),
+            (serde_json::json!({"box": [1, 1, 30, 30], "query": "cup"}), "give either `box` or `query`"),
+            (serde_json::json!({"query": "  "}), "query must have 1 to"),
+            (serde_json::json!({"query": "x".repeat(MAX_QUERY + 1)}), "query must have 1 to"),
+            (serde_json::json!({"query": "cup", "camera": "garden"}), "no camera"),
+            (serde_json::json!({"query": 7}), "invalid arguments"),
+        ] {
+            let refusal = check(args.clone()).unwrap_err().to_string();
+            assert!(refusal.contains(why), "{args}: {refusal}");
+        }
     }
 }

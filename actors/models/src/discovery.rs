@@ -12,28 +12,44 @@
 //! to the tracker's control channel as mask prompts (SAM 2's `add_new_mask` path), applied on
 //! the tracker's next frame. Every run's candidates are emitted on `candidates` (Rerun shows
 //! them at `world/<camera>/discovery`).
+//!
+//! With `labels` (a MetaCLIP model and a vocabulary) every candidate is labelled zero-shot from
+//! its mask-aware crop, as the labeler crops a track; `keep` then lets only candidates labelled
+//! with one of its classes become tracks. The same embeddings answer text queries
+//! ([`DiscoveryCommand::Query`], the agent's `track` tool with `query`): the candidates of the
+//! camera's latest run (a fresh run when there is none yet) are ranked by the cosine similarity
+//! of their crop's embedding with the query's text embedding (through the templates, as a
+//! zero-shot class), and the best, when at least `query_threshold`, becomes a track under the
+//! asker's id; the answer says which, or why none.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::mpsc::SyncSender;
 
 use bytes::Bytes;
 use ocellus_kernels::masks::{PixelBox, mask_box, mask_to_bytes};
+use ocellus_perception::clip::Clip;
 use ocellus_perception::model::{Loaded, ModelSpec, Sam2Options};
 use ocellus_perception::sam2::Sam2;
 use ocellus_perception::sam2::automatic_mask_generator::{AmgConfig, AmgMask, AutomaticMaskGenerator};
 use ocellus_perception::sam2::image_predictor::ImagePredictor;
-use ocellus_runtime::control::ControlSender;
+use ocellus_runtime::control::{ControlReceiver, ControlSender};
 use ocellus_runtime::edge::{DropPolicy, EdgePolicy};
-use ocellus_runtime::kind::{BuildContext, Common, ConfiguredNode, Issue, ModelUse, NodeKind, PipelineView};
+use ocellus_runtime::kind::{
+    BuildContext, Common, ConfiguredNode, Issue, ModelUse, NodeKind, PipelineView, WeightsKeys,
+};
 use ocellus_runtime::node::{Context, Input, Stage, StageFactory, stage_factory};
 use ocellus_runtime::port::{InputPort, Join, OutputPort, Ports};
-use ocellus_runtime::{Frame, Packet, PortType, Result, RuntimeError, Track, Tracks};
+use ocellus_runtime::{Frame, Packet, PortType, Result, RuntimeError, Track, TrackOrigin, Tracks};
 use schemars::JsonSchema;
 use serde::Deserialize;
+use tch::{Device, Tensor};
 use tracing::trace_span;
 
+use crate::labeler::{self, Labeler, LabelerSpec, TemplatesEntry};
 use crate::tracker::{self, FramePrompt, TrackerCommand};
-use crate::{bad_frame, failed, model_spec};
+use crate::{bad_frame, failed, model_spec, nested_model_spec};
 
 /// Frames held per camera while their tracks are computed (the tracker lags the camera).
 const FRAME_BUFFER: usize = 32;
@@ -48,6 +64,11 @@ const MOTION_LEVELS: f64 = 12.0;
 pub const FIRST_DISCOVERED_ID: u32 = 2000;
 /// A candidate mostly inside tracked pixels (this fraction of its area) is part of a track.
 const INSIDE_TRACKS: f64 = 0.5;
+/// Commands waiting in a discovery's control channel, at most.
+pub const CONTROL_DEPTH: usize = 16;
+/// Queries waiting for a frame of their camera, at most (policy: the oldest is answered
+/// "dropped").
+const QUERIES_WAITING: usize = 16;
 
 /// `[[actor]] kind = "discovery"` (with the SAM 2 `model` and `weights`).
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -73,6 +94,10 @@ pub struct DiscoveryEntry {
     /// Smallest object, in pixels.
     #[serde(default = "default_min_area")]
     pub min_area: u64,
+    /// Largest object, as a fraction of the frame: masks over it are background or the whole
+    /// scene, not objects (0 to 1).
+    #[serde(default = "default_max_area")]
+    pub max_area: f64,
     /// Most new objects per run.
     #[serde(default = "default_max_new")]
     pub max_new: usize,
@@ -83,6 +108,48 @@ pub struct DiscoveryEntry {
     /// tool 1000 and up).
     #[serde(default = "default_first_id")]
     pub first_id: u32,
+    /// MetaCLIP labels for the candidates (needed by `keep` and by text queries).
+    pub labels: Option<LabelsEntry>,
+    /// Only candidates labelled with one of these classes (of `labels.vocabulary`) become tracks.
+    #[serde(default)]
+    pub keep: Vec<String>,
+    /// Least cosine similarity between a text query and a candidate's crop for the query to
+    /// pick it (-1 to 1).
+    #[serde(default = "default_query_threshold")]
+    pub query_threshold: f64,
+}
+
+/// `labels = { model = "ViT-B-32-quickgelu", weights = "...", vocabulary = ["person", "cup"] }`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LabelsEntry {
+    /// The open_clip model name of the MetaCLIP checkpoint (`ViT-B-32-quickgelu`, ...).
+    pub model: String,
+    /// Its weights (open_clip's `state_dict` keys, safetensors).
+    pub weights: Option<PathBuf>,
+    /// Seeded random weights instead (demos and tests).
+    #[serde(default)]
+    pub allow_random_weights: bool,
+    /// Seed of random weights.
+    #[serde(default)]
+    pub seed: i64,
+    /// Class names the candidates are labelled over (list what the camera sees besides the
+    /// kept classes, so that other things are not forced into one of them).
+    pub vocabulary: Vec<String>,
+    /// Prompt templates (default `"openai"`).
+    pub templates: Option<TemplatesEntry>,
+    /// The CLIP BPE vocabulary (`bpe_simple_vocab_16e6.txt.gz`); open_clip's when absent.
+    pub bpe: Option<PathBuf>,
+    /// Box padding per side, a fraction of the box's longer side, in [0, 1].
+    #[serde(default = "default_padding")]
+    pub padding: f64,
+}
+
+fn default_padding() -> f64 {
+    0.1
+}
+fn default_query_threshold() -> f64 {
+    0.2
 }
 
 fn default_every() -> u64 {
@@ -93,6 +160,9 @@ fn default_match_iou() -> f64 {
 }
 fn default_max_tracks() -> usize {
     16
+}
+fn default_max_area() -> f64 {
+    0.8
 }
 fn default_min_area() -> u64 {
     400
@@ -110,6 +180,8 @@ fn default_first_id() -> u32 {
 /// What the discovery actor runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DiscoverySpec {
+    /// The node's name (its control channel's).
+    pub name: String,
     /// SAM 2 (its image predictor).
     pub model: ModelSpec,
     /// The tracker's node name.
@@ -122,6 +194,12 @@ pub struct DiscoverySpec {
     pub generator: AmgConfig,
     /// Matching and limits.
     pub limits: Limits,
+    /// MetaCLIP labels (one prediction per candidate: no smoothing).
+    pub labels: Option<LabelerSpec>,
+    /// Classes that become tracks (all when empty).
+    pub keep: Vec<String>,
+    /// Least similarity for a text query.
+    pub query_threshold: f64,
 }
 
 /// How candidates become tracks.
@@ -133,6 +211,8 @@ pub struct Limits {
     pub max_tracks: usize,
     /// Smallest object (pixels).
     pub min_area: u64,
+    /// Largest object (fraction of the frame).
+    pub max_area: f64,
     /// Most new objects per run.
     pub max_new: usize,
     /// Frames a lost track is remembered.
@@ -165,6 +245,9 @@ impl NodeKind for DiscoveryKind {
         if !(0.0..=1.0).contains(&e.match_iou) || e.match_iou == 0.0 {
             return Err(Issue::at("match_iou", "must be in (0, 1]"));
         }
+        if !(e.max_area > 0.0 && e.max_area <= 1.0) {
+            return Err(Issue::at("max_area", format!("{}: a fraction of the frame, in (0, 1]", e.max_area)));
+        }
         if e.max_tracks == 0 || e.max_new == 0 {
             return Err(Issue::at(if e.max_tracks == 0 { "max_tracks" } else { "max_new" }, "must be at least 1"));
         }
@@ -172,7 +255,27 @@ impl NodeKind for DiscoveryKind {
             return Err(Issue::at("first_id", "must be between 1 and 65534 (track ids label 16-bit images)"));
         }
         AutomaticMaskGenerator::new(e.generator.clone()).map_err(|err| Issue::at("generator", err.to_string()))?;
+        let labels = e.labels.map(|l| labels_spec(common, l).map_err(|i| i.inside("labels"))).transpose()?;
+        if !e.keep.is_empty() {
+            let Some(labels) = &labels else {
+                return Err(Issue::at(
+                    "keep",
+                    "needs `labels` (a MetaCLIP model and a vocabulary) to know what is what",
+                ));
+            };
+            if let Some((i, class)) = e.keep.iter().enumerate().find(|(_, c)| !labels.vocabulary.contains(c)) {
+                return Err(Issue::at(
+                    "keep",
+                    format!("{class:?} is not in labels.vocabulary (candidates are labelled over the vocabulary)"),
+                )
+                .index(i));
+            }
+        }
+        if !(-1.0..=1.0).contains(&e.query_threshold) {
+            return Err(Issue::at("query_threshold", format!("{}: a cosine similarity, -1 to 1", e.query_threshold)));
+        }
         Ok(Arc::new(DiscoverySpec {
+            name: common.name.clone(),
             model,
             tracker,
             every: e.every,
@@ -182,12 +285,86 @@ impl NodeKind for DiscoveryKind {
                 match_iou: e.match_iou,
                 max_tracks: e.max_tracks,
                 min_area: e.min_area,
+                max_area: e.max_area,
                 max_new: e.max_new,
                 remember: e.remember,
                 first_id: e.first_id,
             },
+            labels,
+            keep: e.keep,
+            query_threshold: e.query_threshold,
         }))
     }
+}
+
+/// The labeler that `labels = { ... }` describes.
+fn labels_spec(common: &Common, l: LabelsEntry) -> Result<LabelerSpec, Issue> {
+    let weights = match (&l.weights, l.allow_random_weights) {
+        (Some(path), false) if path.exists() => WeightsKeys::File(path.clone()),
+        (Some(path), false) => return Err(Issue::at("weights", format!("{} not found", path.display()))),
+        (None, true) => WeightsKeys::Random { seed: l.seed },
+        (Some(_), true) => {
+            return Err(Issue::at("allow_random_weights", "give either `weights` or `allow_random_weights`, not both"));
+        }
+        (None, false) => return Err(Issue::at("weights", "needs `weights` or `allow_random_weights = true`")),
+    };
+    let model = nested_model_spec::<Clip>(&l.model, &weights, common)?;
+    labeler::check_vocabulary(&l.vocabulary)?;
+    let templates = labeler::templates_of(l.templates)?;
+    if !(0.0..=1.0).contains(&l.padding) {
+        return Err(Issue::at("padding", format!("{}: must be in [0, 1]", l.padding)));
+    }
+    if let Some(bpe) = l.bpe.as_ref().filter(|p| !p.exists()) {
+        return Err(Issue::at("bpe", format!("{} not found", bpe.display())));
+    }
+    Ok(LabelerSpec {
+        name: format!("{}.labels", common.name),
+        model,
+        vocabulary: l.vocabulary,
+        templates,
+        bpe: l.bpe,
+        smoothing: 1.0,
+        padding: l.padding,
+    })
+}
+
+/// Commands to a discovery actor.
+#[derive(Debug, Clone)]
+pub enum DiscoveryCommand {
+    /// Find the object `text` describes among the latest candidates of `camera` (the first
+    /// camera with a frame when `None`) and track it as `id`; the answer goes to `reply`.
+    Query {
+        /// Camera.
+        camera: Option<Arc<str>>,
+        /// The track id to use.
+        id: u32,
+        /// What to look for ("the red cup").
+        text: String,
+        /// Where the answer goes.
+        reply: SyncSender<QueryAnswer>,
+    },
+}
+
+/// A query's answer: the candidate chosen, or why none.
+pub type QueryAnswer = std::result::Result<QueryMatch, String>;
+
+/// The candidate a query chose.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryMatch {
+    /// The camera.
+    pub camera: Arc<str>,
+    /// The track that follows it: the query's id, or the track that already did.
+    pub id: u32,
+    /// Already tracked before the query (as `id`).
+    pub already_tracked: bool,
+    /// The frame of the discovery run it was found on.
+    pub seq: u64,
+    /// Its rank among that run's candidates (1 = best predicted IoU), as on `candidates`.
+    pub candidate: u32,
+    /// Cosine similarity of its crop with the query.
+    pub similarity: f32,
+    /// Its MetaCLIP label and probability.
+    pub label: Option<(Arc<str>, f32)>,
 }
 
 /// The discovery actor's ports: tracks joined with their frames in, candidates out.
@@ -210,13 +387,19 @@ impl ConfiguredNode for DiscoverySpec {
 
     fn build(&self, ctx: &mut BuildContext) -> Result<StageFactory> {
         let (tx, _) = ctx.control::<TrackerCommand>(&self.tracker, tracker::CONTROL_DEPTH);
+        let (_, rx) = ctx.control::<DiscoveryCommand>(&self.name, CONTROL_DEPTH);
         let spec = self.clone();
-        Ok(stage_factory(move || DiscoveryStage::new(spec.clone(), tx.clone())))
+        Ok(stage_factory(move || DiscoveryStage::new(spec.clone(), tx.clone(), Some(rx.clone()))))
     }
 
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
+}
+
+/// The sending side of a discovery actor's control channel, for other nodes (the agent).
+pub fn control_of(ctx: &mut BuildContext, discovery: &str) -> ControlSender<DiscoveryCommand> {
+    ctx.control::<DiscoveryCommand>(discovery, CONTROL_DEPTH).0
 }
 
 // --- Matching --------------------------------------------------------------------------------
@@ -234,6 +417,10 @@ pub enum Verdict {
     InsideTracks,
     /// Mostly inside a candidate chosen before it in this run.
     Duplicate,
+    /// Labelled with a class that `keep` leaves out.
+    NotKept,
+    /// Larger than `max_area` of the frame.
+    Large,
     /// Smaller than `min_area`.
     Small,
     /// Over `max_new` or `max_tracks`.
@@ -280,6 +467,19 @@ pub struct Memory {
     next_id: u32,
     /// The frame of the last run, and its grey thumbnail (with a motion trigger).
     last_run: Option<(u64, Option<Vec<f64>>)>,
+    /// The last run's candidates (what text queries choose from).
+    last: Option<LastRun>,
+}
+
+/// One run's candidates, kept for text queries.
+#[derive(Debug)]
+struct LastRun {
+    seq: u64,
+    masks: Vec<Vec<u8>>,
+    verdicts: Vec<Verdict>,
+    /// Unit-norm MetaCLIP embeddings of their crops `[N, embed]` (with `labels`).
+    features: Option<Tensor>,
+    labels: Vec<Option<(Arc<str>, f32)>>,
 }
 
 impl Memory {
@@ -304,24 +504,39 @@ impl Memory {
         self.last_seen.retain(|_, (_, at)| seq.saturating_sub(*at) <= remember);
         self.pending.retain(|_, (_, at)| seq.saturating_sub(*at) <= remember);
     }
+
+    /// Objects tracked or handed over: the frame's tracks and those handed over not shown yet.
+    fn count(&self, tracks: &Tracks) -> usize {
+        tracks.tracks.len() + self.pending.keys().filter(|id| !tracks.tracks.iter().any(|t| t.id == **id)).count()
+    }
 }
 
-/// Decides, best candidate first, which candidates become tracks; `labels` is the frame's
-/// track label image (u16, little endian) and `tracks` its tracks.
-pub fn decide(candidates: &[Vec<u8>], tracks: &Tracks, memory: &mut Memory, limits: &Limits, seq: u64) -> Vec<Verdict> {
+/// Decides, best candidate first, which candidates become tracks, given the frame's `tracks`
+/// (label image and entries); `kept[i]` says whether candidate `i`'s label passes `keep`.
+pub fn decide(
+    candidates: &[Vec<u8>],
+    kept: &[bool],
+    tracks: &Tracks,
+    memory: &mut Memory,
+    limits: &Limits,
+    seq: u64,
+) -> Vec<Verdict> {
     let n = tracks.width as usize * tracks.height as usize;
     let tracked: Vec<u8> =
         (0..n).map(|p| u8::from(tracks.labels[2 * p] != 0 || tracks.labels[2 * p + 1] != 0)).collect();
     let visible: Vec<u32> = tracks.tracks.iter().filter(|t| !t.occluded && t.area > 0).map(|t| t.id).collect();
-    let mut count = tracks.tracks.len() + memory.pending.keys().filter(|id| !visible.contains(id)).count();
+    let mut count = memory.count(tracks);
     let mut chosen: Vec<u8> = vec![0; n];
     memory.next_id = memory.next_id.max(limits.first_id);
     let mut verdicts = Vec::with_capacity(candidates.len());
-    for mask in candidates {
+    for (i, mask) in candidates.iter().enumerate() {
         let shape = Shape::new(mask.clone());
         let verdict = 'v: {
             if shape.area < limits.min_area {
                 break 'v Verdict::Small;
+            }
+            if shape.area as f64 > limits.max_area * n as f64 {
+                break 'v Verdict::Large;
             }
             // Tracks visible on this frame, and objects handed over but not shown yet.
             let current = memory
@@ -339,6 +554,9 @@ pub fn decide(candidates: &[Vec<u8>], tracks: &Tracks, memory: &mut Memory, limi
             }
             if shape.inside(&chosen) >= INSIDE_TRACKS {
                 break 'v Verdict::Duplicate;
+            }
+            if !kept.get(i).copied().unwrap_or(true) {
+                break 'v Verdict::NotKept;
             }
             let new = verdicts.iter().filter(|v| matches!(v, Verdict::New(_) | Verdict::Found(_))).count();
             if new >= limits.max_new || count >= limits.max_tracks {
@@ -379,20 +597,36 @@ pub fn decide(candidates: &[Vec<u8>], tracks: &Tracks, memory: &mut Memory, limi
 struct Running {
     sam: Loaded<Sam2>,
     generator: AutomaticMaskGenerator,
+    labeler: Option<Labeler>,
+}
+
+/// A query waiting for a frame of its camera.
+struct Query {
+    camera: Option<Arc<str>>,
+    id: u32,
+    text: String,
+    reply: SyncSender<QueryAnswer>,
 }
 
 /// Runs discovery on the frames of every camera.
 pub struct DiscoveryStage {
     spec: DiscoverySpec,
     tracker: ControlSender<TrackerCommand>,
+    control: Option<ControlReceiver<DiscoveryCommand>>,
     running: Option<Running>,
     cameras: HashMap<Arc<str>, Memory>,
+    /// Queries for cameras without a frame yet.
+    queries: Vec<Query>,
 }
 
 impl DiscoveryStage {
-    /// A stage running `spec`, handing objects to `tracker`.
-    pub fn new(spec: DiscoverySpec, tracker: ControlSender<TrackerCommand>) -> Self {
-        Self { spec, tracker, running: None, cameras: HashMap::new() }
+    /// A stage running `spec`, handing objects to `tracker`, answering queries from `control`.
+    pub fn new(
+        spec: DiscoverySpec,
+        tracker: ControlSender<TrackerCommand>,
+        control: Option<ControlReceiver<DiscoveryCommand>>,
+    ) -> Self {
+        Self { spec, tracker, control, running: None, cameras: HashMap::new(), queries: Vec::new() }
     }
 
     /// Whether this frame is due a run (cadence, or motion since the last run).
@@ -404,6 +638,98 @@ impl DiscoveryStage {
         let (Some(threshold), Some(thumb), Some(last)) = (self.spec.motion, thumb, last) else { return false };
         let changed = thumb.iter().zip(last).filter(|(a, b)| (**a - **b).abs() > MOTION_LEVELS).count();
         changed as f64 / thumb.len().max(1) as f64 > threshold
+    }
+
+    /// The queries for `camera` (those without a camera go to the first camera seen); the
+    /// others wait, the oldest answered "dropped" beyond [`QUERIES_WAITING`].
+    fn queries_for(&mut self, camera: &Arc<str>) -> Vec<Query> {
+        if let Some(control) = &self.control {
+            for DiscoveryCommand::Query { camera, id, text, reply } in control.drain() {
+                self.queries.push(Query { camera, id, text, reply });
+            }
+        }
+        let (mine, others): (Vec<Query>, Vec<Query>) =
+            std::mem::take(&mut self.queries).into_iter().partition(|q| q.camera.as_ref().is_none_or(|c| c == camera));
+        self.queries = others;
+        while self.queries.len() > QUERIES_WAITING {
+            let q = self.queries.remove(0);
+            let _ = q.reply.try_send(Err(format!("dropped: more than {QUERIES_WAITING} queries waiting for cameras")));
+        }
+        mine
+    }
+
+    /// Answers `query` from the camera's latest run: the candidate most similar to its text,
+    /// tracked under the query's id unless it is tracked already.
+    fn answer(&mut self, query: &Query, camera: &Arc<str>, tracks: &Tracks, memory: &mut Memory) -> QueryAnswer {
+        let Some(labeler) = self.running.as_mut().and_then(|r| r.labeler.as_mut()) else {
+            return Err("this discovery actor has no MetaCLIP model (`labels`) to compare objects with text".into());
+        };
+        let count = memory.count(tracks);
+        let Some(last) = memory.last.as_mut() else { return Err("discovery has not run on this camera yet".into()) };
+        let eligible: Vec<usize> = (0..last.masks.len())
+            .filter(|&i| {
+                !matches!(
+                    last.verdicts[i],
+                    Verdict::Small | Verdict::Large | Verdict::InsideTracks | Verdict::Duplicate
+                )
+            })
+            .collect();
+        let Some(features) = last.features.as_ref().filter(|_| !eligible.is_empty()) else {
+            return Err(format!("nothing matched: discovery found no object on frame {} to choose from", last.seq));
+        };
+        let mut compare = || -> Result<Vec<f32>> {
+            let text = labeler.embed_texts(std::slice::from_ref(&query.text))?; // [embed, 1]
+            let s = features.f_matmul(&text).and_then(|s| s.f_view([-1])).map_err(RuntimeError::Torch)?; // [N]
+            Vec::<f32>::try_from(s.f_to_device(Device::Cpu).map_err(RuntimeError::Torch)?).map_err(RuntimeError::Torch)
+        };
+        let similarity = compare().map_err(|e| format!("comparing with the text failed: {e}"))?;
+        let Some(&best) = eligible.iter().max_by(|&&a, &&b| similarity[a].total_cmp(&similarity[b])) else {
+            return Err("nothing matched".into());
+        };
+        let label = last.labels.get(best).cloned().flatten();
+        let what = label.as_ref().map_or(String::new(), |(l, p)| format!(", labelled {l} {p:.2}"));
+        let s = similarity[best];
+        if f64::from(s) < self.spec.query_threshold {
+            return Err(format!(
+                "nothing matched {:?}: the closest object (candidate {} of frame {}{what}) has similarity {s:.3}, below \
+                 the threshold {:.2}",
+                query.text,
+                best + 1,
+                last.seq,
+                self.spec.query_threshold
+            ));
+        }
+        let found = |id: u32, already_tracked: bool| QueryMatch {
+            camera: camera.clone(),
+            id,
+            already_tracked,
+            seq: last.seq,
+            candidate: best as u32 + 1,
+            similarity: s,
+            label: label.clone(),
+        };
+        if let Verdict::New(id) | Verdict::Found(id) | Verdict::Known(id) = last.verdicts[best] {
+            return Ok(found(id, true));
+        }
+        if count >= self.spec.limits.max_tracks {
+            return Err(format!(
+                "{} objects are tracked, the most this discovery allows (max_tracks); untrack one first",
+                self.spec.limits.max_tracks
+            ));
+        }
+        let (w, h) = (tracks.width as usize, tracks.height as usize);
+        let mask = last.masks[best].clone();
+        let prompt = FramePrompt::Mask { width: w, height: h, mask: mask.as_slice().into() };
+        let command =
+            TrackerCommand::Add { camera: Some(camera.clone()), id: query.id, prompt, origin: TrackOrigin::Query };
+        if self.tracker.send(command).is_err() {
+            return Err("the tracker's control queue is full".into());
+        }
+        last.verdicts[best] = Verdict::Known(query.id);
+        let answer = found(query.id, false);
+        let run_seq = last.seq;
+        memory.pending.insert(query.id, (Shape::new(mask), run_seq));
+        Ok(answer)
     }
 }
 
@@ -423,30 +749,42 @@ fn thumbnail(rgb: &[u8], width: usize, height: usize) -> Vec<f64> {
     sums.iter().zip(&counts).map(|(s, &c)| if c > 0 { s / f64::from(c) } else { 0.0 }).collect()
 }
 
-/// The candidates as a message: a label image by rank (1 = best) and one entry per candidate.
-fn candidates_message(frame: &Frame, masks: &[AmgMask], bytes: &[Vec<u8>], verdicts: &[Verdict]) -> Tracks {
+/// The candidates as a message: a label image by rank (1 = best) and one entry per candidate,
+/// its label saying what became of it (and its MetaCLIP class, with `labels`).
+fn candidates_message(
+    frame: &Frame,
+    masks: &[AmgMask],
+    bytes: &[Vec<u8>],
+    verdicts: &[Verdict],
+    labels: &[Option<(Arc<str>, f32)>],
+) -> Tracks {
     let (w, h) = (frame.layout.width, frame.layout.height);
-    let mut labels = vec![0u16; w * h];
+    let mut image = vec![0u16; w * h];
     let mut entries = Vec::with_capacity(masks.len());
     // Worst first, so that better candidates are drawn over them.
     for (rank, (m, mask)) in masks.iter().zip(bytes).enumerate().rev() {
         let id = rank as u32 + 1;
-        for (l, &v) in labels.iter_mut().zip(mask) {
+        for (l, &v) in image.iter_mut().zip(mask) {
             if v != 0 {
                 *l = id as u16;
             }
         }
         let bbox: Option<PixelBox> = mask_box(mask, w);
+        let verdict = verdict_name(verdicts[rank]);
+        let label = match labels.get(rank).cloned().flatten() {
+            Some((class, p)) => {
+                ocellus_runtime::message::TrackLabel { name: format!("{class}: {verdict}").into(), score: p }
+            }
+            None => ocellus_runtime::message::TrackLabel { name: verdict.into(), score: m.stability_score },
+        };
         entries.push(Track {
             id,
             bbox,
             score: m.predicted_iou,
             occluded: false,
             area: m.area.max(0) as u64,
-            label: Some(ocellus_runtime::message::TrackLabel {
-                name: verdict_name(verdicts[rank]).into(),
-                score: m.stability_score,
-            }),
+            label: Some(label),
+            origin: None,
         });
     }
     entries.reverse();
@@ -454,7 +792,7 @@ fn candidates_message(frame: &Frame, masks: &[AmgMask], bytes: &[Vec<u8>], verdi
         meta: frame.meta.clone(),
         width: w as u32,
         height: h as u32,
-        labels: Bytes::from(labels.iter().flat_map(|l| l.to_le_bytes()).collect::<Vec<u8>>()),
+        labels: Bytes::from(image.iter().flat_map(|l| l.to_le_bytes()).collect::<Vec<u8>>()),
         tracks: entries,
     }
 }
@@ -466,7 +804,9 @@ fn verdict_name(v: Verdict) -> String {
         Verdict::Known(id) => format!("track {id}"),
         Verdict::InsideTracks => "inside a track".into(),
         Verdict::Duplicate => "duplicate".into(),
+        Verdict::NotKept => "not kept".into(),
         Verdict::Small => "too small".into(),
+        Verdict::Large => "too large".into(),
         Verdict::OverLimit => "over the limit".into(),
     }
 }
@@ -475,7 +815,15 @@ impl Stage for DiscoveryStage {
     fn start(&mut self, _ctx: &mut Context) -> Result<()> {
         let sam = self.spec.model.load_with::<Sam2>(&Sam2Options { image_size: None }).map_err(failed)?;
         let generator = AutomaticMaskGenerator::new(self.spec.generator.clone()).map_err(failed)?;
-        self.running = Some(Running { sam, generator });
+        let labeler = self.spec.labels.clone().map(Labeler::new).transpose()?;
+        self.running = Some(Running { sam, generator, labeler });
+        Ok(())
+    }
+
+    fn stop(&mut self, _ctx: &mut Context) -> Result<()> {
+        for q in std::mem::take(&mut self.queries) {
+            let _ = q.reply.try_send(Err("the pipeline stopped before a frame of that camera came".into()));
+        }
         Ok(())
     }
 
@@ -488,8 +836,45 @@ impl Stage for DiscoveryStage {
             return Err(bad_frame(&frame.meta, "tracks of another size than their frame"));
         }
         let seq = frame.meta.seq;
-        let mut memory = self.cameras.remove(&frame.meta.camera).unwrap_or_default();
+        let camera = frame.meta.camera.clone();
+        let mut memory = self.cameras.remove(&camera).unwrap_or_default();
         memory.observe(&tracks, seq, self.spec.limits.remember);
+        let queries = self.queries_for(&camera);
+        let result = self.run(&frame, &tracks, &mut memory, !queries.is_empty(), ctx);
+        if result.is_ok() {
+            for q in &queries {
+                let answer = self.answer(q, &camera, &tracks, &mut memory);
+                match &answer {
+                    Ok(m) => {
+                        tracing::info!(%camera, id = m.id, text = %q.text, "discovery: a text query chose an object")
+                    }
+                    Err(why) => tracing::info!(%camera, text = %q.text, %why, "discovery: a text query chose nothing"),
+                }
+                let _ = q.reply.try_send(answer);
+            }
+        } else {
+            for q in &queries {
+                let _ = q.reply.try_send(Err(format!("discovery failed on frame {seq} of {camera}")));
+            }
+        }
+        self.cameras.insert(camera, memory);
+        result
+    }
+}
+
+impl DiscoveryStage {
+    /// One frame: a generator run when due (or when a query finds no run to choose from),
+    /// candidates handed over and emitted.
+    fn run(
+        &mut self,
+        frame: &Frame,
+        tracks: &Tracks,
+        memory: &mut Memory,
+        queried: bool,
+        ctx: &mut Context,
+    ) -> Result<()> {
+        let (w, h) = (frame.layout.width, frame.layout.height);
+        let seq = frame.meta.seq;
         // The frame is unpacked only when the motion trigger needs it or the generator runs.
         let mut rgb = None;
         let unpack =
@@ -503,8 +888,9 @@ impl Stage for DiscoveryStage {
             }
             None => None,
         };
-        if !self.due(&memory, seq, thumb.as_deref()) {
-            self.cameras.insert(frame.meta.camera.clone(), memory);
+        // A query with no run to choose from runs the generator now.
+        let run_now = self.due(memory, seq, thumb.as_deref()) || (queried && memory.last.is_none());
+        if !run_now {
             return Ok(());
         }
         let rgb = match rgb {
@@ -512,15 +898,36 @@ impl Stage for DiscoveryStage {
             None => unpack()?,
         };
         let _span = trace_span!("discovery", camera = %frame.meta.camera, seq).entered();
-        let Some(run) = self.running.as_ref() else { return Err(RuntimeError::Failed("not started".into())) };
+        let Some(run) = self.running.as_mut() else { return Err(RuntimeError::Failed("not started".into())) };
         let mut predictor = ImagePredictor::new(&run.sam, self.spec.model.device);
         let masks = run.generator.generate(&mut predictor, &rgb, w, h).map_err(failed)?;
         let bytes = masks.iter().map(|m| mask_to_bytes(&m.segmentation)).collect::<std::result::Result<Vec<_>, _>>()?;
-        let verdicts = decide(&bytes, &tracks, &mut memory, &self.spec.limits, seq);
+        // MetaCLIP: one embedding and one label per (non-empty) candidate.
+        let (features, labels) = match run.labeler.as_mut() {
+            Some(labeler) if !bytes.is_empty() && bytes.iter().all(|m| m.iter().any(|&v| v != 0)) => {
+                let views: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+                let features = labeler.embed_masks(&rgb, (w, h), &views)?; // [N, embed]
+                let labels = labeler.classify(&features)?.into_iter().map(Some).collect();
+                (Some(features), labels)
+            }
+            _ => (None, vec![None; bytes.len()]),
+        };
+        let kept: Vec<bool> = labels
+            .iter()
+            .map(|l: &Option<(Arc<str>, f32)>| {
+                self.spec.keep.is_empty() || l.as_ref().is_some_and(|(c, _)| self.spec.keep.iter().any(|k| **k == **c))
+            })
+            .collect();
+        let verdicts = decide(&bytes, &kept, tracks, memory, &self.spec.limits, seq);
         for (verdict, mask) in verdicts.iter().zip(&bytes) {
             let (Verdict::New(id) | Verdict::Found(id)) = *verdict else { continue };
             let prompt = FramePrompt::Mask { width: w, height: h, mask: mask.as_slice().into() };
-            let command = TrackerCommand::Add { camera: Some(frame.meta.camera.clone()), id, prompt };
+            let command = TrackerCommand::Add {
+                camera: Some(frame.meta.camera.clone()),
+                id,
+                prompt,
+                origin: TrackOrigin::Discovery,
+            };
             if self.tracker.send(command).is_err() {
                 tracing::warn!(id, "discovery: the tracker's control queue is full, object dropped");
                 memory.pending.remove(&id);
@@ -529,8 +936,8 @@ impl Stage for DiscoveryStage {
             }
         }
         memory.last_run = Some((seq, thumb));
-        self.cameras.insert(frame.meta.camera.clone(), memory);
-        ctx.emit(Packet::Candidates(candidates_message(&frame, &masks, &bytes, &verdicts)));
+        ctx.emit(Packet::Candidates(candidates_message(frame, &masks, &bytes, &verdicts, &labels)));
+        memory.last = Some(LastRun { seq, masks: bytes, verdicts, features, labels });
         Ok(())
     }
 }
@@ -565,10 +972,18 @@ mod tests {
                 }
             }
             let area = mask.iter().filter(|&&m| m != 0).count() as u64;
-            list.push(Track { id: *id, bbox: mask_box(mask, W), score: 0.9, occluded: false, area, label: None });
+            list.push(Track {
+                id: *id,
+                bbox: mask_box(mask, W),
+                score: 0.9,
+                occluded: false,
+                area,
+                label: None,
+                origin: None,
+            });
         }
         for &id in hidden {
-            list.push(Track { id, bbox: None, score: 0.1, occluded: true, area: 0, label: None });
+            list.push(Track { id, bbox: None, score: 0.1, occluded: true, area: 0, label: None, origin: None });
         }
         Tracks {
             meta: FrameMeta { camera: "cam".into(), seq, capture_ns: 0 },
@@ -580,7 +995,7 @@ mod tests {
     }
 
     fn limits() -> Limits {
-        Limits { match_iou: 0.5, max_tracks: 8, min_area: 20, max_new: 4, remember: 60, first_id: 1000 }
+        Limits { match_iou: 0.5, max_tracks: 8, min_area: 20, max_area: 0.8, max_new: 4, remember: 60, first_id: 1000 }
     }
 
     /// One discovery run on frame `seq`: the tracker shows `shown`, has `hidden` occluded.
@@ -594,7 +1009,7 @@ mod tests {
         let t = tracks(seq, shown, hidden);
         memory.observe(&t, seq, limits().remember);
         let candidates: Vec<Vec<u8>> = found.iter().map(|c| (*c).clone()).collect();
-        decide(&candidates, &t, memory, &limits(), seq)
+        decide(&candidates, &vec![true; candidates.len()], &t, memory, &limits(), seq)
     }
 
     /// Objects entering mid-stream get exactly one track each; parts and duplicates of tracked
@@ -646,13 +1061,13 @@ mod tests {
         let mut memory = Memory::default();
         let t = tracks(0, &[], &[]);
         memory.observe(&t, 0, limits().remember);
-        let v = decide(&objects, &t, &mut memory, &limits(), 0);
+        let v = decide(&objects, &[true; 6], &t, &mut memory, &limits(), 0);
         let new = v.iter().filter(|v| matches!(v, Verdict::New(_))).count();
         assert_eq!(new, 4, "max_new per run: {v:?}");
         assert_eq!(v[4..], [Verdict::OverLimit, Verdict::OverLimit]);
         // Next run: 4 pending + 4 more would pass max_tracks = 8 only if nothing is tracked.
         let few = Limits { max_tracks: 5, ..limits() };
-        let v = decide(&objects[4..], &t, &mut memory, &few, 15);
+        let v = decide(&objects[4..], &[true; 2], &t, &mut memory, &few, 15);
         assert_eq!(v, [Verdict::New(1004), Verdict::OverLimit], "max_tracks counts the objects handed over");
     }
 }

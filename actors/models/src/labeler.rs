@@ -126,35 +126,8 @@ impl NodeKind for LabelerKind {
 
     fn configure(common: &Common, e: LabelerEntry, _view: &PipelineView) -> Result<Arc<dyn ConfiguredNode>, Issue> {
         let model = model_spec::<Clip>(common)?;
-        if e.vocabulary.is_empty() {
-            return Err(Issue::at("vocabulary", "needs at least one class name"));
-        }
-        let mut seen = HashSet::new();
-        for (i, class) in e.vocabulary.iter().enumerate() {
-            if class.trim().is_empty() || !seen.insert(class.as_str()) {
-                return Err(
-                    Issue::at("vocabulary", format!("{class:?}: class names are unique and non-empty")).index(i)
-                );
-            }
-        }
-        let templates = match e.templates {
-            None => LabelerSpec::openai_templates(),
-            Some(TemplatesEntry::Named(s)) if s == "openai" => LabelerSpec::openai_templates(),
-            Some(TemplatesEntry::List(items)) if !items.is_empty() => {
-                if let Some(i) = items.iter().position(|t| !t.contains("{}")) {
-                    return Err(
-                        Issue::at("templates", "a template is a string with `{}` where the class name goes").index(i)
-                    );
-                }
-                items
-            }
-            Some(_) => {
-                return Err(Issue::at(
-                    "templates",
-                    "\"openai\" (the 80 ImageNet templates) or a non-empty list like [\"a photo of a {}.\"]",
-                ));
-            }
-        };
+        check_vocabulary(&e.vocabulary)?;
+        let templates = templates_of(e.templates)?;
         if !(e.smoothing > 0.0 && e.smoothing <= 1.0) {
             return Err(Issue::at("smoothing", format!("{}: must be in (0, 1] (1 = no smoothing)", e.smoothing)));
         }
@@ -173,6 +146,40 @@ impl NodeKind for LabelerKind {
             smoothing: e.smoothing,
             padding: e.padding,
         }))
+    }
+}
+
+/// Checks class names: at least one, unique, non-empty.
+pub fn check_vocabulary(vocabulary: &[String]) -> Result<(), Issue> {
+    if vocabulary.is_empty() {
+        return Err(Issue::at("vocabulary", "needs at least one class name"));
+    }
+    let mut seen = HashSet::new();
+    for (i, class) in vocabulary.iter().enumerate() {
+        if class.trim().is_empty() || !seen.insert(class.as_str()) {
+            return Err(Issue::at("vocabulary", format!("{class:?}: class names are unique and non-empty")).index(i));
+        }
+    }
+    Ok(())
+}
+
+/// The templates of `templates = ...` (the 80 OpenAI ones by default).
+pub fn templates_of(templates: Option<TemplatesEntry>) -> Result<Vec<String>, Issue> {
+    match templates {
+        None => Ok(LabelerSpec::openai_templates()),
+        Some(TemplatesEntry::Named(s)) if s == "openai" => Ok(LabelerSpec::openai_templates()),
+        Some(TemplatesEntry::List(items)) if !items.is_empty() => {
+            if let Some(i) = items.iter().position(|t| !t.contains("{}")) {
+                return Err(
+                    Issue::at("templates", "a template is a string with `{}` where the class name goes").index(i)
+                );
+            }
+            Ok(items)
+        }
+        Some(_) => Err(Issue::at(
+            "templates",
+            "\"openai\" (the 80 ImageNet templates) or a non-empty list like [\"a photo of a {}.\"]",
+        )),
     }
 }
 
@@ -332,6 +339,54 @@ impl Labeler {
         Tensor::f_cat(&crops, 0).map_err(torch) // [N, 3, S, S]
     }
 
+    /// Unit-norm image embeddings `[N, embed]` (fp32) of mask-aware crops of `masks` (binary,
+    /// `w × h`, each with at least one pixel) on the packed RGB frame `rgb`: the crop the
+    /// labeler makes of a track with that mask.
+    pub fn embed_masks(&self, rgb: &[u8], (w, h): (usize, usize), masks: &[&[u8]]) -> Result<Tensor> {
+        if rgb.len() != 3 * w * h || masks.iter().any(|m| m.len() != w * h) {
+            return Err(RuntimeError::BadInput(format!("masks or image of another size than {w}x{h}")));
+        }
+        let mut crops = Vec::with_capacity(masks.len());
+        for mask in masks {
+            let b = ocellus_kernels::masks::mask_box(mask, w)
+                .ok_or_else(|| RuntimeError::BadInput("an empty mask has no crop".into()))?;
+            let (x0, y0, side) = square(&b, self.spec.padding);
+            let crop = masked_square_of(rgb, mask, (w, h), (x0, y0, side));
+            let side = side as usize;
+            crops.push(self.transform.apply_rgb8(&crop, side, side, self.spec.model.device)?); // [1, 3, S, S]
+        }
+        let crops = Tensor::f_cat(&crops, 0).and_then(|c| c.f_to_kind(self.clip.kind())).map_err(torch)?; // [N, 3, S, S]
+        let features = tch::no_grad(|| self.clip.encode_image(&crops)).map_err(failed)?; // [N, embed]
+        ocellus_perception::clip::normalize(&features.f_to_kind(Kind::Float).map_err(torch)?).map_err(failed)
+    }
+
+    /// Unit-norm text embeddings `[embed, N]` (fp32) of `texts`, each put through the
+    /// templates and averaged as a zero-shot class is.
+    pub fn embed_texts(&mut self, texts: &[String]) -> Result<Tensor> {
+        let classifier =
+            tch::no_grad(|| self.classifiers.get(&self.clip, &self.tokenizer, texts, &self.spec.templates))
+                .map_err(failed)?;
+        classifier.weights().f_to_kind(Kind::Float).map_err(torch)
+    }
+
+    /// The most probable class of the vocabulary, and its probability, for each image
+    /// embedding of `features` (`[N, embed]`).
+    pub fn classify(&mut self, features: &Tensor) -> Result<Vec<(Arc<str>, f32)>> {
+        let classifier = self.classifier()?;
+        let probs = tch::no_grad(|| -> Result<Tensor> {
+            let logits = classifier.logits(&features.f_to_kind(self.clip.kind()).map_err(torch)?).map_err(failed)?;
+            logits.f_to_kind(Kind::Float).and_then(|l| l.f_softmax(-1, None::<Kind>)).map_err(torch) // [N, classes]
+        })?;
+        let (best, index) = probs.f_max_dim(-1, false).map_err(torch)?; // [N], [N]
+        let best = Vec::<f32>::try_from(best.f_to_device(Device::Cpu).map_err(torch)?).map_err(torch)?;
+        let index = Vec::<i64>::try_from(index.f_to_device(Device::Cpu).map_err(torch)?).map_err(torch)?;
+        Ok(index
+            .iter()
+            .zip(best)
+            .map(|(&i, p)| (classifier.classes().get(i as usize).map_or_else(|| "?".into(), |c| c.as_str().into()), p))
+            .collect())
+    }
+
     /// The tracks of `frame`, labelled.
     pub fn label(&mut self, frame: &Frame, mut tracks: Tracks) -> Result<Tracks> {
         let classifier = self.classifier()?;
@@ -403,11 +458,25 @@ pub fn square(b: &ocellus_kernels::masks::PixelBox, padding: f64) -> (i64, i64, 
 
 /// The `side × side` square at `(x0, y0)` (it may leave the frame) of a packed RGB frame:
 /// the pixels of track `id` (by the little-endian u16 `labels`), CLIP's mean colour elsewhere.
-pub fn masked_square(
+pub fn masked_square(rgb: &[u8], labels: &[u8], (w, h): (usize, usize), id: u32, square: (i64, i64, i64)) -> Vec<u8> {
+    masked_square_by(
+        rgb,
+        (w, h),
+        |at| u32::from(u16::from_le_bytes([labels[2 * at], labels[2 * at + 1]])) == id,
+        square,
+    )
+}
+
+/// [`masked_square`] of a binary `mask` (non-zero inside, frame resolution).
+pub fn masked_square_of(rgb: &[u8], mask: &[u8], (w, h): (usize, usize), square: (i64, i64, i64)) -> Vec<u8> {
+    masked_square_by(rgb, (w, h), |at| mask[at] != 0, square)
+}
+
+/// The square with the frame's pixels where `inside(pixel index)`, CLIP's mean colour elsewhere.
+fn masked_square_by(
     rgb: &[u8],
-    labels: &[u8],
     (w, h): (usize, usize),
-    id: u32,
+    inside: impl Fn(usize) -> bool,
     (x0, y0, side): (i64, i64, i64),
 ) -> Vec<u8> {
     let fill = Normalization::CLIP.mean.map(|m| (m * U8_MAX).round() as u8);
@@ -424,7 +493,7 @@ pub fn masked_square(
                 break;
             }
             let at = y * w + x;
-            if u32::from(u16::from_le_bytes([labels[2 * at], labels[2 * at + 1]])) == id {
+            if inside(at) {
                 px.copy_from_slice(&rgb[3 * at..3 * at + 3]);
             }
         }

@@ -41,7 +41,12 @@ pub fn kinds() -> Vec<&'static dyn ErasedKind> {
 
 /// The model of an entry's model keys, checked to be one of family `M`.
 pub fn model_spec<M: Model>(common: &Common) -> Result<ModelSpec, Issue> {
-    let name = common.model_name()?;
+    nested_model_spec::<M>(common.model_name()?, common.weights()?, common)
+}
+
+/// A second model of an entry (e.g. discovery's MetaCLIP), named `name` with `weights`, on the
+/// entry's device and dtype.
+pub fn nested_model_spec<M: Model>(name: &str, weights: &WeightsKeys, common: &Common) -> Result<ModelSpec, Issue> {
     if !M::names().contains(&name) {
         return Err(Issue::at(
             "model",
@@ -50,7 +55,7 @@ pub fn model_spec<M: Model>(common: &Common) -> Result<ModelSpec, Issue> {
     }
     Ok(ModelSpec {
         name: name.to_owned(),
-        weights: weights_source(common.weights()?),
+        weights: weights_source(weights),
         device: common.device,
         dtype: common.dtype,
     })

@@ -34,7 +34,7 @@ use ocellus_runtime::edge::EdgePolicy;
 use ocellus_runtime::kind::{BuildContext, Common, ConfiguredNode, Issue, ModelUse, NodeKind, PipelineView};
 use ocellus_runtime::node::{Context, Input, Stage, StageFactory, stage_factory};
 use ocellus_runtime::port::{InputPort, OutputPort, Ports};
-use ocellus_runtime::{Packet, PortType, Result, RuntimeError, Track, Tracks};
+use ocellus_runtime::{Packet, PortType, Result, RuntimeError, Track, TrackOrigin, Tracks};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
@@ -113,6 +113,8 @@ pub enum TrackerCommand {
         id: u32,
         /// Where the object is.
         prompt: FramePrompt,
+        /// Who asked (shown with the track).
+        origin: TrackOrigin,
     },
     /// Stop tracking `id`.
     Remove {
@@ -148,7 +150,12 @@ pub fn parse_prompt_message(bytes: &[u8]) -> std::result::Result<TrackerCommand,
             if !ok {
                 return Err("a box needs 0 <= x0 < x1 and 0 <= y0 < y1".into());
             }
-            Ok(TrackerCommand::Add { camera, id: id(m.id)?, prompt: FramePrompt::Box([x0, y0, x1, y1]) })
+            Ok(TrackerCommand::Add {
+                camera,
+                id: id(m.id)?,
+                prompt: FramePrompt::Box([x0, y0, x1, y1]),
+                origin: TrackOrigin::Operator,
+            })
         }
         (None, None, Some(points)) => {
             let labels = m.labels.unwrap_or_else(|| vec![1; points.len()]);
@@ -158,7 +165,12 @@ pub fn parse_prompt_message(bytes: &[u8]) -> std::result::Result<TrackerCommand,
             if points.iter().flatten().any(|v| !v.is_finite() || *v < 0.0) {
                 return Err("points must be finite and non-negative".into());
             }
-            Ok(TrackerCommand::Add { camera, id: id(m.id)?, prompt: FramePrompt::Points(points, labels) })
+            Ok(TrackerCommand::Add {
+                camera,
+                id: id(m.id)?,
+                prompt: FramePrompt::Points(points, labels),
+                origin: TrackOrigin::Operator,
+            })
         }
         _ => Err("give exactly one of \"box\", \"points\" or \"remove\"".into()),
     }
@@ -415,6 +427,8 @@ pub struct TrackerStage {
     pending: Vec<TrackerCommand>,
     /// The prompt topic's session thread and its stop flag.
     prompts: Option<(std::thread::JoinHandle<()>, Arc<AtomicBool>)>,
+    /// How each (camera, track) started.
+    origins: HashMap<(Arc<str>, u32), TrackOrigin>,
 }
 
 impl TrackerStage {
@@ -423,7 +437,15 @@ impl TrackerStage {
         spec: TrackerSpec,
         control: Option<(ControlSender<TrackerCommand>, ControlReceiver<TrackerCommand>)>,
     ) -> Self {
-        Self { spec, control, running: None, cameras: HashMap::new(), pending: Vec::new(), prompts: None }
+        Self {
+            spec,
+            control,
+            running: None,
+            cameras: HashMap::new(),
+            pending: Vec::new(),
+            prompts: None,
+            origins: HashMap::new(),
+        }
     }
 
     /// Applies queued commands to `camera`'s tracker (frame size `w × h`).
@@ -445,12 +467,14 @@ impl TrackerStage {
                 continue;
             };
             match command {
-                TrackerCommand::Add { id, prompt, .. } => {
-                    tracing::info!(%camera, id, "tracking a new object");
+                TrackerCommand::Add { id, prompt, origin, .. } => {
+                    tracing::info!(%camera, id, origin = origin.name(), "tracking a new object");
                     tracker.add_prompt(u64::from(id), prompt.to_model(w, h, side, device)?);
+                    self.origins.insert((camera.clone(), id), origin);
                 }
                 TrackerCommand::Remove { id } => {
                     tracker.remove(u64::from(id));
+                    self.origins.remove(&(camera.clone(), id));
                 }
             }
         }
@@ -505,6 +529,7 @@ impl Stage for TrackerStage {
             let mut t = StreamingTracker::new(self.spec.stream);
             for (id, prompt) in &self.spec.prompts {
                 t.add_prompt(u64::from(*id), prompt.to_model(w as f64, h as f64, side, device)?);
+                self.origins.insert((frame.meta.camera.clone(), *id), TrackOrigin::Config);
             }
             self.cameras.insert(frame.meta.camera.clone(), t);
         }
@@ -540,7 +565,8 @@ impl Stage for TrackerStage {
                 }
                 bbox = mask_box(&mask, w);
             }
-            tracks.push(Track { id, bbox, score, occluded, area, label: None });
+            let origin = self.origins.get(&(frame.meta.camera.clone(), id)).copied();
+            tracks.push(Track { id, bbox, score, occluded, area, label: None, origin });
         }
         let bytes: Vec<u8> = labels.iter().flat_map(|l| l.to_le_bytes()).collect();
         ctx.emit(Packet::Tracks(Tracks {

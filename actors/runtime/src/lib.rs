@@ -37,7 +37,7 @@ pub use clock::Clock;
 pub use edge::{DropPolicy, EdgePolicy, EdgeReceiver, EdgeSender, EdgeStats, edge};
 pub use message::{
     AgentEvent, AgentOutput, Features, Frame, FrameMeta, Inpainted, Mask, MaskKind, Packet, PortType, Track,
-    TrackLabel, Tracks,
+    TrackLabel, TrackOrigin, Tracks,
 };
 pub use node::{Context, Flow, Input, RestartPolicy, Source, SourceContext, Stage, source_factory, stage_factory};
 pub use pipeline::{Pipeline, PipelineReport};

@@ -106,6 +106,34 @@ pub struct Track {
     pub area: u64,
     /// What the object is, once a labeler has classified it.
     pub label: Option<TrackLabel>,
+    /// How the track started (the tracker sets it; `None` elsewhere).
+    pub origin: Option<TrackOrigin>,
+}
+
+/// How a track started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackOrigin {
+    /// A prompt in the configuration.
+    Config,
+    /// An operator: a box from the agent's `track` tool, or a prompt on the tracker's topic.
+    Operator,
+    /// Found by the discovery actor (automatic mask generation).
+    Discovery,
+    /// Chosen by a text query (the agent's `track` tool with `query`).
+    Query,
+}
+
+impl TrackOrigin {
+    /// Its name (`config`, `operator`, `discovery`, `query`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Config => "config",
+            Self::Operator => "operator",
+            Self::Discovery => "discovery",
+            Self::Query => "query",
+        }
+    }
 }
 
 /// A track's class (e.g. a zero-shot CLIP label, smoothed over time).

@@ -3,7 +3,7 @@
 //!
 //! ```json
 //! {"type":"tracks","camera":"front","seq":12,"capture_ns":1700000000000000000,"width":640,"height":480,
-//!  "tracks":[{"id":1,"bbox":[10,20,110,220],"score":0.97,"occluded":false,"area":12000}]}
+//!  "tracks":[{"id":1,"bbox":[10,20,110,220],"score":0.97,"occluded":false,"area":12000,"origin":"config"}]}
 //! {"type":"motion","camera":"front","seq":12,"capture_ns":...,"width":640,"height":480,"coverage":0.02}
 //! {"type":"metrics","stage":"tracker","at_ns":...,"fps":29.8,"latency_p50_ms":31.2,...}
 //! {"type":"caption","camera":"front","seq":12,"capture_ns":...,"text":"a person walks in"}
@@ -44,6 +44,9 @@ pub struct TrackJson {
     /// The label's probability.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub label_score: Option<f32>,
+    /// How the track started: `config`, `operator`, `discovery` or `query`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<&'static str>,
 }
 
 /// What kind of text an observation carries.

@@ -111,6 +111,7 @@ impl Stage for ScriptedTracks {
                 occluded: false,
                 area: 64,
                 label: label.map(|l| TrackLabel { name: l.into(), score: 0.8 }),
+                origin: None,
             })
             .collect();
         let labels = Bytes::from(vec![0u8; (2 * w * h) as usize]);
@@ -175,6 +176,7 @@ fn spec(url: &str, tools: Vec<ToolKind>, guard: bool, caption_every: Duration) -
         tracker: None,
         labeler: None,
         inpainter: None,
+        discovery: None,
     }
 }
 
@@ -601,4 +603,103 @@ inbox = {{ operator_key = "ocellus/test/replay", listen = ["tcp/127.0.0.1:{port}
     assert!(decisions.iter().any(|d| d.contains("rate limit")), "and one was over the rate limit: {decisions:?}");
     let captions = texts(&recorded, "agent/caption");
     assert!(captions.len() < FRAMES, "captions follow their cadence on the capture clock: {captions:?}");
+}
+
+/// The `track` tool with a text query in a configured pipeline: the operator's instruction
+/// (zenoh) → the agent → the discovery actor, which ranks the candidates of its latest run by
+/// MetaCLIP similarity and hands the best to SAM 2; the answer comes back as a decision, and
+/// the recording's track boxes say how each track started. (Which candidate wins is checked
+/// against an independent computation in `discovery_query`.)
+#[test]
+fn text_query_makes_discovery_hand_the_best_candidate_to_sam2() {
+    const FRAMES: usize = 12;
+    let url = serve_instruction("find the ball", r#"[track(query="a red ball", label="ball")]"#);
+    let port = free_port();
+    let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "agent_query");
+    let rrd = dir.join("query.rrd");
+    let tracker = cam_and_tracker_toml(FRAMES, "prompts = [{ box = [120, 80, 200, 160] }]");
+    let rest = format!(
+        r#"
+[[actor]]
+name = "discovery"
+kind = "discovery"
+model = "sam2.1_hiera_base_plus"
+weights = "{sam}"
+inputs = {{ frames = "cam", tracks = "tracker" }}
+edge = {{ policy = "block" }}
+every = 100
+min_area = 100
+max_tracks = 4
+query_threshold = -1.0
+generator = {{ points_per_side = 4, pred_iou_thresh = 0.0, stability_score_thresh = 0.0 }}
+labels = {{ model = "ViT-B-32-quickgelu", weights = "{clip}", vocabulary = ["ball", "floor"], templates = ["a photo of a {{}}."] }}
+keep = ["ball"]
+
+[[actor]]
+name = "agent"
+kind = "agent"
+inputs = ["tracker"]
+server = {{ url = "{url}", model = "scripted" }}
+tools = ["track"]
+rate_limit = 1
+caption_every = "1h"
+inbox = {{ operator_key = "ocellus/test/query", listen = ["tcp/127.0.0.1:{port}"], multicast_scouting = false }}
+{sink}"#,
+        sam = fixtures_dir().join("sam2_image_base_plus.weights.safetensors").display(),
+        clip = fixtures_dir().join("clip_b32.weights.safetensors").display(),
+        sink = rerun_sink_toml(&["cam", "tracker", "discovery", "agent"], &rrd),
+    );
+    let config = config_file(&dir, "query.toml", &format!("{tracker}{rest}"));
+    let mut pipeline = build(&config).unwrap();
+    let collected = Collected::default();
+    pipeline.stage("collect", &["agent"], EdgePolicy::Block { depth: 64 }, collected.clone().factory());
+    let operator = ZenohPublisher::start(port, "ocellus/test/query", &["find the ball"], Duration::from_millis(300));
+    let report = pipeline.run().unwrap();
+    drop(operator);
+    assert_eq!(report.failures().count(), 0, "{report}");
+
+    let decisions: Vec<_> = collected
+        .take()
+        .into_iter()
+        .filter_map(|(p, _)| match p {
+            Packet::Agent(a) => match &a.output {
+                AgentOutput::Decision(d) if d.tool == "track" => Some(d.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    for d in &decisions {
+        println!("{:?}: {:?}", d.arguments, d.outcome);
+    }
+    assert_eq!(decisions[0].arguments, json!({"query": "a red ball", "label": "ball"}));
+    assert!(
+        matches!(&decisions[0].outcome, Outcome::Executed(t) if t.starts_with("looking for \"a red ball\"")),
+        "the query went to discovery"
+    );
+    // Its answer: a decision of its own.
+    let answer = decisions
+        .iter()
+        .find_map(|d| match &d.outcome {
+            Outcome::Executed(t) if t.contains("similarity") => Some(t.clone()),
+            Outcome::Refused(r) if r.starts_with("no match") => Some(r.clone()),
+            _ => None,
+        })
+        .expect("the discovery answered the query");
+    // What the recording shows: the config's track, the discovered ones, and the queried one,
+    // each saying how it started.
+    let boxes = ocellus_io::recording::boxes_of(&rrd, "world/cam/tracks/boxes").unwrap();
+    let origin_of = |id: u16| {
+        boxes.values().flatten().filter(|b| b.class_id == Some(id)).find_map(|b| b.label.clone()).unwrap_or_default()
+    };
+    assert!(origin_of(1).ends_with(", config)"), "{}", origin_of(1));
+    let ids: std::collections::BTreeSet<u16> = boxes.values().flatten().filter_map(|b| b.class_id).collect();
+    for id in ids.iter().filter(|&&id| id >= 2000) {
+        assert!(origin_of(*id).ends_with(", discovery)"), "track {id}: {}", origin_of(*id));
+    }
+    // (The seeded MetaCLIP labels this frame's candidates "floor": `keep` leaves them to the
+    // operator, so the query's choice becomes a new track.)
+    assert!(answer.starts_with("tracking track 1000 on cam (candidate "), "{answer}");
+    println!("answer: {answer}; tracks {ids:?}");
+    assert!(origin_of(1000).ends_with(", query)"), "the queried object is tracked: {}", origin_of(1000));
 }

@@ -104,6 +104,19 @@ fn discovery_needs_a_tracker_and_valid_limits() {
         ("generator = { points_per_side = 0 }", "points_per_side"),
         ("generator = { points_per_sid = 4 }", "points_per_sid"),
         ("tracker = \"cam\"", "not a sam2 actor"),
+        ("keep = [\"cup\"]", "keep: needs `labels`"),
+        ("query_threshold = 2.0", "query_threshold"),
+        ("labels = { model = \"ViT-B-32-quickgelu\", vocabulary = [\"cup\"] }", "labels.weights"),
+        ("labels = { model = \"ViT-X\", allow_random_weights = true, vocabulary = [\"cup\"] }", "unknown model"),
+        (
+            "labels = { model = \"ViT-B-32-quickgelu\", allow_random_weights = true, vocabulary = [] }",
+            "labels.vocabulary",
+        ),
+        (
+            "labels = { model = \"ViT-B-32-quickgelu\", allow_random_weights = true, vocabulary = [\"cup\"] }\n\
+             keep = [\"cup\", \"person\"]",
+            "\"person\" is not in labels.vocabulary",
+        ),
     ] {
         let text = format!("{}{tracker}{}", clip.source_toml("cam", 1), discovery(extra));
         let err = ocellus_pipelines::PipelineConfig::parse(&dir.join("bad.toml"), &text).expect_err(extra).to_string();

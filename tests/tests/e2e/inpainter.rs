@@ -86,6 +86,7 @@ fn tracks(seq: u64) -> Tracks {
         occluded: bbox.is_none(),
         area: if bbox.is_some() { 100 } else { 0 },
         label: Some(TrackLabel { name: Arc::from(label), score: 0.8 }),
+        origin: None,
     };
     Tracks {
         meta: meta(seq),

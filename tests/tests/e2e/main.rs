@@ -11,6 +11,7 @@ mod config_schema;
 mod curate;
 mod diffmae_parity;
 mod discovery_actor;
+mod discovery_query;
 mod end_to_end;
 mod hiera_parity;
 mod hieradet_parity;

@@ -239,9 +239,13 @@ impl RerunSink {
             let context = AnnotationContext::new(classes.iter().map(|(id, label, c)| (*id, label.as_str(), *c)));
             self.rec.log_static(entity.as_str(), &context).map_err(|e| IoError::Rerun(e.to_string()))?;
         }
-        let label = |tr: &Track| match &tr.label {
-            Some(l) => format!("{} {:.2} (track {})", l.name, l.score, tr.id),
-            None => format!("track {} ({:.2})", tr.id, tr.score),
+        // `person 0.91 (track 2001, discovery)`: the label, the id and how the track started.
+        let label = |tr: &Track| {
+            let origin = tr.origin.map_or(String::new(), |o| format!(", {}", o.name()));
+            match &tr.label {
+                Some(l) => format!("{} {:.2} (track {}{origin})", l.name, l.score, tr.id),
+                None => format!("track {} ({:.2}{origin})", tr.id, tr.score),
+            }
         };
         self.log_labels_and_boxes(t, &entity, &path::boxes(&t.meta.camera), label)
     }

@@ -182,6 +182,7 @@ pub fn tracks_observation(t: &Tracks) -> Observation<'_> {
             area: tr.area,
             label: tr.label.as_ref().map(|l| l.name.to_string()),
             label_score: tr.label.as_ref().map(|l| l.score),
+            origin: tr.origin.map(|o| o.name()),
         })
         .collect();
     Observation::Tracks { frame: frame_ref(&t.meta), width: t.width, height: t.height, tracks }
