@@ -25,10 +25,12 @@ pub mod clip;
 pub mod diffmae;
 pub mod hiera;
 pub mod hieradet;
+pub mod hmr2;
 pub mod model;
 pub mod motion;
 pub mod onnx;
 pub mod sam2;
+pub mod smpl;
 pub mod weights;
 
 /// Errors of the perception crate.

@@ -67,6 +67,30 @@ pub fn fixtures_dir() -> std::path::PathBuf {
     dir
 }
 
+/// Golden data made from official code that is not on the package registry (HMR 2.0, LART),
+/// as shipped beside the repository: `$OCELLUS_SHARED_FIXTURES/<model>`, by default
+/// `../shared/fixtures/<model>` from the repository root.
+pub fn shared_fixtures(model: &str) -> std::path::PathBuf {
+    let root = std::env::var_os("OCELLUS_SHARED_FIXTURES").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("..").join("shared").join("fixtures")
+    });
+    let dir = root.join(model);
+    assert!(
+        dir.join("README.md").exists(),
+        "the {model} golden data are missing from {} (set OCELLUS_SHARED_FIXTURES)",
+        dir.display()
+    );
+    dir
+}
+
+/// The tensors of a safetensors file, by name.
+pub fn read_tensors(path: &std::path::Path) -> std::collections::HashMap<String, tch::Tensor> {
+    tch::Tensor::read_safetensors(path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+        .into_iter()
+        .collect()
+}
+
 /// The tensors of a fixture's `<case>.io.safetensors`.
 pub fn fixture_io(case: &str) -> std::collections::HashMap<String, tch::Tensor> {
     let path = fixtures_dir().join(format!("{case}.io.safetensors"));

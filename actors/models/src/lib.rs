@@ -41,18 +41,23 @@ pub fn kinds() -> Vec<&'static dyn ErasedKind> {
 
 /// The model of an entry's model keys, checked to be one of family `M`.
 pub fn model_spec<M: Model>(common: &Common) -> Result<ModelSpec, Issue> {
-    nested_model_spec::<M>(common.model_name()?, common.weights()?, common)
+    let name = common.model_name()?;
+    known_model::<M>(name)?; // an unknown name is the first thing to say
+    nested_model_spec::<M>(name, common.weights()?, common)
+}
+
+fn known_model<M: Model>(name: &str) -> Result<(), Issue> {
+    if M::names().contains(&name) {
+        Ok(())
+    } else {
+        Err(Issue::at("model", format!("unknown model {name:?} (known {} models: {})", M::FAMILY, M::names().join(", "))))
+    }
 }
 
 /// A second model of an entry (e.g. discovery's MetaCLIP), named `name` with `weights`, on the
 /// entry's device and dtype.
 pub fn nested_model_spec<M: Model>(name: &str, weights: &WeightsKeys, common: &Common) -> Result<ModelSpec, Issue> {
-    if !M::names().contains(&name) {
-        return Err(Issue::at(
-            "model",
-            format!("unknown model {name:?} (known {} models: {})", M::FAMILY, M::names().join(", ")),
-        ));
-    }
+    known_model::<M>(name)?;
     Ok(ModelSpec {
         name: name.to_owned(),
         weights: weights_source(weights),

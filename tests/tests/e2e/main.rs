@@ -15,6 +15,7 @@ mod discovery_query;
 mod end_to_end;
 mod hiera_parity;
 mod hieradet_parity;
+mod hmr2_parity;
 mod inpainter;
 mod labeler_actor;
 mod llama_backends;
