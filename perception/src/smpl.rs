@@ -51,6 +51,21 @@ pub const ARRAYS: [(&str, &[i64]); 6] = [
 ];
 /// The optional extra regressor's name in a converted file.
 pub const EXTRA_REGRESSOR: &str = "J_regressor_extra";
+/// The kinematic tree's name in a converted file (`[2, 24]`: parents, then joint ids).
+pub const KINTREE: &str = "kintree_table";
+/// How a root's missing parent is stored in the official files (`2^32 - 1`).
+const NO_PARENT: i64 = u32::MAX as i64;
+/// The converter the venv's Python runs (`convert_smpl.py MODEL OUT [EXTRA]`).
+const CONVERT_SCRIPT: &str = include_str!("../scripts/convert_smpl.py");
+
+/// Converts the user's SMPL model file (`SMPL_NEUTRAL.pkl`, or an `.npz` of its arrays) and,
+/// if given, HMR 2.0's 19-joint regressor (`SMPL_to_J19.pkl`) to safetensors at `out`, then
+/// reads it back as the actors do (every array's shape, finite values, SMPL's kinematic tree).
+pub fn convert(model: &Path, extra: Option<&Path>, out: &Path) -> Result<Smpl> {
+    let extra: Vec<&Path> = extra.into_iter().collect();
+    crate::weights::run_converter(CONVERT_SCRIPT, model, out, &extra)?;
+    Smpl::load(out, Device::Cpu)
+}
 
 /// A posed body.
 #[derive(Debug)]
@@ -64,12 +79,12 @@ pub struct SmplOutput {
 /// The body model's arrays, on a device (read-only, shared by every stream).
 #[derive(Debug)]
 pub struct Smpl {
-    v_template: Tensor,  // [V, 3]
-    shapedirs: Tensor,   // [V, 3, 10]
-    posedirs: Tensor,    // [207, V · 3]
-    j_regressor: Tensor, // [24, V]
-    lbs_weights: Tensor, // [V, 24]
-    faces: Tensor,       // [F, 3] (int64)
+    v_template: Tensor,    // [V, 3]
+    shapedirs: Tensor,     // [V, 3, 10]
+    posedirs: Tensor,      // [207, V · 3]
+    j_regressor: Tensor,   // [24, V]
+    lbs_weights: Tensor,   // [V, 24]
+    faces: Tensor,         // [F, 3] (int64)
     extra: Option<Tensor>, // [19, V]
 }
 
@@ -96,20 +111,21 @@ impl Smpl {
             Ok(t.f_to_device(device)?)
         };
         let [v, s, p, j, w, f] = ARRAYS.map(|(n, shape)| get(n, shape));
+        if let Some(tree) = tensors.get(KINTREE) {
+            let parents: Vec<i64> = Vec::<i64>::try_from(tree.f_to_kind(Kind::Int64)?.f_get(0)?)?
+                .into_iter()
+                .map(|p| if p == NO_PARENT { -1 } else { p })
+                .collect();
+            if parents != PARENTS {
+                return Err(invalid(path, format!("{KINTREE} is not SMPL's kinematic tree: parents {parents:?}")));
+            }
+        }
         let extra = match tensors.contains_key(EXTRA_REGRESSOR) {
             true => Some(get(EXTRA_REGRESSOR, &[NUM_EXTRA_JOINTS, NUM_VERTICES])?),
             false => None,
         };
         let posedirs = p?.f_reshape([-1, NUM_POSE_BASIS])?.f_transpose(0, 1)?.f_contiguous()?; // [207, V · 3]
-        Ok(Self {
-            v_template: v?,
-            shapedirs: s?,
-            posedirs,
-            j_regressor: j?,
-            lbs_weights: w?,
-            faces: f?,
-            extra,
-        })
+        Ok(Self { v_template: v?, shapedirs: s?, posedirs, j_regressor: j?, lbs_weights: w?, faces: f?, extra })
     }
 
     /// Whether the extra 19-joint regressor is there.
@@ -136,7 +152,11 @@ impl Smpl {
         }
         let betas = betas.f_to_kind(Kind::Float)?;
         // Shape: v_template + shapedirs · betas.
-        let v_shaped = self.v_template.f_unsqueeze(0)?.f_add(&Tensor::f_einsum("bl,mkl->bmk", &[&betas, &self.shapedirs], None::<&[i64]>)?)?; // [B, V, 3]
+        let v_shaped = self.v_template.f_unsqueeze(0)?.f_add(&Tensor::f_einsum(
+            "bl,mkl->bmk",
+            &[&betas, &self.shapedirs],
+            None::<&[i64]>,
+        )?)?; // [B, V, 3]
         let joints = Tensor::f_einsum("bik,ji->bjk", &[&v_shaped, &self.j_regressor], None::<&[i64]>)?; // [B, 24, 3]
         // Pose blend shapes from (R - I) of the body joints.
         let eye = Tensor::f_eye(3, (Kind::Float, rot.device()))?;
@@ -145,7 +165,12 @@ impl Smpl {
         let v_posed = v_shaped.f_add(&pose_offsets)?;
         let (posed_joints, relative) = rigid_transform(&rot, &joints)?; // [B, 24, 3], [B, 24, 4, 4]
         // Skinning: per-vertex blend of the joint transforms.
-        let t = self.lbs_weights.f_unsqueeze(0)?.f_expand([b, -1, -1], false)?.f_matmul(&relative.f_reshape([b, NUM_JOINTS, 16])?)?.f_reshape([b, -1, 4, 4])?; // [B, V, 4, 4]
+        let t = self
+            .lbs_weights
+            .f_unsqueeze(0)?
+            .f_expand([b, -1, -1], false)?
+            .f_matmul(&relative.f_reshape([b, NUM_JOINTS, 16])?)?
+            .f_reshape([b, -1, 4, 4])?; // [B, V, 4, 4]
         let ones = Tensor::f_ones([b, v_posed.size()[1], 1], (Kind::Float, rot.device()))?;
         let homogeneous = Tensor::f_cat(&[&v_posed, &ones], 2)?.f_unsqueeze(-1)?; // [B, V, 4, 1]
         let vertices = t.f_matmul(&homogeneous)?.f_narrow(2, 0, 3)?.f_squeeze_dim(-1)?; // [B, V, 3]
@@ -160,7 +185,9 @@ impl Smpl {
     pub fn joints44(&self, output: &SmplOutput) -> Result<Tensor> {
         let extra = self.extra.as_ref().ok_or_else(|| PerceptionError::Config {
             model: "smpl",
-            message: format!("the model file has no {EXTRA_REGRESSOR} (the 19-joint regressor): import it with the model"),
+            message: format!(
+                "the model file has no {EXTRA_REGRESSOR} (the 19-joint regressor): import it with the model"
+            ),
         })?;
         let map = Tensor::f_from_slice(&SMPL_TO_OPENPOSE)?.f_to_device(output.joints.device())?;
         let openpose = output.joints.f_index_select(1, &map)?; // [B, 25, 3]

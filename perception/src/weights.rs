@@ -168,6 +168,11 @@ pub fn venv_python() -> Option<PathBuf> {
 
 /// Converts an official PyTorch checkpoint to safetensors at `out` (keys unchanged).
 pub fn convert_checkpoint(checkpoint: &Path, out: &Path) -> Result<()> {
+    run_converter(CONVERT_SCRIPT, checkpoint, out, &[])
+}
+
+/// Runs a converter script of the venv's Python: `script SOURCE OUT [EXTRA...]`.
+pub fn run_converter(script: &str, checkpoint: &Path, out: &Path, extra: &[&Path]) -> Result<()> {
     let python =
         venv_python().ok_or_else(|| weights_error(checkpoint, "no venv Python: run scripts/bootstrap".into()))?;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -175,9 +180,10 @@ pub fn convert_checkpoint(checkpoint: &Path, out: &Path) -> Result<()> {
     }
     let output = std::process::Command::new(python)
         .arg("-c")
-        .arg(CONVERT_SCRIPT)
+        .arg(script)
         .arg(checkpoint)
         .arg(out)
+        .args(extra)
         .output()
         .map_err(|e| weights_error(checkpoint, format!("running the converter: {e}")))?;
     if !output.status.success() {

@@ -159,9 +159,12 @@ pub struct ImportArgs {
     /// `llama-3.2-1b-instruct`, ...).
     #[arg(long)]
     pub model: String,
-    /// The checkpoint.
+    /// The checkpoint (SMPL: your `SMPL_NEUTRAL.pkl` or an `.npz` of its arrays).
     #[arg(long = "from")]
     pub from: PathBuf,
+    /// SMPL only: HMR 2.0's 19-joint regressor (`SMPL_to_J19.pkl`), for the 44 joints LART reads.
+    #[arg(long)]
+    pub extra_regressor: Option<PathBuf>,
     /// Output (default `weights/<model>.safetensors`).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -185,9 +188,9 @@ impl WeightsArgs {
     /// Imports or initializes, and prints the manifest's digest.
     pub fn run(self) -> anyhow::Result<ExitCode> {
         let manifest = match self.what {
-            WeightsCommand::Import(ImportArgs { model, from, out }) => {
+            WeightsCommand::Import(ImportArgs { model, from, extra_regressor, out }) => {
                 let out = out.unwrap_or_else(|| tools::default_weights_path(&model));
-                let m = tools::import(&model, &from, &out)?;
+                let m = tools::import_with_extra(&model, &from, extra_regressor.as_deref(), &out)?;
                 println!("imported {} → {}", from.display(), out.display());
                 m
             }

@@ -1,4 +1,5 @@
-//! `ocellus weights import | init`, for every model: Hiera, SAM 2, MetaCLIP, DiffMAE and Llama 3.
+//! `ocellus weights import | init`, for every model: Hiera, SAM 2, MetaCLIP, DiffMAE, HMR 2.0,
+//! Llama 3, and the SMPL body model (import only: the user's own licensed file).
 
 use std::path::{Path, PathBuf};
 
@@ -11,8 +12,10 @@ use ocellus_perception::backbone::Backbone;
 use ocellus_perception::clip::Clip;
 use ocellus_perception::diffmae::DiffMae;
 use ocellus_perception::hiera::HieraConfig;
+use ocellus_perception::hmr2::Hmr2;
 use ocellus_perception::model::{Model, ModelSpec, WeightsSource};
 use ocellus_perception::sam2::Sam2;
+use ocellus_perception::smpl;
 use ocellus_perception::weights::{self, Manifest};
 use tch::{Device, Kind, Tensor};
 
@@ -31,7 +34,12 @@ enum Family {
     Sam2,
     Clip,
     Hiera,
+    Hmr2,
+    Smpl,
 }
+
+/// The SMPL body model's name in `ocellus weights`.
+pub const SMPL: &str = "smpl";
 
 impl Family {
     fn of(model: &str) -> anyhow::Result<Self> {
@@ -46,9 +54,20 @@ impl Family {
             Self::Clip
         } else if has(Backbone::names()) {
             Self::Hiera
+        } else if has(Hmr2::names()) {
+            Self::Hmr2
+        } else if model == SMPL {
+            Self::Smpl
         } else {
-            let known: Vec<&str> =
-                [DiffMae::names(), Sam2::names(), Clip::names(), HieraConfig::NAMES.to_vec()].concat();
+            let known: Vec<&str> = [
+                DiffMae::names(),
+                Sam2::names(),
+                Clip::names(),
+                HieraConfig::NAMES.to_vec(),
+                Hmr2::names(),
+                vec![SMPL],
+            ]
+            .concat();
             anyhow::bail!("unknown model {model:?} (known: {}, and the Llama 3 models)", known.join(", "))
         })
     }
@@ -62,7 +81,18 @@ fn spec(model: &str, weights: WeightsSource) -> ModelSpec {
 /// Converts an official checkpoint of `model` to safetensors at `out`, verifies every key
 /// and shape against the architecture (both ways), and writes the manifest.
 pub fn import(model: &str, checkpoint: &Path, out: &Path) -> anyhow::Result<Manifest> {
-    match Family::of(model)? {
+    import_with_extra(model, checkpoint, None, out)
+}
+
+/// [`import`], with an extra file some models take (SMPL: HMR 2.0's 19-joint regressor).
+pub fn import_with_extra(model: &str, checkpoint: &Path, extra: Option<&Path>, out: &Path) -> anyhow::Result<Manifest> {
+    let family = Family::of(model)?;
+    if extra.is_some() && !matches!(family, Family::Smpl) {
+        anyhow::bail!("--extra-regressor is for the SMPL body model only");
+    }
+    match family {
+        Family::Smpl => Ok(import_smpl(checkpoint, extra, out)?),
+        Family::Hmr2 => Ok(import_model::<Hmr2>(model, checkpoint, out)?),
         Family::Llama => import_llama(model, checkpoint, out),
         Family::DiffMae => Ok(import_model::<DiffMae>(model, checkpoint, out)?),
         Family::Sam2 => Ok(import_sam2(model, checkpoint, out)?),
@@ -135,7 +165,37 @@ pub fn init(model: &str, seed: i64, out: &Path) -> anyhow::Result<Manifest> {
         Family::Sam2 => Ok(init_model::<Sam2>(model, seed, out)?),
         Family::Clip => Ok(init_model::<Clip>(model, seed, out)?),
         Family::Hiera => Ok(init_model::<Backbone>(model, seed, out)?),
+        Family::Hmr2 => Ok(init_model::<Hmr2>(model, seed, out)?),
+        Family::Smpl => anyhow::bail!(
+            "the SMPL body model is not generated: import your own licensed file with \
+             `ocellus weights import --model smpl --from SMPL_NEUTRAL.pkl`"
+        ),
     }
+}
+
+/// The SMPL body model: the user's file converted (every array checked), with the manifest.
+fn import_smpl(model_file: &Path, extra: Option<&Path>, out: &Path) -> Result<Manifest, PerceptionError> {
+    let tmp = out.with_extension("safetensors.partial");
+    let body = match smpl::convert(model_file, extra, &tmp) {
+        Ok(body) => body,
+        Err(e) => {
+            std::fs::remove_file(&tmp).ok();
+            return Err(e);
+        }
+    };
+    std::fs::rename(&tmp, out)
+        .map_err(|e| PerceptionError::Weights { path: out.to_path_buf(), message: e.to_string() })?;
+    let config = serde_json::json!({
+        "vertices": smpl::NUM_VERTICES,
+        "joints": smpl::NUM_JOINTS,
+        "betas": smpl::NUM_BETAS,
+        "extra_regressor": body.has_extra_regressor(),
+    });
+    let source = match extra {
+        Some(e) => format!("import {} + {}", model_file.display(), e.display()),
+        None => format!("import {}", model_file.display()),
+    };
+    weights::write_manifest(out, SMPL, config, source)
 }
 
 fn init_model<M: Model>(model: &str, seed: i64, out: &Path) -> Result<Manifest, PerceptionError> {

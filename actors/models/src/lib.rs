@@ -50,7 +50,10 @@ fn known_model<M: Model>(name: &str) -> Result<(), Issue> {
     if M::names().contains(&name) {
         Ok(())
     } else {
-        Err(Issue::at("model", format!("unknown model {name:?} (known {} models: {})", M::FAMILY, M::names().join(", "))))
+        Err(Issue::at(
+            "model",
+            format!("unknown model {name:?} (known {} models: {})", M::FAMILY, M::names().join(", ")),
+        ))
     }
 }
 

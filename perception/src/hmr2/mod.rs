@@ -111,7 +111,10 @@ impl Hmr2 {
         let s = self.config.model.image_size;
         let size = crops.size();
         if size.len() != 4 || size[1] != 3 || size[2] != s || size[3] != s {
-            return Err(PerceptionError::Config { model: "hmr2", message: format!("expects [B, 3, {s}, {s}] crops, got {size:?}") });
+            return Err(PerceptionError::Config {
+                model: "hmr2",
+                message: format!("expects [B, 3, {s}, {s}] crops, got {size:?}"),
+            });
         }
         let x = crops.f_narrow(3, CROP_MARGIN, s - 2 * CROP_MARGIN)?; // [B, 3, 256, 192]
         let features = self.backbone.forward(&x)?;

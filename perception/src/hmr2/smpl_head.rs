@@ -10,8 +10,8 @@
 
 use ocellus_kernels::nn::{LAYER_NORM_EPS, LayerNorm, Linear, parameter};
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
 use tch::nn::Path;
+use tch::{Kind, Tensor};
 use tracing::trace_span;
 
 use crate::{PerceptionError, Result};
@@ -110,7 +110,16 @@ impl SelfAttention {
         let split = |i: i64| -> Result<Tensor> {
             Ok(qkv.f_narrow(-1, i * inner, inner)?.f_reshape([b, n, self.heads, self.dim_head])?.f_transpose(1, 2)?) // [B, heads, N, d]
         };
-        let y = Tensor::f_scaled_dot_product_attention(&split(0)?, &split(1)?, &split(2)?, None::<&Tensor>, 0.0, false, None, false)?;
+        let y = Tensor::f_scaled_dot_product_attention(
+            &split(0)?,
+            &split(1)?,
+            &split(2)?,
+            None::<&Tensor>,
+            0.0,
+            false,
+            None,
+            false,
+        )?;
         Ok(self.to_out.forward(&y.f_transpose(1, 2)?.f_reshape([b, n, inner])?)?) // [B, N, dim]
     }
 }
@@ -221,7 +230,10 @@ impl SmplHead {
     pub fn new(p: &Path, config: &SmplHeadCfg) -> Result<Self> {
         let c = &config.transformer_decoder;
         if c.heads <= 0 || c.dim_head <= 0 || config.ief_iters == 0 {
-            return Err(PerceptionError::Config { model: "hmr2 head", message: format!("inconsistent config {config:?}") });
+            return Err(PerceptionError::Config {
+                model: "hmr2 head",
+                message: format!("inconsistent config {config:?}"),
+            });
         }
         let pose = ROT6D * (config.num_body_joints + 1);
         let t = p / "transformer";
@@ -232,9 +244,7 @@ impl SmplHead {
             // TRANSFORMER_INPUT 'zero': a one-dimensional zero token.
             to_token_embedding: Linear::new(&(&t / "to_token_embedding"), 1, DECODER_DIM, true)?,
             pos_embedding: parameter(&t, "pos_embedding", &[1, 1, DECODER_DIM])?,
-            layers: (0..c.depth)
-                .map(|i| Layer::new(&(&t / "transformer" / "layers" / i), c))
-                .collect::<Result<_>>()?,
+            layers: (0..c.depth).map(|i| Layer::new(&(&t / "transformer" / "layers" / i), c)).collect::<Result<_>>()?,
             decpose: Linear::new(&(p / "decpose"), DECODER_DIM, pose, true)?,
             decshape: Linear::new(&(p / "decshape"), DECODER_DIM, NUM_BETAS, true)?,
             deccam: Linear::new(&(p / "deccam"), DECODER_DIM, CAM_DIM, true)?,
@@ -264,7 +274,8 @@ impl SmplHead {
         let b = features.size()[0];
         let kind = features.kind();
         let expand = |t: &Tensor| -> Result<Tensor> { Ok(t.f_to_kind(kind)?.f_expand([b, -1], false)?) };
-        let (mut pose, mut betas, mut cam) = (expand(&self.init_body_pose)?, expand(&self.init_betas)?, expand(&self.init_cam)?);
+        let (mut pose, mut betas, mut cam) =
+            (expand(&self.init_body_pose)?, expand(&self.init_betas)?, expand(&self.init_cam)?);
         let (mut poses, mut all_betas, mut cams) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..self.config.ief_iters {
             let (token, _) = self.decode(features)?;

@@ -179,7 +179,8 @@ impl Vit {
     pub fn tokens(&self, x: &Tensor, last: Option<usize>) -> Result<Tensor> {
         let x = self.patch_embed(x)?;
         // The class slot (row 0) is added to every patch slot: `pos_embed[:, 1:] + pos_embed[:, :1]`.
-        let pos = self.pos_embed.f_narrow(1, 1, self.pos_embed.size()[1] - 1)?.f_add(&self.pos_embed.f_narrow(1, 0, 1)?)?; // [1, N, C]
+        let pos =
+            self.pos_embed.f_narrow(1, 1, self.pos_embed.size()[1] - 1)?.f_add(&self.pos_embed.f_narrow(1, 0, 1)?)?; // [1, N, C]
         let mut x = x.f_add(&pos.f_to_kind(x.kind())?)?;
         let end = last.map_or(self.blocks.len(), |l| (l + 1).min(self.blocks.len()));
         for block in &self.blocks[..end] {

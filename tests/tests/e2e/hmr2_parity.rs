@@ -130,10 +130,18 @@ fn forward_step_matches_the_official_one() {
         // tz = 2 f / (256 s) is large (f = 5000): relative precision.
         let cam_t = &outputs["e2e.pred_cam_t"];
         let rel = ((&out.cam_t - cam_t).abs() / cam_t.abs().clamp_min(1.0)).max().double_value(&[]);
-        println!("e2e.pred_cam_t: {out_t:?} (relative max |Δ| {rel:.3e})", out_t = Vec::<f32>::try_from(out.cam_t.view([-1])).unwrap());
+        println!(
+            "e2e.pred_cam_t: {out_t:?} (relative max |Δ| {rel:.3e})",
+            out_t = Vec::<f32>::try_from(out.cam_t.view([-1])).unwrap()
+        );
         assert!(rel <= PARAMS_TOL, "camera translation");
         let f = &outputs["e2e.focal_length"];
-        assert!(f.eq_tensor(&Tensor::full([1, 2], hmr2.config().focal_length, (tch::Kind::Float, Device::Cpu))).all().int64_value(&[]) == 1);
+        assert!(
+            f.eq_tensor(&Tensor::full([1, 2], hmr2.config().focal_length, (tch::Kind::Float, Device::Cpu)))
+                .all()
+                .int64_value(&[])
+                == 1
+        );
         // The body model is a stand-in in the fixture: its joints are given.
         let keypoints = hmr2.project(&inputs["e2e_smpl_joints44"], &out.cam_t).unwrap();
         check("e2e.pred_keypoints_2d", &keypoints, &outputs, FEATURES_TOL);
@@ -149,7 +157,9 @@ fn full_size_model_has_the_official_keys() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|k| (k[0].as_str().unwrap().to_owned(), k[1].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect()))
+        .map(|k| {
+            (k[0].as_str().unwrap().to_owned(), k[1].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect())
+        })
         .collect();
     let vs = VarStore::new(Device::Cpu);
     let _model = Hmr2::new(&vs.root(), &Hmr2Config::default()).unwrap();

@@ -29,6 +29,7 @@ mod sam2_amg_parity;
 mod sam2_image_parity;
 mod sam2_streaming;
 mod sam2_video_parity;
+mod smpl_parity;
 mod source_errors;
 mod stride;
 mod supervision;
