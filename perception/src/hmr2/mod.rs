@@ -7,6 +7,7 @@
 //! Variable names are the checkpoint's (`backbone.…`, `smpl_head.…`); the released Lightning
 //! checkpoint's other keys (`smpl.…` buffers, `discriminator.…`) are ignored by prefix.
 
+pub mod camera;
 pub mod smpl_head;
 pub mod vit;
 

@@ -176,3 +176,46 @@ fn full_size_model_has_the_official_keys() {
     assert_eq!(keys.len(), listed["num_keys"].as_u64().unwrap() as usize);
     assert_eq!(parameters, listed["num_parameters"].as_i64().unwrap(), "parameters");
 }
+
+/// PHALP's placement of a person in the frame (`get_3d_parameters`), against the LART
+/// fixture's pose-vector data: the translation from the crop camera and the box, the 45 joints
+/// (44 and a zero one) and their 2-D projection in render pixels.
+#[test]
+fn people_are_placed_in_the_frame_as_phalp_does() {
+    use nalgebra::{Vector2, Vector3};
+    use ocellus_perception::hmr2::camera::FrameCamera;
+    let data = read_tensors(&shared_fixtures("lart").join("pose_vector.safetensors"));
+    let values = |k: &str| Vec::<f64>::try_from(data[k].to_kind(tch::Kind::Double).reshape([-1])).unwrap();
+    let (cam, center, scale, joints44) =
+        (values("in.pred_cam"), values("in.center"), values("in.scale"), values("in.smpl_joints44"));
+    let (t_ref, keypoints_ref, joints45_ref) =
+        (values("out.pred_cam_t"), values("out.keypoints_2d"), values("out.joints45"));
+    let camera = FrameCamera::default();
+    let mut worst = (0.0f64, 0.0f64);
+    for i in 0..4 {
+        let t = camera.translation(
+            Vector3::new(cam[3 * i], cam[3 * i + 1], cam[3 * i + 2]),
+            Vector2::new(center[2 * i], center[2 * i + 1]),
+            scale[i],
+        );
+        for (a, b) in t.iter().zip(&t_ref[3 * i..3 * i + 3]) {
+            worst.0 = worst.0.max((a - b).abs() / b.abs().max(1.0));
+        }
+        for j in 0..45 {
+            let p = if j < 44 {
+                Vector3::new(joints44[(i * 44 + j) * 3], joints44[(i * 44 + j) * 3 + 1], joints44[(i * 44 + j) * 3 + 2])
+            } else {
+                Vector3::zeros()
+            };
+            for (a, b) in p.iter().zip(&joints45_ref[(i * 45 + j) * 3..(i * 45 + j) * 3 + 3]) {
+                assert!((a - b).abs() <= 1e-7, "joint {j}");
+            }
+            let k = camera.project(p, t);
+            for (a, b) in k.iter().zip(&keypoints_ref[(i * 45 + j) * 2..(i * 45 + j) * 2 + 2]) {
+                worst.1 = worst.1.max((a - b).abs());
+            }
+        }
+    }
+    println!("translation: relative max |Δ| {:.3e}; keypoints: max |Δ| {:.3e} px", worst.0, worst.1);
+    assert!(worst.0 <= PARAMS_TOL && worst.1 <= 1e-3, "{worst:?}");
+}
