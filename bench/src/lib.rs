@@ -16,6 +16,7 @@
 
 pub mod amg;
 pub mod clip;
+pub mod hmr2;
 pub mod llm;
 pub mod preprocess;
 pub mod zenoh;

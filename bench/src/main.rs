@@ -21,6 +21,9 @@ enum Command {
     /// SAM 2 automatic mask generation per frame against the official generator, and the cost
     /// of discovery per frame at its cadence.
     Amg(ocellus_bench::amg::AmgBenchArgs),
+    /// HMR 2.0 crops/s (backbone + SMPL head, batch 1 and 4) against the official modules of
+    /// a 4D-Humans checkout (`--repo`).
+    Hmr2(ocellus_bench::hmr2::Hmr2BenchArgs),
     /// Zero-shot CLIP labels/s for 1 and 16 track crops against open_clip (same threads).
     Clip(ocellus_bench::clip::ClipBenchArgs),
     /// Preprocessing per camera frame: each model's exact official path against the fast path.
@@ -332,6 +335,7 @@ fn main() -> ExitCode {
         },
         Command::Clip(args) => ocellus_bench::clip::run(&args),
         Command::Amg(args) => ocellus_bench::amg::run(&args, &std::env::temp_dir()),
+        Command::Hmr2(args) => ocellus_bench::hmr2::run(&args, &std::env::temp_dir()),
         Command::Preprocess(args) => preprocess(&args),
     };
     match result {
