@@ -30,6 +30,7 @@ pub mod preprocess;
 pub mod resample;
 pub mod rope;
 pub mod sampling;
+pub mod warp;
 pub mod window;
 
 pub use device::{DType, parse_device};

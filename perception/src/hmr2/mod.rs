@@ -8,6 +8,7 @@
 //! checkpoint's other keys (`smpl.…` buffers, `discriminator.…`) are ignored by prefix.
 
 pub mod camera;
+pub mod preprocess;
 pub mod smpl_head;
 pub mod vit;
 

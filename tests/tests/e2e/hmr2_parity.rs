@@ -219,3 +219,35 @@ fn people_are_placed_in_the_frame_as_phalp_does() {
     println!("translation: relative max |Δ| {:.3e}; keypoints: max |Δ| {:.3e} px", worst.0, worst.1);
     assert!(worst.0 <= PARAMS_TOL && worst.1 <= 1e-3, "{worst:?}");
 }
+
+/// Person crops as PHALP cuts them for HMR 2.0, against OpenCV (`generate_pose.py`): the
+/// affine matrix, every byte of the 8-bit crop (boxes inside, across the border, tiny, the
+/// whole frame, fractional), and the normalized input.
+#[test]
+fn person_crops_equal_opencv() {
+    use ocellus_perception::hmr2::preprocess;
+    let io = ocellus_tests::fixture_io("pose_crops");
+    let frame = &io["frame"];
+    let (h, w) = (frame.size()[0] as usize, frame.size()[1] as usize);
+    let rgb = Vec::<u8>::try_from(frame.reshape([-1])).unwrap();
+    let boxes = Vec::<f64>::try_from(io["boxes"].reshape([-1])).unwrap();
+    let matrices = Vec::<f64>::try_from(io["matrix"].reshape([-1])).unwrap();
+    let mut crops = Vec::new();
+    for (i, b) in boxes.chunks_exact(4).enumerate() {
+        let b = [b[0], b[1], b[2], b[3]];
+        let (center, side) = preprocess::crop_square(b);
+        let m = preprocess::crop_matrix(center, side).unwrap();
+        for (k, (a, r)) in m.iter().zip(&matrices[6 * i..6 * i + 6]).enumerate() {
+            assert!((a - r).abs() <= 1e-12 * r.abs().max(1.0), "box {i} matrix[{k}]: {a} vs {r}");
+        }
+        let crop = preprocess::crop(&rgb, (w, h), b).unwrap();
+        let reference = Vec::<u8>::try_from(io["crops"].get(i as i64).reshape([-1])).unwrap();
+        let differ = crop.iter().zip(&reference).filter(|(a, b)| a != b).count();
+        println!("box {i} {b:?}: square side {side:.2}, {differ} bytes differ");
+        assert_eq!(differ, 0, "box {i}: the crop equals OpenCV's");
+        crops.push(crop);
+    }
+    let normalized = preprocess::normalize(&crops, tch::Device::Cpu).unwrap();
+    let d = max_diff("normalized", &normalized, &io["normalized"]);
+    assert!(d <= 1e-6);
+}
