@@ -60,8 +60,9 @@ fn solve_lu(a: &mut [[f64; 6]; 6], b: &mut [f64; 6]) -> Option<()> {
         let d = -1.0 / a[i][i];
         for j in i + 1..N {
             let alpha = a[j][i] * d;
-            for c in i + 1..N {
-                a[j][c] += alpha * a[i][c];
+            let (above, below) = a.split_at_mut(j);
+            for (r, p) in below[0][i + 1..].iter_mut().zip(&above[i][i + 1..]) {
+                *r += alpha * p;
             }
             b[j] += alpha * b[i];
         }
