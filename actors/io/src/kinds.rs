@@ -418,7 +418,7 @@ impl ConfiguredSource {
 // --- Sinks ---------------------------------------------------------------------------------
 
 /// The message types the Rerun sink logs.
-const RERUN_TAKES: [PortType; 7] = [
+const RERUN_TAKES: [PortType; 8] = [
     PortType::Frame,
     PortType::Mask,
     PortType::Tracks,
@@ -426,6 +426,7 @@ const RERUN_TAKES: [PortType; 7] = [
     PortType::Metrics,
     PortType::Agent,
     PortType::Inpainted,
+    PortType::Poses,
 ];
 /// The message types the zenoh sink publishes.
 const ZENOH_TAKES: [PortType; 6] =

@@ -57,6 +57,11 @@ pub mod path {
     pub fn boxes(camera: &str) -> String {
         format!("world/{camera}/tracks/boxes")
     }
+    /// `world/<camera>/people/<track id>`: a person's 3D joints and skeleton, in the space of
+    /// the camera (whose pinhole is logged with its image).
+    pub fn person(camera: &str, id: u32) -> String {
+        format!("world/{camera}/people/{id}")
+    }
     /// `world/<camera>/discovery`.
     pub fn discovery(camera: &str) -> String {
         format!("world/{camera}/discovery")

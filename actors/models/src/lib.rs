@@ -11,6 +11,7 @@
 //! | [`discovery`] | `frames` ⋈ `tracks` | `candidates` (+ mask prompts to the tracker) | SAM 2 automatic mask generation |
 //! | [`labeler`] | `frames` ⋈ `tracks` | `tracks` | MetaCLIP zero-shot |
 //! | [`inpainter`] | `frames` ⋈ `tracks` | `inpainted` | DiffMAE, or blur |
+//! | [`pose3d`] | `frames` ⋈ `tracks` | `poses` | HMR 2.0 (+ the SMPL body model) |
 //!
 //! (⋈: joined by camera and frame number.) Models are loaded through
 //! [`ocellus_perception::model::ModelSpec`] when the stage starts on its own thread.
@@ -21,6 +22,7 @@ pub mod discovery;
 pub mod inpainter;
 pub mod labeler;
 pub mod motion;
+pub mod pose3d;
 pub mod tracker;
 
 use ocellus_perception::model::{Model, ModelSpec, WeightsSource};
@@ -36,6 +38,7 @@ pub fn kinds() -> Vec<&'static dyn ErasedKind> {
         kind::<discovery::DiscoveryKind>(),
         kind::<labeler::LabelerKind>(),
         kind::<inpainter::InpainterKind>(),
+        kind::<pose3d::PoseKind>(),
     ]
 }
 

@@ -331,6 +331,45 @@ pub struct AgentEvent {
     pub output: AgentOutput,
 }
 
+// --- 3D people ------------------------------------------------------------------------------
+
+/// One person's 3D body on a frame (HMR 2.0 on the track's crop).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PersonPose {
+    /// The track.
+    pub id: u32,
+    /// SMPL root rotation, row-major 3×3.
+    pub global_orient: [f32; 9],
+    /// SMPL body-joint rotations: 23 row-major 3×3 (207 values).
+    pub body_pose: Vec<f32>,
+    /// SMPL shape.
+    pub betas: [f32; 10],
+    /// The weak-perspective crop camera `(s, tx, ty)`.
+    pub crop_cam: [f32; 3],
+    /// The body's translation in the camera frame (metres; x right, y down, z forward).
+    pub translation: [f32; 3],
+    /// 45 joints in the camera frame (the 25 OpenPose joints, the 19 of the extra regressor,
+    /// one zero joint, each plus `translation`); `None` without a body-model file.
+    pub joints: Option<Vec<[f32; 3]>>,
+}
+
+/// The 3D people of one frame, and the camera they are seen by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Poses {
+    /// The frame.
+    pub meta: FrameMeta,
+    /// Frame width.
+    pub width: u32,
+    /// Frame height.
+    pub height: u32,
+    /// Focal length of the frame camera, pixels.
+    pub focal_length: f64,
+    /// Principal point `(x, y)`, frame pixels.
+    pub principal_point: [f64; 2],
+    /// One entry per person.
+    pub people: Vec<PersonPose>,
+}
+
 // --- Packets and port types ---------------------------------------------------------------
 
 /// Everything that travels over an edge.
@@ -353,6 +392,8 @@ pub enum Packet {
     Agent(Arc<AgentEvent>),
     /// A frame with tracks inpainted away.
     Inpainted(Inpainted),
+    /// 3D people of a frame.
+    Poses(Arc<Poses>),
 }
 
 /// The type of what a port carries: one per [`Packet`] variant.
@@ -374,6 +415,8 @@ pub enum PortType {
     Agent,
     /// [`Inpainted`].
     Inpainted,
+    /// [`Poses`].
+    Poses,
 }
 
 impl PortType {
@@ -388,6 +431,7 @@ impl PortType {
             Self::Metrics => "metrics",
             Self::Agent => "agent events",
             Self::Inpainted => "inpainted frames",
+            Self::Poses => "poses",
         }
     }
 }
@@ -409,6 +453,7 @@ impl Packet {
             Self::Metrics(_) => None,
             Self::Agent(a) => Some(&a.meta),
             Self::Inpainted(i) => Some(&i.frame.meta),
+            Self::Poses(p) => Some(&p.meta),
         }
     }
 
@@ -423,6 +468,7 @@ impl Packet {
             Self::Metrics(_) => PortType::Metrics,
             Self::Agent(_) => PortType::Agent,
             Self::Inpainted(_) => PortType::Inpainted,
+            Self::Poses(_) => PortType::Poses,
         }
     }
 }

@@ -134,7 +134,7 @@ pub fn sink_ports(accepts: &[PortType], edge: EdgePolicy) -> Ports {
 }
 
 /// Every message type.
-pub const ALL_TYPES: [PortType; 8] = [
+pub const ALL_TYPES: [PortType; 9] = [
     PortType::Frame,
     PortType::Mask,
     PortType::Features,
@@ -143,6 +143,7 @@ pub const ALL_TYPES: [PortType; 8] = [
     PortType::Metrics,
     PortType::Agent,
     PortType::Inpainted,
+    PortType::Poses,
 ];
 
 impl Pipeline {

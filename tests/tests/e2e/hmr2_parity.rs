@@ -251,3 +251,34 @@ fn person_crops_equal_opencv() {
     let d = max_diff("normalized", &normalized, &io["normalized"]);
     assert!(d <= 1e-6);
 }
+
+/// HMR 2.0's released checkpoint is a Lightning `.ckpt`: its state dict sits under
+/// `state_dict` next to pickled OmegaConf hyper-parameters. The converter keeps the tensors
+/// and leaves the other objects opaque (no code of theirs runs).
+#[test]
+fn lightning_checkpoints_convert_without_running_their_objects() {
+    let dir = ocellus_tests::scratch_dir(env!("CARGO_TARGET_TMPDIR"), "lightning_ckpt");
+    let ckpt = dir.join("toy.ckpt");
+    let script = r#"
+import sys, types, torch
+for name in ("omegaconf", "omegaconf.dictconfig"):
+    sys.modules[name] = types.ModuleType(name)
+class DictConfig:
+    def __reduce__(self):
+        import os
+        return (os.system, ("echo this must not run > " + sys.argv[2],))
+torch.save({"state_dict": {"backbone.pos_embed": torch.ones(1, 3), "smpl_head.init_cam": torch.zeros(1, 3)},
+            "hyper_parameters": DictConfig(), "epoch": 35}, sys.argv[1])
+"#;
+    let marker = dir.join("ran");
+    let python = ocellus_perception::weights::venv_python().unwrap();
+    let status = std::process::Command::new(python).args(["-c", script]).arg(&ckpt).arg(&marker).status().unwrap();
+    assert!(status.success());
+    let out = dir.join("toy.safetensors");
+    weights::convert_checkpoint(&ckpt, &out).unwrap();
+    let tensors = read_tensors(&out);
+    let mut keys: Vec<&String> = tensors.keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["backbone.pos_embed", "smpl_head.init_cam"]);
+    assert!(!marker.exists(), "the checkpoint's pickled call did not run");
+}

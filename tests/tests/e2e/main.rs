@@ -21,6 +21,7 @@ mod labeler_actor;
 mod llama_backends;
 mod llama_parity;
 mod llama_tokenizer;
+mod pose3d_actor;
 mod preprocess_parity;
 mod replay;
 mod rerun_targets;

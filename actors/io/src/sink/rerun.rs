@@ -11,17 +11,47 @@ use std::sync::{Arc, OnceLock};
 
 use ocellus_runtime::message::{AgentEvent, AgentOutput, MetricsReport, Outcome};
 use ocellus_runtime::node::{Context, Input, Stage};
-use ocellus_runtime::{Frame, FrameMeta, Mask, MaskKind, Packet, RuntimeError, Track, Tracks};
+use ocellus_runtime::{Frame, FrameMeta, Mask, MaskKind, Packet, Poses, RuntimeError, Track, Tracks};
 use ocellus_wire::PixelFormat;
 use rerun::datatypes::{ChannelDatatype, ColorModel, ImageFormat};
 use rerun::{
-    AnnotationContext, Boxes2D, Image, RecordingStream, RecordingStreamBuilder, Rgba32, Scalars, SegmentationImage,
-    TimeCell,
+    AnnotationContext, Boxes2D, Image, LineStrips3D, Pinhole, Points3D, RecordingStream, RecordingStreamBuilder,
+    Rgba32, Scalars, SegmentationImage, TimeCell,
 };
 use tracing::trace_span;
 
 use crate::recording::{TIMELINE_CAPTURE, TIMELINE_FRAME, camera_timeline, path};
 use crate::{IoError, Result};
+
+/// Radius of a logged 3D joint (scene units, metres).
+const JOINT_RADIUS: f32 = 0.02;
+/// The bones of OpenPose's BODY_25 skeleton, by joint index (the first 25 of the 45 joints).
+const OPENPOSE_BONES: [(usize, usize); 24] = [
+    (1, 8),
+    (1, 2),
+    (1, 5),
+    (2, 3),
+    (3, 4),
+    (5, 6),
+    (6, 7),
+    (8, 9),
+    (9, 10),
+    (10, 11),
+    (8, 12),
+    (12, 13),
+    (13, 14),
+    (1, 0),
+    (0, 15),
+    (15, 17),
+    (0, 16),
+    (16, 18),
+    (14, 19),
+    (19, 20),
+    (14, 21),
+    (11, 22),
+    (22, 23),
+    (11, 24),
+];
 
 /// Class ids of motion masks.
 const MOTION_CLASSES: [(u16, &str, [u8; 3]); 2] = [(0, "static", [0, 0, 0]), (1, "moving", [255, 64, 32])];
@@ -261,6 +291,44 @@ impl RerunSink {
         self.log_labels_and_boxes(t, &path::discovery(camera), &path::discovery_boxes(camera), label)
     }
 
+    /// 3D people: the frame camera as a pinhole on the camera's image (so that the people
+    /// overlay it in 2D views), and per person its joints and the OpenPose skeleton, or its
+    /// root position when there is no body model, at `world/<camera>/people/<id>`.
+    fn log_poses(&mut self, p: &Poses) -> Result<()> {
+        let camera = &p.meta.camera;
+        self.set_camera_time(&p.meta);
+        let pinhole = Pinhole::from_focal_length_and_resolution(
+            [p.focal_length as f32, p.focal_length as f32],
+            [p.width as f32, p.height as f32],
+        )
+        .with_principal_point([p.principal_point[0] as f32, p.principal_point[1] as f32]);
+        self.rec.log(path::image(camera), &pinhole).map_err(|e| IoError::Rerun(e.to_string()))?;
+        for person in &p.people {
+            let entity = path::person(camera, person.id);
+            let color = track_color(person.id);
+            let (points, label) = match &person.joints {
+                Some(joints) => (joints.clone(), format!("track {}", person.id)),
+                None => (vec![person.translation], format!("track {} (no body model: joints unavailable)", person.id)),
+            };
+            self.rec
+                .log(
+                    entity.as_str(),
+                    &Points3D::new(points.iter().copied())
+                        .with_colors([color])
+                        .with_radii([JOINT_RADIUS])
+                        .with_labels([label]),
+                )
+                .map_err(|e| IoError::Rerun(e.to_string()))?;
+            if let Some(joints) = &person.joints {
+                let bones = OPENPOSE_BONES.iter().filter_map(|&(a, b)| Some([*joints.get(a)?, *joints.get(b)?]));
+                self.rec
+                    .log(format!("{entity}/skeleton"), &LineStrips3D::new(bones).with_colors([color]))
+                    .map_err(|e| IoError::Rerun(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
     /// A label image (u16 ids) at `entity` and the boxes of its visible entries at `boxes_at`,
     /// each labelled by `label`.
     fn log_labels_and_boxes(
@@ -329,6 +397,7 @@ impl Stage for RerunSink {
             Packet::Candidates(t) => self.log_candidates(t)?,
             Packet::Agent(a) => self.log_agent(a)?,
             Packet::Inpainted(i) => self.log_image(&i.frame, path::inpainted(&i.frame.meta.camera))?,
+            Packet::Poses(p) => self.log_poses(p)?,
             Packet::Features(_) => {
                 return Err(RuntimeError::BadInput("feature maps are not logged (wire them to a model)".into()));
             }

@@ -312,7 +312,7 @@ impl Stage for ZenohSink {
                 Some(self.observation(&observation, format!("{}/agent/{topic}", camera(&a.meta.camera)))?)
             }
             // Frames without `frames = true`, and features (tensors on the device), stay local.
-            Packet::Frame(_) | Packet::Features(_) | Packet::Candidates(_) => None,
+            Packet::Frame(_) | Packet::Features(_) | Packet::Candidates(_) | Packet::Poses(_) => None,
         };
         if let Some(message) = message {
             self.send(message)?;

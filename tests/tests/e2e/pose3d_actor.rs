@@ -1,0 +1,155 @@
+//! The 3D pose actor in a real pipeline: camera frames (PNG through GStreamer) → SAM 2 →
+//! pose3d (full-size HMR 2.0 with seeded weights, the synthetic SMPL file imported as a user
+//! imports theirs) → Rerun. Each person's numbers are checked against the parts they are
+//! made of, each exact to its reference elsewhere (crops: OpenCV; HMR 2.0: the official
+//! modules; SMPL: smplx; placement: PHALP): the translation is PHALP's from the crop camera
+//! and the crop's square, the joints are SMPL's posed by the reported parameters plus the
+//! translation. Without a body model, no joints, and the recording says so.
+#![allow(clippy::unwrap_used)] // tests may unwrap, helpers included
+
+use nalgebra::{Vector2, Vector3};
+use ocellus_perception::hmr2::camera::{BoxInFrame, FrameCamera};
+use ocellus_perception::hmr2::preprocess;
+use ocellus_perception::smpl::Smpl;
+use ocellus_pipelines::{build, tools};
+use ocellus_runtime::{EdgePolicy, Packet, Poses};
+use ocellus_tests::{CameraClip, Collected, config_file, fixtures_dir, read_rrd, rerun_sink_toml, scratch_dir};
+use tch::Tensor;
+
+const FRAMES: usize = 2;
+
+fn pipeline(dir: &std::path::Path, smpl: Option<&std::path::Path>, rrd: &std::path::Path) -> (Vec<Poses>, CameraClip) {
+    let clip = CameraClip::new("640x480");
+    let weights = fixtures_dir().join("sam2_video_tiny.weights.safetensors");
+    let smpl_line = smpl.map_or(String::new(), |p| format!("smpl = \"{}\"\n", p.display()));
+    let text = format!(
+        "{source}\n\
+         [[actor]]\nname = \"tracker\"\nkind = \"sam2\"\nmodel = \"sam2.1_hiera_tiny\"\nweights = \"{w}\"\n\
+         inputs = [\"cam\"]\nedge = {{ policy = \"block\" }}\nimage_size = 256\n\
+         prompts = [{{ id = 3, box = {box_} }}]\n\
+         [[actor]]\nname = \"people\"\nkind = \"pose3d\"\nmodel = \"hmr2\"\nallow_random_weights = true\n\
+         inputs = {{ frames = {{ from = \"cam\", edge = {{ policy = \"block\" }} }}, \
+         tracks = {{ from = \"tracker\", edge = {{ policy = \"block\" }} }} }}\n{smpl_line}\n{sink}",
+        source = clip.source_toml("cam", FRAMES),
+        w = weights.display(),
+        box_ = clip.meta["box"],
+        sink = rerun_sink_toml(&["cam", "tracker", "people"], rrd),
+    );
+    let mut p = build(&config_file(dir, "people.toml", &text)).unwrap();
+    let collected = Collected::default();
+    p.stage("collect", &["people"], EdgePolicy::Block { depth: 16 }, collected.clone().factory());
+    let report = p.run().unwrap();
+    assert_eq!(report.failures().count(), 0, "{report}");
+    let poses = collected
+        .take()
+        .into_iter()
+        .map(|(packet, _)| match packet {
+            Packet::Poses(p) => (*p).clone(),
+            other => panic!("pose3d emitted {other:?}"),
+        })
+        .collect();
+    (poses, clip)
+}
+
+#[test]
+fn people_get_3d_bodies_placed_in_the_camera() {
+    let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "pose3d");
+    let smpl_file = dir.join("smpl.safetensors");
+    tools::import_with_extra(
+        "smpl",
+        &fixtures_dir().join("smpl_synthetic.pkl"),
+        Some(&fixtures_dir().join("smpl_j19.pkl")),
+        &smpl_file,
+    )
+    .unwrap();
+    let rrd = dir.join("people.rrd");
+    let (poses, clip) = pipeline(&dir, Some(&smpl_file), &rrd);
+    assert_eq!(poses.len(), FRAMES, "one message per frame");
+    let smpl = Smpl::load(&smpl_file, tch::Device::Cpu).unwrap();
+    let camera = FrameCamera::default();
+    let mut people = 0;
+    let mut checked = Vec::new();
+    for p in &poses {
+        assert_eq!((p.width as usize, p.height as usize), (clip.width, clip.height));
+        // The frame camera: f = 5000 · 640 / 256, the principal point at the frame's centre.
+        assert!((p.focal_length - 12500.0).abs() < 1e-9 && p.principal_point == [320.0, 240.0]);
+        for person in &p.people {
+            people += 1;
+            assert_eq!(person.id, 3);
+            assert_eq!(person.body_pose.len(), 207);
+            // Joints: SMPL posed by the reported parameters, plus the translation.
+            let t = Tensor::from_slice;
+            let posed = smpl
+                .forward(
+                    &t(&person.betas).view([1, 10]),
+                    &t(&person.global_orient).view([1, 1, 3, 3]),
+                    &t(&person.body_pose).view([1, 23, 3, 3]),
+                )
+                .unwrap();
+            let j44 = Vec::<f32>::try_from(smpl.joints44(&posed).unwrap().view([-1])).unwrap();
+            let joints = person.joints.as_ref().expect("joints with a body model");
+            assert_eq!(joints.len(), 45);
+            for (k, joint) in joints.iter().enumerate() {
+                let base = if k < 44 { [j44[3 * k], j44[3 * k + 1], j44[3 * k + 2]] } else { [0.0; 3] };
+                for c in 0..3 {
+                    let want = base[c] + person.translation[c];
+                    assert!((joint[c] - want).abs() <= 1e-4 * want.abs().max(1.0), "joint {k}: {joint:?}");
+                }
+            }
+            // (Seeded weights: the crop camera's scale, hence the depth, may have any sign.)
+            assert!(person.translation.iter().all(|v| v.is_finite()));
+            checked.push((p.meta.seq, person.crop_cam, person.translation));
+        }
+    }
+    assert!(people >= 1, "the tracked object got a body");
+    // The translation is PHALP's from the crop camera and the crop's square of the track's
+    // box (the tracker's boxes, read back from the recording).
+    let boxes = ocellus_io::recording::boxes_of(&rrd, "world/cam/tracks/boxes").unwrap();
+    for (seq, cam, translation) in &checked {
+        let b = boxes[&(*seq as i64)].iter().find(|b| b.class_id == Some(3)).expect("the track's box");
+        let (center, side) = preprocess::crop_square(b.corners.map(f64::from));
+        let (c, s) = camera.to_render(BoxInFrame { center: Vector2::new(center[0], center[1]), side }, 640, 480);
+        let t = camera.translation(Vector3::new(cam[0], cam[1], cam[2]).cast(), c, s);
+        for (a, b) in translation.iter().zip(t.iter()) {
+            assert!((f64::from(*a) - b).abs() <= 1e-4 * b.abs().max(1.0), "frame {seq}: {translation:?} vs {t:?}");
+        }
+        println!("frame {seq}: translation {translation:?} from crop camera {cam:?}");
+    }
+    let summary = read_rrd(&rrd).unwrap();
+    assert_eq!(summary.rows_of("world/cam/people/3").len(), people, "each person's joints are logged");
+    assert_eq!(summary.rows_of("world/cam/people/3/skeleton").len(), people, "and its skeleton");
+
+    // Without a body model: parameters and translation, no joints, and the recording says so.
+    let rrd = dir.join("no_smpl.rrd");
+    let (poses, _) = pipeline(&dir, None, &rrd);
+    assert!(poses.iter().flat_map(|p| &p.people).all(|p| p.joints.is_none()));
+    let labels = ocellus_io::recording::components_of::<rerun::components::Text>(
+        &rrd,
+        "world/cam/people/3",
+        rerun::Points3D::descriptor_labels().component,
+    )
+    .unwrap();
+    assert!(labels.values().flatten().all(|l| l.as_str().contains("joints unavailable")), "{labels:?}");
+    assert!(!labels.is_empty());
+}
+
+#[test]
+fn pose3d_configuration_errors_name_the_key() {
+    let clip = CameraClip::new("640x480");
+    let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "pose3d_config");
+    for (extra, needle) in [
+        ("smpl = \"missing.safetensors\"", "ocellus weights import --model smpl"),
+        ("people = []", "people"),
+        ("batch = 0", "batch"),
+        ("model = \"hmr3\"", "unknown model \"hmr3\""),
+    ] {
+        let model = if extra.starts_with("model") { "" } else { "model = \"hmr2\"\n" };
+        let text = format!(
+            "{}\n[[actor]]\nname = \"people\"\nkind = \"pose3d\"\n{model}allow_random_weights = true\n\
+             inputs = {{ frames = \"cam\", tracks = \"cam\" }}\n{extra}\n",
+            clip.source_toml("cam", 1)
+        );
+        let err = ocellus_pipelines::PipelineConfig::parse(&dir.join("bad.toml"), &text).expect_err(extra).to_string();
+        assert!(err.contains(needle) && err.contains("bad.toml:") && err.contains("actor[0]"), "{extra}: {err}");
+    }
+}
