@@ -171,6 +171,23 @@ image_size = 256
     )
 }
 
+/// A test session listening on a free loopback endpoint (opened on the test thread: no
+/// runtime there), and that endpoint. A port found free can be taken before zenoh binds it
+/// (tests run in parallel): then another one is tried.
+pub fn listening_session() -> (zenoh::Session, String) {
+    use zenoh::Wait as _;
+    let mut last = String::new();
+    for _ in 0..5 {
+        let endpoint = format!("tcp/127.0.0.1:{}", free_port());
+        let spec = ocellus_io::session::SessionSpec::loopback(&[&endpoint], &[]);
+        match zenoh::open(spec.to_config().expect("zenoh config")).wait() {
+            Ok(session) => return (session, endpoint),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    panic!("no free loopback endpoint: {last}");
+}
+
 /// Publishes each of `payloads` on `key` every `every`, from a zenoh peer that connects to
 /// `tcp/127.0.0.1:port` (on its own runtime thread), until dropped. Repeating matters: a put
 /// before the peers have met is lost.

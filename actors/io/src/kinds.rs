@@ -429,8 +429,15 @@ const RERUN_TAKES: [PortType; 8] = [
     PortType::Poses,
 ];
 /// The message types the zenoh sink publishes.
-const ZENOH_TAKES: [PortType; 6] =
-    [PortType::Frame, PortType::Mask, PortType::Tracks, PortType::Metrics, PortType::Agent, PortType::Inpainted];
+const ZENOH_TAKES: [PortType; 7] = [
+    PortType::Frame,
+    PortType::Mask,
+    PortType::Tracks,
+    PortType::Metrics,
+    PortType::Agent,
+    PortType::Inpainted,
+    PortType::Poses,
+];
 
 /// `[[sink]] kind = "rerun"`: a recording, a live viewer, or a server viewers pull from.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

@@ -49,6 +49,26 @@ pub struct TrackJson {
     pub origin: Option<&'static str>,
 }
 
+/// One person's 3D body in JSON.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PersonJson<'a> {
+    /// Track id.
+    pub id: u32,
+    /// Translation in the camera frame (metres; x right, y down, z forward).
+    pub translation: [f32; 3],
+    /// SMPL root rotation, row-major 3×3.
+    pub global_orient: &'a [f32; 9],
+    /// SMPL body-joint rotations, 23 row-major 3×3.
+    pub body_pose: &'a [f32],
+    /// SMPL shape.
+    pub betas: &'a [f32; 10],
+    /// The weak-perspective crop camera `(s, tx, ty)`.
+    pub crop_cam: [f32; 3],
+    /// 45 joints in the camera frame; absent without a body model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub joints: Option<&'a [[f32; 3]]>,
+}
+
 /// What kind of text an observation carries.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -88,6 +108,22 @@ pub enum Observation<'a> {
         height: u32,
         /// Fraction of the frame that moved.
         coverage: f64,
+    },
+    /// 3D people of a frame (HMR 2.0), in the frame camera.
+    Poses {
+        /// The frame.
+        #[serde(flatten)]
+        frame: FrameRef<'a>,
+        /// Frame width.
+        width: u32,
+        /// Frame height.
+        height: u32,
+        /// Focal length, pixels.
+        focal_length: f64,
+        /// Principal point, pixels.
+        principal_point: [f64; 2],
+        /// One entry per person.
+        people: Vec<PersonJson<'a>>,
     },
     /// A stage's figures.
     Metrics {
@@ -130,6 +166,7 @@ impl<'a> Observation<'a> {
         match self {
             Self::Tracks { .. } => "tracks",
             Self::Motion { .. } => "motion",
+            Self::Poses { .. } => "people",
             Self::Metrics { .. } => "metrics",
             Self::Text { kind: TextKind::Caption, .. } => "captions",
             Self::Text { kind: TextKind::Decision, .. } => "decisions",
@@ -180,5 +217,37 @@ mod tests {
         assert_eq!(&ros[..4], &crate::ros2::CDR_LE);
         assert_eq!(&ros[4..8], &6u32.to_le_bytes());
         assert_eq!(&ros[8..], b"a cat\0");
+    }
+
+    #[test]
+    fn poses_json() {
+        let frame = FrameRef { camera: "front", seq: 3, capture_ns: 9 };
+        let (orient, pose, betas) = ([1.0f32, 0., 0., 0., 1., 0., 0., 0., 1.], vec![0.5f32; 207], [0.1f32; 10]);
+        let joints = vec![[1.0f32, 2.0, 3.0]; 45];
+        let person = |joints| PersonJson {
+            id: 7,
+            translation: [0.0, 0.1, 4.0],
+            global_orient: &orient,
+            body_pose: &pose,
+            betas: &betas,
+            crop_cam: [0.9, 0.0, 0.1],
+            joints,
+        };
+        let poses = Observation::Poses {
+            frame,
+            width: 640,
+            height: 480,
+            focal_length: 12500.0,
+            principal_point: [320.0, 240.0],
+            people: vec![person(Some(&joints)), person(None)],
+        };
+        assert_eq!(poses.topic(), "people");
+        let json: serde_json::Value = serde_json::from_slice(&poses.to_json().expect("json")).expect("parse");
+        assert_eq!(json["type"], "poses");
+        assert_eq!(json["camera"], "front");
+        assert_eq!(json["people"][0]["id"], 7);
+        assert_eq!(json["people"][0]["body_pose"].as_array().map(Vec::len), Some(207));
+        assert_eq!(json["people"][0]["joints"].as_array().map(Vec::len), Some(45));
+        assert!(json["people"][1].get("joints").is_none(), "no joints without a body model, not zeros");
     }
 }

@@ -18,10 +18,22 @@ use tch::Tensor;
 
 const FRAMES: usize = 2;
 
-fn pipeline(dir: &std::path::Path, smpl: Option<&std::path::Path>, rrd: &std::path::Path) -> (Vec<Poses>, CameraClip) {
+/// Runs the pipeline; with `zenoh`, a zenoh sink also publishes the poses to that endpoint.
+fn pipeline(
+    dir: &std::path::Path,
+    smpl: Option<&std::path::Path>,
+    rrd: &std::path::Path,
+    zenoh: Option<&str>,
+) -> (Vec<Poses>, CameraClip) {
     let clip = CameraClip::new("640x480");
     let weights = fixtures_dir().join("sam2_video_tiny.weights.safetensors");
     let smpl_line = smpl.map_or(String::new(), |p| format!("smpl = \"{}\"\n", p.display()));
+    let zenoh_sink = zenoh.map_or(String::new(), |endpoint| {
+        format!(
+            "[[sink]]\nkind = \"zenoh\"\ninputs = [\"people\"]\nkeys = \"zenoh\"\nprefix = \"ocellus\"\n\
+             connect = [\"{endpoint}\"]\nmulticast_scouting = false\nedge = {{ policy = \"block\", depth = 4 }}\n"
+        )
+    });
     let text = format!(
         "{source}\n\
          [[actor]]\nname = \"tracker\"\nkind = \"sam2\"\nmodel = \"sam2.1_hiera_tiny\"\nweights = \"{w}\"\n\
@@ -29,7 +41,7 @@ fn pipeline(dir: &std::path::Path, smpl: Option<&std::path::Path>, rrd: &std::pa
          prompts = [{{ id = 3, box = {box_} }}]\n\
          [[actor]]\nname = \"people\"\nkind = \"pose3d\"\nmodel = \"hmr2\"\nallow_random_weights = true\n\
          inputs = {{ frames = {{ from = \"cam\", edge = {{ policy = \"block\" }} }}, \
-         tracks = {{ from = \"tracker\", edge = {{ policy = \"block\" }} }} }}\n{smpl_line}\n{sink}",
+         tracks = {{ from = \"tracker\", edge = {{ policy = \"block\" }} }} }}\n{smpl_line}\n{sink}\n{zenoh_sink}",
         source = clip.source_toml("cam", FRAMES),
         w = weights.display(),
         box_ = clip.meta["box"],
@@ -63,7 +75,15 @@ fn people_get_3d_bodies_placed_in_the_camera() {
     )
     .unwrap();
     let rrd = dir.join("people.rrd");
-    let (poses, clip) = pipeline(&dir, Some(&smpl_file), &rrd);
+    // A zenoh peer listening on loopback gets each frame's people as JSON.
+    let (session, endpoint) = ocellus_tests::listening_session();
+    let published = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<serde_json::Value>::new()));
+    let sink = published.clone();
+    let _subscriber = zenoh::Wait::wait(session.declare_subscriber("ocellus/cam/people").callback(move |s| {
+        sink.lock().push(serde_json::from_slice(&s.payload().to_bytes()).unwrap_or_default());
+    }))
+    .unwrap();
+    let (poses, clip) = pipeline(&dir, Some(&smpl_file), &rrd, Some(&endpoint));
     assert_eq!(poses.len(), FRAMES, "one message per frame");
     let smpl = Smpl::load(&smpl_file, tch::Device::Cpu).unwrap();
     let camera = FrameCamera::default();
@@ -115,13 +135,25 @@ fn people_get_3d_bodies_placed_in_the_camera() {
         }
         println!("frame {seq}: translation {translation:?} from crop camera {cam:?}");
     }
+    let published = published.lock().clone();
+    assert_eq!(published.len(), FRAMES, "one JSON message per frame on <prefix>/<camera>/people");
+    for (json, p) in published.iter().zip(&poses) {
+        assert_eq!(json["type"], "poses");
+        assert_eq!(json["seq"], p.meta.seq);
+        assert_eq!(json["people"].as_array().map(Vec::len), Some(p.people.len()));
+        for (j, q) in json["people"].as_array().unwrap().iter().zip(&p.people) {
+            assert_eq!(j["id"], q.id);
+            assert_eq!(j["joints"].as_array().map(Vec::len), Some(45));
+            assert!((j["translation"][2].as_f64().unwrap() - f64::from(q.translation[2])).abs() < 1e-3);
+        }
+    }
     let summary = read_rrd(&rrd).unwrap();
     assert_eq!(summary.rows_of("world/cam/people/3").len(), people, "each person's joints are logged");
     assert_eq!(summary.rows_of("world/cam/people/3/skeleton").len(), people, "and its skeleton");
 
     // Without a body model: parameters and translation, no joints, and the recording says so.
     let rrd = dir.join("no_smpl.rrd");
-    let (poses, _) = pipeline(&dir, None, &rrd);
+    let (poses, _) = pipeline(&dir, None, &rrd, None);
     assert!(poses.iter().flat_map(|p| &p.people).all(|p| p.joints.is_none()));
     let labels = ocellus_io::recording::components_of::<rerun::components::Text>(
         &rrd,

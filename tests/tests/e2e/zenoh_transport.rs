@@ -30,20 +30,7 @@ fn free_endpoint() -> String {
     format!("tcp/127.0.0.1:{}", ocellus_tests::free_port())
 }
 
-/// A test session listening on a free loopback endpoint (opened on the test thread: no
-/// runtime there), and that endpoint. A port found free can be taken before zenoh binds it
-/// (tests run in parallel): then another one is tried.
-fn listening_session() -> (zenoh::Session, String) {
-    let mut last = String::new();
-    for _ in 0..5 {
-        let endpoint = free_endpoint();
-        match zenoh::open(SessionSpec::loopback(&[&endpoint], &[]).to_config().unwrap()).wait() {
-            Ok(session) => return (session, endpoint),
-            Err(e) => last = e.to_string(),
-        }
-    }
-    panic!("no free loopback endpoint: {last}");
-}
+use ocellus_tests::listening_session;
 
 fn source_spec(endpoint: &str, key: &str, format: WireFormat, frames: Option<u64>) -> ZenohSourceSpec {
     ZenohSourceSpec {

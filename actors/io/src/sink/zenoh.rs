@@ -28,8 +28,8 @@ use bytes::Bytes;
 use ocellus_runtime::edge::{EdgePolicy, EdgeReceiver, EdgeSender, Recv, edge};
 use ocellus_runtime::message::{AgentOutput, MetricsReport};
 use ocellus_runtime::node::{Context, Input, Stage};
-use ocellus_runtime::{Frame, FrameMeta, Mask, Packet, RuntimeError, Tracks, now_ns};
-use ocellus_wire::observations::{FrameRef, Observation, TextKind, TrackJson};
+use ocellus_runtime::{Frame, FrameMeta, Mask, Packet, Poses, RuntimeError, Tracks, now_ns};
+use ocellus_wire::observations::{FrameRef, Observation, PersonJson, TextKind, TrackJson};
 use ocellus_wire::ros2::{self, MsgType, NodeIdentity, Qos, TypeHashes};
 use ocellus_wire::{CodecError, raw};
 use parking_lot::Mutex;
@@ -188,6 +188,31 @@ pub fn tracks_observation(t: &Tracks) -> Observation<'_> {
     Observation::Tracks { frame: frame_ref(&t.meta), width: t.width, height: t.height, tracks }
 }
 
+/// The 3D people of a frame as an observation.
+pub fn poses_observation(p: &Poses) -> Observation<'_> {
+    let people = p
+        .people
+        .iter()
+        .map(|q| PersonJson {
+            id: q.id,
+            translation: q.translation,
+            global_orient: &q.global_orient,
+            body_pose: &q.body_pose,
+            betas: &q.betas,
+            crop_cam: q.crop_cam,
+            joints: q.joints.as_deref(),
+        })
+        .collect();
+    Observation::Poses {
+        frame: frame_ref(&p.meta),
+        width: p.width,
+        height: p.height,
+        focal_length: p.focal_length,
+        principal_point: p.principal_point,
+        people,
+    }
+}
+
 /// A motion mask's summary as an observation.
 pub fn motion_observation(m: &Mask) -> Observation<'_> {
     Observation::Motion { frame: frame_ref(&m.meta), width: m.width, height: m.height, coverage: m.coverage }
@@ -312,7 +337,10 @@ impl Stage for ZenohSink {
                 Some(self.observation(&observation, format!("{}/agent/{topic}", camera(&a.meta.camera)))?)
             }
             // Frames without `frames = true`, and features (tensors on the device), stay local.
-            Packet::Frame(_) | Packet::Features(_) | Packet::Candidates(_) | Packet::Poses(_) => None,
+            Packet::Poses(p) => {
+                Some(self.observation(&poses_observation(p), format!("{}/people", camera(&p.meta.camera)))?)
+            }
+            Packet::Frame(_) | Packet::Features(_) | Packet::Candidates(_) => None,
         };
         if let Some(message) = message {
             self.send(message)?;
