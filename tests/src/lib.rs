@@ -171,6 +171,14 @@ image_size = 256
     )
 }
 
+/// Held by the tests that must not overlap: the timing-sensitive (a viewer process pulling
+/// a live stream) and the heaviest (full-size HMR 2.0 on the CPU). Poisoning is ignored: a
+/// failed test must not fail the others.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A test session listening on a free loopback endpoint (opened on the test thread: no
 /// runtime there), and that endpoint. A port found free can be taken before zenoh binds it
 /// (tests run in parallel): then another one is tried.

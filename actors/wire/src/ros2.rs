@@ -101,6 +101,48 @@ pub struct StringMsg {
     pub data: String,
 }
 
+/// `geometry_msgs/msg/Point`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    /// x.
+    pub x: f64,
+    /// y.
+    pub y: f64,
+    /// z.
+    pub z: f64,
+}
+
+/// `geometry_msgs/msg/Quaternion`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Quaternion {
+    /// x.
+    pub x: f64,
+    /// y.
+    pub y: f64,
+    /// z.
+    pub z: f64,
+    /// w.
+    pub w: f64,
+}
+
+/// `geometry_msgs/msg/Pose`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Pose {
+    /// Position.
+    pub position: Point,
+    /// Orientation.
+    pub orientation: Quaternion,
+}
+
+/// `geometry_msgs/msg/PoseArray`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoseArray {
+    /// Header.
+    pub header: Header,
+    /// The poses.
+    pub poses: Vec<Pose>,
+}
+
 /// A ROS 2 message type Ocellus reads or writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MsgType {
@@ -110,6 +152,8 @@ pub enum MsgType {
     CompressedImage,
     /// `std_msgs/msg/String`.
     String,
+    /// `geometry_msgs/msg/PoseArray`.
+    PoseArray,
 }
 
 impl MsgType {
@@ -119,16 +163,18 @@ impl MsgType {
             Self::Image => "sensor_msgs::msg::dds_::Image_",
             Self::CompressedImage => "sensor_msgs::msg::dds_::CompressedImage_",
             Self::String => "std_msgs::msg::dds_::String_",
+            Self::PoseArray => "geometry_msgs::msg::dds_::PoseArray_",
         }
     }
 
     /// The type hash of Iron and later (`RIHS01_` + SHA-256 of the type description; the
-    /// three definitions are unchanged since Iron; checked against `rosbags` by the tests).
+    /// definitions are unchanged since Iron; checked against `rosbags` by the tests).
     pub fn rihs01(self) -> &'static str {
         match self {
             Self::Image => "RIHS01_d31d41a9a4c4bc8eae9be757b0beed306564f7526c88ea6a4588fb9582527d47",
             Self::CompressedImage => "RIHS01_15640771531571185e2efc8a100baf923961a4d15d5569652e6cb6691e8e371a",
             Self::String => "RIHS01_df668c740482bbd48fb39d76a70dfd4bd59db1288021743503259e948f6b1a18",
+            Self::PoseArray => "RIHS01_af0cc36d190e104d546d168d6b39df04fa4b4ccecf59cb4c9ed328d3d5004aa0",
         }
     }
 }
@@ -413,6 +459,19 @@ pub fn encode_image(l: &FrameLayout, pixels: &[u8], capture_ns: i64, frame_id: &
         data: &packed,
     };
     to_cdr(&image)
+}
+
+/// Encodes poses — `(position, orientation as x, y, z, w)` — as a `geometry_msgs/PoseArray`
+/// payload.
+pub fn encode_pose_array(capture_ns: i64, frame_id: &str, poses: &[([f64; 3], [f64; 4])]) -> CodecResult<Vec<u8>> {
+    let poses = poses
+        .iter()
+        .map(|(p, q)| Pose {
+            position: Point { x: p[0], y: p[1], z: p[2] },
+            orientation: Quaternion { x: q[0], y: q[1], z: q[2], w: q[3] },
+        })
+        .collect();
+    to_cdr(&PoseArray { header: Header { stamp: Time::from_ns(capture_ns), frame_id: frame_id.to_owned() }, poses })
 }
 
 /// Encodes `text` as a `std_msgs/String` payload.

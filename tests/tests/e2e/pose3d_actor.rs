@@ -18,19 +18,21 @@ use tch::Tensor;
 
 const FRAMES: usize = 2;
 
-/// Runs the pipeline; with `zenoh`, a zenoh sink also publishes the poses to that endpoint.
+/// Runs the pipeline; with `zenoh` (an endpoint and `"zenoh"` or `"ros2"` keys), a zenoh
+/// sink also publishes the poses there.
 fn pipeline(
     dir: &std::path::Path,
     smpl: Option<&std::path::Path>,
     rrd: &std::path::Path,
-    zenoh: Option<&str>,
+    zenoh: Option<(&str, &str)>,
 ) -> (Vec<Poses>, CameraClip) {
     let clip = CameraClip::new("640x480");
     let weights = fixtures_dir().join("sam2_video_tiny.weights.safetensors");
     let smpl_line = smpl.map_or(String::new(), |p| format!("smpl = \"{}\"\n", p.display()));
-    let zenoh_sink = zenoh.map_or(String::new(), |endpoint| {
+    let zenoh_sink = zenoh.map_or(String::new(), |(endpoint, keys)| {
+        let naming = if keys == "ros2" { "domain = 0\nnamespace = \"/ocellus\"\n" } else { "prefix = \"ocellus\"\n" };
         format!(
-            "[[sink]]\nkind = \"zenoh\"\ninputs = [\"people\"]\nkeys = \"zenoh\"\nprefix = \"ocellus\"\n\
+            "[[sink]]\nkind = \"zenoh\"\ninputs = [\"people\"]\nkeys = \"{keys}\"\n{naming}\
              connect = [\"{endpoint}\"]\nmulticast_scouting = false\nedge = {{ policy = \"block\", depth = 4 }}\n"
         )
     });
@@ -65,6 +67,7 @@ fn pipeline(
 
 #[test]
 fn people_get_3d_bodies_placed_in_the_camera() {
+    let _alone = ocellus_tests::exclusive(); // full-size HMR 2.0 takes both cores
     let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "pose3d");
     let smpl_file = dir.join("smpl.safetensors");
     tools::import_with_extra(
@@ -83,7 +86,7 @@ fn people_get_3d_bodies_placed_in_the_camera() {
         sink.lock().push(serde_json::from_slice(&s.payload().to_bytes()).unwrap_or_default());
     }))
     .unwrap();
-    let (poses, clip) = pipeline(&dir, Some(&smpl_file), &rrd, Some(&endpoint));
+    let (poses, clip) = pipeline(&dir, Some(&smpl_file), &rrd, Some((&endpoint, "zenoh")));
     assert_eq!(poses.len(), FRAMES, "one message per frame");
     let smpl = Smpl::load(&smpl_file, tch::Device::Cpu).unwrap();
     let camera = FrameCamera::default();
@@ -152,8 +155,39 @@ fn people_get_3d_bodies_placed_in_the_camera() {
     assert_eq!(summary.rows_of("world/cam/people/3/skeleton").len(), people, "and its skeleton");
 
     // Without a body model: parameters and translation, no joints, and the recording says so.
+    // ROS 2 keys: each frame's root poses as a geometry_msgs/PoseArray too.
+    let (session, endpoint) = ocellus_tests::listening_session();
+    let arrays = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<Vec<u8>>::new()));
+    let sink = arrays.clone();
+    let _subscriber = zenoh::Wait::wait(
+        session
+            .declare_subscriber("0/ocellus/cam/people/poses/geometry_msgs::msg::dds_::PoseArray_/*")
+            .callback(move |s| sink.lock().push(s.payload().to_bytes().to_vec())),
+    )
+    .unwrap();
     let rrd = dir.join("no_smpl.rrd");
-    let (poses, _) = pipeline(&dir, None, &rrd, None);
+    let (poses, _) = pipeline(&dir, None, &rrd, Some((&endpoint, "ros2")));
+    let arrays = arrays.lock().clone();
+    assert_eq!(arrays.len(), FRAMES, "one PoseArray per frame");
+    for (cdr, p) in arrays.iter().zip(&poses) {
+        let decoded: ocellus_wire::ros2::PoseArray = ocellus_wire::ros2::from_cdr(cdr).unwrap();
+        assert_eq!(decoded.poses.len(), p.people.len());
+        for (pose, person) in decoded.poses.iter().zip(&p.people) {
+            // Without joints the root is the translation; the orientation is SMPL's root rotation.
+            let at = [pose.position.x, pose.position.y, pose.position.z];
+            assert!(at.iter().zip(person.translation).all(|(a, b)| (a - f64::from(b)).abs() < 1e-6), "{at:?}");
+            let q = nalgebra::UnitQuaternion::from_quaternion(nalgebra::Quaternion::new(
+                pose.orientation.w,
+                pose.orientation.x,
+                pose.orientation.y,
+                pose.orientation.z,
+            ));
+            let r = q.to_rotation_matrix();
+            for (k, v) in person.global_orient.iter().enumerate() {
+                assert!((r[(k / 3, k % 3)] - f64::from(*v)).abs() < 1e-4, "rotation [{k}]");
+            }
+        }
+    }
     assert!(poses.iter().flat_map(|p| &p.people).all(|p| p.joints.is_none()));
     let labels = ocellus_io::recording::components_of::<rerun::components::Text>(
         &rrd,

@@ -210,7 +210,8 @@ ts = get_typestore(Stores.ROS2_JAZZY)
 T = ts.types
 mode = sys.argv[1]
 if mode == "hashes":
-    names = ["sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage", "std_msgs/msg/String"]
+    names = ["sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage", "std_msgs/msg/String",
+             "geometry_msgs/msg/PoseArray"]
     print(json.dumps({n: ts.hash_rihs01(n) for n in names}))
 elif mode == "image":
     w, h, step = 6, 4, 20
@@ -230,6 +231,10 @@ elif mode == "decode":
         m = ts.deserialize_cdr(bytes.fromhex(payload), typename)
         if typename == "std_msgs/msg/String":
             out.append({"data": m.data})
+        elif typename == "geometry_msgs/msg/PoseArray":
+            out.append({"sec": m.header.stamp.sec, "nanosec": m.header.stamp.nanosec, "frame_id": m.header.frame_id,
+                        "poses": [[p.position.x, p.position.y, p.position.z, p.orientation.x, p.orientation.y,
+                                   p.orientation.z, p.orientation.w] for p in m.poses]})
         else:
             out.append({"sec": m.header.stamp.sec, "nanosec": m.header.stamp.nanosec, "frame_id": m.header.frame_id,
                         "height": m.height, "width": m.width, "encoding": m.encoding, "step": m.step,
@@ -271,6 +276,21 @@ fn type_hashes_match_rosbags() {
     assert_eq!(hashes["sensor_msgs/msg/Image"], MsgType::Image.rihs01());
     assert_eq!(hashes["sensor_msgs/msg/CompressedImage"], MsgType::CompressedImage.rihs01());
     assert_eq!(hashes["std_msgs/msg/String"], MsgType::String.rihs01());
+    assert_eq!(hashes["geometry_msgs/msg/PoseArray"], MsgType::PoseArray.rihs01());
+}
+
+/// People's root poses as `geometry_msgs/PoseArray`, read back by an independent decoder.
+#[test]
+fn pose_arrays_decode_with_rosbags() {
+    let poses = [([0.1, -0.2, 3.5], [0.0, 0.0, 0.0, 1.0]), ([1.0, 2.0, 9.0], [0.5, 0.5, 0.5, 0.5])];
+    let cdr = ros2::encode_pose_array(1_700_000_000_123_456_789, "front", &poses).unwrap();
+    let decoded: serde_json::Value =
+        serde_json::from_str(&rosbags("decode", &format!("geometry_msgs/msg/PoseArray:{}", hex(&cdr)))).unwrap();
+    assert_eq!(decoded[0]["sec"], 1_700_000_000);
+    assert_eq!(decoded[0]["nanosec"], 123_456_789);
+    assert_eq!(decoded[0]["frame_id"], "front");
+    let expected: Vec<Vec<f64>> = poses.iter().map(|(p, q)| p.iter().chain(q).copied().collect()).collect();
+    assert_eq!(decoded[0]["poses"], serde_json::json!(expected));
 }
 
 #[test]

@@ -213,6 +213,23 @@ pub fn poses_observation(p: &Poses) -> Observation<'_> {
     }
 }
 
+/// Each person's root joint (the pelvis, OpenPose's mid-hip; the body's translation without
+/// a body model) and root orientation (SMPL's global orientation) in the camera frame.
+pub fn root_poses(p: &Poses) -> Vec<([f64; 3], [f64; 4])> {
+    p.people
+        .iter()
+        .map(|q| {
+            let position = q.joints.as_ref().and_then(|j| j.get(MID_HIP)).copied().unwrap_or(q.translation);
+            let m = nalgebra::Matrix3::from_row_slice(&q.global_orient.map(f64::from));
+            let r = nalgebra::UnitQuaternion::from_matrix(&m);
+            (position.map(f64::from), [r.i, r.j, r.k, r.w])
+        })
+        .collect()
+}
+
+/// OpenPose's mid-hip (SMPL's pelvis) among the 45 joints.
+const MID_HIP: usize = 8;
+
 /// A motion mask's summary as an observation.
 pub fn motion_observation(m: &Mask) -> Observation<'_> {
     Observation::Motion { frame: frame_ref(&m.meta), width: m.width, height: m.height, coverage: m.coverage }
@@ -338,7 +355,20 @@ impl Stage for ZenohSink {
             }
             // Frames without `frames = true`, and features (tensors on the device), stay local.
             Packet::Poses(p) => {
-                Some(self.observation(&poses_observation(p), format!("{}/people", camera(&p.meta.camera)))?)
+                let topic = format!("{}/people", camera(&p.meta.camera));
+                if ros {
+                    // ROS 2 tools get the people's root joints as a PoseArray too.
+                    self.send(Outgoing {
+                        topic: format!("{topic}/poses"),
+                        ty: MsgType::PoseArray,
+                        encoding: Encoding::APPLICATION_CDR,
+                        body: Body::Bytes(
+                            ros2::encode_pose_array(p.meta.capture_ns, &p.meta.camera, &root_poses(p))
+                                .map_err(|e| RuntimeError::BadInput(e.to_string()))?,
+                        ),
+                    })?;
+                }
+                Some(self.observation(&poses_observation(p), topic)?)
             }
             Packet::Frame(_) | Packet::Features(_) | Packet::Candidates(_) => None,
         };
