@@ -51,6 +51,9 @@ pub struct PoseEntry {
     /// Crops per forward pass.
     #[serde(default = "default_batch")]
     pub batch: usize,
+    /// Also output each person's SMPL mesh (6890 vertices) and show it in Rerun (needs `smpl`).
+    #[serde(default)]
+    pub mesh: bool,
 }
 
 fn default_people() -> Vec<String> {
@@ -71,6 +74,8 @@ pub struct PoseSpec {
     pub people: Vec<String>,
     /// Crops per forward.
     pub batch: usize,
+    /// Output meshes.
+    pub mesh: bool,
 }
 
 /// The `pose3d` kind.
@@ -99,7 +104,10 @@ impl NodeKind for PoseKind {
         if e.batch == 0 {
             return Err(Issue::at("batch", "must be at least 1"));
         }
-        Ok(Arc::new(PoseSpec { model, smpl: e.smpl, people: e.people, batch: e.batch }))
+        if e.mesh && e.smpl.is_none() {
+            return Err(Issue::at("mesh", "needs the body model (`smpl`)"));
+        }
+        Ok(Arc::new(PoseSpec { model, smpl: e.smpl, people: e.people, batch: e.batch, mesh: e.mesh }))
     }
 }
 
@@ -134,6 +142,8 @@ impl ConfiguredNode for PoseSpec {
 struct Running {
     hmr2: Loaded<Hmr2>,
     smpl: Option<Smpl>,
+    /// The mesh's triangles (with `mesh`).
+    faces: Option<Arc<[[u32; 3]]>>,
 }
 
 /// 3D people for the tracks of every frame (the models load when the stage starts).
@@ -170,7 +180,19 @@ impl Stage for PoseStage {
                 None
             }
         };
-        self.running = Some(Running { hmr2, smpl });
+        let faces = match (&smpl, self.spec.mesh) {
+            (Some(body), true) => {
+                let f = Vec::<i64>::try_from(body.faces().f_reshape([-1])?)?;
+                let faces: Vec<[u32; 3]> = f
+                    .chunks_exact(3)
+                    .map(|t| t.iter().map(|&v| u32::try_from(v).unwrap_or(u32::MAX)).collect::<Vec<_>>())
+                    .map(|t| [t[0], t[1], t[2]])
+                    .collect();
+                Some(faces.into())
+            }
+            _ => None,
+        };
+        self.running = Some(Running { hmr2, smpl, faces });
         Ok(())
     }
 
@@ -205,6 +227,7 @@ impl Stage for PoseStage {
             focal_length: self.camera.focal_length * scale,
             principal_point: [side / 2.0 - left as f64, side / 2.0 - top as f64],
             people: out,
+            faces: self.running.as_ref().and_then(|r| r.faces.clone()),
         })));
         Ok(())
     }
@@ -223,14 +246,23 @@ impl PoseStage {
         let x = preprocess::normalize(&crops, device).map_err(failed)?.f_to_kind(self.spec.model.dtype.kind())?; // [N, 3, 256, 256]
         let output = tch::no_grad(|| run.hmr2.forward(&x)).map_err(failed)?;
         let p = &output.params;
-        let joints = match &run.smpl {
+        let (joints, vertices) = match &run.smpl {
             Some(smpl) => {
                 let posed = tch::no_grad(|| smpl.forward(&p.betas, &p.global_orient, &p.body_pose)).map_err(failed)?;
                 let j44 = smpl.joints44(&posed).map_err(failed)?; // [N, 44, 3]
                 let zero = Tensor::f_zeros([j44.size()[0], ZERO_JOINTS as i64, 3], (Kind::Float, j44.device()))?;
-                Some(Tensor::f_cat(&[j44, zero], 1)?.f_to_device(Device::Cpu)?) // [N, 45, 3]
+                let vertices = match self.spec.mesh {
+                    true => Some(posed.vertices.f_to_device(Device::Cpu)?), // [N, 6890, 3]
+                    false => None,
+                };
+                (Some(Tensor::f_cat(&[j44, zero], 1)?.f_to_device(Device::Cpu)?), vertices) // [N, 45, 3]
             }
-            None => None,
+            None => (None, None),
+        };
+        // Points `[K, 3]` of row `row`, moved by `t`.
+        let moved = |points: &Tensor, row: i64, t: [f32; 3]| -> Result<Vec<[f32; 3]>> {
+            let v = Vec::<f32>::try_from(points.f_get(row)?.f_reshape([-1])?)?;
+            Ok(v.chunks_exact(3).map(|p| [p[0] + t[0], p[1] + t[1], p[2] + t[2]]).collect())
         };
         let mut out = Vec::with_capacity(people.len());
         for (i, (id, b)) in people.iter().enumerate() {
@@ -244,17 +276,8 @@ impl PoseStage {
             );
             let t = self.camera.translation(Vector3::new(crop_cam[0], crop_cam[1], crop_cam[2]).cast(), c, s);
             let translation = [t.x as f32, t.y as f32, t.z as f32];
-            let joints = match &joints {
-                Some(j) => {
-                    let v = Vec::<f32>::try_from(j.f_get(row)?.f_reshape([-1])?)?;
-                    Some(
-                        v.chunks_exact(3)
-                            .map(|p| [p[0] + translation[0], p[1] + translation[1], p[2] + translation[2]])
-                            .collect(),
-                    )
-                }
-                None => None,
-            };
+            let joints = joints.as_ref().map(|j| moved(j, row, translation)).transpose()?;
+            let vertices = vertices.as_ref().map(|v| moved(v, row, translation).map(Into::into)).transpose()?;
             out.push(PersonPose {
                 id: *id,
                 global_orient: values(&p.global_orient.f_get(row)?)?,
@@ -263,6 +286,7 @@ impl PoseStage {
                 crop_cam,
                 translation,
                 joints,
+                vertices,
             });
         }
         Ok(out)

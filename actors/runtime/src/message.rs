@@ -351,6 +351,8 @@ pub struct PersonPose {
     /// 45 joints in the camera frame (the 25 OpenPose joints, the 19 of the extra regressor,
     /// one zero joint, each plus `translation`); `None` without a body-model file.
     pub joints: Option<Vec<[f32; 3]>>,
+    /// The SMPL mesh's 6890 vertices in the camera frame, when asked for (`mesh = true`).
+    pub vertices: Option<Arc<[[f32; 3]]>>,
 }
 
 /// The 3D people of one frame, and the camera they are seen by.
@@ -368,6 +370,8 @@ pub struct Poses {
     pub principal_point: [f64; 2],
     /// One entry per person.
     pub people: Vec<PersonPose>,
+    /// The SMPL mesh's triangles (vertex indices), when meshes are output.
+    pub faces: Option<Arc<[[u32; 3]]>>,
 }
 
 // --- Packets and port types ---------------------------------------------------------------

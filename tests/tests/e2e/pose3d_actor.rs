@@ -28,7 +28,7 @@ fn pipeline(
 ) -> (Vec<Poses>, CameraClip) {
     let clip = CameraClip::new("640x480");
     let weights = fixtures_dir().join("sam2_video_tiny.weights.safetensors");
-    let smpl_line = smpl.map_or(String::new(), |p| format!("smpl = \"{}\"\n", p.display()));
+    let smpl_line = smpl.map_or(String::new(), |p| format!("smpl = \"{}\"\nmesh = true\n", p.display()));
     let zenoh_sink = zenoh.map_or(String::new(), |(endpoint, keys)| {
         let naming = if keys == "ros2" { "domain = 0\nnamespace = \"/ocellus\"\n" } else { "prefix = \"ocellus\"\n" };
         format!(
@@ -94,6 +94,7 @@ fn people_get_3d_bodies_placed_in_the_camera() {
     let mut checked = Vec::new();
     for p in &poses {
         assert_eq!((p.width as usize, p.height as usize), (clip.width, clip.height));
+        assert_eq!(p.faces.as_ref().map(|f| f.len()), Some(13776), "the mesh's triangles");
         // The frame camera: f = 5000 · 640 / 256, the principal point at the frame's centre.
         assert!((p.focal_length - 12500.0).abs() < 1e-9 && p.principal_point == [320.0, 240.0]);
         for person in &p.people {
@@ -110,6 +111,16 @@ fn people_get_3d_bodies_placed_in_the_camera() {
                 )
                 .unwrap();
             let j44 = Vec::<f32>::try_from(smpl.joints44(&posed).unwrap().view([-1])).unwrap();
+            // The mesh: SMPL's vertices plus the translation.
+            let v = Vec::<f32>::try_from(posed.vertices.reshape([-1])).unwrap();
+            let vertices = person.vertices.as_ref().expect("the mesh, asked for");
+            assert_eq!(vertices.len(), 6890);
+            for (k, vertex) in vertices.iter().enumerate() {
+                for c in 0..3 {
+                    let want = v[3 * k + c] + person.translation[c];
+                    assert!((vertex[c] - want).abs() <= 1e-4 * want.abs().max(1.0), "vertex {k}");
+                }
+            }
             let joints = person.joints.as_ref().expect("joints with a body model");
             assert_eq!(joints.len(), 45);
             for (k, joint) in joints.iter().enumerate() {
@@ -153,6 +164,7 @@ fn people_get_3d_bodies_placed_in_the_camera() {
     let summary = read_rrd(&rrd).unwrap();
     assert_eq!(summary.rows_of("world/cam/people/3").len(), people, "each person's joints are logged");
     assert_eq!(summary.rows_of("world/cam/people/3/skeleton").len(), people, "and its skeleton");
+    assert_eq!(summary.rows_of("world/cam/people/3/mesh").len(), people, "and its mesh");
 
     // Without a body model: parameters and translation, no joints, and the recording says so.
     // ROS 2 keys: each frame's root poses as a geometry_msgs/PoseArray too.
@@ -207,6 +219,7 @@ fn pose3d_configuration_errors_name_the_key() {
         ("smpl = \"missing.safetensors\"", "ocellus weights import --model smpl"),
         ("people = []", "people"),
         ("batch = 0", "batch"),
+        ("mesh = true", "mesh: needs the body model"),
         ("model = \"hmr3\"", "unknown model \"hmr3\""),
     ] {
         let model = if extra.starts_with("model") { "" } else { "model = \"hmr2\"\n" };

@@ -15,8 +15,8 @@ use ocellus_runtime::{Frame, FrameMeta, Mask, MaskKind, Packet, Poses, RuntimeEr
 use ocellus_wire::PixelFormat;
 use rerun::datatypes::{ChannelDatatype, ColorModel, ImageFormat};
 use rerun::{
-    AnnotationContext, Boxes2D, Image, LineStrips3D, Pinhole, Points3D, RecordingStream, RecordingStreamBuilder,
-    Rgba32, Scalars, SegmentationImage, TimeCell,
+    AnnotationContext, Boxes2D, Image, LineStrips3D, Mesh3D, Pinhole, Points3D, RecordingStream,
+    RecordingStreamBuilder, Rgba32, Scalars, SegmentationImage, TimeCell,
 };
 use tracing::trace_span;
 
@@ -319,6 +319,12 @@ impl RerunSink {
                         .with_labels([label]),
                 )
                 .map_err(|e| IoError::Rerun(e.to_string()))?;
+            if let (Some(vertices), Some(faces)) = (&person.vertices, &p.faces) {
+                let mesh = Mesh3D::new(vertices.iter().copied())
+                    .with_triangle_indices(faces.iter().copied())
+                    .with_albedo_factor(color);
+                self.rec.log(format!("{entity}/mesh"), &mesh).map_err(|e| IoError::Rerun(e.to_string()))?;
+            }
             if let Some(joints) = &person.joints {
                 let bones = OPENPOSE_BONES.iter().filter_map(|&(a, b)| Some([*joints.get(a)?, *joints.get(b)?]));
                 self.rec
