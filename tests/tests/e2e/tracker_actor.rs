@@ -114,7 +114,11 @@ fn prompts_from_a_zenoh_topic_add_objects() {
         &format!(
             "prompt_topic = {{ key = \"ocellus/test/prompts\", listen = [\"tcp/127.0.0.1:{port}\"], multicast_scouting = false }}"
         ),
-    );
+    )
+    // Paced at 2 frames/s, so that the stream outlasts the peers' meeting (the publisher
+    // repeats every 400 ms): the prompt arrives mid-stream however fast the tracker is.
+    .replace(&format!("frames = {FRAMES} }}"), &format!("frames = {FRAMES}, fps = 2, live = true }}"));
+    assert!(tracker.contains("fps = 2"), "{tracker}");
     let sink = rerun_sink_toml(&["tracker"], &rrd);
     let config = config_file(&dir, "prompts.toml", &format!("{tracker}\n{sink}"));
     let pipeline = ocellus_pipelines::build(&config).unwrap();
