@@ -474,6 +474,9 @@ pub struct ServeConfig {
     /// Port.
     #[serde(default = "default_port")]
     pub port: u16,
+    /// How long to keep serving after the stream ends, for viewers still catching up
+    /// (`"5s"`; default none).
+    pub linger: Option<String>,
 }
 
 fn default_bind() -> String {
@@ -526,7 +529,15 @@ impl NodeKind for RerunKind {
         let target = match (c.save, c.connect, c.serve) {
             (Some(path), None, None) => RerunTarget::Save(path),
             (None, Some(url), None) => RerunTarget::Connect(url),
-            (None, None, Some(s)) => RerunTarget::Serve { bind: s.bind, port: s.port },
+            (None, None, Some(s)) => {
+                let linger = s
+                    .linger
+                    .as_deref()
+                    .map(|t| duration("linger", t).map_err(|i| i.inside("serve")))
+                    .transpose()?
+                    .unwrap_or_default();
+                RerunTarget::Serve { bind: s.bind, port: s.port, linger }
+            }
             _ => return Err(Issue::here("a rerun sink needs exactly one of `save`, `connect` or `serve`")),
         };
         Ok(Arc::new(RerunNode { target, metrics: c.metrics, app_id: c.app_id }))

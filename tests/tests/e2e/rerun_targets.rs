@@ -103,12 +103,13 @@ fn serve_hosts_a_server_that_rerun_can_pull_from() {
     let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "rerun_serve");
     let pulled = dir.join("pulled.rrd");
     let port = free_port();
-    // A live source keeps the server up for ~5 s; the served stream keeps everything for late
-    // viewers, so the client gets every frame.
+    // A live source keeps the server up for ~5 s, and `linger` 5 s more; the served stream
+    // keeps everything for late viewers, so the client gets every frame even when it starts
+    // slowly on a loaded machine.
     let config = config(
         &dir,
         "frames = 150, fps = 30, live = true",
-        &format!("serve = {{ bind = \"127.0.0.1\", port = {port} }}"),
+        &format!("serve = {{ bind = \"127.0.0.1\", port = {port}, linger = \"5s\" }}"),
     );
     let pipeline = build(&config).unwrap();
     let runner = std::thread::spawn(move || pipeline.run());

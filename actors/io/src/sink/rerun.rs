@@ -69,6 +69,8 @@ pub enum RerunTarget {
         bind: String,
         /// Port to bind.
         port: u16,
+        /// How long the server stays up after the stream ends, for viewers still catching up.
+        linger: std::time::Duration,
     },
 }
 
@@ -85,7 +87,7 @@ pub fn open_recording(app_id: &str, target: &RerunTarget) -> Result<RecordingStr
             builder.save(path)
         }
         RerunTarget::Connect(url) => builder.connect_grpc_opts(url.clone()),
-        RerunTarget::Serve { bind, port } => builder.serve_grpc_opts(bind, *port, rerun::ServerOptions::default()),
+        RerunTarget::Serve { bind, port, .. } => builder.serve_grpc_opts(bind, *port, rerun::ServerOptions::default()),
     };
     rec.map_err(|e| IoError::Rerun(e.to_string()))
 }
@@ -413,6 +415,11 @@ impl Stage for RerunSink {
     }
 
     fn stop(&mut self, _ctx: &mut Context) -> ocellus_runtime::Result<()> {
-        self.rec.flush_blocking().map_err(|e| IoError::Rerun(e.to_string()).into())
+        self.rec.flush_blocking().map_err(|e| IoError::Rerun(e.to_string()))?;
+        // A served stream ends with the run: viewers still pulling its history get `linger`.
+        if let RerunTarget::Serve { linger, .. } = &self.recording.target {
+            std::thread::sleep(*linger);
+        }
+        Ok(())
     }
 }
