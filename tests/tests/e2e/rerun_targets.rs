@@ -104,8 +104,7 @@ fn serve_hosts_a_server_that_rerun_can_pull_from() {
     let pulled = dir.join("pulled.rrd");
     let port = free_port();
     // A live source keeps the server up for ~5 s, and `linger` 5 s more; the served stream
-    // keeps everything for late viewers, so the client gets every frame even when it starts
-    // slowly on a loaded machine.
+    // keeps everything for late viewers, so the client gets every frame that was logged.
     let config = config(
         &dir,
         "frames = 150, fps = 30, live = true",
@@ -136,7 +135,11 @@ fn serve_hosts_a_server_that_rerun_can_pull_from() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Every frame the server logged reached the viewer (a live source drops frames itself
+    // when the machine is loaded: those never reach the sink).
     let summary = read_rrd(&pulled).unwrap();
-    assert_eq!(summary.rows_of("world/cam/image").len(), 150);
-    assert_eq!(summary.rows_of("world/cam/motion").len(), 150);
+    let logged = |node: &str| report.node(node).map_or(0, |n| n.metrics.emitted as usize);
+    assert!(logged("cam") > 0 && logged("cam") <= 150);
+    assert_eq!(summary.rows_of("world/cam/image").len(), logged("cam"));
+    assert_eq!(summary.rows_of("world/cam/motion").len(), logged("motion"));
 }
