@@ -17,6 +17,7 @@
 pub mod amg;
 pub mod clip;
 pub mod hmr2;
+pub mod lart;
 pub mod llm;
 pub mod preprocess;
 pub mod zenoh;

@@ -24,6 +24,9 @@ enum Command {
     /// HMR 2.0 crops/s (backbone + SMPL head, batch 1 and 4) against the official modules of
     /// a 4D-Humans checkout (`--repo`).
     Hmr2(ocellus_bench::hmr2::Hmr2BenchArgs),
+    /// LART per window (demo: 1 person; 5 people; 8 clips in a batch) against the official
+    /// model of LART and PHALP checkouts (`--repo`, `--phalp`).
+    Lart(ocellus_bench::lart::LartBenchArgs),
     /// Zero-shot CLIP labels/s for 1 and 16 track crops against open_clip (same threads).
     Clip(ocellus_bench::clip::ClipBenchArgs),
     /// Preprocessing per camera frame: each model's exact official path against the fast path.
@@ -336,6 +339,7 @@ fn main() -> ExitCode {
         Command::Clip(args) => ocellus_bench::clip::run(&args),
         Command::Amg(args) => ocellus_bench::amg::run(&args, &std::env::temp_dir()),
         Command::Hmr2(args) => ocellus_bench::hmr2::run(&args, &std::env::temp_dir()),
+        Command::Lart(args) => ocellus_bench::lart::run(&args, &std::env::temp_dir()),
         Command::Preprocess(args) => preprocess(&args),
     };
     match result {

@@ -12,6 +12,9 @@
 //!   tokenizer (token-exact), zero-shot classification and MetaCLIP's data curation.
 //! - [`diffmae`]: DiffMAE inpainting (MAE encoder, "joint" denoising decoder, respaced DDPM);
 //!   no official code exists, so MAE's (`models_mae.py`) structure and keys where MAE has them.
+//! - [`hmr2`] and [`smpl`]: HMR 2.0 (3D people from crops) and the SMPL body model.
+//! - [`lart`]: LART action recognition over tracklets (AVA actions per person), with PHALP's
+//!   pose and joints vectors.
 //! - [`backbone`]: both by name.
 //! - [`model`]: one way to load any of them ([`model::ModelSpec`]: name, weights, device,
 //!   precision).
@@ -26,6 +29,7 @@ pub mod diffmae;
 pub mod hiera;
 pub mod hieradet;
 pub mod hmr2;
+pub mod lart;
 pub mod model;
 pub mod motion;
 pub mod onnx;

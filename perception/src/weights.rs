@@ -35,6 +35,21 @@ pub enum Scope<'a> {
     Prefix(&'a str),
     /// Only keys under these prefixes belong to the model.
     Prefixes(&'a [&'a str]),
+    /// Every key belongs to the model but these, which a released file has and the model
+    /// does not use: accepted and ignored by name (an entry ending in `.` is a prefix).
+    Ignoring(&'a [&'a str]),
+}
+
+impl Scope<'_> {
+    /// Whether key `k` of a weights file is the model's.
+    pub fn contains(&self, k: &str) -> bool {
+        match self {
+            Scope::Exact => true,
+            Scope::Prefix(p) => k.starts_with(p),
+            Scope::Prefixes(ps) => ps.iter().any(|p| k.starts_with(p)),
+            Scope::Ignoring(ignored) => !ignored.iter().any(|i| k == *i || (i.ends_with('.') && k.starts_with(i))),
+        }
+    }
 }
 
 fn weights_error(path: &Path, message: String) -> PerceptionError {
@@ -45,12 +60,7 @@ fn weights_error(path: &Path, message: String) -> PerceptionError {
 pub fn load(vs: &mut VarStore, path: &Path, scope: Scope<'_>) -> Result<()> {
     let file = Tensor::read_safetensors(path).map_err(|e| weights_error(path, e.to_string()))?;
     let mut vars = vs.variables();
-    let in_scope = |k: &str| match scope {
-        Scope::Exact => true,
-        Scope::Prefix(p) => k.starts_with(p),
-        Scope::Prefixes(ps) => ps.iter().any(|p| k.starts_with(p)),
-    };
-    let file: BTreeMap<String, Tensor> = file.into_iter().filter(|(k, _)| in_scope(k)).collect();
+    let file: BTreeMap<String, Tensor> = file.into_iter().filter(|(k, _)| scope.contains(k)).collect();
     let model: BTreeMap<String, Vec<i64>> = vars.iter().map(|(k, v)| (k.clone(), v.size())).collect();
     let in_file: BTreeMap<String, Vec<i64>> = file.iter().map(|(k, t)| (k.clone(), t.size())).collect();
     if let Some(report) = ocellus_kernels::keys::key_report(&model, &in_file, str::to_owned) {

@@ -1,5 +1,5 @@
 //! `ocellus weights import | init`, for every model: Hiera, SAM 2, MetaCLIP, DiffMAE, HMR 2.0,
-//! Llama 3, and the SMPL body model (import only: the user's own licensed file).
+//! LART, Llama 3, and the SMPL body model (import only: the user's own licensed file).
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +13,7 @@ use ocellus_perception::clip::Clip;
 use ocellus_perception::diffmae::DiffMae;
 use ocellus_perception::hiera::HieraConfig;
 use ocellus_perception::hmr2::Hmr2;
+use ocellus_perception::lart::Lart;
 use ocellus_perception::model::{Model, ModelSpec, WeightsSource};
 use ocellus_perception::sam2::Sam2;
 use ocellus_perception::smpl;
@@ -21,6 +22,8 @@ use tch::{Device, Kind, Tensor};
 
 /// The key prefix of a SAM 2 checkpoint's image encoder.
 const SAM2_IMAGE_ENCODER_KEYS: &str = "image_encoder.";
+/// The key prefix of LART's model in its Lightning checkpoint (the demo loader strips it).
+const LART_ENCODER_KEYS: &str = "encoder.";
 
 /// Default output of the weights commands: `weights/<model>.safetensors`.
 pub fn default_weights_path(model: &str) -> PathBuf {
@@ -35,6 +38,7 @@ enum Family {
     Clip,
     Hiera,
     Hmr2,
+    Lart,
     Smpl,
 }
 
@@ -56,6 +60,8 @@ impl Family {
             Self::Hiera
         } else if has(Hmr2::names()) {
             Self::Hmr2
+        } else if has(Lart::names()) {
+            Self::Lart
         } else if model == SMPL {
             Self::Smpl
         } else {
@@ -65,6 +71,7 @@ impl Family {
                 Clip::names(),
                 HieraConfig::NAMES.to_vec(),
                 Hmr2::names(),
+                Lart::names(),
                 vec![SMPL],
             ]
             .concat();
@@ -93,6 +100,7 @@ pub fn import_with_extra(model: &str, checkpoint: &Path, extra: Option<&Path>, o
     match family {
         Family::Smpl => Ok(import_smpl(checkpoint, extra, out)?),
         Family::Hmr2 => Ok(import_model::<Hmr2>(model, checkpoint, out)?),
+        Family::Lart => Ok(import_lart(model, checkpoint, out)?),
         Family::Llama => import_llama(model, checkpoint, out),
         Family::DiffMae => Ok(import_model::<DiffMae>(model, checkpoint, out)?),
         Family::Sam2 => Ok(import_sam2(model, checkpoint, out)?),
@@ -149,6 +157,27 @@ fn import_sam2(model: &str, checkpoint: &Path, out: &Path) -> Result<Manifest, P
     })
 }
 
+/// LART: the released Lightning checkpoint holds the model under `encoder.` (and the SMPL
+/// body model's buffers under `smpl.`): the model's keys are kept without the prefix, as the
+/// official demo loader does; a file of the bare module's keys is taken as it is. The unused
+/// `conv_en`, `conv_de` and `pe` are accepted and ignored by name.
+fn import_lart(model: &str, checkpoint: &Path, out: &Path) -> Result<Manifest, PerceptionError> {
+    import_with(model, checkpoint, out, |tmp| {
+        let keys = weights::keys(tmp)?;
+        if keys.iter().any(|k| k.starts_with(LART_ENCODER_KEYS)) {
+            let err = |e: tch::TchError| PerceptionError::Weights { path: tmp.to_path_buf(), message: e.to_string() };
+            let kept: Vec<(String, Tensor)> = Tensor::read_safetensors(tmp)
+                .map_err(err)?
+                .into_iter()
+                .filter_map(|(k, v)| k.strip_prefix(LART_ENCODER_KEYS).map(|k| (k.to_owned(), v)))
+                .collect();
+            let named: Vec<(&str, &Tensor)> = kept.iter().map(|(k, v)| (k.as_str(), v)).collect();
+            Tensor::write_safetensors(&named, tmp).map_err(err)?;
+        }
+        verify_as::<Lart>(model, tmp)
+    })
+}
+
 /// Writes seeded random weights of `model` to `out`, with the manifest.
 pub fn init(model: &str, seed: i64, out: &Path) -> anyhow::Result<Manifest> {
     match Family::of(model)? {
@@ -166,6 +195,7 @@ pub fn init(model: &str, seed: i64, out: &Path) -> anyhow::Result<Manifest> {
         Family::Clip => Ok(init_model::<Clip>(model, seed, out)?),
         Family::Hiera => Ok(init_model::<Backbone>(model, seed, out)?),
         Family::Hmr2 => Ok(init_model::<Hmr2>(model, seed, out)?),
+        Family::Lart => Ok(init_model::<Lart>(model, seed, out)?),
         Family::Smpl => anyhow::bail!(
             "the SMPL body model is not generated: import your own licensed file with \
              `ocellus weights import --model smpl --from SMPL_NEUTRAL.pkl`"

@@ -418,7 +418,7 @@ impl ConfiguredSource {
 // --- Sinks ---------------------------------------------------------------------------------
 
 /// The message types the Rerun sink logs.
-const RERUN_TAKES: [PortType; 8] = [
+const RERUN_TAKES: [PortType; 9] = [
     PortType::Frame,
     PortType::Mask,
     PortType::Tracks,
@@ -427,9 +427,10 @@ const RERUN_TAKES: [PortType; 8] = [
     PortType::Agent,
     PortType::Inpainted,
     PortType::Poses,
+    PortType::Actions,
 ];
 /// The message types the zenoh sink publishes.
-const ZENOH_TAKES: [PortType; 7] = [
+const ZENOH_TAKES: [PortType; 8] = [
     PortType::Frame,
     PortType::Mask,
     PortType::Tracks,
@@ -437,6 +438,7 @@ const ZENOH_TAKES: [PortType; 7] = [
     PortType::Agent,
     PortType::Inpainted,
     PortType::Poses,
+    PortType::Actions,
 ];
 
 /// `[[sink]] kind = "rerun"`: a recording, a live viewer, or a server viewers pull from.

@@ -62,6 +62,14 @@ pub mod path {
     pub fn person(camera: &str, id: u32) -> String {
         format!("world/{camera}/people/{id}")
     }
+    /// `world/<camera>/actions`: every person's actions on a key frame, one line each.
+    pub fn actions(camera: &str) -> String {
+        format!("world/{camera}/actions")
+    }
+    /// `world/<camera>/people/<track id>/actions`: a person's actions (markdown list).
+    pub fn person_actions(camera: &str, id: u32) -> String {
+        format!("world/{camera}/people/{id}/actions")
+    }
     /// `world/<camera>/discovery`.
     pub fn discovery(camera: &str) -> String {
         format!("world/{camera}/discovery")

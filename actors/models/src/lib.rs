@@ -12,11 +12,13 @@
 //! | [`labeler`] | `frames` ⋈ `tracks` | `tracks` | MetaCLIP zero-shot |
 //! | [`inpainter`] | `frames` ⋈ `tracks` | `inpainted` | DiffMAE, or blur |
 //! | [`pose3d`] | `frames` ⋈ `tracks` | `poses` | HMR 2.0 (+ the SMPL body model) |
+//! | [`actions`] | `poses` (⋈ `frames` for appearance) | `actions` | LART (+ a Hiera backbone) |
 //!
 //! (⋈: joined by camera and frame number.) Models are loaded through
 //! [`ocellus_perception::model::ModelSpec`] when the stage starts on its own thread.
 #![warn(missing_docs)]
 
+pub mod actions;
 pub mod backbone;
 pub mod discovery;
 pub mod inpainter;
@@ -39,6 +41,7 @@ pub fn kinds() -> Vec<&'static dyn ErasedKind> {
         kind::<labeler::LabelerKind>(),
         kind::<inpainter::InpainterKind>(),
         kind::<pose3d::PoseKind>(),
+        kind::<actions::ActionsKind>(),
     ]
 }
 

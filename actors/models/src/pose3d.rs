@@ -228,6 +228,7 @@ impl Stage for PoseStage {
             principal_point: [side / 2.0 - left as f64, side / 2.0 - top as f64],
             people: out,
             faces: self.running.as_ref().and_then(|r| r.faces.clone()),
+            labels: Some(tracks.labels.clone()),
         })));
         Ok(())
     }
@@ -284,6 +285,7 @@ impl PoseStage {
                 body_pose: Vec::<f32>::try_from(p.body_pose.f_get(row)?.f_to_kind(Kind::Float)?.f_reshape([-1])?)?,
                 betas: values(&p.betas.f_get(row)?)?,
                 crop_cam,
+                bbox: b.map(|v| v as f32),
                 translation,
                 joints,
                 vertices,

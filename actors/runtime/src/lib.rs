@@ -36,8 +36,8 @@ pub mod port;
 pub use clock::Clock;
 pub use edge::{DropPolicy, EdgePolicy, EdgeReceiver, EdgeSender, EdgeStats, edge};
 pub use message::{
-    AgentEvent, AgentOutput, Features, Frame, FrameMeta, Inpainted, Mask, MaskKind, Packet, PersonPose, PortType,
-    Poses, Track, TrackLabel, TrackOrigin, Tracks,
+    ActionScore, Actions, AgentEvent, AgentOutput, Features, Frame, FrameMeta, Inpainted, Mask, MaskKind, Packet,
+    PersonActions, PersonPose, PortType, Poses, Track, TrackLabel, TrackOrigin, Tracks,
 };
 pub use node::{Context, Flow, Input, RestartPolicy, Source, SourceContext, Stage, source_factory, stage_factory};
 pub use pipeline::{Pipeline, PipelineReport};

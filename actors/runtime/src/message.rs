@@ -346,6 +346,8 @@ pub struct PersonPose {
     pub betas: [f32; 10],
     /// The weak-perspective crop camera `(s, tx, ty)`.
     pub crop_cam: [f32; 3],
+    /// The track's box `[x0, y0, x1, y1]` in frame pixels (the crop was cut around it).
+    pub bbox: [f32; 4],
     /// The body's translation in the camera frame (metres; x right, y down, z forward).
     pub translation: [f32; 3],
     /// 45 joints in the camera frame (the 25 OpenPose joints, the 19 of the extra regressor,
@@ -372,6 +374,42 @@ pub struct Poses {
     pub people: Vec<PersonPose>,
     /// The SMPL mesh's triangles (vertex indices), when meshes are output.
     pub faces: Option<Arc<[[u32; 3]]>>,
+    /// The tracks' label image of the frame (`width * height` little-endian u16 track ids,
+    /// shared with the tracks message), for per-person masks downstream.
+    pub labels: Option<Bytes>,
+}
+
+// --- Actions ------------------------------------------------------------------------------
+
+/// One action and its score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActionScore {
+    /// AVA's id of the action (1–80).
+    pub ava_id: u16,
+    /// AVA's name of it (`stand`, `talk to (e.g., self, a person, a group)`, ...).
+    pub name: String,
+    /// Probability (the sigmoid of the logit, averaged over the frames around the key frame).
+    pub score: f32,
+}
+
+/// One person's actions on a frame (LART).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PersonActions {
+    /// The track.
+    pub id: u32,
+    /// Whether the person was detected on this frame (else the model filled the frame in).
+    pub detected: bool,
+    /// The best actions, best first.
+    pub actions: Vec<ActionScore>,
+}
+
+/// The actions of the people of one frame (the key frame of a window).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Actions {
+    /// The frame the actions are about.
+    pub meta: FrameMeta,
+    /// One entry per person.
+    pub people: Vec<PersonActions>,
 }
 
 // --- Packets and port types ---------------------------------------------------------------
@@ -398,6 +436,8 @@ pub enum Packet {
     Inpainted(Inpainted),
     /// 3D people of a frame.
     Poses(Arc<Poses>),
+    /// Actions of the people of a frame.
+    Actions(Arc<Actions>),
 }
 
 /// The type of what a port carries: one per [`Packet`] variant.
@@ -421,6 +461,8 @@ pub enum PortType {
     Inpainted,
     /// [`Poses`].
     Poses,
+    /// [`Actions`].
+    Actions,
 }
 
 impl PortType {
@@ -436,6 +478,7 @@ impl PortType {
             Self::Agent => "agent events",
             Self::Inpainted => "inpainted frames",
             Self::Poses => "poses",
+            Self::Actions => "actions",
         }
     }
 }
@@ -458,6 +501,7 @@ impl Packet {
             Self::Agent(a) => Some(&a.meta),
             Self::Inpainted(i) => Some(&i.frame.meta),
             Self::Poses(p) => Some(&p.meta),
+            Self::Actions(a) => Some(&a.meta),
         }
     }
 
@@ -473,6 +517,7 @@ impl Packet {
             Self::Agent(_) => PortType::Agent,
             Self::Inpainted(_) => PortType::Inpainted,
             Self::Poses(_) => PortType::Poses,
+            Self::Actions(_) => PortType::Actions,
         }
     }
 }

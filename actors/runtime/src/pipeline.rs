@@ -134,7 +134,7 @@ pub fn sink_ports(accepts: &[PortType], edge: EdgePolicy) -> Ports {
 }
 
 /// Every message type.
-pub const ALL_TYPES: [PortType; 9] = [
+pub const ALL_TYPES: [PortType; 10] = [
     PortType::Frame,
     PortType::Mask,
     PortType::Features,
@@ -144,6 +144,7 @@ pub const ALL_TYPES: [PortType; 9] = [
     PortType::Agent,
     PortType::Inpainted,
     PortType::Poses,
+    PortType::Actions,
 ];
 
 impl Pipeline {

@@ -5,6 +5,8 @@
 //! {"type":"tracks","camera":"front","seq":12,"capture_ns":1700000000000000000,"width":640,"height":480,
 //!  "tracks":[{"id":1,"bbox":[10,20,110,220],"score":0.97,"occluded":false,"area":12000,"origin":"config"}]}
 //! {"type":"motion","camera":"front","seq":12,"capture_ns":...,"width":640,"height":480,"coverage":0.02}
+//! {"type":"actions","camera":"front","seq":12,"capture_ns":...,"people":[{"id":1,"detected":true,
+//!  "actions":[{"ava_id":12,"name":"stand","score":0.91}]}]}
 //! {"type":"metrics","stage":"tracker","at_ns":...,"fps":29.8,"latency_p50_ms":31.2,...}
 //! {"type":"caption","camera":"front","seq":12,"capture_ns":...,"text":"a person walks in"}
 //! ```
@@ -69,6 +71,28 @@ pub struct PersonJson<'a> {
     pub joints: Option<&'a [[f32; 3]]>,
 }
 
+/// One action and its score in JSON.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ActionJson<'a> {
+    /// AVA's id of the action.
+    pub ava_id: u16,
+    /// Its name.
+    pub name: &'a str,
+    /// Probability.
+    pub score: f32,
+}
+
+/// One person's actions in JSON.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PersonActionsJson<'a> {
+    /// Track id.
+    pub id: u32,
+    /// Whether the person was detected on this frame.
+    pub detected: bool,
+    /// The best actions, best first.
+    pub actions: Vec<ActionJson<'a>>,
+}
+
 /// What kind of text an observation carries.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -125,6 +149,14 @@ pub enum Observation<'a> {
         /// One entry per person.
         people: Vec<PersonJson<'a>>,
     },
+    /// Actions of the people of a frame (LART, AVA classes).
+    Actions {
+        /// The frame the actions are about.
+        #[serde(flatten)]
+        frame: FrameRef<'a>,
+        /// One entry per person.
+        people: Vec<PersonActionsJson<'a>>,
+    },
     /// A stage's figures.
     Metrics {
         /// The stage.
@@ -167,6 +199,7 @@ impl<'a> Observation<'a> {
             Self::Tracks { .. } => "tracks",
             Self::Motion { .. } => "motion",
             Self::Poses { .. } => "people",
+            Self::Actions { .. } => "actions",
             Self::Metrics { .. } => "metrics",
             Self::Text { kind: TextKind::Caption, .. } => "captions",
             Self::Text { kind: TextKind::Decision, .. } => "decisions",

@@ -1,6 +1,7 @@
 //! The end-to-end and parity tests of Ocellus, one module per subject, in one test binary
 //! (one link instead of one per file). `cargo test --test e2e <module>::` runs one subject.
 
+mod actions_actor;
 mod agent;
 mod backbone_actor;
 mod backpressure;
@@ -18,6 +19,7 @@ mod hieradet_parity;
 mod hmr2_parity;
 mod inpainter;
 mod labeler_actor;
+mod lart_parity;
 mod llama_backends;
 mod llama_parity;
 mod llama_tokenizer;

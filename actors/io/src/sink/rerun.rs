@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 
 use ocellus_runtime::message::{AgentEvent, AgentOutput, MetricsReport, Outcome};
 use ocellus_runtime::node::{Context, Input, Stage};
-use ocellus_runtime::{Frame, FrameMeta, Mask, MaskKind, Packet, Poses, RuntimeError, Track, Tracks};
+use ocellus_runtime::{Actions, Frame, FrameMeta, Mask, MaskKind, Packet, Poses, RuntimeError, Track, Tracks};
 use ocellus_wire::PixelFormat;
 use rerun::datatypes::{ChannelDatatype, ColorModel, ImageFormat};
 use rerun::{
@@ -337,6 +337,25 @@ impl RerunSink {
         Ok(())
     }
 
+    /// Actions on their key frame: one line per person at `world/<camera>/actions`, and each
+    /// person's list at `world/<camera>/people/<id>/actions`.
+    fn log_actions(&mut self, a: &Actions) -> Result<()> {
+        let err = |e: rerun::RecordingStreamError| IoError::Rerun(e.to_string());
+        let camera = &a.meta.camera;
+        self.set_camera_time(&a.meta);
+        for person in &a.people {
+            let mut md = format!("**track {}**{}\n\n", person.id, if person.detected { "" } else { " (not detected)" });
+            for s in &person.actions {
+                md.push_str(&format!("- {} ({:.2})\n", s.name, s.score));
+            }
+            self.rec
+                .log(path::person_actions(camera, person.id), &rerun::TextDocument::from_markdown(md))
+                .map_err(err)?;
+            self.rec.log(path::actions(camera), &rerun::TextLog::new(actions_line(person))).map_err(err)?;
+        }
+        Ok(())
+    }
+
     /// A label image (u16 ids) at `entity` and the boxes of its visible entries at `boxes_at`,
     /// each labelled by `label`.
     fn log_labels_and_boxes(
@@ -406,6 +425,7 @@ impl Stage for RerunSink {
             Packet::Agent(a) => self.log_agent(a)?,
             Packet::Inpainted(i) => self.log_image(&i.frame, path::inpainted(&i.frame.meta.camera))?,
             Packet::Poses(p) => self.log_poses(p)?,
+            Packet::Actions(a) => self.log_actions(a)?,
             Packet::Features(_) => {
                 return Err(RuntimeError::BadInput("feature maps are not logged (wire them to a model)".into()));
             }
@@ -422,4 +442,10 @@ impl Stage for RerunSink {
         }
         Ok(())
     }
+}
+
+/// One person's actions as a line: `track 3: stand 0.91, watch (a person) 0.55`.
+pub fn actions_line(person: &ocellus_runtime::PersonActions) -> String {
+    let list: Vec<String> = person.actions.iter().map(|s| format!("{} {:.2}", s.name, s.score)).collect();
+    format!("track {}: {}", person.id, list.join(", "))
 }

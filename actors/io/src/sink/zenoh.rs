@@ -28,8 +28,10 @@ use bytes::Bytes;
 use ocellus_runtime::edge::{EdgePolicy, EdgeReceiver, EdgeSender, Recv, edge};
 use ocellus_runtime::message::{AgentOutput, MetricsReport};
 use ocellus_runtime::node::{Context, Input, Stage};
-use ocellus_runtime::{Frame, FrameMeta, Mask, Packet, Poses, RuntimeError, Tracks, now_ns};
-use ocellus_wire::observations::{FrameRef, Observation, PersonJson, TextKind, TrackJson};
+use ocellus_runtime::{Actions, Frame, FrameMeta, Mask, Packet, Poses, RuntimeError, Tracks, now_ns};
+use ocellus_wire::observations::{
+    ActionJson, FrameRef, Observation, PersonActionsJson, PersonJson, TextKind, TrackJson,
+};
 use ocellus_wire::ros2::{self, MsgType, NodeIdentity, Qos, TypeHashes};
 use ocellus_wire::{CodecError, raw};
 use parking_lot::Mutex;
@@ -213,6 +215,20 @@ pub fn poses_observation(p: &Poses) -> Observation<'_> {
     }
 }
 
+/// The actions of a frame's people as an observation.
+pub fn actions_observation(a: &Actions) -> Observation<'_> {
+    let people = a
+        .people
+        .iter()
+        .map(|p| PersonActionsJson {
+            id: p.id,
+            detected: p.detected,
+            actions: p.actions.iter().map(|s| ActionJson { ava_id: s.ava_id, name: &s.name, score: s.score }).collect(),
+        })
+        .collect();
+    Observation::Actions { frame: frame_ref(&a.meta), people }
+}
+
 /// Each person's root joint (the pelvis, OpenPose's mid-hip; the body's translation without
 /// a body model) and root orientation (SMPL's global orientation) in the camera frame.
 pub fn root_poses(p: &Poses) -> Vec<([f64; 3], [f64; 4])> {
@@ -369,6 +385,9 @@ impl Stage for ZenohSink {
                     })?;
                 }
                 Some(self.observation(&poses_observation(p), topic)?)
+            }
+            Packet::Actions(a) => {
+                Some(self.observation(&actions_observation(a), format!("{}/actions", camera(&a.meta.camera)))?)
             }
             Packet::Frame(_) | Packet::Features(_) | Packet::Candidates(_) => None,
         };
