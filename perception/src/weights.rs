@@ -5,9 +5,10 @@
 //! both ways and reports every missing, unexpected or mis-shaped key at once.
 //!
 //! `import` converts an official PyTorch checkpoint (Hiera `.pth`: `{"model_state": …}`,
-//! SAM 2 `.pt`: `{"model": …}`) with `scripts/convert_checkpoint.py` in the bootstrap venv
-//! (PyTorch's pickle format is only safely read by PyTorch), then verifies the keys against
-//! the model's architecture and writes a manifest beside the file.
+//! SAM 2 `.pt`: `{"model": …}`, Lightning `.ckpt`: `{"state_dict": …}`, or a bare state dict)
+//! natively with `pytorch-reader` (no Python: the pickle is parsed, never run, and other
+//! pickled objects such as Lightning's hyper-parameters are left opaque), then verifies the
+//! keys against the model's architecture and writes a manifest beside the file.
 
 use std::collections::BTreeMap;
 use std::io::Read as _;
@@ -20,8 +21,8 @@ use tch::{Kind, Tensor};
 
 use crate::{PerceptionError, Result};
 
-/// The conversion script, run by the venv's Python.
-const CONVERT_SCRIPT: &str = include_str!("../scripts/convert_checkpoint.py");
+/// Where checkpoints keep their state dict, tried in this order (Hiera, SAM 2, Lightning).
+const STATE_DICT_KEYS: [&str; 3] = ["model_state", "model", "state_dict"];
 /// Standard deviation of seeded random weights.
 const INIT_STD: f64 = 0.02;
 
@@ -176,9 +177,45 @@ pub fn venv_python() -> Option<PathBuf> {
     Some(venv.join("bin/python")).filter(|p| p.exists())
 }
 
-/// Converts an official PyTorch checkpoint to safetensors at `out` (keys unchanged).
+/// Converts an official PyTorch checkpoint to safetensors at `out` (keys unchanged, tensors
+/// contiguous, dtypes kept): the state dict under `model_state`, `model` or `state_dict` when
+/// the file holds one there, else the file's own tensors.
 pub fn convert_checkpoint(checkpoint: &Path, out: &Path) -> Result<()> {
-    run_converter(CONVERT_SCRIPT, checkpoint, out, &[])
+    let reader = STATE_DICT_KEYS
+        .iter()
+        .find_map(|key| {
+            pytorch_reader::PytorchReader::with_top_level_key(checkpoint, key).ok().filter(|r| !r.is_empty())
+        })
+        .map_or_else(|| pytorch_reader::PytorchReader::new(checkpoint), Ok)
+        .map_err(|e| weights_error(checkpoint, format!("not a PyTorch checkpoint: {e}")))?;
+    let mut tensors: Vec<(String, Tensor)> = Vec::with_capacity(reader.len());
+    for (name, t) in reader.into_tensors() {
+        let kind = match t.dtype() {
+            pytorch_reader::DType::F64 => Kind::Double,
+            pytorch_reader::DType::F32 => Kind::Float,
+            pytorch_reader::DType::F16 => Kind::Half,
+            pytorch_reader::DType::BF16 => Kind::BFloat16,
+            pytorch_reader::DType::I64 => Kind::Int64,
+            pytorch_reader::DType::I32 => Kind::Int,
+            pytorch_reader::DType::I16 => Kind::Int16,
+            pytorch_reader::DType::I8 => Kind::Int8,
+            pytorch_reader::DType::U8 => Kind::Uint8,
+            pytorch_reader::DType::Bool => Kind::Bool,
+            other => return Err(weights_error(checkpoint, format!("{name}: unsupported element type {other:?}"))),
+        };
+        let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
+        let bytes = t.read().map_err(|e| weights_error(checkpoint, e.to_string()))?;
+        tensors.push((name, Tensor::f_from_data_size(&bytes, &shape, kind)?));
+    }
+    if tensors.is_empty() {
+        return Err(weights_error(checkpoint, "holds no tensors".into()));
+    }
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| weights_error(out, e.to_string()))?;
+    }
+    let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    Tensor::write_safetensors(&named, out).map_err(|e| weights_error(out, e.to_string()))
 }
 
 /// Runs a converter script of the venv's Python: `script SOURCE OUT [EXTRA...]`.

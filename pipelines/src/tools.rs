@@ -290,5 +290,22 @@ fn import_llama(model: &str, from: &Path, out: &Path) -> anyhow::Result<Manifest
         std::fs::create_dir_all(parent)?;
     }
     llama.save(out)?;
+    // The tokenizer travels with the weights: the agent finds it next to them.
+    for (found, name) in [
+        (dir.join("tokenizer.json"), "tokenizer.json"),
+        (dir.join("original").join("tokenizer.model"), "tokenizer.model"),
+        (dir.join("tokenizer.model"), "tokenizer.model"),
+    ] {
+        if found.exists() {
+            std::fs::copy(&found, llama_tokenizer_path(out, name))?;
+            break;
+        }
+    }
     Ok(weights::write_manifest(out, model, serde_json::to_value(&config)?, format!("import {}", from.display()))?)
+}
+
+/// Where `ocellus weights import` puts a Llama model's tokenizer (`tokenizer.json` of a
+/// Hugging Face folder, or Meta's `tokenizer.model`): `X.safetensors` → `X.tokenizer.json`.
+pub fn llama_tokenizer_path(weights: &Path, name: &str) -> PathBuf {
+    weights.with_extension(name)
 }

@@ -120,3 +120,56 @@ fn init_is_seeded() {
     Hiera::new(&vs.root(), &HieraConfig::by_name("hiera_tiny_224").unwrap()).unwrap();
     weights::load(&mut vs, &path("a.safetensors"), Scope::Exact).unwrap();
 }
+
+/// MetaCLIP / open_clip: a state dict saved by PyTorch (as open_clip's pretrained files are)
+/// imports without Python, bit for bit, under the open_clip model name; a corrupt file is
+/// refused naming it, with nothing left behind.
+#[test]
+fn imports_an_open_clip_checkpoint_without_python() {
+    let dir = scratch("import_clip");
+    let ckpt = dir.join("open_clip_pytorch_model.bin");
+    let source = fixtures().join("clip_b32.weights.safetensors");
+    let python = weights::venv_python().expect("no venv Python: run scripts/bootstrap");
+    let script =
+        "import sys, torch; from safetensors.torch import load_file; torch.save(load_file(sys.argv[1]), sys.argv[2])";
+    let status = Command::new(python).args(["-c", script]).arg(&source).arg(&ckpt).status().unwrap();
+    assert!(status.success());
+    let out = dir.join("ViT-B-32-quickgelu.safetensors");
+    let run = ocellus(&[
+        "weights",
+        "import",
+        "--model",
+        "ViT-B-32-quickgelu",
+        "--from",
+        ckpt.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(manifest(&out).model, "ViT-B-32-quickgelu");
+    let ours: std::collections::HashMap<String, tch::Tensor> =
+        tch::Tensor::read_safetensors(&out).unwrap().into_iter().collect();
+    let theirs = tch::Tensor::read_safetensors(&source).unwrap();
+    assert_eq!(ours.len(), theirs.len());
+    for (k, v) in &theirs {
+        assert!(ours[k].equal(v), "{k} changed");
+    }
+
+    let corrupt = dir.join("corrupt.pt");
+    std::fs::write(&corrupt, b"PK\x03\x04 not really a zip").unwrap();
+    let bad = dir.join("bad.safetensors");
+    let run = ocellus(&[
+        "weights",
+        "import",
+        "--model",
+        "ViT-B-32-quickgelu",
+        "--from",
+        corrupt.to_str().unwrap(),
+        "--out",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("corrupt.pt") && stderr.contains("not a PyTorch checkpoint"), "{stderr}");
+    assert!(!bad.exists() && !bad.with_extension("safetensors.partial").exists(), "nothing is left behind");
+}

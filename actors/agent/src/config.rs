@@ -135,15 +135,19 @@ pub struct AgentEntry {
     pub inbox: Option<InboxEntry>,
 }
 
-/// llama-models' `tokenizer.model` in the bootstrap venv (the real Llama 3 tokenizer).
-pub fn default_llama_tokenizer() -> Option<PathBuf> {
-    let python = ocellus_perception::weights::venv_python()?;
-    let lib = python.parent()?.parent()?.join("lib");
-    std::fs::read_dir(&lib)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path().join("site-packages/llama_models/llama3/tokenizer.model"))
-        .find(|p| p.exists())
+/// The tokenizer `ocellus weights import` put next to a Llama weights file `X.safetensors`
+/// (`X.tokenizer.json` or `X.tokenizer.model`), or `tokenizer.json` / `tokenizer.model` in
+/// its folder.
+pub fn default_llama_tokenizer(weights: &std::path::Path) -> Option<PathBuf> {
+    let dir = weights.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    [
+        weights.with_extension("tokenizer.json"),
+        weights.with_extension("tokenizer.model"),
+        dir.join("tokenizer.json"),
+        dir.join("tokenizer.model"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
 }
 
 fn server(e: &ServerEntry) -> Result<BackendSpec, Issue> {
@@ -179,9 +183,25 @@ fn native(
     let tokenizer = match tokenizer {
         Some(t) if t.exists() => t.clone(),
         Some(t) => return Err(Issue::at("tokenizer", format!("{} not found", t.display()))),
-        None => default_llama_tokenizer().ok_or_else(|| {
-            Issue::at("tokenizer", "no tokenizer given and llama-models' tokenizer.model is not in the venv")
-        })?,
+        None => match weights {
+            WeightsKeys::File(w) => default_llama_tokenizer(w).ok_or_else(|| {
+                Issue::at(
+                    "tokenizer",
+                    format!(
+                        "no tokenizer next to {} (`ocellus weights import` puts the model's there): give \
+                         `tokenizer = \"tokenizer.model\"` (Meta's) or a Hugging Face `tokenizer.json`",
+                        w.display()
+                    ),
+                )
+            })?,
+            WeightsKeys::Random { .. } => {
+                return Err(Issue::at(
+                    "tokenizer",
+                    "random weights need a tokenizer: give `tokenizer = \"tokenizer.model\"` (Meta's) or a \
+                     Hugging Face `tokenizer.json`",
+                ));
+            }
+        },
     };
     let model = ModelSpec {
         name: model.to_owned(),

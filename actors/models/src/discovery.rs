@@ -138,7 +138,7 @@ pub struct LabelsEntry {
     pub vocabulary: Vec<String>,
     /// Prompt templates (default `"openai"`).
     pub templates: Option<TemplatesEntry>,
-    /// The CLIP BPE vocabulary (`bpe_simple_vocab_16e6.txt.gz`); open_clip's when absent.
+    /// The CLIP BPE vocabulary (`bpe_simple_vocab_16e6.txt.gz`); the built-in one when absent.
     pub bpe: Option<PathBuf>,
     /// Box padding per side, a fraction of the box's longer side, in [0, 1].
     #[serde(default = "default_padding")]

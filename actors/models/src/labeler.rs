@@ -65,7 +65,7 @@ pub struct LabelerSpec {
     pub vocabulary: Vec<String>,
     /// Prompt templates (`{}` = the class name).
     pub templates: Vec<String>,
-    /// `bpe_simple_vocab_16e6.txt.gz`; the venv's open_clip copy when `None`.
+    /// `bpe_simple_vocab_16e6.txt.gz`; the built-in copy when `None`.
     pub bpe: Option<PathBuf>,
     /// Weight of the newest probabilities in the per-track moving average (1 = no smoothing).
     pub smoothing: f64,
@@ -98,7 +98,7 @@ pub struct LabelerEntry {
     pub vocabulary: Vec<String>,
     /// Prompt templates (default `"openai"`).
     pub templates: Option<TemplatesEntry>,
-    /// The CLIP BPE vocabulary (`bpe_simple_vocab_16e6.txt.gz`); open_clip's when absent.
+    /// The CLIP BPE vocabulary (`bpe_simple_vocab_16e6.txt.gz`); the built-in one when absent.
     pub bpe: Option<PathBuf>,
     /// Weight of new probabilities in the per-track moving average, in (0, 1].
     #[serde(default = "default_smoothing")]
@@ -258,7 +258,7 @@ impl Labeler {
         let clip = spec.model.load::<Clip>().map_err(failed)?;
         let tokenizer = match &spec.bpe {
             Some(path) => ClipTokenizer::from_file(path),
-            None => ClipTokenizer::from_venv(),
+            None => ClipTokenizer::embedded(),
         }
         .map_err(failed)?;
         let size = clip.config().vision_cfg.image_size;

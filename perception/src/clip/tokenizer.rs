@@ -3,8 +3,8 @@
 //!
 //! Vocabulary: the 256 byte characters, the same with `</w>` (end of word), one token per merge
 //! of `bpe_simple_vocab_16e6.txt.gz` (lines `1 .. 48895`), then `<start_of_text>` (49406) and
-//! `<end_of_text>` (49407): 49408 tokens. The file ships in the `open-clip-torch` package; it
-//! is read from the bootstrap venv or from a path.
+//! `<end_of_text>` (49407): 49408 tokens. The file (OpenAI CLIP's, which open_clip and MetaCLIP
+//! ship) is built into Ocellus; another can be read from a path.
 //!
 //! Cleaning (open_clip's `clean = "lower"`): `ftfy.fix_text`, `html.unescape` twice, strip,
 //! whitespace runs collapsed to one space, lowercase. ftfy has no Rust port; this module ports
@@ -19,8 +19,8 @@
 //! `perception/scripts/clip_text_tables.py`).
 
 use std::collections::HashMap;
-use std::io::Read as _;
-use std::path::{Path, PathBuf};
+use std::io::Read;
+use std::path::Path;
 use std::sync::OnceLock;
 
 use regex::Regex;
@@ -38,6 +38,8 @@ pub const EOT: u32 = 49407;
 pub const VOCAB_SIZE: usize = 49408;
 /// The vocabulary file inside the `open_clip` package.
 pub const VOCAB_FILE: &str = "bpe_simple_vocab_16e6.txt.gz";
+/// The vocabulary file's bytes (sha256 924691ac…d6804a).
+const EMBEDDED_VOCAB: &[u8] = include_bytes!("../../assets/bpe_simple_vocab_16e6.txt.gz");
 /// Merges used: `49152 - 256 - 2` (OpenAI's vocabulary size minus bytes and specials).
 const MERGES: usize = 49152 - 256 - 2;
 /// The split pattern of `SimpleTokenizer` (`re.IGNORECASE`).
@@ -80,31 +82,22 @@ fn bytes_to_unicode() -> Vec<(u8, char)> {
 }
 
 impl ClipTokenizer {
-    /// The vocabulary file of the bootstrap venv's `open_clip` package, if installed.
-    pub fn venv_vocab() -> Option<PathBuf> {
-        let python = crate::weights::venv_python()?;
-        let lib = python.parent()?.parent()?.join("lib");
-        std::fs::read_dir(lib)
-            .ok()?
-            .filter_map(|e| e.ok())
-            .map(|e| e.path().join("site-packages/open_clip").join(VOCAB_FILE))
-            .find(|p| p.exists())
-    }
-
     /// Reads `bpe_simple_vocab_16e6.txt.gz`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let file = std::fs::File::open(path).map_err(|e| vocab_error(path, e.to_string()))?;
-        let mut text = String::new();
-        flate2::read::GzDecoder::new(file).read_to_string(&mut text).map_err(|e| vocab_error(path, e.to_string()))?;
-        Self::from_merges(&text).map_err(|m| vocab_error(path, m))
+        Self::from_gz(file).map_err(|m| vocab_error(path, m))
     }
 
-    /// The tokenizer of the venv's `open_clip` package.
-    pub fn from_venv() -> Result<Self> {
-        let path = Self::venv_vocab().ok_or_else(|| {
-            vocab_error(Path::new(VOCAB_FILE), "open_clip is not in the venv: run scripts/bootstrap".into())
-        })?;
-        Self::from_file(&path)
+    /// The CLIP vocabulary built into Ocellus (OpenAI CLIP's `bpe_simple_vocab_16e6.txt.gz`,
+    /// the file open_clip and MetaCLIP ship; MIT licence).
+    pub fn embedded() -> Result<Self> {
+        Self::from_gz(EMBEDDED_VOCAB).map_err(|m| vocab_error(Path::new(VOCAB_FILE), m))
+    }
+
+    fn from_gz(gz: impl Read) -> std::result::Result<Self, String> {
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(gz).read_to_string(&mut text).map_err(|e| e.to_string())?;
+        Self::from_merges(&text)
     }
 
     /// Builds the tokenizer from the text of the merges file (first line a header).

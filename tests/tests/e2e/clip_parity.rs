@@ -38,7 +38,7 @@ fn towers(case: &str, model: &str) -> (VarStore, Clip) {
     let io = fixture_io(case);
     let meta = json(&format!("{case}.json"));
     // Our tokenizer gives the reference's ids.
-    let tokenizer = ClipTokenizer::from_venv().unwrap();
+    let tokenizer = ClipTokenizer::embedded().unwrap();
     let texts: Vec<&str> = meta["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
     let ids = tokenizer.tokenize_batch(&texts).unwrap();
     assert!(ids.equal(&io["text_ids"]), "{case}: token ids differ");
@@ -61,7 +61,7 @@ fn vit_b_32_quickgelu_towers_and_zero_shot() {
     let templates: Vec<String> =
         meta["templates"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_owned()).collect();
     assert_eq!(templates, OPENAI_IMAGENET_TEMPLATES[..templates.len()]);
-    let tokenizer = ClipTokenizer::from_venv().unwrap();
+    let tokenizer = ClipTokenizer::embedded().unwrap();
     let classifier = tch::no_grad(|| ZeroShotClassifier::build(&clip, &tokenizer, &classes, &templates)).unwrap();
     assert_close("clip_b32 classifier", classifier.weights(), &io["classifier"], TOL);
     let features = tch::no_grad(|| clip.encode_image(&io["images"])).unwrap();
@@ -103,7 +103,7 @@ fn preprocessing_matches_open_clip_transform() {
 
 #[test]
 fn tokenizer_is_token_exact() {
-    let tokenizer = ClipTokenizer::from_venv().unwrap();
+    let tokenizer = ClipTokenizer::embedded().unwrap();
     let corpus = json("clip_tokenizer.json");
     assert_eq!(corpus["sot"].as_u64(), Some(u64::from(SOT)));
     assert_eq!(corpus["eot"].as_u64(), Some(u64::from(EOT)));
@@ -159,4 +159,19 @@ fn curation_matches_the_reference() {
         kept_tail,
         out.selected.len()
     );
+}
+
+/// The vocabulary built into Ocellus is open_clip's file, byte for byte.
+#[test]
+fn the_built_in_vocabulary_is_open_clips() {
+    let python = ocellus_perception::weights::venv_python().expect("no venv Python: run scripts/bootstrap");
+    let out = std::process::Command::new(python)
+        .args(["-c", "import open_clip, os; print(os.path.join(os.path.dirname(open_clip.__file__), 'bpe_simple_vocab_16e6.txt.gz'))"])
+        .output()
+        .unwrap();
+    let path = String::from_utf8(out.stdout).unwrap();
+    let theirs = std::fs::read(path.trim()).unwrap();
+    let ours = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../perception/assets/bpe_simple_vocab_16e6.txt.gz"))
+        .unwrap();
+    assert!(theirs == ours, "perception/assets/bpe_simple_vocab_16e6.txt.gz differs from open_clip's");
 }
