@@ -150,6 +150,37 @@ pub enum WeightsCommand {
     Import(ImportArgs),
     /// Seeded random weights (tests, offline demos).
     Init(InitArgs),
+    /// Downloads official checkpoints from where their authors publish them, then converts
+    /// and checks them as `import` does (Hugging Face: `HF_TOKEN` for gated models,
+    /// `HF_ENDPOINT`, `HF_HOME`, `HF_HUB_OFFLINE=1`).
+    Fetch(FetchArgs),
+    /// Every model `fetch` knows: where it comes from, its licence, whether it is present.
+    List(ListArgs),
+}
+
+/// `ocellus weights fetch`.
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// Model names (`sam2.1_hiera_tiny`, `ViT-B-32-quickgelu`, `llama-3.2-1b-instruct`, ...).
+    #[arg(required = true)]
+    pub models: Vec<String>,
+    /// Folder of the converted weights.
+    #[arg(long, default_value = "weights")]
+    pub dir: PathBuf,
+    /// Fetch again even if the weights are there.
+    #[arg(long)]
+    pub force: bool,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `ocellus weights list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Folder of the converted weights.
+    #[arg(long, default_value = "weights")]
+    pub dir: PathBuf,
 }
 
 /// `ocellus weights import`.
@@ -185,9 +216,37 @@ pub struct InitArgs {
 }
 
 impl WeightsArgs {
-    /// Imports or initializes, and prints the manifest's digest.
+    /// Imports, initializes, fetches or lists, and prints what it did.
     pub fn run(self) -> anyhow::Result<ExitCode> {
         let manifest = match self.what {
+            WeightsCommand::List(ListArgs { dir }) => {
+                println!("{:<26} {:<8} {:<40} source", "model", "present", "licence");
+                for (name, source, licence, present) in crate::fetch::list(&dir) {
+                    println!("{name:<26} {:<8} {licence:<40} {source}", if present { "yes" } else { "no" });
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            WeightsCommand::Fetch(FetchArgs { models, dir, force, quiet }) => {
+                // Every name is checked before anything is downloaded.
+                for m in &models {
+                    crate::fetch::known(m)?;
+                }
+                for m in &models {
+                    let out = dir.join(format!("{m}.safetensors"));
+                    if out.exists() && !force {
+                        println!("{m}: {} is there (--force to fetch again)", out.display());
+                        continue;
+                    }
+                    let fetched = crate::fetch::fetch(m, &out, !quiet)?;
+                    println!(
+                        "{m} → {} (download sha256 {}, weights sha256 {})",
+                        out.display(),
+                        fetched.source_sha256,
+                        fetched.manifest.sha256
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             WeightsCommand::Import(ImportArgs { model, from, extra_regressor, out }) => {
                 let out = out.unwrap_or_else(|| tools::default_weights_path(&model));
                 let m = tools::import_with_extra(&model, &from, extra_regressor.as_deref(), &out)?;

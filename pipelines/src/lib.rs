@@ -16,6 +16,7 @@
 pub mod cli;
 pub mod config;
 pub mod curate;
+pub mod fetch;
 pub mod graph;
 pub mod replay;
 pub mod tools;

@@ -80,6 +80,11 @@ impl Family {
     }
 }
 
+/// Whether `ocellus weights import` knows model `model`.
+pub fn knows(model: &str) -> bool {
+    Family::of(model).is_ok()
+}
+
 /// The CPU, f32 spec of `model` with `weights`.
 fn spec(model: &str, weights: WeightsSource) -> ModelSpec {
     ModelSpec { name: model.to_owned(), weights, device: Device::Cpu, dtype: DType::F32 }
