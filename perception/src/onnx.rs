@@ -1,6 +1,7 @@
 //! The ONNX Runtime backend, loaded dynamically (`ort` feature `load-dynamic`).
 //!
-//! The library is looked up in this order: `ORT_DYLIB_PATH`; the `libonnxruntime.so.*` that
+//! The library is looked up in this order: `ORT_DYLIB_PATH`; `../lib/ocellus/` next to the
+//! executable (an install made by `scripts/package`); the `libonnxruntime.so.*` that
 //! `scripts/bootstrap` installed into the venv (its path is baked in at build time); the
 //! `onnxruntime` package of the active `VIRTUAL_ENV`.
 
@@ -37,6 +38,17 @@ fn venv_dylib(venv: &Path) -> Option<PathBuf> {
 pub fn locate_dylib() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(p));
+    }
+    let installed = std::env::current_exe().ok().and_then(|exe| {
+        let lib = exe.parent()?.parent()?.join("lib").join("ocellus");
+        std::fs::read_dir(lib)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so.")))
+    });
+    if installed.is_some() {
+        return installed;
     }
     let baked = Path::new(BUILD_TIME_DYLIB);
     if !BUILD_TIME_DYLIB.is_empty() && baked.exists() {
