@@ -33,6 +33,7 @@ pub mod lart;
 pub mod model;
 pub mod motion;
 pub mod onnx;
+pub mod pickled_arrays;
 pub mod sam2;
 pub mod smpl;
 pub mod weights;

@@ -55,15 +55,51 @@ pub const EXTRA_REGRESSOR: &str = "J_regressor_extra";
 pub const KINTREE: &str = "kintree_table";
 /// How a root's missing parent is stored in the official files (`2^32 - 1`).
 const NO_PARENT: i64 = u32::MAX as i64;
-/// The converter the venv's Python runs (`convert_smpl.py MODEL OUT [EXTRA]`).
-const CONVERT_SCRIPT: &str = include_str!("../scripts/convert_smpl.py");
+/// The model file's arrays that hold integers.
+const INTEGER_ARRAYS: [&str; 2] = ["f", KINTREE];
 
 /// Converts the user's SMPL model file (`SMPL_NEUTRAL.pkl`, or an `.npz` of its arrays) and,
 /// if given, HMR 2.0's 19-joint regressor (`SMPL_to_J19.pkl`) to safetensors at `out`, then
 /// reads it back as the actors do (every array's shape, finite values, SMPL's kinematic tree).
+/// Both are read natively ([`crate::pickled_arrays`]: the pickle's chumpy and SciPy objects
+/// as their data, nothing run): f32 arrays, `f` and `kintree_table` as i64, the first 10
+/// shape components.
 pub fn convert(model: &Path, extra: Option<&Path>, out: &Path) -> Result<Smpl> {
-    let extra: Vec<&Path> = extra.into_iter().collect();
-    crate::weights::run_converter(CONVERT_SCRIPT, model, out, &extra)?;
+    use crate::pickled_arrays::{self as pa, Elements};
+    let elements = |name: &str| if INTEGER_ARRAYS.contains(&name) { Elements::Integer } else { Elements::Float };
+    let mut arrays: std::collections::BTreeMap<String, Tensor> =
+        if model.extension().is_some_and(|e| e.eq_ignore_ascii_case("npz")) {
+            pa::read_npz(model, elements)?
+        } else {
+            let root = pa::read(model)?;
+            let entries = pa::dict(model, &root)?;
+            let mut arrays = std::collections::BTreeMap::new();
+            for (name, _) in ARRAYS.iter().chain([(KINTREE, &[][..])].iter()) {
+                if let Some(v) = entries.get(*name) {
+                    arrays.insert((*name).to_owned(), pa::array(model, name, v, elements(name))?);
+                }
+            }
+            arrays
+        };
+    let missing: Vec<&str> = ARRAYS.iter().map(|(n, _)| *n).filter(|n| !arrays.contains_key(*n)).collect();
+    if !missing.is_empty() {
+        return Err(invalid(model, format!("not a SMPL model file (no {})", missing.join(", "))));
+    }
+    arrays.retain(|k, _| ARRAYS.iter().any(|(n, _)| n == k) || k == KINTREE);
+    // The official file has 300 shape components; SMPL's 10 are the first.
+    if let Some(s) = arrays.get("shapedirs").filter(|s| s.dim() == 3 && s.size()[2] > NUM_BETAS) {
+        let first = s.f_narrow(2, 0, NUM_BETAS)?.f_contiguous()?;
+        arrays.insert("shapedirs".into(), first);
+    }
+    if let Some(extra) = extra {
+        let value = pa::read(extra)?;
+        arrays.insert(EXTRA_REGRESSOR.into(), pa::array(extra, EXTRA_REGRESSOR, &value, Elements::Float)?);
+    }
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| invalid(out, e.to_string()))?;
+    }
+    let named: Vec<(&str, &Tensor)> = arrays.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    Tensor::write_safetensors(&named, out).map_err(|e| invalid(out, e.to_string()))?;
     Smpl::load(out, Device::Cpu)
 }
 

@@ -217,27 +217,3 @@ pub fn convert_checkpoint(checkpoint: &Path, out: &Path) -> Result<()> {
     let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     Tensor::write_safetensors(&named, out).map_err(|e| weights_error(out, e.to_string()))
 }
-
-/// Runs a converter script of the venv's Python: `script SOURCE OUT [EXTRA...]`.
-pub fn run_converter(script: &str, checkpoint: &Path, out: &Path, extra: &[&Path]) -> Result<()> {
-    let python =
-        venv_python().ok_or_else(|| weights_error(checkpoint, "no venv Python: run scripts/bootstrap".into()))?;
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| weights_error(out, e.to_string()))?;
-    }
-    let output = std::process::Command::new(python)
-        .arg("-c")
-        .arg(script)
-        .arg(checkpoint)
-        .arg(out)
-        .args(extra)
-        .output()
-        .map_err(|e| weights_error(checkpoint, format!("running the converter: {e}")))?;
-    if !output.status.success() {
-        return Err(weights_error(
-            checkpoint,
-            format!("conversion failed: {}", String::from_utf8_lossy(&output.stderr).trim()),
-        ));
-    }
-    Ok(())
-}

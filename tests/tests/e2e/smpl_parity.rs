@@ -1,6 +1,6 @@
 //! The SMPL body model against `smplx` on a synthetic model file with SMPL's structure (the
 //! real one is licensed; `tests/fixtures/generate_smpl.py` writes it as the official pickle,
-//! with SciPy and chumpy objects, and as an `.npz`): `ocellus weights import` converts it,
+//! with SciPy and chumpy objects, and as an `.npz`): `ocellus weights import` converts it natively,
 //! and the native model poses it — vertices, smplx's 45 joints, and HMR 2.0's 44 joints (25
 //! in OpenPose order and 19 from an extra regressor) — to within 1e-5 of `smplx`.
 #![allow(clippy::unwrap_used)] // tests may unwrap, helpers included
@@ -55,12 +55,18 @@ fn smpl_poses_bodies_as_smplx_does() {
 #[test]
 fn bad_model_files_are_refused_with_the_array_named() {
     let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "smpl_bad");
-    // Not a model file at all: the converter's error, and no output left behind.
+    // Not a model file at all: the reader's error naming the file, and no output left behind.
     let junk = dir.join("junk.pkl");
     std::fs::write(&junk, b"not a pickle").unwrap();
     let out = dir.join("junk.safetensors");
     let err = tools::import("smpl", &junk, &out).unwrap_err().to_string();
-    assert!(err.contains("conversion failed"), "{err}");
+    assert!(err.contains("junk.pkl") && err.contains("not a readable pickle"), "{err}");
+    assert!(!out.exists() && !out.with_extension("safetensors.partial").exists());
+    // A pickle of something else: the arrays it lacks, named.
+    let other = dir.join("other.pkl");
+    std::fs::write(&other, b"\x80\x02}q\x00X\x01\x00\x00\x00aK\x01s.").unwrap(); // {'a': 1}
+    let err = tools::import("smpl", &other, &out).unwrap_err().to_string();
+    assert!(err.contains("not a SMPL model file") && err.contains("v_template"), "{err}");
     assert!(!out.exists() && !out.with_extension("safetensors.partial").exists());
     assert!(tools::init("smpl", 0, &out).unwrap_err().to_string().contains("import your own"));
 
