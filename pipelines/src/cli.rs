@@ -51,12 +51,71 @@ impl Command {
 pub struct RunArgs {
     /// Pipeline configuration (TOML).
     pub config: PathBuf,
+    /// Where the pipeline's Rerun sink sends its recording instead.
+    #[command(flatten)]
+    pub rerun: RerunOverride,
 }
 
 impl RunArgs {
     /// Runs the pipeline.
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        run_config(&PipelineConfig::load(&self.config)?, BuildContext::new())
+        let mut config = PipelineConfig::load(&self.config)?;
+        self.rerun.apply(&mut config)?;
+        run_config(&config, BuildContext::new())
+    }
+}
+
+/// The Rerun sink's target from the command line, as Rerun's own `RerunArgs` takes it; it
+/// replaces the configured one (the pipeline must have exactly one Rerun sink).
+#[derive(Debug, Default, Args)]
+pub struct RerunOverride {
+    /// Start a viewer (the bootstrap's, else `rerun` on the PATH) unless one is running, and
+    /// stream to it.
+    #[arg(long, conflicts_with_all = ["connect", "save", "serve"])]
+    pub spawn: bool,
+    /// Stream to a running viewer (`rerun+http://127.0.0.1:9876/proxy`).
+    #[arg(long, conflicts_with_all = ["save", "serve"])]
+    pub connect: Option<String>,
+    /// Write the recording to this `.rrd` file.
+    #[arg(long, conflicts_with = "serve")]
+    pub save: Option<PathBuf>,
+    /// Serve the recording over gRPC on this port, for viewers to connect to.
+    #[arg(long)]
+    pub serve: Option<u16>,
+}
+
+impl RerunOverride {
+    /// The target asked for, if any.
+    pub fn target(&self) -> Option<RerunTarget> {
+        if self.spawn {
+            return Some(RerunTarget::Spawn { port: 9876, memory_limit: "75%".into(), headless: false });
+        }
+        if let Some(url) = &self.connect {
+            return Some(RerunTarget::Connect(url.clone()));
+        }
+        if let Some(path) = &self.save {
+            return Some(RerunTarget::Save(path.clone()));
+        }
+        self.serve.map(|port| RerunTarget::Serve { bind: "0.0.0.0".into(), port, linger: std::time::Duration::ZERO })
+    }
+
+    /// Gives the configuration's one Rerun sink the target asked for.
+    pub fn apply(&self, config: &mut PipelineConfig) -> anyhow::Result<()> {
+        let Some(target) = self.target() else { return Ok(()) };
+        let sinks: Vec<usize> =
+            (0..config.sinks.len()).filter(|&i| config.sinks[i].spec::<RerunNode>().is_some()).collect();
+        let [i] = sinks.as_slice() else {
+            anyhow::bail!(
+                "--spawn/--connect/--save/--serve replace the target of the pipeline's Rerun sink; {} has {}",
+                config.file.display(),
+                sinks.len()
+            );
+        };
+        if let Some(r) = config.sinks[*i].spec::<RerunNode>() {
+            let node = RerunNode { target, metrics: r.metrics, app_id: r.app_id.clone(), layout: r.layout.clone() };
+            config.sinks[*i].node = std::sync::Arc::new(node);
+        }
+        Ok(())
     }
 }
 
@@ -115,9 +174,10 @@ pub struct ReplayArgs {
     /// As fast as the pipeline takes frames (outputs are the same: time is the recorded one).
     #[arg(long)]
     pub fast: bool,
-    /// Write the Rerun sink's recording here instead of its configured file.
-    #[arg(long)]
-    pub save: Option<PathBuf>,
+    /// Where the pipeline's Rerun sink sends its recording instead (`--save` writes the one
+    /// saving sink's file elsewhere).
+    #[command(flatten)]
+    pub rerun: RerunOverride,
 }
 
 impl ReplayArgs {
@@ -125,7 +185,10 @@ impl ReplayArgs {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         let mut config = PipelineConfig::load(&self.config)?;
         let timing = if self.fast { ReplayTiming::Fast } else { ReplayTiming::Realtime };
-        let (index, ctx) = crate::replay::prepare(&mut config, &self.recording, timing, self.save.as_deref())?;
+        let (index, ctx) = crate::replay::prepare(&mut config, &self.recording, timing, self.rerun.save.as_deref())?;
+        if self.rerun.save.is_none() {
+            self.rerun.apply(&mut config)?;
+        }
         for (camera, c) in &index.cameras {
             println!("{}: camera {camera}, {} images", self.recording.display(), c.frames);
         }

@@ -97,6 +97,7 @@ pub fn prepare(
                 target: RerunTarget::Save(out.to_path_buf()),
                 metrics: r.metrics,
                 app_id: r.app_id.clone(),
+                layout: r.layout.clone(),
             };
             config.sinks[*i].node = Arc::new(node);
         }

@@ -114,3 +114,83 @@ save = "{}"
     assert_eq!(summary.rows_of("world/live/motion").len(), sent);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `ocellus run CONFIG --save FILE` (and `--spawn`, `--connect`, `--serve`, as Rerun's own
+/// arguments) replaces where the pipeline's Rerun sink sends its recording; with two Rerun
+/// sinks it says which it cannot choose.
+#[test]
+fn rerun_target_from_the_command_line() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_rerun_target");
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).unwrap();
+    let configured = dir.join("configured.rrd");
+    let instead = dir.join("instead.rrd");
+    let sink = |path: &std::path::Path| {
+        format!("[[sink]]\nkind = \"rerun\"\ninputs = [\"cam\"]\nsave = \"{}\"\n", path.display())
+    };
+    let source =
+        "[[source]]\nname = \"cam\"\npreset = { kind = \"test_pattern\", width = 64, height = 48, frames = 2 }\n";
+    let one = dir.join("one.toml");
+    std::fs::write(&one, format!("{source}{}", sink(&configured))).unwrap();
+    let out = ocellus().args(["run", one.to_str().unwrap(), "--save", instead.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(instead.exists() && !configured.exists());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(instead.to_str().unwrap()));
+
+    let two = dir.join("two.toml");
+    let second = sink(&dir.join("other.rrd")).replace("[[sink]]\n", "[[sink]]\nname = \"second\"\n");
+    std::fs::write(&two, format!("{source}{}{second}", sink(&configured))).unwrap();
+    let out = ocellus().args(["run", two.to_str().unwrap(), "--serve", "9"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("has 2") && err.contains("two.toml"), "{err}");
+    let out = ocellus().args(["run", one.to_str().unwrap(), "--save", "x.rrd", "--serve", "9"]).output().unwrap();
+    assert!(!out.status.success(), "--save and --serve conflict");
+}
+
+/// `spawn`: the pipeline starts the bootstrap's viewer on the port (here the venv's `rerun`
+/// behind a wrapper that makes it save what it receives, as a machine without a display
+/// cannot open the viewer's window) and streams to it.
+#[test]
+fn spawn_starts_the_bootstrap_viewer_and_streams_to_it() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_spawn");
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(dir.join("venv/bin")).unwrap();
+    let home = std::env::var("HOME").unwrap();
+    let real = std::path::PathBuf::from(std::env::var("VIRTUAL_ENV").unwrap_or(format!("{home}/.cache/ocellus/venv")))
+        .join("bin/rerun");
+    assert!(real.exists(), "{} missing: run scripts/bootstrap", real.display());
+    let received = dir.join("received.rrd");
+    let wrapper = dir.join("venv/bin/rerun");
+    std::fs::write(&wrapper, format!("#!/bin/sh\nexec {} --save {} \"$@\"\n", real.display(), received.display()))
+        .unwrap();
+    std::process::Command::new("chmod").arg("+x").arg(&wrapper).status().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.join("spawn.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[source]]\nname = \"cam\"\npreset = {{ kind = \"test_pattern\", width = 64, height = 48, frames = 10 }}\n\
+             [[sink]]\nkind = \"rerun\"\ninputs = [\"cam\"]\nedge = {{ policy = \"block\" }}\nspawn = {{ port = {port} }}\n"
+        ),
+    )
+    .unwrap();
+    // The viewer outlives the run and inherits its output: files, not pipes, so nothing waits on it.
+    let log = dir.join("run.log");
+    let status = ocellus()
+        .arg("run")
+        .arg(&config)
+        .env("VIRTUAL_ENV", dir.join("venv"))
+        .stdout(std::fs::File::create(dir.join("run.out")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{}", std::fs::read_to_string(&log).unwrap_or_default());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let rows = || ocellus_io::recording::summary(&received).map(|s| s.rows_of("world/cam/image").len()).unwrap_or(0);
+    while rows() < 10 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::process::Command::new("pkill").args(["-INT", "-f", &format!("port={port} ")]).status().ok();
+    assert_eq!(rows(), 10, "the spawned viewer received every frame");
+}

@@ -451,12 +451,20 @@ pub struct RerunConfig {
     pub connect: Option<String>,
     /// Host a gRPC server (`{ bind = "0.0.0.0", port = 9876 }`).
     pub serve: Option<ServeConfig>,
+    /// Start a viewer unless one is running, and stream to it (`spawn = {}`; the viewer of
+    /// `scripts/bootstrap`, else `rerun` on the `PATH`).
+    pub spawn: Option<SpawnConfig>,
     /// Also log every node's metrics.
     #[serde(default = "yes")]
     pub metrics: bool,
     /// Rerun application id.
     #[serde(default = "default_app_id")]
     pub app_id: String,
+    /// Send Ocellus's layout (per camera the image with tracks and boxes, the 3D people;
+    /// metrics, captions, decisions, alerts, actions) with the recording; `false` leaves the
+    /// layout to the viewer.
+    #[serde(default = "yes")]
+    pub blueprint: bool,
 }
 
 fn yes() -> bool {
@@ -464,6 +472,26 @@ fn yes() -> bool {
 }
 fn default_app_id() -> String {
     "ocellus".to_owned()
+}
+
+/// `spawn = { port, memory_limit, headless }`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SpawnConfig {
+    /// The viewer's port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// The viewer's memory limit (`"75%"` of the machine, `"8GB"`): beyond it the viewer drops
+    /// the oldest data (as `RERUN_MEMORY_LIMIT` does).
+    #[serde(default = "default_memory_limit")]
+    pub memory_limit: String,
+    /// No window: a viewer that only serves (for machines without a display).
+    #[serde(default)]
+    pub headless: bool,
+}
+
+fn default_memory_limit() -> String {
+    "75%".to_owned()
 }
 
 /// `serve = { bind, port }`.
@@ -497,6 +525,8 @@ pub struct RerunNode {
     pub metrics: bool,
     /// Application id.
     pub app_id: String,
+    /// The layout sent with the recording (`blueprint = true`).
+    pub layout: Option<crate::sink::Layout>,
 }
 
 impl ConfiguredNode for RerunNode {
@@ -505,7 +535,7 @@ impl ConfiguredNode for RerunNode {
     }
 
     fn build(&self, _ctx: &mut ocellus_runtime::kind::BuildContext) -> ocellus_runtime::Result<StageFactory> {
-        let recording = SharedRecording::new(self.app_id.clone(), self.target.clone());
+        let recording = SharedRecording::with_blueprint(self.app_id.clone(), self.target.clone(), self.layout.clone());
         Ok(stage_factory(move || RerunSink::new(recording.clone())))
     }
 
@@ -527,11 +557,27 @@ impl NodeKind for RerunKind {
     const MODEL: ModelUse = ModelUse::None;
     type Config = RerunConfig;
 
-    fn configure(_common: &Common, c: RerunConfig, _view: &PipelineView) -> Result<Arc<dyn ConfiguredNode>, Issue> {
-        let target = match (c.save, c.connect, c.serve) {
-            (Some(path), None, None) => RerunTarget::Save(path),
-            (None, Some(url), None) => RerunTarget::Connect(url),
-            (None, None, Some(s)) => {
+    fn configure(_common: &Common, c: RerunConfig, view: &PipelineView) -> Result<Arc<dyn ConfiguredNode>, Issue> {
+        let has = |kind: &str| view.kinds.values().any(|k| k == kind);
+        let layout = c.blueprint.then(|| {
+            let mut cameras: Vec<String> =
+                view.kinds.iter().filter(|(_, k)| *k == "source").map(|(n, _)| n.clone()).collect();
+            cameras.sort();
+            crate::sink::Layout {
+                cameras,
+                people: has("pose3d"),
+                actions: has("actions"),
+                agent: has("agent"),
+                metrics: c.metrics,
+            }
+        });
+        let target = match (c.save, c.connect, c.serve, c.spawn) {
+            (Some(path), None, None, None) => RerunTarget::Save(path),
+            (None, Some(url), None, None) => RerunTarget::Connect(url),
+            (None, None, None, Some(s)) => {
+                RerunTarget::Spawn { port: s.port, memory_limit: s.memory_limit, headless: s.headless }
+            }
+            (None, None, Some(s), None) => {
                 let linger = s
                     .linger
                     .as_deref()
@@ -540,9 +586,9 @@ impl NodeKind for RerunKind {
                     .unwrap_or_default();
                 RerunTarget::Serve { bind: s.bind, port: s.port, linger }
             }
-            _ => return Err(Issue::here("a rerun sink needs exactly one of `save`, `connect` or `serve`")),
+            _ => return Err(Issue::here("a rerun sink needs exactly one of `save`, `connect`, `serve` or `spawn`")),
         };
-        Ok(Arc::new(RerunNode { target, metrics: c.metrics, app_id: c.app_id }))
+        Ok(Arc::new(RerunNode { target, metrics: c.metrics, app_id: c.app_id, layout }))
     }
 }
 

@@ -136,6 +136,60 @@ pub fn chunks_from<R: std::io::BufRead + Send>(
     })
 }
 
+/// A view of the blueprint a recording carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlueprintView {
+    /// The view's kind (`2D`, `3D`, `TimeSeries`, `TextDocument`, `TextLog`).
+    pub class: String,
+    /// Its title.
+    pub name: String,
+    /// The entity it is rooted at (empty when it selects its contents otherwise).
+    pub origin: String,
+}
+
+/// The views of the blueprint(s) a recording carries, in the order they were logged.
+pub fn blueprint_views(path: &Path) -> Result<Vec<BlueprintView>, IoError> {
+    let file = std::fs::File::open(path).map_err(|e| read_error(path, e))?;
+    let id = |field: &str| rerun::ComponentIdentifier::try_new(format!("ViewBlueprint:{field}"));
+    let (Ok(class), Ok(name), Ok(origin)) = (id("class_identifier"), id("display_name"), id("space_origin")) else {
+        return Ok(Vec::new());
+    };
+    let mut views = Vec::new();
+    for msg in re_log_encoding::DecoderApp::decode_lazy(std::io::BufReader::new(file)) {
+        let msg = msg.map_err(|e| read_error(path, e))?;
+        let re_log_types::LogMsg::ArrowMsg(store, arrow) = msg else { continue };
+        if store.kind() != re_log_types::StoreKind::Blueprint {
+            continue;
+        }
+        let chunk = re_chunk::Chunk::from_arrow_msg(&arrow).map_err(|e| read_error(path, e))?;
+        if !entity_of(&chunk).starts_with("view/") {
+            continue;
+        }
+        let first = |values: Vec<String>| values.into_iter().next().unwrap_or_default();
+        let classes: Vec<String> = chunk
+            .iter_component::<rerun::blueprint::components::ViewClass>(class)
+            .flat_map(|v| v.iter().map(|c| c.0.as_str().to_owned()).collect::<Vec<_>>())
+            .collect();
+        if classes.is_empty() {
+            continue;
+        }
+        let names = chunk
+            .iter_component::<rerun::components::Name>(name)
+            .flat_map(|v| v.iter().map(|n| n.as_str().to_owned()).collect::<Vec<_>>())
+            .collect();
+        let origins = chunk
+            .iter_component::<rerun::blueprint::components::ViewOrigin>(origin)
+            .flat_map(|v| v.iter().map(|o| o.0.to_string()).collect::<Vec<_>>())
+            .collect();
+        views.push(BlueprintView {
+            class: first(classes),
+            name: first(names),
+            origin: first(origins).trim_start_matches('/').to_owned(),
+        });
+    }
+    Ok(views)
+}
+
 /// The entity path of a chunk, without its leading `/`.
 pub fn entity_of(chunk: &re_chunk::Chunk) -> String {
     chunk.entity_path().to_string().trim_start_matches('/').to_owned()

@@ -143,3 +143,76 @@ fn serve_hosts_a_server_that_rerun_can_pull_from() {
     assert_eq!(summary.rows_of("world/cam/image").len(), logged("cam"));
     assert_eq!(summary.rows_of("world/cam/motion").len(), logged("motion"));
 }
+
+/// Every recording carries Ocellus's layout, read back from the file: the camera's image
+/// view rooted at `world/<camera>` and the metrics over time; with `blueprint = false`, none
+/// (the viewer lays it out itself).
+#[test]
+fn recordings_carry_the_default_layout() {
+    let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "rerun_blueprint");
+    let rrd = dir.join("layout.rrd");
+    let config = config(&dir, "frames = 3", &format!("save = \"{}\"", rrd.display()));
+    let report = build(&config).unwrap().run().unwrap();
+    assert_eq!(report.failures().count(), 0, "{report}");
+    let views = ocellus_io::recording::blueprint_views(&rrd).unwrap();
+    let summary: Vec<(String, String, String)> =
+        views.iter().map(|v| (v.class.clone(), v.name.clone(), v.origin.clone())).collect();
+    assert!(summary.contains(&("2D".into(), "cam".into(), "world/cam".into())), "{summary:?}");
+    assert!(summary.contains(&("TimeSeries".into(), "metrics".into(), "metrics".into())), "{summary:?}");
+    assert_eq!(views.len(), 2, "no agent, people or actions here: {summary:?}");
+    // The data is there as well.
+    assert_eq!(read_rrd(&rrd).unwrap().rows_of("world/cam/image").len(), 3);
+
+    let plain = dir.join("plain.rrd");
+    let config = config_file(
+        &dir,
+        "plain.toml",
+        &format!(
+            "[[source]]\nname = \"cam\"\npreset = {{ kind = \"test_pattern\", width = 64, height = 48, frames = 2 }}\n\
+             [[sink]]\nkind = \"rerun\"\ninputs = [\"cam\"]\nsave = \"{}\"\nblueprint = false\n",
+            plain.display()
+        ),
+    );
+    assert_eq!(build(&config).unwrap().run().unwrap().failures().count(), 0);
+    assert!(ocellus_io::recording::blueprint_views(&plain).unwrap().is_empty());
+}
+
+/// The whole layout: two cameras as tabs, each with its image and its 3D people; metrics,
+/// the caption, decisions, alerts and the actions of every camera beside them.
+#[test]
+fn the_full_layout_has_a_view_for_everything_ocellus_shows() {
+    use ocellus_io::sink::{Layout, RerunTarget, SharedRecording};
+    let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "rerun_layout");
+    let rrd = dir.join("full.rrd");
+    let layout = Layout {
+        cameras: vec!["front".into(), "back".into()],
+        people: true,
+        actions: true,
+        agent: true,
+        metrics: true,
+    };
+    let recording = SharedRecording::with_blueprint("ocellus-test", RerunTarget::Save(rrd.clone()), Some(layout));
+    let rec = recording.stream().unwrap();
+    rec.flush_blocking().unwrap();
+    drop(rec);
+    drop(recording);
+    let views = ocellus_io::recording::blueprint_views(&rrd).unwrap();
+    let mut summary: Vec<(String, String, String)> =
+        views.iter().map(|v| (v.class.clone(), v.name.clone(), v.origin.clone())).collect();
+    summary.sort();
+    let expected: Vec<(String, String, String)> = [
+        ("2D", "back", "world/back"),
+        ("2D", "front", "world/front"),
+        ("3D", "back 3D", "world/back"),
+        ("3D", "front 3D", "world/front"),
+        ("TextDocument", "caption", "agent/caption"),
+        ("TextLog", "actions", ""),
+        ("TextLog", "alerts", "agent/alerts"),
+        ("TextLog", "decisions", "agent/decisions"),
+        ("TimeSeries", "metrics", "metrics"),
+    ]
+    .iter()
+    .map(|(a, b, c)| ((*a).into(), (*b).into(), (*c).into()))
+    .collect();
+    assert_eq!(summary, expected);
+}

@@ -63,6 +63,16 @@ pub enum RerunTarget {
     Save(PathBuf),
     /// Stream to a viewer, e.g. `rerun+http://127.0.0.1:9876/proxy`.
     Connect(String),
+    /// Start a viewer (the bootstrap's, else `rerun` on the `PATH`) unless one already listens
+    /// on `port`, and stream to it.
+    Spawn {
+        /// The viewer's port.
+        port: u16,
+        /// The viewer's memory limit (`"75%"`, `"8GB"`): it drops the oldest data beyond it.
+        memory_limit: String,
+        /// No window (a viewer that only serves).
+        headless: bool,
+    },
     /// Host a gRPC server viewers connect to.
     Serve {
         /// Address to bind.
@@ -87,9 +97,31 @@ pub fn open_recording(app_id: &str, target: &RerunTarget) -> Result<RecordingStr
             builder.save(path)
         }
         RerunTarget::Connect(url) => builder.connect_grpc_opts(url.clone()),
+        RerunTarget::Spawn { port, memory_limit, headless } => {
+            let opts = rerun::SpawnOptions {
+                port: *port,
+                memory_limit: memory_limit.clone(),
+                executable_path: bootstrap_viewer().map(|p| p.to_string_lossy().into_owned()),
+                headless: *headless,
+                ..Default::default()
+            };
+            builder.spawn_opts(&opts)
+        }
         RerunTarget::Serve { bind, port, .. } => builder.serve_grpc_opts(bind, *port, rerun::ServerOptions::default()),
     };
     rec.map_err(|e| IoError::Rerun(e.to_string()))
+}
+
+/// The viewer `scripts/bootstrap` installed (`$VIRTUAL_ENV/bin/rerun`, else
+/// `$OCELLUS_CACHE/venv/bin/rerun`, `~/.cache/ocellus/venv/bin/rerun`), if there is one.
+pub fn bootstrap_viewer() -> Option<PathBuf> {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let candidates = [
+        env("VIRTUAL_ENV").map(|v| v.join("bin/rerun")),
+        env("OCELLUS_CACHE").map(|c| c.join("venv/bin/rerun")),
+        env("HOME").map(|h| h.join(".cache/ocellus/venv/bin/rerun")),
+    ];
+    candidates.into_iter().flatten().find(|p| p.exists())
 }
 
 /// One recording for a whole run, opened by the first sink start (never while a
@@ -98,22 +130,43 @@ pub fn open_recording(app_id: &str, target: &RerunTarget) -> Result<RecordingStr
 pub struct SharedRecording {
     app_id: String,
     target: RerunTarget,
+    blueprint: Option<super::blueprint::Layout>,
     stream: OnceLock<RecordingStream>,
 }
 
 impl SharedRecording {
-    /// A recording of `app_id` to `target`, not opened yet.
+    /// A recording of `app_id` to `target`, not opened yet (the viewer lays it out itself).
     pub fn new(app_id: impl Into<String>, target: RerunTarget) -> Arc<Self> {
-        Arc::new(Self { app_id: app_id.into(), target, stream: OnceLock::new() })
+        Self::with_blueprint(app_id, target, None)
     }
 
-    /// The stream, opened on first use.
+    /// A recording that sends `blueprint`'s layout first, when it opens.
+    pub fn with_blueprint(
+        app_id: impl Into<String>,
+        target: RerunTarget,
+        blueprint: Option<super::blueprint::Layout>,
+    ) -> Arc<Self> {
+        Arc::new(Self { app_id: app_id.into(), target, blueprint, stream: OnceLock::new() })
+    }
+
+    /// The stream, opened on first use (and the blueprint sent then).
     pub fn stream(&self) -> Result<RecordingStream> {
         if let Some(rec) = self.stream.get() {
             return Ok(rec.clone());
         }
         let rec = open_recording(&self.app_id, &self.target)?;
-        Ok(self.stream.get_or_init(|| rec).clone())
+        let mut opened = false;
+        let rec = self
+            .stream
+            .get_or_init(|| {
+                opened = true;
+                rec
+            })
+            .clone();
+        if let (true, Some(layout)) = (opened, &self.blueprint) {
+            layout.send(&rec).map_err(|e| IoError::Rerun(format!("sending the blueprint: {e}")))?;
+        }
+        Ok(rec)
     }
 }
 
