@@ -194,3 +194,39 @@ fn spawn_starts_the_bootstrap_viewer_and_streams_to_it() {
     std::process::Command::new("pkill").args(["-INT", "-f", &format!("port={port} ")]).status().ok();
     assert_eq!(rows(), 10, "the spawned viewer received every frame");
 }
+
+/// An RTSP camera's credentials — in its URL, or a password from the environment
+/// (`password_env`) — never appear in what Ocellus prints or logs, even when the camera
+/// cannot be reached; a missing password variable is named.
+#[test]
+fn rtsp_credentials_are_never_printed() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_rtsp_secrets");
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.join("rtsp.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[source]]\nname = \"door\"\nreconnect = false\n\
+             preset = {{ kind = \"rtsp\", url = \"rtsp://bob:url-secret-1@127.0.0.1:{port}/stream\", user = \"bob\", password_env = \"DOOR_CAM_PASSWORD\" }}\n\
+             [[sink]]\nkind = \"rerun\"\ninputs = [\"door\"]\nsave = \"{}\"\n",
+            dir.join("door.rrd").display()
+        ),
+    )
+    .unwrap();
+    let out = ocellus()
+        .args(["run", config.to_str().unwrap()])
+        .env("DOOR_CAM_PASSWORD", "env-secret-2")
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!all.contains("url-secret-1") && !all.contains("env-secret-2"), "{all}");
+    assert!(all.contains("rtsp://bob:<redacted>@127.0.0.1"), "the URL is shown, its password hidden: {all}");
+
+    let out = ocellus().args(["run", config.to_str().unwrap()]).env_remove("DOOR_CAM_PASSWORD").output().unwrap();
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(all.contains("DOOR_CAM_PASSWORD") && all.contains("not set"), "{all}");
+    assert!(!all.contains("url-secret-1"), "{all}");
+}

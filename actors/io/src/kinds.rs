@@ -195,11 +195,16 @@ pub enum PresetEntry {
     },
     /// An RTSP stream (over TCP).
     Rtsp {
-        /// `rtsp://` URL.
+        /// `rtsp://` URL (credentials in it are hidden in every log and error).
         url: String,
         /// Jitter-buffer latency, ms.
         #[serde(default = "default_latency")]
         latency_ms: u32,
+        /// User name for the camera.
+        user: Option<String>,
+        /// The environment variable holding the camera's password (read when the source
+        /// starts; never written to the configuration, the launch description or a log).
+        password_env: Option<String>,
     },
 }
 
@@ -341,11 +346,15 @@ impl ConfiguredSource {
         // RTSP cameras reconnect unless told not to; other sources when told to.
         let rtsp = matches!(preset, Some(Preset::Rtsp { .. }));
         let reconnect = reconnect(entry.reconnect.as_ref(), rtsp).map_err(|i| i.inside("reconnect"))?;
+        let password_env = match &preset {
+            Some(Preset::Rtsp { password_env, .. }) => password_env.clone(),
+            _ => None,
+        };
         let v4l2 = match preset {
             Some(Preset::V4l2 { device, width, height, fps }) => Some(V4l2Request { device, width, height, fps }),
             _ => None,
         };
-        Ok(Self::Gstreamer(GstSourceSpec { launch, format, reconnect, v4l2 }))
+        Ok(Self::Gstreamer(GstSourceSpec { launch, format, reconnect, v4l2, password_env }))
     }
 
     fn preset(entry: &PresetEntry) -> Result<Preset, Issue> {
@@ -358,7 +367,9 @@ impl ConfiguredSource {
             }
             PresetEntry::File { path } => Preset::File { path },
             PresetEntry::V4l2 { device, width, height, fps } => Preset::V4l2 { device, width, height, fps },
-            PresetEntry::Rtsp { url, latency_ms } => Preset::Rtsp { url, latency_ms },
+            PresetEntry::Rtsp { url, latency_ms, user, password_env } => {
+                Preset::Rtsp { url, latency_ms, user, password_env }
+            }
         })
     }
 

@@ -113,8 +113,16 @@ pub enum Preset {
         url: String,
         /// Jitter-buffer latency in ms.
         latency_ms: u32,
+        /// User name for the camera's authentication.
+        user: Option<String>,
+        /// The environment variable holding the password (read when the source starts, never
+        /// written into the launch description or a log).
+        password_env: Option<String>,
     },
 }
+
+/// The name of an RTSP source element whose password is set from the environment.
+pub const RTSP_SOURCE_NAME: &str = "ocellus_rtsp";
 
 /// Quotes a value for a launch description.
 fn quoted(value: &str) -> String {
@@ -145,8 +153,15 @@ impl Preset {
                 }
                 format!("v4l2src device={} ! {caps}", quoted(device))
             }
-            Self::Rtsp { url, latency_ms } => {
-                format!("rtspsrc location={} latency={latency_ms} protocols=tcp ! decodebin", quoted(url))
+            Self::Rtsp { url, latency_ms, user, password_env } => {
+                let user = user.as_ref().map(|u| format!(" user-id={}", quoted(u))).unwrap_or_default();
+                // The password itself is set on the element when the source starts.
+                let credentials =
+                    password_env.as_ref().map(|_| format!(" name={RTSP_SOURCE_NAME}")).unwrap_or_default();
+                format!(
+                    "rtspsrc location={} latency={latency_ms} protocols=tcp{user}{credentials} ! decodebin",
+                    quoted(url)
+                )
             }
         }
     }
@@ -194,6 +209,9 @@ pub struct GstSourceSpec {
     /// A V4L2 camera whose modes are probed when the source starts: the launch description
     /// is then `v4l2src` with the mode chosen (`launch` is what `check` builds).
     pub v4l2: Option<V4l2Request>,
+    /// The environment variable whose value is set as the RTSP source's password
+    /// (`user-pw` of the element named [`RTSP_SOURCE_NAME`]) when the source starts.
+    pub password_env: Option<String>,
 }
 
 impl GstSourceSpec {
@@ -245,6 +263,19 @@ pub fn build_pipeline(spec: &GstSourceSpec) -> Result<(gst::Pipeline, gst_app::A
             p
         }
     };
+    if let Some(var) = &spec.password_env {
+        let password = std::env::var(var).map_err(|_| IoError::Gstreamer {
+            element: RTSP_SOURCE_NAME.into(),
+            message: format!("the RTSP password's environment variable {var} is not set"),
+            debug: None,
+        })?;
+        let source = pipeline.by_name(RTSP_SOURCE_NAME).ok_or_else(|| IoError::Gstreamer {
+            element: RTSP_SOURCE_NAME.into(),
+            message: "no RTSP source to give the password to".into(),
+            debug: None,
+        })?;
+        source.set_property("user-pw", password);
+    }
     let appsink = pipeline
         .by_name(APPSINK_NAME)
         .or_else(|| {
@@ -409,7 +440,7 @@ impl GstSource {
                 });
             }
         }
-        info!(source = %name, launch = %full_launch(&spec), live = self.live, "playing");
+        info!(source = %name, launch = %crate::redact(&full_launch(&spec)), live = self.live, "playing");
         self.playing = Some(playing);
         Ok(())
     }
