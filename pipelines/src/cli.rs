@@ -112,7 +112,13 @@ impl RerunOverride {
             );
         };
         if let Some(r) = config.sinks[*i].spec::<RerunNode>() {
-            let node = RerunNode { target, metrics: r.metrics, app_id: r.app_id.clone(), layout: r.layout.clone() };
+            let node = RerunNode {
+                target,
+                metrics: r.metrics,
+                app_id: r.app_id.clone(),
+                layout: r.layout.clone(),
+                jpeg: r.jpeg,
+            };
             config.sinks[*i].node = std::sync::Arc::new(node);
         }
         Ok(())

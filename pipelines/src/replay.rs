@@ -98,6 +98,7 @@ pub fn prepare(
                 metrics: r.metrics,
                 app_id: r.app_id.clone(),
                 layout: r.layout.clone(),
+                jpeg: r.jpeg,
             };
             config.sinks[*i].node = Arc::new(node);
         }

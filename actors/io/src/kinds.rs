@@ -476,6 +476,9 @@ pub struct RerunConfig {
     /// layout to the viewer.
     #[serde(default = "yes")]
     pub blueprint: bool,
+    /// Camera images as JPEG of this quality (1–100, `EncodedImage`) instead of raw pixels: a
+    /// fraction of the bandwidth for viewers over Wi-Fi (replay decodes them).
+    pub jpeg: Option<u8>,
 }
 
 fn yes() -> bool {
@@ -538,6 +541,8 @@ pub struct RerunNode {
     pub app_id: String,
     /// The layout sent with the recording (`blueprint = true`).
     pub layout: Option<crate::sink::Layout>,
+    /// JPEG quality of camera images (raw when `None`).
+    pub jpeg: Option<u8>,
 }
 
 impl ConfiguredNode for RerunNode {
@@ -547,7 +552,8 @@ impl ConfiguredNode for RerunNode {
 
     fn build(&self, _ctx: &mut ocellus_runtime::kind::BuildContext) -> ocellus_runtime::Result<StageFactory> {
         let recording = SharedRecording::with_blueprint(self.app_id.clone(), self.target.clone(), self.layout.clone());
-        Ok(stage_factory(move || RerunSink::new(recording.clone())))
+        let jpeg = self.jpeg;
+        Ok(stage_factory(move || RerunSink::new(recording.clone()).with_jpeg(jpeg)))
     }
 
     fn as_any(&self) -> &dyn std::any::Any {
@@ -599,7 +605,10 @@ impl NodeKind for RerunKind {
             }
             _ => return Err(Issue::here("a rerun sink needs exactly one of `save`, `connect`, `serve` or `spawn`")),
         };
-        Ok(Arc::new(RerunNode { target, metrics: c.metrics, app_id: c.app_id, layout }))
+        if let Some(q) = c.jpeg.filter(|q| !(1..=100).contains(q)) {
+            return Err(Issue::at("jpeg", format!("{q}: a JPEG quality is 1 to 100")));
+        }
+        Ok(Arc::new(RerunNode { target, metrics: c.metrics, app_id: c.app_id, layout, jpeg: c.jpeg }))
     }
 }
 

@@ -427,6 +427,32 @@ pub fn images_of(chunk: &re_chunk::Chunk, skipped: &mut u64) -> Vec<RecordedImag
             pixels,
         });
     }
+    // JPEG or PNG camera images (`EncodedImage`, a sink's `jpeg`), decoded.
+    let (blob, media) =
+        (rerun::EncodedImage::descriptor_blob().component, rerun::EncodedImage::descriptor_media_type().component);
+    let types: Vec<Option<String>> = chunk
+        .iter_component::<rerun::components::MediaType>(media)
+        .map(|m| m.first().map(|t| t.as_str().to_owned()))
+        .collect();
+    for (row, blobs) in chunk.iter_component::<rerun::components::Blob>(blob).enumerate() {
+        let Some(data) = blobs.first() else { continue };
+        let seq = seqs.as_ref().and_then(|s| s.get(row)).and_then(|s| u64::try_from(*s).ok());
+        let kind = match types.get(row).cloned().flatten().as_deref() {
+            Some("image/png") => ocellus_wire::compressed::Kind::Png,
+            _ => ocellus_wire::compressed::Kind::Jpeg,
+        };
+        let decoded = ocellus_wire::compressed::decode_rgb(kind, &data.0.0);
+        let (Some(seq), Ok((layout, pixels))) = (seq, decoded) else {
+            *skipped += 1;
+            continue;
+        };
+        images.push(RecordedImage {
+            seq,
+            capture_ns: captures.as_ref().and_then(|c| c.get(row).copied()),
+            layout,
+            pixels,
+        });
+    }
     images.sort_by_key(|r| r.seq);
     images
 }
@@ -458,6 +484,7 @@ impl RecordingIndex {
 pub fn index(path: &Path) -> Result<RecordingIndex, IoError> {
     let mut index = RecordingIndex::default();
     let buffer = rerun::Image::descriptor_buffer().component;
+    let blob = rerun::EncodedImage::descriptor_blob().component;
     for chunk in chunks(path)? {
         let chunk = chunk?;
         let entity = entity_of(&chunk);
@@ -465,8 +492,10 @@ pub fn index(path: &Path) -> Result<RecordingIndex, IoError> {
         let captures = times(&chunk, TIMELINE_CAPTURE);
         let entry =
             index.cameras.entry(camera.to_owned()).or_insert(CameraRecord { frames: 0, first_capture_ns: None });
-        for (row, buffers) in chunk.iter_component::<ImageBuffer>(buffer).enumerate() {
-            if buffers.is_empty() {
+        let raw = chunk.iter_component::<ImageBuffer>(buffer).map(|b| !b.is_empty());
+        let encoded = chunk.iter_component::<rerun::components::Blob>(blob).map(|b| !b.is_empty());
+        for (row, present) in raw.chain(encoded).enumerate() {
+            if !present {
                 continue;
             }
             entry.frames += 1;

@@ -58,6 +58,16 @@ pub fn decode_rgb(kind: Kind, data: &[u8]) -> CodecResult<(FrameLayout, Bytes)> 
     Ok((layout, Bytes::from(rgb.into_raw())))
 }
 
+/// Encodes packed RGB as a JPEG of `quality` (1–100).
+pub fn encode_jpeg(width: u32, height: u32, rgb: &[u8], quality: u8) -> CodecResult<Vec<u8>> {
+    use image::ImageEncoder;
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100))
+        .write_image(rgb, width, height, image::ExtendedColorType::Rgb8)
+        .map_err(|e| CodecError::Encode(format!("Jpeg: {e}")))?;
+    Ok(out)
+}
+
 /// Encodes packed RGB as `kind` (JPEG quality 90).
 pub fn encode_rgb(kind: Kind, width: u32, height: u32, rgb: &[u8]) -> CodecResult<Vec<u8>> {
     use image::ImageEncoder;

@@ -216,3 +216,54 @@ fn the_full_layout_has_a_view_for_everything_ocellus_shows() {
     .collect();
     assert_eq!(summary, expected);
 }
+
+/// `jpeg = 80`: camera images as JPEG (`EncodedImage`) for viewers over a thin link; the
+/// recording is a fraction of the raw one, and replay reads the images back, decoded, close
+/// to the originals.
+#[test]
+fn jpeg_images_save_bandwidth_and_replay() {
+    let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "rerun_jpeg");
+    let clip = ocellus_tests::CameraClip::new("640x480");
+    let frames = 8;
+    let run = |name: &str, extra: &str| -> std::path::PathBuf {
+        let rrd = dir.join(format!("{name}.rrd"));
+        let config = config_file(
+            &dir,
+            &format!("{name}.toml"),
+            &format!(
+                "{}\n[[sink]]\nkind = \"rerun\"\ninputs = [\"cam\"]\nedge = {{ policy = \"block\" }}\nmetrics = false\nsave = \"{}\"\n{extra}\n",
+                clip.source_toml("cam", frames),
+                rrd.display()
+            ),
+        );
+        assert_eq!(build(&config).unwrap().run().unwrap().failures().count(), 0);
+        rrd
+    };
+    let raw = run("raw", "");
+    let jpeg = run("jpeg", "jpeg = 80");
+    let (raw_size, jpeg_size) = (std::fs::metadata(&raw).unwrap().len(), std::fs::metadata(&jpeg).unwrap().len());
+    println!(
+        "{frames} camera frames 640x480: raw {raw_size} bytes, JPEG q80 {jpeg_size} bytes ({:.1}x smaller)",
+        raw_size as f64 / jpeg_size as f64
+    );
+    assert!(jpeg_size * 2 < raw_size, "JPEG saves bandwidth: {jpeg_size} vs {raw_size}");
+    let index = ocellus_io::recording::index(&jpeg).unwrap();
+    assert_eq!(index.cameras["cam"].frames, frames as u64, "replay finds every JPEG image");
+    let mut skipped = 0;
+    let (mut originals, mut decoded) = (Vec::new(), Vec::new());
+    for chunk in ocellus_io::recording::chunks(&raw).unwrap() {
+        originals.extend(ocellus_io::recording::images_of(&chunk.unwrap(), &mut skipped));
+    }
+    for chunk in ocellus_io::recording::chunks(&jpeg).unwrap() {
+        decoded.extend(ocellus_io::recording::images_of(&chunk.unwrap(), &mut skipped));
+    }
+    assert_eq!((originals.len(), decoded.len(), skipped), (frames, frames, 0));
+    assert_eq!(originals[3].seq, decoded[3].seq);
+    let (a, b) = (&originals[3].pixels, &decoded[3].pixels);
+    assert_eq!(a.len(), b.len());
+    let mean = a.iter().zip(b.iter()).map(|(x, y)| (i32::from(*x) - i32::from(*y)).unsigned_abs() as f64).sum::<f64>()
+        / a.len() as f64;
+    println!("mean absolute difference after JPEG q80: {mean:.2} levels");
+    // Camera noise is what JPEG drops first; a broken decode would be off by ~100.
+    assert!(mean < 16.0, "{mean}");
+}

@@ -173,6 +173,8 @@ impl SharedRecording {
 /// Logs frames, masks, tracks, agent events and metrics to one recording.
 pub struct RerunSink {
     recording: Arc<SharedRecording>,
+    /// Camera images as JPEG of this quality (`EncodedImage`) instead of raw pixels.
+    jpeg: Option<u8>,
     rec: RecordingStream,
     annotated: HashSet<Arc<str>>,
     /// Track ids already in each camera's track annotation context.
@@ -203,10 +205,17 @@ impl RerunSink {
     pub fn new(recording: Arc<SharedRecording>) -> Self {
         Self {
             recording,
+            jpeg: None,
             rec: RecordingStream::disabled(),
             annotated: HashSet::new(),
             track_ids: std::collections::HashMap::new(),
         }
+    }
+
+    /// Camera images as JPEG of `quality` (1–100) instead of raw pixels.
+    pub fn with_jpeg(mut self, quality: Option<u8>) -> Self {
+        self.jpeg = quality;
+        self
     }
 
     /// `agent/caption` (a markdown document: the caption, then each phrase with its track
@@ -276,6 +285,14 @@ impl RerunSink {
     /// `frame` at `entity`.
     fn log_image(&self, frame: &Frame, entity: String) -> Result<()> {
         let l = &frame.layout;
+        if let Some(quality) = self.jpeg {
+            let rgb = l.to_rgb8(&frame.pixels).map_err(|e| IoError::BadInput(e.to_string()))?;
+            let jpeg = ocellus_wire::compressed::encode_jpeg(l.width as u32, l.height as u32, &rgb, quality)
+                .map_err(|e| IoError::BadInput(e.to_string()))?;
+            let image = rerun::EncodedImage::from_file_contents(jpeg).with_media_type(rerun::MediaType::JPEG);
+            self.set_camera_time(&frame.meta);
+            return self.rec.log(entity, &image).map_err(|e| IoError::Rerun(e.to_string()));
+        }
         let packed = l.pack(&frame.pixels).map_err(|e| IoError::BadInput(e.to_string()))?;
         let resolution = [l.width as u32, l.height as u32];
         let image = match l.format {
