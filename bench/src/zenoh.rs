@@ -141,6 +141,7 @@ pub fn run(case: ZenohBench) -> anyhow::Result<ZenohBenchResult> {
         intake: EdgePolicy::Block { depth: 2 },
         frames: Some(case.frames),
         idle_timeout: Some(Duration::from_secs(3)),
+        ros2: None,
     };
     let mut p = Pipeline::new();
     let sink = arrivals.clone();

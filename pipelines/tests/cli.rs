@@ -230,3 +230,23 @@ fn rtsp_credentials_are_never_printed() {
     assert!(all.contains("DOOR_CAM_PASSWORD") && all.contains("not set"), "{all}");
     assert!(!all.contains("url-secret-1"), "{all}");
 }
+
+/// `ROS_DOMAIN_ID` is honoured where the configuration gives no `domain`; a value that is not
+/// a number is refused naming it.
+#[test]
+fn ros_domain_id_from_the_environment() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_ros_domain");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("ros2.toml");
+    std::fs::write(
+        &config,
+        "[[source]]\nname = \"cam\"\nzenoh = { topic = \"/camera/image_raw\", encoding = \"ros2/sensor_msgs/Image\" }\n\
+         [[sink]]\nkind = \"null\"\ninputs = [\"cam\"]\n",
+    )
+    .unwrap();
+    let ok = ocellus().args(["check", config.to_str().unwrap()]).env("ROS_DOMAIN_ID", "7").output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let bad = ocellus().args(["check", config.to_str().unwrap()]).env("ROS_DOMAIN_ID", "seven").output().unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("ROS_DOMAIN_ID") && err.contains("source[0].zenoh.domain"), "{err}");
+}

@@ -235,9 +235,10 @@ pub struct ZenohSourceEntry {
     pub key: Option<String>,
     /// A ROS 2 topic (rmw_zenoh keys; needs a `ros2/...` encoding).
     pub topic: Option<String>,
-    /// `ROS_DOMAIN_ID` of `topic`.
-    #[serde(default)]
-    pub domain: u32,
+    /// `ROS_DOMAIN_ID` of `topic` (default: the `ROS_DOMAIN_ID` environment variable, else 0).
+    pub domain: Option<u32>,
+    /// The ROS 2 node the subscription belongs to in the graph (`topic`; default `ocellus`).
+    pub node: Option<String>,
     /// How frames are encoded.
     pub encoding: WireFormat,
     /// End after this many frames.
@@ -302,6 +303,19 @@ fn reconnect(value: Option<&serde_json::Value>, default_on: bool) -> Result<Opti
         return Err(Issue::at("max", "must be at least `initial`"));
     }
     Ok(Some(Reconnect { initial, max, stall: (!stall.is_zero()).then_some(stall) }))
+}
+
+/// The ROS 2 domain: `given`, else the `ROS_DOMAIN_ID` environment variable, else 0.
+pub fn ros_domain(given: Option<u32>) -> Result<u32, Issue> {
+    if let Some(d) = given {
+        return Ok(d);
+    }
+    match std::env::var("ROS_DOMAIN_ID") {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().map_err(|_| {
+            Issue::at("domain", format!("the ROS_DOMAIN_ID environment variable ({v:?}) is not a domain number"))
+        }),
+        _ => Ok(0),
+    }
 }
 
 impl ConfiguredSource {
@@ -387,7 +401,7 @@ impl ConfiguredSource {
                         ));
                     }
                 };
-                ocellus_wire::ros2::rmw_zenoh_key(e.domain, topic, ty, None)
+                ocellus_wire::ros2::rmw_zenoh_key(ros_domain(e.domain)?, topic, ty, None)
             }
             (Some(_), Some(_)) => return Err(Issue::at("topic", "give either `key` or `topic`, not both")),
             (None, None) => return Err(Issue::here("needs `key` (a zenoh key expression) or `topic` (ROS 2)")),
@@ -402,7 +416,18 @@ impl ConfiguredSource {
             None => EdgePolicy::Latest,
         };
         let session = session_keys!(e).spec()?;
-        Ok(ZenohSourceSpec { session, key, format: e.encoding, intake, frames: e.frames, idle_timeout })
+        let ros2 = match (&e.topic, e.encoding) {
+            (Some(topic), WireFormat::Ros2Image | WireFormat::Ros2CompressedImage) => {
+                Some(crate::source::zenoh::Ros2Subscription {
+                    domain: ros_domain(e.domain)?,
+                    topic: topic.clone(),
+                    ty: if e.encoding == WireFormat::Ros2Image { MsgType::Image } else { MsgType::CompressedImage },
+                    node: e.node.clone().unwrap_or_else(|| "ocellus".to_owned()),
+                })
+            }
+            _ => None,
+        };
+        Ok(ZenohSourceSpec { session, key, format: e.encoding, intake, frames: e.frames, idle_timeout, ros2 })
     }
 
     /// A factory of the source.
@@ -752,7 +777,7 @@ impl NodeKind for ZenohSinkKind {
         let keys = match e.keys {
             KeysName::Zenoh => KeyStyle::Zenoh { prefix: e.prefix.clone().unwrap_or_else(|| "ocellus".to_owned()) },
             KeysName::Ros2 => KeyStyle::Ros2 {
-                domain: e.domain.unwrap_or(0),
+                domain: ros_domain(e.domain)?,
                 namespace,
                 node: e.node.clone().unwrap_or_else(|| "ocellus".to_owned()),
                 hashes: match e.type_hash {

@@ -40,6 +40,7 @@ fn source_spec(endpoint: &str, key: &str, format: WireFormat, frames: Option<u64
         intake: EdgePolicy::Block { depth: 8 },
         frames,
         idle_timeout: Some(Duration::from_secs(3)),
+        ros2: None,
     }
 }
 
@@ -496,4 +497,39 @@ fn zenoh_sink_to_zenoh_source_between_two_pipelines() {
     for f in &frames {
         assert_eq!((f.layout.width, f.layout.height, &f.pixels[..]), (64, 48, &pattern[..]));
     }
+}
+
+/// A source on a ROS 2 topic appears in the ROS 2 graph as other nodes expect: the node and
+/// its subscription as rmw_zenoh liveliness tokens (what `ros2 topic info` lists, and what
+/// publishers that wait for subscribers watch), on the configured domain.
+#[test]
+fn a_ros2_source_declares_its_node_and_subscription() {
+    let (session, endpoint) = listening_session();
+    let tokens = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = tokens.clone();
+    let _liveliness = session
+        .liveliness()
+        .declare_subscriber("@ros2_lv/7/**")
+        .callback(move |s| seen.lock().push(s.key_expr().to_string()))
+        .wait()
+        .unwrap();
+    let dir = ocellus_tests::scratch_dir(env!("CARGO_TARGET_TMPDIR"), "ros2_source_tokens");
+    let config = ocellus_tests::config_file(
+        &dir,
+        "ros2.toml",
+        &format!(
+            "[[source]]\nname = \"cam\"\nzenoh = {{ topic = \"/robot/camera/image_raw\", domain = 7, node = \"eyes\", \
+             encoding = \"ros2/sensor_msgs/Image\", connect = [\"{endpoint}\"], multicast_scouting = false, idle_timeout = \"2s\" }}\n\
+             [[sink]]\nkind = \"null\"\ninputs = [\"cam\"]\n"
+        ),
+    );
+    let report = ocellus_pipelines::build(&config).unwrap().run().unwrap();
+    assert_eq!(report.failures().count(), 0, "{report}");
+    let tokens = tokens.lock().clone();
+    assert!(tokens.iter().any(|t| t.contains("/NN/%/%/eyes")), "{tokens:?}");
+    let subscription =
+        format!("/MS/%/%/eyes/%robot%camera%image_raw/sensor_msgs::msg::dds_::Image_/{}/", MsgType::Image.rihs01());
+    assert!(tokens.iter().any(|t| t.contains(&subscription)), "{tokens:?}");
+    drop(_liveliness);
+    session.close().wait().unwrap();
 }

@@ -47,7 +47,27 @@ pub struct ZenohSourceSpec {
     pub frames: Option<u64>,
     /// End after this long without a message.
     pub idle_timeout: Option<Duration>,
+    /// A ROS 2 topic: the source appears in the ROS 2 graph as a node with a subscription
+    /// (rmw_zenoh liveliness tokens), so `ros2 topic info` lists it and publishers that wait
+    /// for subscribers start sending.
+    pub ros2: Option<Ros2Subscription>,
 }
+
+/// How a zenoh source that reads a ROS 2 topic announces itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ros2Subscription {
+    /// `ROS_DOMAIN_ID`.
+    pub domain: u32,
+    /// The topic (a full ROS name).
+    pub topic: String,
+    /// Its message type.
+    pub ty: ocellus_wire::ros2::MsgType,
+    /// The node's name.
+    pub node: String,
+}
+
+/// The entity id of a source's ROS 2 subscription within its node.
+const SUBSCRIPTION_ENTITY: u32 = 10;
 
 /// Capture time of a sample without one in its payload: the rmw_zenoh attachment's source
 /// time, else the zenoh timestamp, else now.
@@ -104,6 +124,7 @@ impl Source for ZenohSource {
         let error: Arc<Mutex<Option<String>>> = Arc::default();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (key, host_error) = (self.spec.key.clone(), error.clone());
+        let ros2 = self.spec.ros2.clone();
         let host = session::spawn_host(format!("zenoh:{name}"), move || async move {
             let session = match zenoh::open(config).await {
                 Ok(s) => s,
@@ -121,7 +142,34 @@ impl Source for ZenohSource {
             {
                 Ok(subscriber) => {
                     info!(%key, zid = %session.zid(), "zenoh source subscribed");
+                    // In the ROS 2 graph: the node and its subscription (rmw_zenoh tokens).
+                    let mut tokens = Vec::new();
+                    if let Some(r) = &ros2 {
+                        let node = ros2::NodeIdentity {
+                            domain: r.domain,
+                            zid: session.zid().to_string(),
+                            node_id: 0,
+                            namespace: "/".to_owned(),
+                            name: r.node.clone(),
+                            enclave: String::new(),
+                        };
+                        let subscription = node.endpoint_token(
+                            SUBSCRIPTION_ENTITY,
+                            ros2::EntityKind::Subscription,
+                            &r.topic,
+                            r.ty,
+                            ros2::TypeHashes::Rihs01,
+                            ros2::Qos::default(),
+                        );
+                        for token in [node.node_token(), subscription] {
+                            match session.liveliness().declare_token(token.clone()).await {
+                                Ok(t) => tokens.push(t),
+                                Err(e) => warn!(error = %e, %token, "declaring a ROS 2 liveliness token"),
+                            }
+                        }
+                    }
                     let _ = stop_rx.await;
+                    drop(tokens);
                     if let Err(e) = subscriber.undeclare().await {
                         warn!(error = %e, "undeclaring the zenoh subscriber");
                     }
