@@ -79,10 +79,17 @@ pub struct GuardEntry {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InboxEntry {
-    /// Key of operator instructions (UTF-8 text).
+    /// Key of operator instructions (UTF-8 text, or a ROS 2 `std_msgs/String`).
     pub operator_key: Option<String>,
     /// Key of alt-texts (UTF-8; `<camera>: text` names a camera).
     pub alt_text_key: Option<String>,
+    /// A ROS 2 topic of operator instructions (`std_msgs/String` over rmw_zenoh), instead of
+    /// `operator_key`.
+    pub operator_topic: Option<String>,
+    /// A ROS 2 topic of alt-texts, instead of `alt_text_key`.
+    pub alt_text_topic: Option<String>,
+    /// `ROS_DOMAIN_ID` of the topics (default: the environment's, else 0).
+    pub domain: Option<u32>,
     /// zenoh mode.
     pub mode: Option<ModeName>,
     /// Endpoints to connect to.
@@ -103,7 +110,8 @@ pub struct InboxEntry {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentEntry {
-    /// `tokenizer.model` or `tokenizer.json` (llama-models' copy in the venv when absent).
+    /// `tokenizer.model` or `tokenizer.json` (when absent, the one `ocellus weights import`
+    /// put next to the weights).
     pub tokenizer: Option<PathBuf>,
     /// KV cache, tokens (default 4096).
     pub context: Option<i64>,
@@ -305,14 +313,34 @@ impl NodeKind for AgentKind {
         let inbox = match &e.inbox {
             None => None,
             Some(i) => {
-                for (k, v) in [("operator_key", &i.operator_key), ("alt_text_key", &i.alt_text_key)] {
+                let topic_key =
+                    |key: &Option<String>, topic: &Option<String>, name: &str| -> Result<Option<String>, Issue> {
+                        match (key, topic) {
+                            (Some(_), Some(_)) => {
+                                Err(Issue::at(name, format!("give `{name}` or its `_key`, not both")).inside("inbox"))
+                            }
+                            (None, Some(t)) => {
+                                let domain = ocellus_io::kinds::ros_domain(i.domain).map_err(|i| i.inside("inbox"))?;
+                                Ok(Some(ocellus_wire::ros2::rmw_zenoh_key(
+                                    domain,
+                                    t,
+                                    ocellus_wire::ros2::MsgType::String,
+                                    None,
+                                )))
+                            }
+                            (k, None) => Ok(k.clone()),
+                        }
+                    };
+                let operator_key = topic_key(&i.operator_key, &i.operator_topic, "operator_topic")?;
+                let alt_text_key = topic_key(&i.alt_text_key, &i.alt_text_topic, "alt_text_topic")?;
+                for (k, v) in [("operator_key", &operator_key), ("alt_text_key", &alt_text_key)] {
                     if let Some(key) = v {
                         key_expr(k, key).map_err(|i| i.inside("inbox"))?;
                     }
                 }
                 let keys: SessionKeys = ocellus_io::session_keys!(i);
                 let session = keys.spec().map_err(|i| i.inside("inbox"))?;
-                Some(InboxSpec { session, operator_key: i.operator_key.clone(), alt_text_key: i.alt_text_key.clone() })
+                Some(InboxSpec { session, operator_key, alt_text_key })
             }
         };
         Ok(Arc::new(AgentSpec {

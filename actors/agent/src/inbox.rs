@@ -120,14 +120,16 @@ pub fn subscribe(
             let mut got = false;
             if let Some(sample) = recv(&operator) {
                 got = true;
-                match String::from_utf8(sample.payload().to_bytes().to_vec()) {
-                    Ok(text) => inbox.push(InboxMessage::Operator { text }),
-                    Err(_) => tracing::warn!("agent inbox: an operator message is not UTF-8, skipped"),
+                match ocellus_wire::ros2::text_payload(&sample.payload().to_bytes()) {
+                    Some(text) => inbox.push(InboxMessage::Operator { text }),
+                    None => tracing::warn!(
+                        "agent inbox: an operator message is neither UTF-8 nor a std_msgs/String, skipped"
+                    ),
                 }
             }
             if let Some(sample) = recv(&alt) {
                 got = true;
-                if let Ok(text) = String::from_utf8(sample.payload().to_bytes().to_vec()) {
+                if let Some(text) = ocellus_wire::ros2::text_payload(&sample.payload().to_bytes()) {
                     let (camera, text) = match text.split_once(": ") {
                         Some((c, t)) if !c.contains(' ') => (Some(c.to_owned()), t.to_owned()),
                         _ => (None, text),

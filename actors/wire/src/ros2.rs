@@ -479,6 +479,21 @@ pub fn encode_string(text: &str) -> CodecResult<Vec<u8>> {
     to_cdr(&StringMsg { data: text.to_owned() })
 }
 
+/// Decodes a `std_msgs/String` payload.
+pub fn decode_string(payload: &[u8]) -> CodecResult<String> {
+    let msg: StringMsg = from_cdr(payload)?;
+    Ok(msg.data)
+}
+
+/// The text of a message that is either plain UTF-8 or a ROS 2 `std_msgs/String` (CDR, told
+/// apart by its encapsulation header, which plain text never starts with).
+pub fn text_payload(payload: &[u8]) -> Option<String> {
+    match payload.get(..2) {
+        Some([0, 0 | 1]) => decode_string(payload).ok(),
+        _ => String::from_utf8(payload.to_vec()).ok(),
+    }
+}
+
 // --- Attachments -------------------------------------------------------------------------
 
 /// What rmw_zenoh attaches to every message.
@@ -695,5 +710,17 @@ mod tests {
         assert_eq!(Time::from_ns(-1), Time { sec: -1, nanosec: 999_999_999 });
         assert_eq!(Time::from_ns(-1).to_ns(), -1);
         assert_eq!(Time::from_ns(i64::MAX).sec, i32::MAX);
+    }
+}
+
+#[cfg(test)]
+mod text_payload_tests {
+    use super::*;
+
+    #[test]
+    fn strings_and_plain_text() {
+        assert_eq!(text_payload(&encode_string("hello ü").unwrap()).as_deref(), Some("hello ü"));
+        assert_eq!(text_payload(b"plain text").as_deref(), Some("plain text"));
+        assert_eq!(text_payload(&[0, 1, 0, 0, 9, 0, 0, 0, b'a']), None, "a truncated std_msgs/String");
     }
 }

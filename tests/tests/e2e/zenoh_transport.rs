@@ -533,3 +533,49 @@ fn a_ros2_source_declares_its_node_and_subscription() {
     drop(_liveliness);
     session.close().wait().unwrap();
 }
+
+/// Operator instructions on a ROS 2 topic (`std_msgs/String` over rmw_zenoh, as
+/// `ros2 topic pub /ocellus/instructions std_msgs/msg/String` sends them) and plain UTF-8 on
+/// a zenoh key both reach the agent's inbox as text.
+#[test]
+fn operator_instructions_arrive_from_a_ros2_topic() {
+    use ocellus_agent::inbox::{Inbox, InboxSpec, subscribe};
+    let (session, endpoint) = listening_session();
+    let ros_key = ros2::rmw_zenoh_key(0, "/ocellus/instructions", MsgType::String, Some(TypeHashes::Rihs01));
+    let wildcard = ros2::rmw_zenoh_key(0, "/ocellus/instructions", MsgType::String, None);
+    let inbox = Inbox::new();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spec = InboxSpec {
+        session: SessionSpec::loopback(&[], &[&endpoint]),
+        operator_key: Some(wildcard),
+        alt_text_key: Some("robot/alt".into()),
+    };
+    let host = subscribe(spec, inbox.clone(), stop.clone()).unwrap();
+    let publisher = session.declare_publisher(ros_key).wait().unwrap();
+    assert!(wait_for_subscriber(&publisher, Duration::from_secs(20)));
+    let alt = session.declare_publisher("robot/alt").wait().unwrap();
+    assert!(wait_for_subscriber(&alt, Duration::from_secs(20)));
+    publisher.put(ros2::encode_string("track the red cup").unwrap()).wait().unwrap();
+    alt.put("front: a kitchen").wait().unwrap();
+    let meta = FrameMeta { camera: "front".into(), seq: 0, capture_ns: 0 };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut got = Vec::new();
+    while got.len() < 2 && std::time::Instant::now() < deadline {
+        got.extend(inbox.take(&meta));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    host.join().unwrap();
+    session.close().wait().unwrap();
+    assert!(
+        got.contains(&ocellus_runtime::message::InboxMessage::Operator { text: "track the red cup".into() }),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&ocellus_runtime::message::InboxMessage::AltText {
+            camera: Some("front".into()),
+            text: "a kitchen".into()
+        }),
+        "{got:?}"
+    );
+}
