@@ -280,7 +280,9 @@ fn hub_files(repo: &str, files: &[&str], gated: bool, progress: bool) -> anyhow:
             let path = handle.get(f).map_err(|e| {
                 let text = e.to_string();
                 let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
-                if text.contains("401") || text.contains("403") {
+                // hf-hub reports HTTP errors as ureq's "status code N".
+                let status = |code: u16| text.contains(&format!("status code {code}"));
+                if status(401) || status(403) {
                     anyhow::anyhow!(
                         "{repo}/{f}: access denied ({text}){}",
                         if gated {
@@ -292,7 +294,7 @@ fn hub_files(repo: &str, files: &[&str], gated: bool, progress: bool) -> anyhow:
                             String::new()
                         }
                     )
-                } else if text.contains("404") {
+                } else if status(404) {
                     anyhow::anyhow!("{repo}/{f}: not found at {endpoint} ({text})")
                 } else {
                     anyhow::anyhow!("{repo}/{f}: {text} (a partial download resumes on the next fetch)")
