@@ -38,6 +38,31 @@ impl Linear {
     }
 }
 
+/// `PreNorm(FeedForward)` of the vit-pytorch-style transformers (HMR 2.0's head, LART): `norm`,
+/// then `fn.net.0` → exact GELU → `fn.net.3` (the dropouts between are identity at inference).
+#[derive(Debug)]
+pub struct PreNormFeedForward {
+    norm: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl PreNormFeedForward {
+    /// The block under `p` (`p.norm`, `p.fn.net.0`, `p.fn.net.3`) on `dim` channels.
+    pub fn new(p: &Path, dim: i64, hidden: i64) -> Result<Self> {
+        Ok(Self {
+            norm: LayerNorm::new(&(p / "norm"), dim, LAYER_NORM_EPS)?,
+            fc1: Linear::new(&(p / "fn" / "net" / 0), dim, hidden, true)?,
+            fc2: Linear::new(&(p / "fn" / "net" / 3), hidden, dim, true)?,
+        })
+    }
+
+    /// `net(norm(x))`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&self.fc1.forward(&self.norm.forward(x)?)?.f_gelu("none")?)
+    }
+}
+
 /// `torch.nn.LayerNorm` over the last dimension.
 #[derive(Debug)]
 pub struct LayerNorm {

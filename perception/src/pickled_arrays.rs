@@ -117,9 +117,12 @@ pub fn array(path: &Path, name: &str, value: &Value, elements: Elements) -> Resu
             )?;
             let indices = Vec::<i64>::try_from(array(path, name, indices, Elements::Integer)?.f_reshape([-1])?)?;
             let indptr = Vec::<i64>::try_from(array(path, name, indptr, Elements::Integer)?.f_reshape([-1])?)?;
-            // CSC has a pointer per column, CSR one per row.
-            let csc =
-                indptr.len() as i64 == cols + 1 && (indptr.len() as i64 != rows + 1 || field(d, "format").is_none());
+            // The matrix's own `format` when pickled; else CSC has a pointer per column, CSR one per row.
+            let csc = match field(d, "format") {
+                Some(Value::String(f)) => f == "csc",
+                Some(Value::Bytes(f)) => f == b"csc",
+                _ => indptr.len() as i64 == cols + 1,
+            };
             let mut dense = vec![0f64; (rows * cols) as usize];
             for outer in 0..indptr.len().saturating_sub(1) {
                 let (from, to) = (indptr[outer] as usize, indptr[outer + 1] as usize);

@@ -88,7 +88,7 @@ impl RerunOverride {
     /// The target asked for, if any.
     pub fn target(&self) -> Option<RerunTarget> {
         if self.spawn {
-            return Some(RerunTarget::Spawn { port: 9876, memory_limit: "75%".into(), headless: false });
+            return Some(ocellus_io::kinds::SpawnConfig::default().target());
         }
         if let Some(url) = &self.connect {
             return Some(RerunTarget::Connect(url.clone()));
@@ -96,7 +96,7 @@ impl RerunOverride {
         if let Some(path) = &self.save {
             return Some(RerunTarget::Save(path.clone()));
         }
-        self.serve.map(|port| RerunTarget::Serve { bind: "0.0.0.0".into(), port, linger: std::time::Duration::ZERO })
+        self.serve.map(ocellus_io::kinds::ServeConfig::on_port)
     }
 
     /// Gives the configuration's one Rerun sink the target asked for.

@@ -350,14 +350,13 @@ pub fn download(url: &str, sha256: Option<&str>, progress: bool) -> anyhow::Resu
     download_to(&mirrored(url), sha256, progress, &downloads_dir())
 }
 
-/// [`download`] from `source` (the URL itself, or its mirror) into `dir`.
-pub fn download_to(source: &str, sha256: Option<&str>, progress: bool, dir: &Path) -> anyhow::Result<PathBuf> {
-    let url = source;
+/// [`download`] from `url` (the published one, or its mirror) into `dir`.
+pub fn download_to(url: &str, sha256: Option<&str>, progress: bool, dir: &Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(file_name(url));
     let part = path.with_file_name(format!("{}.part", file_name(url)));
     if !path.exists() {
-        fetch_to(source, &part, progress)?;
+        fetch_to(url, &part, progress)?;
         std::fs::rename(&part, &path).with_context(|| format!("moving {} into place", part.display()))?;
     }
     if let Some(expected) = sha256 {

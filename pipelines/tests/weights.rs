@@ -135,16 +135,7 @@ fn imports_an_open_clip_checkpoint_without_python() {
     let status = Command::new(python).args(["-c", script]).arg(&source).arg(&ckpt).status().unwrap();
     assert!(status.success());
     let out = dir.join("ViT-B-32-quickgelu.safetensors");
-    let run = ocellus(&[
-        "weights",
-        "import",
-        "--model",
-        "ViT-B-32-quickgelu",
-        "--from",
-        ckpt.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let run = import("ViT-B-32-quickgelu", &ckpt, &out);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     assert_eq!(manifest(&out).model, "ViT-B-32-quickgelu");
     let ours: std::collections::HashMap<String, tch::Tensor> =
@@ -158,16 +149,7 @@ fn imports_an_open_clip_checkpoint_without_python() {
     let corrupt = dir.join("corrupt.pt");
     std::fs::write(&corrupt, b"PK\x03\x04 not really a zip").unwrap();
     let bad = dir.join("bad.safetensors");
-    let run = ocellus(&[
-        "weights",
-        "import",
-        "--model",
-        "ViT-B-32-quickgelu",
-        "--from",
-        corrupt.to_str().unwrap(),
-        "--out",
-        bad.to_str().unwrap(),
-    ]);
+    let run = import("ViT-B-32-quickgelu", &corrupt, &bad);
     assert!(!run.status.success());
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(stderr.contains("corrupt.pt") && stderr.contains("not a PyTorch checkpoint"), "{stderr}");

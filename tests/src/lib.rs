@@ -239,6 +239,37 @@ impl Drop for ZenohPublisher {
     }
 }
 
+/// The synthetic SMPL model (with the 19-joint regressor) imported as a user imports theirs,
+/// at `dir/smpl.safetensors`.
+pub fn imported_smpl(dir: &Path) -> std::path::PathBuf {
+    let out = dir.join("smpl.safetensors");
+    ocellus_pipelines::tools::import_with_extra(
+        "smpl",
+        &fixtures_dir().join("smpl_synthetic.pkl"),
+        Some(&fixtures_dir().join("smpl_j19.pkl")),
+        &out,
+    )
+    .unwrap_or_else(|e| panic!("importing the synthetic SMPL model: {e}"));
+    out
+}
+
+/// Every message published on `key` seen by `session`, as JSON (the subscriber lives as long
+/// as the returned handle).
+pub fn json_messages(
+    session: &zenoh::Session,
+    key: &str,
+) -> (zenoh::pubsub::Subscriber<()>, Arc<parking_lot::Mutex<Vec<serde_json::Value>>>) {
+    use zenoh::Wait as _;
+    let messages = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let sink = messages.clone();
+    let subscriber = session
+        .declare_subscriber(key.to_owned())
+        .callback(move |s| sink.lock().push(serde_json::from_slice(&s.payload().to_bytes()).unwrap_or_default()))
+        .wait()
+        .unwrap_or_else(|e| panic!("subscribing to {key}: {e}"));
+    (subscriber, messages)
+}
+
 /// Drives a stage by hand: its context, whose first output goes into a bounded edge whose
 /// receiver is returned.
 pub fn test_context() -> (Context, EdgeReceiver<Packet>) {

@@ -533,6 +533,26 @@ fn default_memory_limit() -> String {
     "75%".to_owned()
 }
 
+impl Default for SpawnConfig {
+    fn default() -> Self {
+        Self { port: default_port(), memory_limit: default_memory_limit(), headless: false }
+    }
+}
+
+impl SpawnConfig {
+    /// The target this entry describes.
+    pub fn target(self) -> RerunTarget {
+        RerunTarget::Spawn { port: self.port, memory_limit: self.memory_limit, headless: self.headless }
+    }
+}
+
+impl ServeConfig {
+    /// Serving on `port` on every interface, with no linger.
+    pub fn on_port(port: u16) -> RerunTarget {
+        RerunTarget::Serve { bind: default_bind(), port, linger: std::time::Duration::ZERO }
+    }
+}
+
 /// `serve = { bind, port }`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -616,9 +636,7 @@ impl NodeKind for RerunKind {
         let target = match (c.save, c.connect, c.serve, c.spawn) {
             (Some(path), None, None, None) => RerunTarget::Save(path),
             (None, Some(url), None, None) => RerunTarget::Connect(url),
-            (None, None, None, Some(s)) => {
-                RerunTarget::Spawn { port: s.port, memory_limit: s.memory_limit, headless: s.headless }
-            }
+            (None, None, None, Some(s)) => s.target(),
             (None, None, Some(s), None) => {
                 let linger = s
                     .linger

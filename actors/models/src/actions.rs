@@ -304,15 +304,8 @@ impl NodeKind for ActionsKind {
 /// The backbone that `appearance = { ... }` describes, checked to give `width` channels.
 fn appearance_spec(common: &Common, a: AppearanceEntry, width: i64) -> Result<AppearanceSpec, Issue> {
     let at = |key: &str, m: String| Issue::at(key, m).inside("appearance");
-    let weights = match (&a.weights, a.allow_random_weights) {
-        (Some(path), false) if path.exists() => WeightsKeys::File(path.clone()),
-        (Some(path), false) => return Err(at("weights", format!("{} not found", path.display()))),
-        (None, true) => WeightsKeys::Random { seed: a.seed },
-        (Some(_), true) => {
-            return Err(at("allow_random_weights", "give either `weights` or `allow_random_weights`, not both".into()));
-        }
-        (None, false) => return Err(at("weights", "needs `weights` or `allow_random_weights = true`".into())),
-    };
+    let weights = crate::nested_weights(a.weights.as_ref(), a.allow_random_weights, a.seed)
+        .map_err(|i| i.inside("appearance"))?;
     let Some(hiera) = HieraConfig::by_name(&a.model).filter(|c| c.input_size.len() == 2) else {
         return Err(at("model", format!("{:?}: needs a Hiera image backbone (hiera_huge_224)", a.model)));
     };
@@ -477,20 +470,22 @@ impl ActionsStage {
             let frame = frame.ok_or_else(|| bad_frame(&poses.meta, "appearance needs the frame"))?;
             let every = self.spec.appearance.as_ref().map_or(1, |a| a.every);
             let seq = poses.meta.seq;
-            let state = self.cameras.entry(poses.meta.camera.clone()).or_default();
+            let cached = self.cameras.get(&poses.meta.camera).map(|s| &s.appearance);
             let stale: Vec<&PersonPose> = poses
                 .people
                 .iter()
-                .filter(|p| state.appearance.get(&p.id).is_none_or(|(at, _)| seq.saturating_sub(*at) >= every))
+                .filter(|p| cached.and_then(|c| c.get(&p.id)).is_none_or(|(at, _)| seq.saturating_sub(*at) >= every))
                 .collect();
-            if !stale.is_empty() {
-                let features = self.appearance(poses, frame, &stale)?; // [N, C]
-                let state = self.cameras.entry(poses.meta.camera.clone()).or_default();
+            let features = match stale.is_empty() {
+                true => None,
+                false => Some(self.appearance(poses, frame, &stale)?), // [N, C]
+            };
+            let state = self.cameras.entry(poses.meta.camera.clone()).or_default();
+            if let Some(features) = features {
                 for (i, p) in stale.iter().enumerate() {
                     state.appearance.insert(p.id, (seq, features.f_get(i as i64)?));
                 }
             }
-            let state = self.cameras.entry(poses.meta.camera.clone()).or_default();
             for (id, token) in &mut out {
                 token.appearance = state.appearance.get(id).map(|(_, f)| f.shallow_clone());
             }

@@ -36,9 +36,7 @@ use ocellus_perception::sam2::automatic_mask_generator::{AmgConfig, AmgMask, Aut
 use ocellus_perception::sam2::image_predictor::ImagePredictor;
 use ocellus_runtime::control::{ControlReceiver, ControlSender};
 use ocellus_runtime::edge::{DropPolicy, EdgePolicy};
-use ocellus_runtime::kind::{
-    BuildContext, Common, ConfiguredNode, Issue, ModelUse, NodeKind, PipelineView, WeightsKeys,
-};
+use ocellus_runtime::kind::{BuildContext, Common, ConfiguredNode, Issue, ModelUse, NodeKind, PipelineView};
 use ocellus_runtime::node::{Context, Input, Stage, StageFactory, stage_factory};
 use ocellus_runtime::port::{InputPort, Join, OutputPort, Ports};
 use ocellus_runtime::{Frame, Packet, PortType, Result, RuntimeError, Track, TrackOrigin, Tracks};
@@ -299,15 +297,7 @@ impl NodeKind for DiscoveryKind {
 
 /// The labeler that `labels = { ... }` describes.
 fn labels_spec(common: &Common, l: LabelsEntry) -> Result<LabelerSpec, Issue> {
-    let weights = match (&l.weights, l.allow_random_weights) {
-        (Some(path), false) if path.exists() => WeightsKeys::File(path.clone()),
-        (Some(path), false) => return Err(Issue::at("weights", format!("{} not found", path.display()))),
-        (None, true) => WeightsKeys::Random { seed: l.seed },
-        (Some(_), true) => {
-            return Err(Issue::at("allow_random_weights", "give either `weights` or `allow_random_weights`, not both"));
-        }
-        (None, false) => return Err(Issue::at("weights", "needs `weights` or `allow_random_weights = true`")),
-    };
+    let weights = crate::nested_weights(l.weights.as_ref(), l.allow_random_weights, l.seed)?;
     let model = nested_model_spec::<Clip>(&l.model, &weights, common)?;
     labeler::check_vocabulary(&l.vocabulary)?;
     let templates = labeler::templates_of(l.templates)?;

@@ -75,6 +75,24 @@ pub fn nested_model_spec<M: Model>(name: &str, weights: &WeightsKeys, common: &C
     })
 }
 
+/// The weights of a nested model entry (`labels = { ... }`, `appearance = { ... }`): a file
+/// that exists, or seeded random weights, never both; issues name the nested key.
+pub fn nested_weights(
+    weights: Option<&std::path::PathBuf>,
+    allow_random: bool,
+    seed: i64,
+) -> Result<WeightsKeys, Issue> {
+    match (weights, allow_random) {
+        (Some(path), false) if path.exists() => Ok(WeightsKeys::File(path.clone())),
+        (Some(path), false) => Err(Issue::at("weights", format!("{} not found", path.display()))),
+        (None, true) => Ok(WeightsKeys::Random { seed }),
+        (Some(_), true) => {
+            Err(Issue::at("allow_random_weights", "give either `weights` or `allow_random_weights`, not both"))
+        }
+        (None, false) => Err(Issue::at("weights", "needs `weights` or `allow_random_weights = true`")),
+    }
+}
+
 /// The weights a configuration names.
 pub fn weights_source(keys: &WeightsKeys) -> WeightsSource {
     match keys {

@@ -8,7 +8,7 @@
 //! `transformer.to_token_embedding.weight`, `transformer.pos_embedding`,
 //! `transformer.transformer.layers.{i}.{0,1,2}.…`).
 
-use ocellus_kernels::nn::{LAYER_NORM_EPS, LayerNorm, Linear, parameter};
+use ocellus_kernels::nn::{LAYER_NORM_EPS, LayerNorm, Linear, PreNormFeedForward, parameter};
 use serde::{Deserialize, Serialize};
 use tch::nn::Path;
 use tch::{Kind, Tensor};
@@ -153,26 +153,12 @@ impl CrossAttention {
     }
 }
 
-/// `PreNorm(FeedForward)`: `net.0` → GELU → `net.3`.
-#[derive(Debug)]
-struct FeedForward {
-    norm: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-}
-
-impl FeedForward {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.fc2.forward(&self.fc1.forward(&self.norm.forward(x)?)?.f_gelu("none")?)?)
-    }
-}
-
 /// One layer of `TransformerCrossAttn`: self-attention, cross-attention, feed-forward.
 #[derive(Debug)]
 struct Layer {
     self_attn: SelfAttention,
     cross_attn: CrossAttention,
-    ff: FeedForward,
+    ff: PreNormFeedForward,
 }
 
 impl Layer {
@@ -195,11 +181,7 @@ impl Layer {
                 heads: c.heads,
                 dim_head: c.dim_head,
             },
-            ff: FeedForward {
-                norm: LayerNorm::new(&(&ff / "norm"), dim, LAYER_NORM_EPS)?,
-                fc1: Linear::new(&(&ff / "fn" / "net" / 0), dim, c.mlp_dim, true)?,
-                fc2: Linear::new(&(&ff / "fn" / "net" / 3), c.mlp_dim, dim, true)?,
-            },
+            ff: PreNormFeedForward::new(&ff, dim, c.mlp_dim)?,
         })
     }
 

@@ -8,7 +8,7 @@
 //! `conv_de` and the `pe` buffer (a second copy of `pos_embedding`) are accepted by the loader
 //! and ignored by name.
 
-use ocellus_kernels::nn::{LAYER_NORM_EPS, LayerNorm, Linear, parameter};
+use ocellus_kernels::nn::{LAYER_NORM_EPS, LayerNorm, Linear, PreNormFeedForward, parameter};
 use tch::nn::Path;
 use tch::{Kind, Tensor};
 use tracing::trace_span;
@@ -134,24 +134,10 @@ impl Attention {
     }
 }
 
-/// `PreNorm(FeedForward)`: `net.0` → exact GELU → `net.3`.
-#[derive(Debug)]
-struct FeedForward {
-    norm: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-}
-
-impl FeedForward {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.fc2.forward(&self.fc1.forward(&self.norm.forward(x)?)?.f_gelu("none")?)?)
-    }
-}
-
 /// `Transformer`: pre-norm layers, no final norm.
 #[derive(Debug)]
 pub struct Transformer {
-    layers: Vec<(Attention, FeedForward)>,
+    layers: Vec<(Attention, PreNormFeedForward)>,
 }
 
 impl Transformer {
@@ -170,11 +156,7 @@ impl Transformer {
                         heads: t.heads,
                         dim_head: t.dim_head,
                     },
-                    FeedForward {
-                        norm: LayerNorm::new(&(&f / "norm"), dim, LAYER_NORM_EPS)?,
-                        fc1: Linear::new(&(&f / "fn" / "net" / 0), dim, t.mlp_dim, true)?,
-                        fc2: Linear::new(&(&f / "fn" / "net" / 3), t.mlp_dim, dim, true)?,
-                    },
+                    PreNormFeedForward::new(&f, dim, t.mlp_dim)?,
                 ))
             })
             .collect::<Result<Vec<_>>>()?;

@@ -19,7 +19,7 @@ use ocellus_perception::lart::pose_vector;
 use ocellus_perception::lart::transformer::LartInput;
 use ocellus_perception::lart::{Lart, LartConfig, ava};
 use ocellus_perception::model::{ModelSpec, WeightsSource};
-use ocellus_pipelines::{build, tools};
+use ocellus_pipelines::build;
 use ocellus_runtime::{Actions, FrameMeta, Input, Packet, PersonPose, Poses, Stage};
 use ocellus_tests::{CameraClip, Collected, config_file, fixtures_dir, rerun_sink_toml, scratch_dir, test_context};
 use tch::{Device, Tensor};
@@ -260,22 +260,10 @@ const FRAMES: usize = 3;
 fn people_get_actions_in_a_real_pipeline() {
     let _alone = ocellus_tests::exclusive(); // full-size HMR 2.0 and Hiera-H take both cores
     let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "actions");
-    let smpl_file = dir.join("smpl.safetensors");
-    tools::import_with_extra(
-        "smpl",
-        &fixtures_dir().join("smpl_synthetic.pkl"),
-        Some(&fixtures_dir().join("smpl_j19.pkl")),
-        &smpl_file,
-    )
-    .unwrap();
+    let smpl_file = ocellus_tests::imported_smpl(&dir);
     let rrd = dir.join("actions.rrd");
     let (session, endpoint) = ocellus_tests::listening_session();
-    let published = Arc::new(parking_lot::Mutex::new(Vec::<serde_json::Value>::new()));
-    let sink = published.clone();
-    let _subscriber = zenoh::Wait::wait(session.declare_subscriber("ocellus/cam/actions").callback(move |s| {
-        sink.lock().push(serde_json::from_slice(&s.payload().to_bytes()).unwrap_or_default());
-    }))
-    .unwrap();
+    let (_subscriber, published) = ocellus_tests::json_messages(&session, "ocellus/cam/actions");
     let clip = CameraClip::new("640x480");
     let weights = fixtures_dir().join("sam2_video_tiny.weights.safetensors");
     let block = "edge = { policy = \"block\" }";

@@ -15,7 +15,7 @@ use ocellus_perception::lart::pose_vector::{self, MeanStd};
 use ocellus_perception::lart::transformer::{AttentionMasks, LartInput};
 use ocellus_perception::lart::{Lart, LartConfig, SCOPE, TransformerCfg, UNUSED_KEYS};
 use ocellus_perception::weights;
-use ocellus_tests::{read_tensors, scratch_dir, shared_fixtures};
+use ocellus_tests::{assert_close, max_abs_diff, read_tensors, scratch_dir, shared_fixtures};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
@@ -63,17 +63,9 @@ fn input(t: &HashMap<String, Tensor>, mask_detection: Option<&Tensor>) -> LartIn
     }
 }
 
-fn max_diff(name: &str, ours: &Tensor, reference: &Tensor) -> f64 {
-    assert_eq!(ours.size(), reference.size(), "{name}: shape");
-    let d = (ours.to_kind(Kind::Float) - reference).abs().max().double_value(&[]);
-    println!("{name}: max |Δ| = {d:.3e}");
-    d
-}
-
 fn check(name: &str, ours: &Tensor, outputs: &HashMap<String, Tensor>, tol: f64) {
     let reference = outputs.get(name).unwrap_or_else(|| panic!("no {name} in the fixture"));
-    let d = max_diff(name, ours, reference);
-    assert!(d <= tol, "{name}: max |Δ| {d:.3e} > {tol:.0e}");
+    assert_close(name, ours, reference, tol);
 }
 
 /// The evaluation forward (`mask_type = "zero"`) and every head, with the main weights or
@@ -117,7 +109,7 @@ fn zero_mode(ln_override: bool) {
     });
     // The inputs are not changed (the reference's forward changes `mask_detection`).
     let fresh = read_tensors(&dir.join("inputs.safetensors"));
-    assert_eq!(max_diff("mask_detection unchanged", &data.mask_detection, &fresh["mask_detection"]), 0.0);
+    assert_eq!(max_abs_diff(&data.mask_detection, &fresh["mask_detection"]), 0.0, "mask_detection unchanged");
 }
 
 #[test]

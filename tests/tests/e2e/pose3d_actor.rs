@@ -11,7 +11,7 @@ use nalgebra::{Vector2, Vector3};
 use ocellus_perception::hmr2::camera::{BoxInFrame, FrameCamera};
 use ocellus_perception::hmr2::preprocess;
 use ocellus_perception::smpl::Smpl;
-use ocellus_pipelines::{build, tools};
+use ocellus_pipelines::build;
 use ocellus_runtime::{EdgePolicy, Packet, Poses};
 use ocellus_tests::{CameraClip, Collected, config_file, fixtures_dir, read_rrd, rerun_sink_toml, scratch_dir};
 use tch::Tensor;
@@ -69,23 +69,11 @@ fn pipeline(
 fn people_get_3d_bodies_placed_in_the_camera() {
     let _alone = ocellus_tests::exclusive(); // full-size HMR 2.0 takes both cores
     let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "pose3d");
-    let smpl_file = dir.join("smpl.safetensors");
-    tools::import_with_extra(
-        "smpl",
-        &fixtures_dir().join("smpl_synthetic.pkl"),
-        Some(&fixtures_dir().join("smpl_j19.pkl")),
-        &smpl_file,
-    )
-    .unwrap();
+    let smpl_file = ocellus_tests::imported_smpl(&dir);
     let rrd = dir.join("people.rrd");
     // A zenoh peer listening on loopback gets each frame's people as JSON.
     let (session, endpoint) = ocellus_tests::listening_session();
-    let published = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<serde_json::Value>::new()));
-    let sink = published.clone();
-    let _subscriber = zenoh::Wait::wait(session.declare_subscriber("ocellus/cam/people").callback(move |s| {
-        sink.lock().push(serde_json::from_slice(&s.payload().to_bytes()).unwrap_or_default());
-    }))
-    .unwrap();
+    let (_subscriber, published) = ocellus_tests::json_messages(&session, "ocellus/cam/people");
     let (poses, clip) = pipeline(&dir, Some(&smpl_file), &rrd, Some((&endpoint, "zenoh")));
     assert_eq!(poses.len(), FRAMES, "one message per frame");
     let smpl = Smpl::load(&smpl_file, tch::Device::Cpu).unwrap();
