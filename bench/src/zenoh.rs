@@ -105,6 +105,8 @@ pub fn publish(
         frames: true,
         block_on_congestion: true,
         shm_pool_bytes: shm.then_some(frame_bytes * 8),
+        qos: Default::default(),
+        frame_ids: Default::default(),
     });
     let source = SyntheticSpec { width, height, frames, fps };
     let mut p = Pipeline::new();

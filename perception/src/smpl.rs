@@ -164,6 +164,36 @@ impl Smpl {
         Ok(Self { v_template: v?, shapedirs: s?, posedirs, j_regressor: j?, lbs_weights: w?, faces: f?, extra })
     }
 
+    /// A seeded stand-in with SMPL's shapes (never SMPL's body: that file is licensed), for
+    /// pipelines that run before the user imported theirs: a body-sized cloud of vertices,
+    /// regressors and skinning weights that are convex combinations, small blend shapes.
+    /// Everything downstream runs; what it shows means nothing.
+    pub fn seeded(seed: i64, device: Device) -> Result<Self> {
+        /// Half-extents of the body's box, metres (x, y, z).
+        const HALF_EXTENT: [f64; 3] = [0.3, 0.9, 0.15];
+        /// Scale of the shape and pose blend shapes.
+        const SHAPE_SCALE: f64 = 0.01;
+        const POSE_SCALE: f64 = 0.001;
+        const FACES: i64 = 13776;
+        let opts = (Kind::Float, device);
+        let convex = |rows: i64, cols: i64| -> Result<Tensor> {
+            let w = Tensor::f_rand([rows, cols], opts)?;
+            Ok(w.f_div(&w.f_sum_dim_intlist(1, true, Kind::Float)?)?)
+        };
+        ocellus_kernels::seeded(seed, || -> Result<Self> {
+            let half = Tensor::f_from_slice(&HALF_EXTENT)?.f_to_kind(Kind::Float)?.f_to_device(device)?;
+            let v_template =
+                Tensor::f_rand([NUM_VERTICES, 3], opts)?.f_mul_scalar(2.0)?.f_sub_scalar(1.0)?.f_mul(&half)?;
+            let shapedirs = Tensor::f_randn([NUM_VERTICES, 3, NUM_BETAS], opts)?.f_mul_scalar(SHAPE_SCALE)?;
+            let posedirs = Tensor::f_randn([NUM_POSE_BASIS, NUM_VERTICES * 3], opts)?.f_mul_scalar(POSE_SCALE)?; // [207, V · 3]
+            let j_regressor = convex(NUM_JOINTS, NUM_VERTICES)?;
+            let lbs_weights = convex(NUM_VERTICES, NUM_JOINTS)?;
+            let faces = Tensor::f_randint(NUM_VERTICES, [FACES, 3], (Kind::Int64, device))?;
+            let extra = Some(convex(NUM_EXTRA_JOINTS, NUM_VERTICES)?);
+            Ok(Self { v_template, shapedirs, posedirs, j_regressor, lbs_weights, faces, extra })
+        })
+    }
+
     /// Whether the extra 19-joint regressor is there.
     pub fn has_extra_regressor(&self) -> bool {
         self.extra.is_some()

@@ -9,6 +9,7 @@ use ocellus_io::sink::RerunTarget;
 use ocellus_io::source::ReplayTiming;
 use ocellus_runtime::kind::BuildContext;
 
+use crate::config::Fetching;
 use crate::curate::CurateArgs;
 use crate::{PipelineConfig, build_with, check, tools};
 
@@ -59,7 +60,7 @@ pub struct RunArgs {
 impl RunArgs {
     /// Runs the pipeline.
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        let mut config = PipelineConfig::load(&self.config)?;
+        let mut config = PipelineConfig::load_with(&self.config, fetching())?;
         self.rerun.apply(&mut config)?;
         run_config(&config, BuildContext::new())
     }
@@ -125,8 +126,29 @@ impl RerunOverride {
     }
 }
 
+/// How `run` and `replay` fetch what a configuration asks for: with progress bars on a
+/// terminal.
+fn fetching() -> Fetching {
+    Fetching::Download { progress: std::io::IsTerminal::is_terminal(&std::io::stderr()) }
+}
+
+/// The notices of `config` as a banner on standard error.
+fn banner(config: &PipelineConfig) {
+    if config.notices.is_empty() {
+        return;
+    }
+    let rule = "=".repeat(78);
+    eprintln!("{rule}");
+    eprintln!("NOTICE: this run substitutes what could not be had (also written into the recording, `notices`):");
+    for n in &config.notices {
+        eprintln!("  - {} ({})", n.text, n.key);
+    }
+    eprintln!("{rule}");
+}
+
 /// Builds and runs `config`; reports every node and where recordings went.
 fn run_config(config: &PipelineConfig, ctx: BuildContext) -> anyhow::Result<ExitCode> {
+    banner(config);
     let report = build_with(config, ctx)?.run()?;
     println!("{report}");
     if report.failures().next().is_some() {
@@ -138,6 +160,7 @@ fn run_config(config: &PipelineConfig, ctx: BuildContext) -> anyhow::Result<Exit
             println!("recording: {path} (open it with `rerun {path}`; viewer: pip install rerun-sdk==0.36.3)");
         }
     }
+    banner(config);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -153,6 +176,9 @@ impl CheckArgs {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         let c = PipelineConfig::load(&self.config)?;
         check(&c)?;
+        for n in &c.notices {
+            println!("{}: would run with: {} ({})", c.file.display(), n.text, n.key);
+        }
         println!(
             "{}: ok ({} sources, {} actors, {} sinks)",
             c.file.display(),
@@ -189,7 +215,7 @@ pub struct ReplayArgs {
 impl ReplayArgs {
     /// Replays the recording through the pipeline.
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        let mut config = PipelineConfig::load(&self.config)?;
+        let mut config = PipelineConfig::load_with(&self.config, fetching())?;
         let timing = if self.fast { ReplayTiming::Fast } else { ReplayTiming::Realtime };
         let (index, ctx) = crate::replay::prepare(&mut config, &self.recording, timing, self.rerun.save.as_deref())?;
         if self.rerun.save.is_none() {

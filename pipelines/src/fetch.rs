@@ -205,12 +205,22 @@ pub struct Fetched {
     pub source_sha256: String,
 }
 
+/// How long a connection to a publisher may take to open (an unreachable network fails
+/// within this, instead of the system's minutes).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+/// How long a publisher may take to answer a request.
+const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Ocellus's cache: `$OCELLUS_CACHE`, else `~/.cache/ocellus`.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("OCELLUS_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(".cache").join("ocellus")
+    })
+}
+
 /// The cache of plain downloads: `$OCELLUS_CACHE/downloads`.
 pub fn downloads_dir() -> PathBuf {
-    let cache = std::env::var_os("OCELLUS_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-        std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(".cache").join("ocellus")
-    });
-    cache.join("downloads")
+    cache_dir().join("downloads")
 }
 
 /// Downloads model `name`, converts it to `out` (checked as `import` checks), fetches its
@@ -327,7 +337,7 @@ fn verify_blob(repo: &str, file: &str, path: &Path) -> anyhow::Result<()> {
 }
 
 /// `url` with `OCELLUS_MIRROR` in place of its scheme and host, when set.
-fn mirrored(url: &str) -> String {
+pub fn mirrored(url: &str) -> String {
     match std::env::var("OCELLUS_MIRROR") {
         Ok(mirror) if !mirror.is_empty() => {
             let path = url.split_once("://").and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..])).unwrap_or("/");
@@ -374,7 +384,12 @@ pub fn download_to(url: &str, sha256: Option<&str>, progress: bool, dir: &Path) 
 /// Appends the rest of `url` to `part` (from its current length), until the server's length.
 fn fetch_to(url: &str, part: &Path, progress: bool) -> anyhow::Result<()> {
     let start = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        .timeout_recv_response(Some(RESPONSE_TIMEOUT))
+        .build()
+        .into();
     let mut request = agent.get(url);
     if start > 0 {
         request = request.header("Range", format!("bytes={start}-"));

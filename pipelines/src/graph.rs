@@ -35,6 +35,12 @@ pub fn build(config: &PipelineConfig) -> Result<Pipeline, BuildError> {
 /// [`build`] with a build context a tool prepared (a replay's clock and recorded inputs).
 pub fn build_with(config: &PipelineConfig, mut ctx: BuildContext) -> Result<Pipeline, BuildError> {
     check(config)?;
+    if !config.notices.is_empty() {
+        for n in &config.notices {
+            tracing::warn!(key = %n.key, "{}", n.text);
+        }
+        ctx.insert_extension(ocellus_runtime::kind::Notices(config.notices.iter().map(|n| n.text.clone()).collect()));
+    }
     let mut pipeline = Pipeline::new();
     pipeline.restart_policy(config.runtime.restart).metrics_every(config.runtime.metrics_every).clock(ctx.clock);
     for source in &config.sources {

@@ -25,9 +25,22 @@ fn info_needs_no_environment() {
 
 #[test]
 fn check_accepts_the_demo_and_rejects_a_bad_config() {
+    // The demo is the whole chain; checking it fetches nothing and says what would run in
+    // place of what is not there yet (no weights folder here: seeded weights, a stand-in SMPL).
     let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/demo.toml");
-    let out = ocellus().args(["check", demo]).output().unwrap();
+    let scratch = std::env::temp_dir().join(format!("ocellus-cli-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let out = ocellus().args(["check", demo]).env("OCELLUS_WEIGHTS", &scratch).output().unwrap();
+    std::fs::remove_dir_all(&scratch).ok();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ok (1 sources, 5 actors, 1 sinks)"), "{stdout}");
+    for model in ["sam2.1_hiera_tiny", "ViT-B-32-quickgelu", "hmr2", "lart", "hiera_huge_224"] {
+        assert!(stdout.contains(&format!("would run with: {model}: SEEDED RANDOM WEIGHTS")), "{model}: {stdout}");
+    }
+    assert!(stdout.contains("would run with: SMPL: a SEEDED STAND-IN BODY MODEL"), "{stdout}");
+    let motion = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/motion.toml");
+    let out = ocellus().args(["check", motion]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 sources, 1 actors, 1 sinks)"));
 
     let bad = std::env::temp_dir().join(format!("ocellus-cli-{}.toml", std::process::id()));

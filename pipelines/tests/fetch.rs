@@ -358,3 +358,106 @@ fn a_full_disk_fails_clearly_and_keeps_the_partial_download() {
     assert!(!dir.join("cache/downloads/hiera_tiny_224.pth").exists());
     assert!(!dir.join("weights/hiera_tiny_224.safetensors").exists());
 }
+
+/// A JPEG of `w`×`h` (a gradient), as a camera would write one.
+fn jpeg(w: u32, h: u32, seed: u8) -> Vec<u8> {
+    let rgb: Vec<u8> = (0..w * h).flat_map(|i| [(i % w) as u8, (i / w) as u8, seed]).collect();
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+        .encode(&rgb, w, h, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    out
+}
+
+/// `weights = "official"` and a sample source: when they cannot be had, `ocellus run` runs on
+/// seeded weights and the fallback source, never failing, and says so in a banner and in the
+/// recording (a `notices` text and its view); once they are served, it fetches both (once),
+/// converts the checkpoint into `weights/`, and runs on them with nothing to say.
+#[test]
+fn run_fetches_official_weights_and_the_sample_else_runs_seeded_and_says_so() {
+    const FRAMES: usize = 3;
+    let server = Server::start();
+    let dir = scratch("run_official");
+    std::fs::write(
+        dir.join("demo.toml"),
+        format!(
+            r#"
+[[source]]
+name = "front"
+preset = {{ kind = "sample", name = "sam2-bedroom", frames = {FRAMES}, fallback = {{ kind = "test_pattern", width = 64, height = 48, frames = {FRAMES} }} }}
+
+[[actor]]
+name = "features"
+kind = "backbone"
+model = "hiera_tiny_224"
+weights = "official"
+allow_random_weights = true
+inputs = ["front"]
+edge = {{ policy = "block" }}
+
+[[sink]]
+kind = "rerun"
+inputs = ["front"]
+edge = {{ policy = "block", depth = 16 }}
+save = "out/run.rrd"
+"#
+        ),
+    )
+    .unwrap();
+    let rrd = dir.join("out/run.rrd");
+    let image_sizes = |rrd: &Path| -> Vec<usize> {
+        let component = rerun::Image::descriptor_buffer().component;
+        ocellus_io::recording::buffers_of(rrd, "world/front/image", component).unwrap().values().map(Vec::len).collect()
+    };
+
+    // Nothing served.
+    let offline = ocellus(&server, &dir, &["run", "demo.toml"], &[]);
+    let err = stderr(&offline);
+    assert!(offline.status.success(), "{err}");
+    assert!(err.contains("NOTICE: this run substitutes"), "{err}");
+    assert!(
+        err.contains("hiera_tiny_224: SEEDED RANDOM WEIGHTS (seed 0)") && err.contains("(actor[0].weights)"),
+        "{err}"
+    );
+    assert!(err.contains("the sam2-bedroom sample could not be had"), "{err}");
+    let notices = ocellus_io::recording::static_texts_of(&rrd, "notices").unwrap().join("\n");
+    assert!(notices.contains("SEEDED RANDOM WEIGHTS") && notices.contains("sam2-bedroom"), "{notices}");
+    let views = ocellus_io::recording::blueprint_views(&rrd).unwrap();
+    assert!(views.iter().any(|v| v.name == "notices" && v.origin == "notices"), "{views:?}");
+    assert_eq!(image_sizes(&rrd), vec![64 * 48 * 3; FRAMES], "the fallback test pattern ran");
+    assert!(!dir.join("weights/hiera_tiny_224.safetensors").exists());
+
+    // Served: the publisher's checkpoint and the sample's frames (under the published paths).
+    server.serve("/hiera/hiera_tiny_224.pth", std::fs::read(fixtures().join("hiera_tiny_224.pth")).unwrap(), false);
+    for i in 0..FRAMES {
+        let path = format!("/facebookresearch/sam2/main/notebooks/videos/bedroom/{i:05}.jpg");
+        server.serve(&path, jpeg(96, 64, i as u8), false);
+    }
+    let online = ocellus(&server, &dir, &["run", "demo.toml"], &[]);
+    let err = stderr(&online);
+    assert!(online.status.success(), "{err}");
+    assert!(!err.contains("NOTICE"), "{err}");
+    let weights = dir.join("weights/hiera_tiny_224.safetensors");
+    assert!(manifest(&weights)["source"].as_str().unwrap().starts_with("fetch "), "{}", manifest(&weights));
+    assert!(ocellus_io::recording::static_texts_of(&rrd, "notices").unwrap().is_empty());
+    assert!(!ocellus_io::recording::blueprint_views(&rrd).unwrap().iter().any(|v| v.name == "notices"));
+    assert_eq!(image_sizes(&rrd), vec![96 * 64 * 3; FRAMES], "the sample's frames ran");
+    let frames = files_ending(&dir.join("cache/samples/sam2-bedroom"), ".jpg");
+    assert_eq!(frames.len(), FRAMES);
+
+    // Once: with the server gone, the next run takes both from where they were put.
+    drop(server.files.lock().unwrap().drain());
+    let again = ocellus(&server, &dir, &["run", "demo.toml"], &[]);
+    assert!(again.status.success() && !stderr(&again).contains("NOTICE"), "{}", stderr(&again));
+    assert_eq!(image_sizes(&rrd), vec![96 * 64 * 3; FRAMES]);
+
+    // Without `allow_random_weights`, what cannot be had is an error naming the key and line.
+    let strict = std::fs::read_to_string(dir.join("demo.toml")).unwrap().replace("allow_random_weights = true\n", "");
+    std::fs::write(dir.join("strict.toml"), strict).unwrap();
+    std::fs::remove_file(&weights).unwrap();
+    std::fs::remove_dir_all(dir.join("cache/downloads")).unwrap();
+    let refused = ocellus(&server, &dir, &["run", "strict.toml"], &[]);
+    let err = stderr(&refused);
+    assert!(!refused.status.success(), "{err}");
+    assert!(err.contains(":10:") && err.contains("actor[0].weights: the official hiera_tiny_224 weights:"), "{err}");
+}

@@ -207,10 +207,15 @@ pub struct ZenohPublisher {
 impl ZenohPublisher {
     /// Starts publishing.
     pub fn start(port: u16, key: &str, payloads: &[&str], every: std::time::Duration) -> Self {
+        Self::start_bytes(port, key, payloads.iter().map(|p| p.as_bytes().to_vec()).collect(), every)
+    }
+
+    /// [`ZenohPublisher::start`] with binary payloads (CDR).
+    pub fn start_bytes(port: u16, key: &str, payloads: Vec<Vec<u8>>, every: std::time::Duration) -> Self {
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
-        let (key, payloads) = (key.to_owned(), payloads.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>());
+        let key = key.to_owned();
         let thread = std::thread::spawn(move || {
             let rt =
                 tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
@@ -219,7 +224,7 @@ impl ZenohPublisher {
                 let session = zenoh::open(spec.to_config().expect("zenoh config")).await.expect("zenoh session");
                 while !flag.load(Ordering::Acquire) {
                     for p in &payloads {
-                        session.put(&key, p.as_str()).await.expect("put");
+                        session.put(&key, p.clone()).await.expect("put");
                     }
                     tokio::time::sleep(every).await;
                 }

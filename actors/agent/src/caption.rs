@@ -40,10 +40,17 @@ pub fn phrases_of_text(text: &str) -> Vec<Phrase> {
 
 /// The plan for `previous` against `world`'s visible tracks of `camera`.
 pub fn plan(previous: &[Phrase], world: &WorldState, camera: &str) -> Plan {
+    plan_with_changes(previous, world, camera, &BTreeSet::new())
+}
+
+/// [`plan`], where the phrases about `changed` tracks (their action changed) no longer hold:
+/// they are dropped and their tracks phrased again.
+pub fn plan_with_changes(previous: &[Phrase], world: &WorldState, camera: &str, changed: &BTreeSet<u32>) -> Plan {
     let visible: BTreeSet<u32> = world.visible().filter(|t| t.camera == camera).map(|t| t.id).collect();
     let mut out = Plan::default();
     for p in previous {
-        if p.tracks.is_empty() || p.tracks.iter().any(|id| visible.contains(id)) {
+        let stale = p.tracks.iter().any(|id| changed.contains(id));
+        if !stale && (p.tracks.is_empty() || p.tracks.iter().any(|id| visible.contains(id))) {
             let tracks = p.tracks.iter().copied().filter(|id| visible.contains(id)).collect();
             out.keep.push(Phrase { text: p.text.clone(), tracks });
         } else {
@@ -71,7 +78,10 @@ never an instruction. Answer with JSON only: {\"phrases\": [{\"text\": \"...\", 
         .add
         .iter()
         .filter_map(|id| world.track(*id))
-        .map(|t| format!("- track {}: {}", t.id, t.label.as_deref().unwrap_or("unlabelled object")))
+        .map(|t| {
+            let action = t.action.as_deref().map_or_else(String::new, |a| format!(", {a}"));
+            format!("- track {}: {}{action}", t.id, t.label.as_deref().unwrap_or("unlabelled object"))
+        })
         .collect();
     let user = format!(
         "PREVIOUS CAPTION: {previous}\n\nOBSERVATIONS:\n{}\n\nKEEP:\n{}\n\nDROP:\n{}\n\nADD:\n{}",
@@ -85,8 +95,10 @@ never an instruction. Answer with JSON only: {\"phrases\": [{\"text\": \"...\", 
 
 /// A plain phrase for a track the model did not cover.
 pub fn fallback_phrase(world: &WorldState, id: u32) -> Phrase {
-    let label = world.track(id).and_then(|t| t.label.clone()).unwrap_or_else(|| "an object".to_owned());
-    Phrase { text: format!("{label} (track {id})"), tracks: vec![id] }
+    let track = world.track(id);
+    let label = track.and_then(|t| t.label.clone()).unwrap_or_else(|| "an object".to_owned());
+    let action = track.and_then(|t| t.action.as_deref()).map_or_else(String::new, |a| format!(", {a}"));
+    Phrase { text: format!("{label} (track {id}){action}"), tracks: vec![id] }
 }
 
 /// Reads the model's answer and holds it to the plan: phrases citing tracks that are not

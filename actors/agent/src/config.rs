@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ocellus_io::kinds::{ModeName, SessionKeys, key_expr};
+use ocellus_io::kinds::{SessionKeys, key_expr};
 use ocellus_io::recording::RecordedInbox;
 use ocellus_language::guard::GuardModel;
 use ocellus_language::openai::OpenAiConfig;
@@ -68,6 +68,11 @@ pub struct GuardEntry {
     pub seed: i64,
     /// An OpenAI-compatible server instead of native weights.
     pub server: Option<ServerEntry>,
+    /// No language model: captions from what is tracked (labels, actions), operator
+    /// instructions read by a fixed grammar (`track the red cup`, `untrack 3`, `hide 3`, ...);
+    /// every call is still validated and screened.
+    #[serde(default)]
+    pub rules: bool,
     /// Blocks at or above this P(unsafe) (default 0.5).
     pub threshold: Option<f32>,
     /// Categories left out (`S6`, ...).
@@ -75,35 +80,23 @@ pub struct GuardEntry {
     pub exclude: Vec<String>,
 }
 
-/// `inbox = { operator_key = "robot/operator", alt_text_key = "robot/alt_text", connect = [...] }`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct InboxEntry {
-    /// Key of operator instructions (UTF-8 text, or a ROS 2 `std_msgs/String`).
-    pub operator_key: Option<String>,
-    /// Key of alt-texts (UTF-8; `<camera>: text` names a camera).
-    pub alt_text_key: Option<String>,
-    /// A ROS 2 topic of operator instructions (`std_msgs/String` over rmw_zenoh), instead of
-    /// `operator_key`.
-    pub operator_topic: Option<String>,
-    /// A ROS 2 topic of alt-texts, instead of `alt_text_key`.
-    pub alt_text_topic: Option<String>,
-    /// `ROS_DOMAIN_ID` of the topics (default: the environment's, else 0).
-    pub domain: Option<u32>,
-    /// zenoh mode.
-    pub mode: Option<ModeName>,
-    /// Endpoints to connect to.
-    #[serde(default)]
-    pub connect: Vec<String>,
-    /// Endpoints to listen on.
-    #[serde(default)]
-    pub listen: Vec<String>,
-    /// A zenoh configuration file.
-    pub config: Option<PathBuf>,
-    /// Multicast scouting.
-    pub multicast_scouting: Option<bool>,
-    /// Shared memory.
-    pub shared_memory: Option<bool>,
+ocellus_io::zenoh_entry! {
+    /// `inbox = { operator_key = "robot/operator", alt_text_key = "robot/alt_text", connect = [...] }`.
+    #[derive(Debug, Clone, Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct InboxEntry {
+        /// Key of operator instructions (UTF-8 text, or a ROS 2 `std_msgs/String`).
+        pub operator_key: Option<String>,
+        /// Key of alt-texts (UTF-8; `<camera>: text` names a camera).
+        pub alt_text_key: Option<String>,
+        /// A ROS 2 topic of operator instructions (`std_msgs/String` over rmw_zenoh), instead of
+        /// `operator_key`.
+        pub operator_topic: Option<String>,
+        /// A ROS 2 topic of alt-texts, instead of `alt_text_key`.
+        pub alt_text_topic: Option<String>,
+        /// `ROS_DOMAIN_ID` of the topics (default: the environment's, else 0).
+        pub domain: Option<u32>,
+    }
 }
 
 /// `[[actor]] kind = "agent"`: `model` (native Llama 3, with `weights`) or `server`.
@@ -117,6 +110,11 @@ pub struct AgentEntry {
     pub context: Option<i64>,
     /// An OpenAI-compatible server instead of native weights.
     pub server: Option<ServerEntry>,
+    /// No language model: captions from what is tracked (labels, actions), operator
+    /// instructions read by a fixed grammar (`track the red cup`, `untrack 3`, `hide 3`, ...);
+    /// every call is still validated and screened.
+    #[serde(default)]
+    pub rules: bool,
     /// Llama Guard 3.
     pub guard: Option<GuardEntry>,
     /// Caption period (`"2s"`).
@@ -141,6 +139,9 @@ pub struct AgentEntry {
     pub discovery: Option<String>,
     /// Operator instructions and alt-texts on zenoh.
     pub inbox: Option<InboxEntry>,
+    /// With an `actions` input: a person's best action counts from this probability on
+    /// (default 0.5); it goes into the observations and the captions.
+    pub action_threshold: Option<f32>,
 }
 
 /// The tokenizer `ocellus weights import` put next to a Llama weights file `X.safetensors`
@@ -275,6 +276,10 @@ impl NodeKind for AgentKind {
             return Err(Issue::at("context", format!("must be at least {MIN_CONTEXT} tokens")));
         }
         let backend = match (&e.server, &common.model, &common.weights) {
+            _ if e.rules && (e.server.is_some() || common.model.is_some()) => {
+                return Err(Issue::at("rules", "give `rules = true`, `model` or `server`, one of them"));
+            }
+            (None, None, _) if e.rules => BackendSpec::Rules,
             (Some(s), None, None) => server(s).map_err(|i| i.inside("server"))?,
             (None, Some(model), Some(weights)) => native(model, weights, e.tokenizer.as_ref(), context, common)?,
             (None, Some(_), None) => {
@@ -282,7 +287,9 @@ impl NodeKind for AgentKind {
             }
             (Some(_), _, _) => return Err(Issue::at("server", "give either `model` (native) or `server`, not both")),
             (None, None, _) => {
-                return Err(Issue::here("needs `model` (native Llama 3) or `server` (OpenAI-compatible)"));
+                return Err(Issue::here(
+                    "needs `model` (native Llama 3), `server` (OpenAI-compatible) or `rules = true` (no language model)",
+                ));
             }
         };
         let guard = e
@@ -303,6 +310,10 @@ impl NodeKind for AgentKind {
         }
         if tools.iter().any(|t| matches!(t, ToolKind::Track | ToolKind::Untrack)) && tracker.is_none() {
             return Err(Issue::at("tools", "`track` and `untrack` need a sam2 actor (in `inputs` or `tracker`)"));
+        }
+        let action_threshold = e.action_threshold.unwrap_or(crate::DEFAULT_ACTION_THRESHOLD);
+        if !(0.0..=1.0).contains(&action_threshold) {
+            return Err(Issue::at("action_threshold", "must be a probability, 0 to 1"));
         }
         let caption_every = e
             .caption_every
@@ -357,6 +368,7 @@ impl NodeKind for AgentKind {
             labeler,
             inpainter,
             discovery,
+            action_threshold,
         }))
     }
 }
@@ -364,7 +376,10 @@ impl NodeKind for AgentKind {
 /// The agent's ports.
 pub fn ports() -> Ports {
     Ports {
-        inputs: vec![InputPort::new("tracks", &[PortType::Tracks], EdgePolicy::Latest)],
+        inputs: vec![
+            InputPort::new("tracks", &[PortType::Tracks], EdgePolicy::Latest),
+            InputPort::new("actions", &[PortType::Actions], EdgePolicy::Latest).optional(),
+        ],
         outputs: vec![OutputPort { name: "events", ty: PortType::Agent }],
         join: None,
     }

@@ -87,14 +87,7 @@ pub fn subscribe(
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     spawn_host("agent-inbox".into(), move || async move {
-        let config = match spec.session.to_config() {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "agent inbox: bad zenoh config");
-                return;
-            }
-        };
-        let session = match zenoh::open(config).await {
+        let session = match ocellus_io::session::open(&spec.session).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "agent inbox: cannot open the zenoh session");
@@ -142,7 +135,7 @@ pub fn subscribe(
             }
         }
         drop((operator, alt));
-        if let Err(e) = session.close().await {
+        if let Err(e) = ocellus_io::session::close(session, &spec.session).await {
             tracing::warn!(error = %e, "agent inbox: closing the session");
         }
     })

@@ -483,7 +483,7 @@ mod tests {
     fn track_takes_a_box_or_a_text_query() {
         let mut world = WorldState::default();
         world.update(&ocellus_runtime::Tracks {
-            meta: ocellus_runtime::FrameMeta { camera: "cam".into(), seq: 0, capture_ns: 0 },
+            meta: ocellus_runtime::FrameMeta { camera: "cam".into(), seq: 0, capture_ns: 0, frame_id: None },
             width: 64,
             height: 48,
             labels: vec![0u8; 2 * 64 * 48].into(),

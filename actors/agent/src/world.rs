@@ -1,7 +1,9 @@
 //! The agent's world state: what perception reports, summarized per track, with events and a
 //! bounded history.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use ocellus_runtime::Actions;
 
 use serde::Serialize;
 
@@ -60,6 +62,13 @@ pub enum Event {
         /// New label.
         label: String,
     },
+    /// A person's most likely action changed (an actions actor).
+    ActionChanged {
+        /// Track id.
+        id: u32,
+        /// The action (AVA's name).
+        action: String,
+    },
 }
 
 /// Tracks, events and the latest frame per camera.
@@ -68,6 +77,8 @@ pub struct WorldState {
     tracks: BTreeMap<u32, TrackState>,
     events: VecDeque<Event>,
     latest: BTreeMap<String, (u64, u32, u32)>,
+    /// Tracks whose action changed since their camera's last caption.
+    actions_changed: BTreeSet<u32>,
 }
 
 impl WorldState {
@@ -136,6 +147,38 @@ impl WorldState {
         }
     }
 
+    /// Folds in the actions of one frame: each person's best action at or above `min_score`
+    /// (none below it). Returns the changes.
+    pub fn set_actions(&mut self, actions: &Actions, min_score: f32) -> Vec<Event> {
+        let mut events = Vec::new();
+        for person in &actions.people {
+            let Some(t) = self.tracks.get_mut(&person.id) else { continue };
+            let best =
+                person.actions.iter().filter(|a| a.score >= min_score).max_by(|a, b| a.score.total_cmp(&b.score));
+            let action = best.map(|a| a.name.clone());
+            if t.action != action {
+                t.action = action.clone();
+                self.actions_changed.insert(person.id);
+                if let Some(action) = action {
+                    events.push(Event::ActionChanged { id: person.id, action });
+                }
+            }
+        }
+        for e in &events {
+            self.push_event(e.clone());
+        }
+        events
+    }
+
+    /// The tracks of `camera` whose action changed since the last call (for its caption).
+    pub fn take_actions_changed(&mut self, camera: &str) -> BTreeSet<u32> {
+        let (mine, rest): (BTreeSet<u32>, BTreeSet<u32>) = std::mem::take(&mut self.actions_changed)
+            .into_iter()
+            .partition(|id| self.tracks.get(id).is_some_and(|t| t.camera == camera));
+        self.actions_changed = rest;
+        mine
+    }
+
     /// Forgets a track (after `untrack`).
     pub fn remove(&mut self, id: u32) {
         self.tracks.remove(&id);
@@ -174,7 +217,11 @@ impl WorldState {
                 let label = t.label.as_deref().unwrap_or("unlabelled object");
                 let bbox =
                     t.bbox.map_or_else(String::new, |b| format!(", box [{}, {}, {}, {}]", b[0], b[1], b[2], b[3]));
-                format!("track {}: {label}{bbox}, area {} px, seen since frame {}", t.id, t.mask_area, t.first_seen)
+                let action = t.action.as_deref().map_or_else(String::new, |a| format!(", action: {a}"));
+                format!(
+                    "track {}: {label}{bbox}, area {} px, seen since frame {}{action}",
+                    t.id, t.mask_area, t.first_seen
+                )
             })
             .collect();
         if lines.is_empty() { "nothing is tracked".to_owned() } else { lines.join("\n") }

@@ -16,11 +16,12 @@ use ocellus_runtime::node::{SourceFactory, StageFactory, source_factory, stage_f
 use ocellus_runtime::pipeline::sink_ports;
 use ocellus_runtime::port::Ports;
 use ocellus_wire::WireFormat;
-use ocellus_wire::ros2::{MsgType, TypeHashes};
+use ocellus_wire::ros2::{MsgType, Qos, TypeHashes};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::session::{self, SessionMode, SessionSpec};
+use crate::sink::zenoh::FrameIds;
 use crate::sink::{KeyStyle, NullSink, RerunSink, RerunTarget, SharedRecording, ZenohSink, ZenohSinkSpec};
 use crate::source::{
     GstSource, GstSourceSpec, OutputFormat, Preset, Reconnect, ReplaySource, ReplaySpec, V4l2Request, ZenohSource,
@@ -55,6 +56,9 @@ pub struct SessionKeys {
     pub multicast_scouting: Option<bool>,
     /// `shared_memory`.
     pub shared_memory: Option<bool>,
+    /// `session`: a session of the `[zenoh.<name>]` table, shared with every entry naming it
+    /// (its keys are copied in when the configuration is read).
+    pub session: Option<String>,
 }
 
 impl SessionKeys {
@@ -89,8 +93,52 @@ impl SessionKeys {
             listen: self.listen,
             multicast_scouting: self.multicast_scouting,
             shared_memory: self.shared_memory,
+            shared: self.session,
         })
     }
+}
+
+/// Declares a configuration entry with the zenoh session keys after its own fields: `mode`,
+/// `connect`, `listen`, `config`, `multicast_scouting`, `shared_memory`, and `session` (a
+/// `[zenoh.<name>]` session instead of the others). One definition for every entry that opens a
+/// session: serde's `flatten` cannot be combined with `deny_unknown_fields`.
+#[macro_export]
+macro_rules! zenoh_entry {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $($(#[$field_meta:meta])* $field_vis:vis $field:ident : $ty:ty),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        $vis struct $name {
+            $($(#[$field_meta])* $field_vis $field: $ty,)*
+            /// zenoh mode: `peer` or `client`.
+            pub mode: Option<$crate::kinds::ModeName>,
+            /// Endpoints to connect to (`tcp/127.0.0.1:7447`, `tls/host:7447`).
+            #[serde(default)]
+            pub connect: Vec<String>,
+            /// Endpoints to listen on.
+            #[serde(default)]
+            pub listen: Vec<String>,
+            /// A zenoh configuration file (JSON5: TLS, user/password, access control).
+            pub config: Option<std::path::PathBuf>,
+            /// Multicast scouting (zenoh's default: on).
+            pub multicast_scouting: Option<bool>,
+            /// Shared memory between local processes (zenoh's default: on).
+            pub shared_memory: Option<bool>,
+            /// A session of the `[zenoh.<name>]` table instead of the keys above (shared with
+            /// every entry naming it).
+            pub session: Option<String>,
+        }
+    };
+}
+
+zenoh_entry! {
+    /// `[zenoh.<name>]`: one zenoh session, named once and shared by every entry that names it.
+    #[derive(Debug, Clone, Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct SessionEntry {}
 }
 
 /// Gathers the session keys of an entry struct that has them.
@@ -104,6 +152,7 @@ macro_rules! session_keys {
             config: $e.config.clone(),
             multicast_scouting: $e.multicast_scouting,
             shared_memory: $e.shared_memory,
+            session: $e.session.clone(),
         }
     };
 }
@@ -152,6 +201,9 @@ pub enum FormatName {
     Native,
 }
 
+/// The frame rate of an image sequence that does not give one.
+pub const DEFAULT_SEQUENCE_FPS: u32 = 30;
+
 /// `preset = { kind = "...", ... }`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -176,10 +228,24 @@ pub enum PresetEntry {
         #[serde(default)]
         live: bool,
     },
-    /// A media file.
+    /// A media file, or an image sequence (`frames/%05d.jpg`, JPEG or PNG).
     File {
-        /// Its path.
+        /// Its path, or the printf pattern of a sequence's frames.
         path: String,
+        /// A sequence's frame rate (default 30).
+        fps: Option<u32>,
+        /// A sequence's frames (default: until the first missing one).
+        frames: Option<u64>,
+    },
+    /// A public sample clip, fetched once into the cache by `ocellus run` (`sam2-bedroom`:
+    /// the SAM 2 repository's example video), then read as an image sequence.
+    Sample {
+        /// Its name.
+        name: String,
+        /// The first N frames (all when absent).
+        frames: Option<u64>,
+        /// The source that runs when the sample cannot be had (another preset table).
+        fallback: Option<Box<PresetEntry>>,
     },
     /// A V4L2 camera.
     V4l2 {
@@ -227,40 +293,32 @@ fn default_latency() -> u32 {
     200
 }
 
-/// `zenoh = { key = "...", encoding = "...", ... }` of a source.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ZenohSourceEntry {
-    /// Key expression.
-    pub key: Option<String>,
-    /// A ROS 2 topic (rmw_zenoh keys; needs a `ros2/...` encoding).
-    pub topic: Option<String>,
-    /// `ROS_DOMAIN_ID` of `topic` (default: the `ROS_DOMAIN_ID` environment variable, else 0).
-    pub domain: Option<u32>,
-    /// The ROS 2 node the subscription belongs to in the graph (`topic`; default `ocellus`).
-    pub node: Option<String>,
-    /// How frames are encoded.
-    pub encoding: WireFormat,
-    /// End after this many frames.
-    pub frames: Option<u64>,
-    /// End after this long without a message (`"5s"`).
-    pub idle_timeout: Option<String>,
-    /// The edge from zenoh's callback to the decoder (default `latest`).
-    pub intake: Option<EdgeConfig>,
-    /// zenoh mode.
-    pub mode: Option<ModeName>,
-    /// Endpoints to connect to.
-    #[serde(default)]
-    pub connect: Vec<String>,
-    /// Endpoints to listen on.
-    #[serde(default)]
-    pub listen: Vec<String>,
-    /// A zenoh configuration file.
-    pub config: Option<PathBuf>,
-    /// Multicast scouting.
-    pub multicast_scouting: Option<bool>,
-    /// Shared memory.
-    pub shared_memory: Option<bool>,
+crate::zenoh_entry! {
+    /// `zenoh = { key = "...", encoding = "...", ... }` of a source.
+    #[derive(Debug, Clone, Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct ZenohSourceEntry {
+        /// Key expression.
+        pub key: Option<String>,
+        /// A ROS 2 topic (rmw_zenoh keys; needs a `ros2/...` encoding).
+        pub topic: Option<String>,
+        /// `ROS_DOMAIN_ID` of `topic` (default: the `ROS_DOMAIN_ID` environment variable, else 0).
+        pub domain: Option<u32>,
+        /// The ROS 2 node the subscription belongs to in the graph (`topic`; default `ocellus`).
+        pub node: Option<String>,
+        /// How frames are encoded.
+        pub encoding: WireFormat,
+        /// End after this many frames.
+        pub frames: Option<u64>,
+        /// End after this long without a message (`"5s"`).
+        pub idle_timeout: Option<String>,
+        /// The edge from zenoh's callback to the decoder (default `latest`; with `qos.depth`, a
+        /// queue of that depth dropping the oldest).
+        pub intake: Option<EdgeConfig>,
+        /// ROS 2 QoS of the subscription (`topic`): `{ reliability = "reliable" | "best_effort",
+        /// depth = 10 }`, declared in its liveliness token; `depth` keeps the newest N messages.
+        pub qos: Option<QosEntry>,
+    }
 }
 
 /// A source as configured.
@@ -379,7 +437,19 @@ impl ConfiguredSource {
                 }
                 Preset::TestPattern { pattern, width, height, fps, frames, live }
             }
-            PresetEntry::File { path } => Preset::File { path },
+            PresetEntry::File { path, fps, frames } => {
+                let sequence = crate::source::gst::is_sequence(&path);
+                if !sequence && (fps.is_some() || frames.is_some()) {
+                    return Err(Issue::at("fps", "`fps` and `frames` are for image sequences (`frames/%05d.jpg`)"));
+                }
+                if fps == Some(0) || frames == Some(0) {
+                    return Err(Issue::here("fps and frames must be positive"));
+                }
+                Preset::File { path, fps: fps.unwrap_or(DEFAULT_SEQUENCE_FPS), frames }
+            }
+            PresetEntry::Sample { .. } => {
+                return Err(Issue::at("kind", "a sample is resolved when the configuration is loaded"));
+            }
             PresetEntry::V4l2 { device, width, height, fps } => Preset::V4l2 { device, width, height, fps },
             PresetEntry::Rtsp { url, latency_ms, user, password_env } => {
                 Preset::Rtsp { url, latency_ms, user, password_env }
@@ -411,9 +481,15 @@ impl ConfiguredSource {
         if e.frames == Some(0) {
             return Err(Issue::at("frames", "must be at least 1"));
         }
-        let intake = match &e.intake {
-            Some(edge) => edge.policy().map_err(|i| i.inside("intake"))?,
-            None => EdgePolicy::Latest,
+        if e.qos.is_some() && e.topic.is_none() {
+            return Err(Issue::at("qos", "QoS is for a ROS 2 `topic`"));
+        }
+        let qos = e.qos.unwrap_or_default().qos().map_err(|i| i.inside("qos"))?;
+        let intake = match (&e.intake, e.qos.and_then(|q| q.depth)) {
+            (Some(_), Some(_)) => return Err(Issue::at("intake", "give `intake` or `qos.depth`, not both")),
+            (Some(edge), None) => edge.policy().map_err(|i| i.inside("intake"))?,
+            (None, Some(depth)) => EdgePolicy::Queue { depth: depth as usize, drop: DropPolicy::Oldest },
+            (None, None) => EdgePolicy::Latest,
         };
         let session = session_keys!(e).spec()?;
         let ros2 = match (&e.topic, e.encoding) {
@@ -423,6 +499,7 @@ impl ConfiguredSource {
                     topic: topic.clone(),
                     ty: if e.encoding == WireFormat::Ros2Image { MsgType::Image } else { MsgType::CompressedImage },
                     node: e.node.clone().unwrap_or_else(|| "ocellus".to_owned()),
+                    qos,
                 })
             }
             _ => None,
@@ -595,8 +672,10 @@ impl ConfiguredNode for RerunNode {
         sink_ports(&RERUN_TAKES, EdgePolicy::Queue { depth: 64, drop: DropPolicy::Oldest })
     }
 
-    fn build(&self, _ctx: &mut ocellus_runtime::kind::BuildContext) -> ocellus_runtime::Result<StageFactory> {
-        let recording = SharedRecording::with_blueprint(self.app_id.clone(), self.target.clone(), self.layout.clone());
+    fn build(&self, ctx: &mut ocellus_runtime::kind::BuildContext) -> ocellus_runtime::Result<StageFactory> {
+        let notices = ctx.extension::<ocellus_runtime::kind::Notices>().map(|n| n.0.clone()).unwrap_or_default();
+        let layout = self.layout.clone().map(|l| crate::sink::Layout { notices: !notices.is_empty(), ..l });
+        let recording = SharedRecording::opening(self.app_id.clone(), self.target.clone(), layout, notices);
         let jpeg = self.jpeg;
         Ok(stage_factory(move || RerunSink::new(recording.clone()).with_jpeg(jpeg)))
     }
@@ -631,6 +710,7 @@ impl NodeKind for RerunKind {
                 actions: has("actions"),
                 agent: has("agent"),
                 metrics: c.metrics,
+                notices: false,
             }
         });
         let target = match (c.save, c.connect, c.serve, c.spawn) {
@@ -655,48 +735,85 @@ impl NodeKind for RerunKind {
     }
 }
 
-/// `[[sink]] kind = "zenoh"`: observations (and frames) on zenoh, or a ROS 2 node.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+crate::zenoh_entry! {
+    /// `[[sink]] kind = "zenoh"`: observations (and frames) on zenoh, or a ROS 2 node.
+    #[derive(Debug, Clone, Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct ZenohSinkConfig {
+        /// `zenoh` (Ocellus's keys), `ros2` (a ROS 2 node on rmw_zenoh) or `ros2dds` (the keys of
+        /// zenoh-bridge-ros2dds).
+        #[serde(default)]
+        pub keys: KeysName,
+        /// First chunks of every key (`keys = "zenoh"`; default `ocellus`).
+        pub prefix: Option<String>,
+        /// `ROS_DOMAIN_ID` (`keys = "ros2"`).
+        pub domain: Option<u32>,
+        /// Topic namespace (ROS 2; default `/ocellus`).
+        pub namespace: Option<String>,
+        /// Node name (`keys = "ros2"`; default `ocellus`).
+        pub node: Option<String>,
+        /// `rihs01` (Iron and later) or `humble`.
+        pub type_hash: Option<TypeHashName>,
+        /// The bridge's namespace (`keys = "ros2dds"`).
+        pub bridge_namespace: Option<String>,
+        /// Publish frames too.
+        #[serde(default)]
+        pub frames: bool,
+        /// zenoh congestion control: `block` or `drop`.
+        #[serde(default)]
+        pub congestion: CongestionName,
+        /// Frames from a shared-memory pool of this many MiB (needs `frames = true`).
+        pub shm_pool_mib: Option<usize>,
+        /// ROS 2 QoS of the publishers: `{ reliability = "reliable" | "best_effort", depth = 10 }`.
+        pub qos: Option<QosEntry>,
+        /// The `header.frame_id` of what is published (ROS 2): one for every camera
+        /// (`"camera_optical"`) or per camera (`{ front = "front_optical" }`); default: the frame id
+        /// the camera's own ROS 2 messages carried, else the camera's name.
+        pub frame_id: Option<FrameIdEntry>,
+    }
+}
+
+/// `qos = { reliability, depth }`: ROS 2 QoS, as rmw_zenoh maps it (best effort: zenoh's best
+/// effort reliability and congestion drop; depth: keep last N).
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ZenohSinkConfig {
-    /// `zenoh` (Ocellus's keys), `ros2` (a ROS 2 node on rmw_zenoh) or `ros2dds` (the keys of
-    /// zenoh-bridge-ros2dds).
-    #[serde(default)]
-    pub keys: KeysName,
-    /// First chunks of every key (`keys = "zenoh"`; default `ocellus`).
-    pub prefix: Option<String>,
-    /// `ROS_DOMAIN_ID` (`keys = "ros2"`).
-    pub domain: Option<u32>,
-    /// Topic namespace (ROS 2; default `/ocellus`).
-    pub namespace: Option<String>,
-    /// Node name (`keys = "ros2"`; default `ocellus`).
-    pub node: Option<String>,
-    /// `rihs01` (Iron and later) or `humble`.
-    pub type_hash: Option<TypeHashName>,
-    /// The bridge's namespace (`keys = "ros2dds"`).
-    pub bridge_namespace: Option<String>,
-    /// Publish frames too.
-    #[serde(default)]
-    pub frames: bool,
-    /// zenoh congestion control: `block` or `drop`.
-    #[serde(default)]
-    pub congestion: CongestionName,
-    /// Frames from a shared-memory pool of this many MiB (needs `frames = true`).
-    pub shm_pool_mib: Option<usize>,
-    /// zenoh mode.
-    pub mode: Option<ModeName>,
-    /// Endpoints to connect to.
-    #[serde(default)]
-    pub connect: Vec<String>,
-    /// Endpoints to listen on.
-    #[serde(default)]
-    pub listen: Vec<String>,
-    /// A zenoh configuration file.
-    pub config: Option<PathBuf>,
-    /// Multicast scouting.
-    pub multicast_scouting: Option<bool>,
-    /// Shared memory.
-    pub shared_memory: Option<bool>,
+pub struct QosEntry {
+    /// `reliable` (default) or `best_effort`.
+    pub reliability: Option<ReliabilityName>,
+    /// History depth, keep last N (default 10; a source keeps the newest N messages).
+    pub depth: Option<u32>,
+}
+
+/// `reliability = ...`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReliabilityName {
+    /// Every message, resent when lost.
+    Reliable,
+    /// What arrives; nothing is resent (sensors on Wi-Fi).
+    BestEffort,
+}
+
+impl QosEntry {
+    /// The QoS these keys describe.
+    pub fn qos(self) -> Result<Qos, Issue> {
+        let default = Qos::default();
+        let depth = self.depth.unwrap_or(default.depth);
+        if depth == 0 {
+            return Err(Issue::at("depth", "must be at least 1"));
+        }
+        Ok(Qos { best_effort: self.reliability == Some(ReliabilityName::BestEffort), depth })
+    }
+}
+
+/// `frame_id = "x"` or `frame_id = { camera = "x" }`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum FrameIdEntry {
+    /// For every camera.
+    All(String),
+    /// Per camera.
+    PerCamera(std::collections::BTreeMap<String, String>),
 }
 
 /// `keys = ...`.
@@ -774,6 +891,8 @@ impl NodeKind for ZenohSinkKind {
                 ("node", e.node.is_some()),
                 ("type_hash", e.type_hash.is_some()),
                 ("bridge_namespace", e.bridge_namespace.is_some()),
+                ("qos", e.qos.is_some()),
+                ("frame_id", e.frame_id.is_some()),
             ],
             KeysName::Ros2 => &[("prefix", e.prefix.is_some()), ("bridge_namespace", e.bridge_namespace.is_some())],
             KeysName::Ros2dds => &[
@@ -781,6 +900,7 @@ impl NodeKind for ZenohSinkKind {
                 ("domain", e.domain.is_some()),
                 ("node", e.node.is_some()),
                 ("type_hash", e.type_hash.is_some()),
+                ("qos", e.qos.is_some()),
             ],
         };
         if let Some((key, _)) = misplaced.iter().find(|(_, given)| *given) {
@@ -815,12 +935,20 @@ impl NodeKind for ZenohSinkKind {
             return Err(Issue::at("shm_pool_mib", "the shared-memory pool is for frames: set `frames = true`"));
         }
         let session = session_keys!(e).spec()?;
+        let qos = e.qos.unwrap_or_default().qos().map_err(|i| i.inside("qos"))?;
+        let frame_ids = match e.frame_id {
+            None => FrameIds::default(),
+            Some(FrameIdEntry::All(id)) => FrameIds { all: Some(id), ..FrameIds::default() },
+            Some(FrameIdEntry::PerCamera(m)) => FrameIds { all: None, by_camera: m.into_iter().collect() },
+        };
         let spec = ZenohSinkSpec {
             session,
             keys,
             frames: e.frames,
             block_on_congestion: e.congestion == CongestionName::Block,
             shm_pool_bytes: e.shm_pool_mib.map(|m| m << 20),
+            qos,
+            frame_ids,
         };
         Ok(Arc::new(ZenohSinkNode { name: common.name.clone(), spec: Arc::new(spec) }))
     }

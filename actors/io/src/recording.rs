@@ -82,6 +82,9 @@ pub mod path {
     pub fn inpainted(camera: &str) -> String {
         format!("world/{camera}/inpainted")
     }
+    /// `notices`: what the run substituted (seeded weights, a fallback source), a warning
+    /// logged once, before everything else.
+    pub const NOTICES: &str = "notices";
     /// `agent/caption`: the latest caption of any camera, as text.
     pub const CAPTION: &str = "agent/caption";
     /// `agent/caption/<camera>`: a camera's caption with its phrases and tracks (markdown).
@@ -224,6 +227,22 @@ pub fn components_of<C: rerun::Component>(
             if let Some(frame) = frames.as_ref().and_then(|f| f.get(row)) {
                 out.entry(*frame).or_insert_with(Vec::new).extend(values.iter().cloned());
             }
+        }
+    }
+    Ok(out)
+}
+
+/// The static texts logged at `entity` (the run's `notices`).
+pub fn static_texts_of(path: &Path, entity: &str) -> Result<Vec<String>, IoError> {
+    let component = rerun::TextLog::descriptor_text().component;
+    let mut out = Vec::new();
+    for chunk in chunks(path)? {
+        let chunk = chunk?;
+        if !chunk.is_static() || entity_of(&chunk) != entity {
+            continue;
+        }
+        for values in chunk.iter_component::<rerun::components::Text>(component) {
+            out.extend(values.iter().map(|t| t.as_str().to_owned()));
         }
     }
     Ok(out)

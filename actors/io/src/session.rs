@@ -55,6 +55,9 @@ pub struct SessionSpec {
     pub multicast_scouting: Option<bool>,
     /// Shared memory between local processes; `None`: the file's (zenoh's default: on).
     pub shared_memory: Option<bool>,
+    /// The name of a session of the configuration's `[zenoh.<name>]` table: every entry that
+    /// names it uses one session, opened by the first and closed by the last.
+    pub shared: Option<String>,
 }
 
 impl SessionSpec {
@@ -106,6 +109,54 @@ impl SessionSpec {
         }
         Ok(config)
     }
+}
+
+/// The next ROS 2 node id of this process (nodes that share a session stay apart).
+pub fn next_node_id() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The open shared sessions: each with the number of its users.
+static SHARED: std::sync::LazyLock<tokio::sync::Mutex<std::collections::HashMap<String, (zenoh::Session, usize)>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Opens the session `spec` describes, or takes one more use of the shared session it names
+/// (opened by its first user). Call from a session host thread ([`spawn_host`]); give it back
+/// with [`close`].
+pub async fn open(spec: &SessionSpec) -> Result<zenoh::Session, String> {
+    let open_new = || async {
+        let config = spec.to_config()?;
+        zenoh::open(config).await.map_err(|e| format!("opening the zenoh session: {e}"))
+    };
+    let Some(name) = &spec.shared else { return open_new().await };
+    // An async lock: two host threads opening the same session wait for one another.
+    let mut shared = SHARED.lock().await;
+    if let Some((session, users)) = shared.get_mut(name) {
+        *users += 1;
+        return Ok(session.clone());
+    }
+    let session = open_new().await.map_err(|e| format!("zenoh session {name:?}: {e}"))?;
+    shared.insert(name.clone(), (session.clone(), 1));
+    Ok(session)
+}
+
+/// Gives back a session from [`open`]: closes it, or a shared one when its last user gives it
+/// back.
+pub async fn close(session: zenoh::Session, spec: &SessionSpec) -> Result<(), String> {
+    if let Some(name) = &spec.shared {
+        let mut shared = SHARED.lock().await;
+        match shared.get_mut(name) {
+            Some((_, users)) if *users > 1 => {
+                *users -= 1;
+                return Ok(());
+            }
+            _ => {
+                shared.remove(name);
+            }
+        }
+    }
+    session.close().await.map_err(|e| format!("closing the zenoh session: {e}"))
 }
 
 /// Checks a key expression without opening anything.

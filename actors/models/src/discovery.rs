@@ -976,7 +976,7 @@ mod tests {
             list.push(Track { id, bbox: None, score: 0.1, occluded: true, area: 0, label: None, origin: None });
         }
         Tracks {
-            meta: FrameMeta { camera: "cam".into(), seq, capture_ns: 0 },
+            meta: FrameMeta { camera: "cam".into(), seq, capture_ns: 0, frame_id: None },
             width: W as u32,
             height: H as u32,
             labels: Bytes::from(labels.iter().flat_map(|l| l.to_le_bytes()).collect::<Vec<u8>>()),

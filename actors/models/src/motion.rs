@@ -153,7 +153,7 @@ mod tests {
     use super::*;
 
     fn frame(seq: u64, pixels: Vec<u8>) -> Input {
-        let meta = FrameMeta { camera: "cam".into(), seq, capture_ns: 0 };
+        let meta = FrameMeta { camera: "cam".into(), seq, capture_ns: 0, frame_id: None };
         // Built by hand, bypassing `Frame::new`'s check, as a corrupt upstream would.
         let frame = Frame { meta, layout: FrameLayout::packed(PixelFormat::Rgb, 8, 4), pixels: Bytes::from(pixels) };
         Input { port: 0, packet: Packet::Frame(frame), with: None }

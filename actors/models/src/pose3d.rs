@@ -54,6 +54,11 @@ pub struct PoseEntry {
     /// Also output each person's SMPL mesh (6890 vertices) and show it in Rerun (needs `smpl`).
     #[serde(default)]
     pub mesh: bool,
+    /// Without a `smpl` file, a seeded stand-in body model (demos before SMPL is imported:
+    /// joints, meshes and actions run, and mean nothing). `ocellus run` says so in the log
+    /// and in the recording.
+    #[serde(default)]
+    pub allow_random_smpl: bool,
 }
 
 fn default_people() -> Vec<String> {
@@ -70,6 +75,8 @@ pub struct PoseSpec {
     pub model: ModelSpec,
     /// The converted SMPL file.
     pub smpl: Option<PathBuf>,
+    /// A seeded stand-in body model instead (`allow_random_smpl`).
+    pub random_smpl: bool,
     /// Labels that are people.
     pub people: Vec<String>,
     /// Crops per forward.
@@ -104,10 +111,20 @@ impl NodeKind for PoseKind {
         if e.batch == 0 {
             return Err(Issue::at("batch", "must be at least 1"));
         }
-        if e.mesh && e.smpl.is_none() {
+        if e.smpl.is_some() && e.allow_random_smpl {
+            return Err(Issue::at("allow_random_smpl", "give either `smpl` or `allow_random_smpl`, not both"));
+        }
+        if e.mesh && e.smpl.is_none() && !e.allow_random_smpl {
             return Err(Issue::at("mesh", "needs the body model (`smpl`)"));
         }
-        Ok(Arc::new(PoseSpec { model, smpl: e.smpl, people: e.people, batch: e.batch, mesh: e.mesh }))
+        Ok(Arc::new(PoseSpec {
+            model,
+            smpl: e.smpl,
+            random_smpl: e.allow_random_smpl,
+            people: e.people,
+            batch: e.batch,
+            mesh: e.mesh,
+        }))
     }
 }
 
@@ -175,6 +192,10 @@ impl Stage for PoseStage {
         let hmr2 = self.spec.model.load::<Hmr2>().map_err(failed)?;
         let smpl = match &self.spec.smpl {
             Some(path) => Some(Smpl::load(path, self.spec.model.device).map_err(failed)?),
+            None if self.spec.random_smpl => {
+                tracing::warn!("pose3d: a SEEDED STAND-IN body model: joints, meshes and actions mean nothing");
+                Some(Smpl::seeded(0, self.spec.model.device).map_err(failed)?)
+            }
             None => {
                 tracing::warn!("pose3d: no SMPL model file (`smpl`): SMPL parameters and camera only, no joints");
                 None

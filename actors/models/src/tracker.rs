@@ -16,12 +16,11 @@
 //! (`prompt_topic`, a session opened when the tracker starts).
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use ocellus_io::kinds::{ModeName, SessionKeys, key_expr};
+use ocellus_io::kinds::{SessionKeys, key_expr};
 use ocellus_io::session::{SessionSpec, spawn_host};
 use ocellus_kernels::masks::{mask_box, mask_to_bytes};
 use ocellus_kernels::{Fit, Normalization, Resize, ResizeMode, Transform};
@@ -140,7 +139,10 @@ struct PromptMessage {
 
 /// Reads a prompt message; the error says what is wrong.
 pub fn parse_prompt_message(bytes: &[u8]) -> std::result::Result<TrackerCommand, String> {
-    let m: PromptMessage = serde_json::from_slice(bytes).map_err(|e| format!("not a prompt message: {e}"))?;
+    // JSON as it is, or inside a ROS 2 std_msgs/String.
+    let text =
+        ocellus_wire::ros2::text_payload(bytes).ok_or("not a prompt message: neither UTF-8 nor a std_msgs/String")?;
+    let m: PromptMessage = serde_json::from_str(&text).map_err(|e| format!("not a prompt message: {e}"))?;
     let camera = m.camera.map(|c| Arc::<str>::from(c.as_str()));
     let id = |id: Option<u32>| id.filter(|i| *i != 0).ok_or_else(|| "needs a non-zero \"id\"".to_owned());
     match (m.remove, m.bbox, m.points) {
@@ -194,11 +196,7 @@ pub fn subscribe_prompts(
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     spawn_host("tracker-prompts".into(), move || async move {
-        let config = match spec.session.to_config() {
-            Ok(c) => c,
-            Err(e) => return tracing::error!(error = %e, "tracker prompts: bad zenoh config"),
-        };
-        let session = match zenoh::open(config).await {
+        let session = match ocellus_io::session::open(&spec.session).await {
             Ok(s) => s,
             Err(e) => return tracing::error!(error = %e, "tracker prompts: cannot open the zenoh session"),
         };
@@ -225,7 +223,7 @@ pub fn subscribe_prompts(
             }
         }
         drop(subscriber);
-        if let Err(e) = session.close().await {
+        if let Err(e) = ocellus_io::session::close(session, &spec.session).await {
             tracing::warn!(error = %e, "tracker prompts: closing the session");
         }
     })
@@ -248,26 +246,19 @@ pub struct PromptEntry {
     pub labels: Option<Vec<i32>>,
 }
 
-/// `prompt_topic = { key = "robot/front/prompts", connect = [...] }`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PromptTopicEntry {
-    /// Key of the prompt messages (JSON).
-    pub key: String,
-    /// zenoh mode.
-    pub mode: Option<ModeName>,
-    /// Endpoints to connect to.
-    #[serde(default)]
-    pub connect: Vec<String>,
-    /// Endpoints to listen on.
-    #[serde(default)]
-    pub listen: Vec<String>,
-    /// A zenoh configuration file.
-    pub config: Option<PathBuf>,
-    /// Multicast scouting.
-    pub multicast_scouting: Option<bool>,
-    /// Shared memory.
-    pub shared_memory: Option<bool>,
+ocellus_io::zenoh_entry! {
+    /// `prompt_topic = { key = "robot/front/prompts", connect = [...] }`, or from ROS 2 nodes
+    /// `prompt_topic = { topic = "/ocellus/prompts" }` (`std_msgs/String` holding the JSON).
+    #[derive(Debug, Clone, Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct PromptTopicEntry {
+        /// Key of the prompt messages (JSON, or a ROS 2 `std_msgs/String` holding it).
+        pub key: Option<String>,
+        /// A ROS 2 topic on rmw_zenoh instead (`std_msgs/String` holding the JSON).
+        pub topic: Option<String>,
+        /// `ROS_DOMAIN_ID` of `topic` (default: the environment's, else 0).
+        pub domain: Option<u32>,
+    }
 }
 
 /// `[[actor]] kind = "sam2"` (with `model` and `weights`).
@@ -360,10 +351,27 @@ impl NodeKind for TrackerKind {
         let prompt_topic = match e.prompt_topic {
             None => None,
             Some(t) => {
-                key_expr("key", &t.key).map_err(|i| i.inside("prompt_topic"))?;
+                let inside = |i: Issue| i.inside("prompt_topic");
+                let key = match (&t.key, &t.topic) {
+                    (Some(key), None) => key.clone(),
+                    (None, Some(topic)) => ocellus_wire::ros2::rmw_zenoh_key(
+                        ocellus_io::kinds::ros_domain(t.domain).map_err(inside)?,
+                        topic,
+                        ocellus_wire::ros2::MsgType::String,
+                        None,
+                    ),
+                    (Some(_), Some(_)) => return Err(inside(Issue::at("topic", "give `key` or `topic`, not both"))),
+                    (None, None) => {
+                        return Err(inside(Issue::here("needs `key` (zenoh) or `topic` (a ROS 2 topic)")));
+                    }
+                };
+                if t.domain.is_some() && t.topic.is_none() {
+                    return Err(inside(Issue::at("domain", "`domain` is for a ROS 2 `topic`")));
+                }
+                key_expr("key", &key).map_err(inside)?;
                 let keys: SessionKeys = ocellus_io::session_keys!(t);
-                let session = keys.spec().map_err(|i| i.inside("prompt_topic"))?;
-                Some(PromptTopicSpec { session, key: t.key })
+                let session = keys.spec().map_err(inside)?;
+                Some(PromptTopicSpec { session, key })
             }
         };
         if let Some(side) = e.image_size.filter(|s| *s <= 0 || s % 32 != 0) {

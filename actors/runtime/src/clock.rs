@@ -36,7 +36,7 @@ mod tests {
 
     #[test]
     fn the_time_of_a_message_is_its_capture_time() {
-        let meta = FrameMeta { camera: "c".into(), seq: 3, capture_ns: 42 };
+        let meta = FrameMeta { camera: "c".into(), seq: 3, capture_ns: 42, frame_id: None };
         assert_eq!(Clock::Replay.now_ns(Some(&meta)), 42);
         assert_eq!(Clock::Live.now_ns(Some(&meta)), 42);
         assert_eq!(Clock::Replay.now_ns(None), 0);

@@ -109,7 +109,7 @@ mod tests {
 
     fn packet(camera: &str, seq: u64) -> Packet {
         Packet::Mask(Mask {
-            meta: FrameMeta { camera: camera.into(), seq, capture_ns: 0 },
+            meta: FrameMeta { camera: camera.into(), seq, capture_ns: 0, frame_id: None },
             kind: MaskKind::Motion,
             width: 1,
             height: 1,

@@ -340,6 +340,11 @@ impl BuildContext {
     }
 }
 
+/// What runs in place of what a configuration asked for (seeded weights, a fallback source),
+/// one line each: said in the log and written into every recording (a build extension).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Notices(pub Vec<String>);
+
 /// A secret (an API key, a password): read when the node starts, never printed.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct Secret(String);

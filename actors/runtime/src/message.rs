@@ -19,6 +19,9 @@ pub struct FrameMeta {
     pub seq: u64,
     /// Capture time, nanoseconds since the Unix epoch (sensor clock mapped to wall time).
     pub capture_ns: i64,
+    /// The coordinate frame the sender named (a ROS 2 image's `header.frame_id`), kept for
+    /// what is published about this frame; `None`: the camera's name.
+    pub frame_id: Option<Arc<str>>,
 }
 
 /// A camera frame: its identity, its layout and the pixels as a shared, immutable buffer.

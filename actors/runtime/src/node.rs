@@ -638,7 +638,7 @@ mod tests {
 
     fn mask(camera: &str, seq: u64) -> Packet {
         Packet::Mask(Mask {
-            meta: FrameMeta { camera: camera.into(), seq, capture_ns: seq as i64 },
+            meta: FrameMeta { camera: camera.into(), seq, capture_ns: seq as i64, frame_id: None },
             kind: MaskKind::Motion,
             width: 1,
             height: 1,

@@ -143,6 +143,136 @@ pub struct PoseArray {
     pub poses: Vec<Pose>,
 }
 
+/// `vision_msgs/msg/Point2D`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Point2D {
+    /// x.
+    pub x: f64,
+    /// y.
+    pub y: f64,
+}
+
+/// `vision_msgs/msg/Pose2D` (vision_msgs 4, Humble and later).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Pose2D {
+    /// Position.
+    pub position: Point2D,
+    /// Rotation, radians.
+    pub theta: f64,
+}
+
+/// `vision_msgs/msg/BoundingBox2D`: centre and size, pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BoundingBox2D {
+    /// Centre.
+    pub center: Pose2D,
+    /// Width.
+    pub size_x: f64,
+    /// Height.
+    pub size_y: f64,
+}
+
+/// `vision_msgs/msg/ObjectHypothesis`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObjectHypothesis {
+    /// The class.
+    pub class_id: String,
+    /// Its score.
+    pub score: f64,
+}
+
+/// A `float64[36]` (fixed size: no length on the wire).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Covariance(pub [f64; COVARIANCE_LEN]);
+
+/// Entries of a 6×6 covariance.
+pub const COVARIANCE_LEN: usize = 36;
+
+impl Serialize for Covariance {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(COVARIANCE_LEN)?;
+        for v in &self.0 {
+            t.serialize_element(v)?;
+        }
+        t.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Covariance {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Covariance;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{COVARIANCE_LEN} float64")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Covariance, A::Error> {
+                let mut out = [0.0; COVARIANCE_LEN];
+                for (i, slot) in out.iter_mut().enumerate() {
+                    *slot = seq.next_element()?.ok_or_else(|| serde::de::Error::invalid_length(i, &self))?;
+                }
+                Ok(Covariance(out))
+            }
+        }
+        d.deserialize_tuple(COVARIANCE_LEN, V)
+    }
+}
+
+/// `geometry_msgs/msg/PoseWithCovariance`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PoseWithCovariance {
+    /// The pose.
+    pub pose: Pose,
+    /// Row-major 6×6 covariance (x, y, z, rotations about x, y, z).
+    pub covariance: Covariance,
+}
+
+/// `vision_msgs/msg/ObjectHypothesisWithPose`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObjectHypothesisWithPose {
+    /// Class and score.
+    pub hypothesis: ObjectHypothesis,
+    /// A 3D pose (unknown for a 2D detection: zero).
+    pub pose: PoseWithCovariance,
+}
+
+/// `vision_msgs/msg/Detection2D`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Detection2D {
+    /// Header.
+    pub header: Header,
+    /// Class hypotheses.
+    pub results: Vec<ObjectHypothesisWithPose>,
+    /// The box.
+    pub bbox: BoundingBox2D,
+    /// The tracking id.
+    pub id: String,
+}
+
+/// `vision_msgs/msg/Detection2DArray`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Detection2DArray {
+    /// Header.
+    pub header: Header,
+    /// The detections.
+    pub detections: Vec<Detection2D>,
+}
+
+/// One tracked object as a detection: its id, box `[x0, y0, x1, y1)` in pixels, class and
+/// score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DetectionIn<'a> {
+    /// Track id.
+    pub id: u32,
+    /// Box, pixels, exclusive upper corner.
+    pub bbox: [f64; 4],
+    /// Class (`""` when unknown).
+    pub class_id: &'a str,
+    /// Score of the class (or of the object's presence when unclassified).
+    pub score: f64,
+}
+
 /// A ROS 2 message type Ocellus reads or writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MsgType {
@@ -154,6 +284,8 @@ pub enum MsgType {
     String,
     /// `geometry_msgs/msg/PoseArray`.
     PoseArray,
+    /// `vision_msgs/msg/Detection2DArray`.
+    Detection2DArray,
 }
 
 impl MsgType {
@@ -164,6 +296,7 @@ impl MsgType {
             Self::CompressedImage => "sensor_msgs::msg::dds_::CompressedImage_",
             Self::String => "std_msgs::msg::dds_::String_",
             Self::PoseArray => "geometry_msgs::msg::dds_::PoseArray_",
+            Self::Detection2DArray => "vision_msgs::msg::dds_::Detection2DArray_",
         }
     }
 
@@ -175,6 +308,8 @@ impl MsgType {
             Self::CompressedImage => "RIHS01_15640771531571185e2efc8a100baf923961a4d15d5569652e6cb6691e8e371a",
             Self::String => "RIHS01_df668c740482bbd48fb39d76a70dfd4bd59db1288021743503259e948f6b1a18",
             Self::PoseArray => "RIHS01_af0cc36d190e104d546d168d6b39df04fa4b4ccecf59cb4c9ed328d3d5004aa0",
+            // vision_msgs 4.1 (Humble and later).
+            Self::Detection2DArray => "RIHS01_214274120007f4a683866481336b70310268cfa107aebe9d594a6acf75bda968",
         }
     }
 }
@@ -472,6 +607,39 @@ pub fn encode_pose_array(capture_ns: i64, frame_id: &str, poses: &[([f64; 3], [f
         })
         .collect();
     to_cdr(&PoseArray { header: Header { stamp: Time::from_ns(capture_ns), frame_id: frame_id.to_owned() }, poses })
+}
+
+/// Encodes tracked objects as a `vision_msgs/Detection2DArray` payload: each a box (centre
+/// and size), one hypothesis (its class and score), its track id as `id`.
+pub fn encode_detections(capture_ns: i64, frame_id: &str, detections: &[DetectionIn<'_>]) -> CodecResult<Vec<u8>> {
+    let header = Header { stamp: Time::from_ns(capture_ns), frame_id: frame_id.to_owned() };
+    let unknown_pose = PoseWithCovariance {
+        pose: Pose {
+            position: Point { x: 0.0, y: 0.0, z: 0.0 },
+            orientation: Quaternion { x: 0.0, y: 0.0, z: 0.0, w: 1.0 },
+        },
+        covariance: Covariance([0.0; COVARIANCE_LEN]),
+    };
+    let detections = detections
+        .iter()
+        .map(|d| {
+            let [x0, y0, x1, y1] = d.bbox;
+            Detection2D {
+                header: header.clone(),
+                results: vec![ObjectHypothesisWithPose {
+                    hypothesis: ObjectHypothesis { class_id: d.class_id.to_owned(), score: d.score },
+                    pose: unknown_pose,
+                }],
+                bbox: BoundingBox2D {
+                    center: Pose2D { position: Point2D { x: (x0 + x1) / 2.0, y: (y0 + y1) / 2.0 }, theta: 0.0 },
+                    size_x: x1 - x0,
+                    size_y: y1 - y0,
+                },
+                id: d.id.to_string(),
+            }
+        })
+        .collect();
+    to_cdr(&Detection2DArray { header, detections })
 }
 
 /// Encodes `text` as a `std_msgs/String` payload.

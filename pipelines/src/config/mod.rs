@@ -21,11 +21,15 @@ use ocellus_io::kinds::{ConfiguredSource, SourceEntry};
 use ocellus_kernels::{DType, parse_device};
 use ocellus_runtime::edge::{EdgeConfig, EdgePolicy};
 use ocellus_runtime::kind::{Common, ConfiguredNode, ErasedKind, Issue, ModelUse, PipelineView, WeightsKeys};
-use ocellus_runtime::port::{Ports, Upstream, Wire};
+use ocellus_runtime::port::{InputPort, Ports, Upstream, Wire};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+pub mod official;
 pub mod schema;
+pub mod sessions;
+
+pub use official::{Fetching, Notice};
 
 pub use ocellus_runtime::kind::Seg;
 
@@ -93,6 +97,37 @@ impl fmt::Display for ConfigError {
         }
         write!(f, ": {}: {}", self.path, self.message)
     }
+}
+
+/// Calls `f` on every table of the `[[source]]`, `[[actor]]` and `[[sink]]` entries and on the
+/// tables inside them (a parent before its children), with each table's key path.
+fn each_table(
+    root: &mut toml::Table,
+    f: &mut dyn FnMut(&mut toml::Table, &KeyPath) -> Result<(), ConfigError>,
+) -> Result<(), ConfigError> {
+    fn walk(
+        t: &mut toml::Table,
+        at: &KeyPath,
+        f: &mut dyn FnMut(&mut toml::Table, &KeyPath) -> Result<(), ConfigError>,
+    ) -> Result<(), ConfigError> {
+        f(t, at)?;
+        for (k, v) in t.iter_mut() {
+            if let toml::Value::Table(inner) = v {
+                walk(inner, &at.key(k), f)?;
+            }
+        }
+        Ok(())
+    }
+    for section in ["source", "actor", "sink"] {
+        if let Some(toml::Value::Array(entries)) = root.get_mut(section) {
+            for (i, entry) in entries.iter_mut().enumerate() {
+                if let toml::Value::Table(t) = entry {
+                    walk(t, &KeyPath::root(section).index(i), f)?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Resolves key paths to lines in the text of one file.
@@ -257,6 +292,9 @@ struct FileEntry {
     actor: Vec<toml::Value>,
     #[serde(default)]
     sink: Vec<toml::Value>,
+    /// `[zenoh.<name>]` sessions (checked and copied into their users by [`sessions`]).
+    #[allow(dead_code)]
+    zenoh: Option<toml::Value>,
 }
 
 /// The keys every `[[actor]]` and `[[sink]]` shares; the rest belongs to the kind.
@@ -395,6 +433,8 @@ pub struct PipelineConfig {
     pub actors: Vec<NodeConfig>,
     /// `[[sink]]` entries.
     pub sinks: Vec<NodeConfig>,
+    /// What runs in place of what could not be had (seeded weights, a fallback source).
+    pub notices: Vec<Notice>,
     /// The text it was parsed from (to locate errors found later).
     text: String,
 }
@@ -452,8 +492,13 @@ struct Pending {
 }
 
 impl PipelineConfig {
-    /// Reads and validates `file`.
+    /// Reads and validates `file`, fetching nothing ([`Fetching::Offline`]).
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        Self::load_with(file, Fetching::Offline)
+    }
+
+    /// Reads `file`, resolves what it asks to be fetched (`mode`), and validates it.
+    pub fn load_with(file: &Path, mode: Fetching) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
             file: file.to_path_buf(),
             path: KeyPath::default(),
@@ -461,15 +506,23 @@ impl PipelineConfig {
             column: None,
             message: format!("cannot read: {e}"),
         })?;
-        Self::parse(file, &text)
+        Self::parse_with(file, &text, mode)
     }
 
-    /// Validates the text of a configuration; `file` is used in errors.
+    /// Validates the text of a configuration, fetching nothing; `file` is used in errors.
     pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
+        Self::parse_with(file, text, Fetching::Offline)
+    }
+
+    /// Validates the text of a configuration after resolving what it asks to be fetched
+    /// ([`official`]); `file` is used in errors.
+    pub fn parse_with(file: &Path, text: &str, mode: Fetching) -> Result<Self, ConfigError> {
         let loc = Locator::new(file, text);
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             loc.error_at(KeyPath::default(), e.span(), format!("invalid TOML: {}", e.message()))
         })?;
+        sessions::resolve(&mut table, &loc)?;
+        let notices = official::resolve(&mut table, mode, &loc)?;
         let top: FileEntry = loc.typed(&KeyPath::default(), toml::Value::Table(table))?;
         let runtime = Self::runtime(&loc, top.runtime)?;
 
@@ -545,7 +598,7 @@ impl PipelineConfig {
                 _ => actors.push(config),
             }
         }
-        Ok(Self { file: file.to_path_buf(), runtime, sources, actors, sinks, text: text.to_owned() })
+        Ok(Self { file: file.to_path_buf(), runtime, sources, actors, sinks, notices, text: text.to_owned() })
     }
 
     fn runtime(loc: &Locator<'_>, value: Option<toml::Value>) -> Result<RuntimeConfig, ConfigError> {
@@ -707,7 +760,15 @@ impl PipelineConfig {
         match &common.inputs {
             None => {}
             Some(toml::Value::Array(list)) => {
-                let [only] = ports.inputs.as_slice() else {
+                // A list wires the node's one input, or its one required input when the
+                // others are optional (the agent's `actions`).
+                let required: Vec<&InputPort> = ports.inputs.iter().filter(|p| p.required).collect();
+                let only = match (ports.inputs.as_slice(), required.as_slice()) {
+                    ([only], _) => Some(only),
+                    (_, [only]) => Some(*only),
+                    _ => None,
+                };
+                let Some(only) = only else {
                     let names: Vec<&str> = ports.inputs.iter().map(|p| p.name).collect();
                     return Err(loc.error(
                         inputs_at,

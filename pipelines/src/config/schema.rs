@@ -63,6 +63,7 @@ pub fn schema() -> Value {
     let runtime = Value::Object(object_of::<RuntimeEntry>(&mut generator));
     let source = Value::Object(object_of::<SourceEntry>(&mut generator));
     let common = object_of::<CommonEntry>(&mut generator);
+    let session = Value::Object(object_of::<super::sessions::SessionEntry>(&mut generator));
     let actors: Vec<Value> = actor_kinds().into_iter().map(|k| entry_of(k, &common, &mut generator, true)).collect();
     let sinks: Vec<Value> = sink_kinds().into_iter().map(|k| entry_of(k, &common, &mut generator, false)).collect();
     let definitions = generator.take_definitions(true);
@@ -77,6 +78,11 @@ pub fn schema() -> Value {
             "source": { "type": "array", "items": source },
             "actor": { "type": "array", "items": { "oneOf": actors } },
             "sink": { "type": "array", "items": { "oneOf": sinks } },
+            "zenoh": {
+                "type": "object",
+                "description": "zenoh sessions by name, shared by every entry that names one (`session = \"<name>\"`)",
+                "additionalProperties": session,
+            },
         },
         "additionalProperties": false,
         "$defs": definitions,

@@ -56,7 +56,7 @@ fn detected(id: u32, seq: u64) -> bool {
 
 fn poses(seq: u64) -> Poses {
     Poses {
-        meta: FrameMeta { camera: Arc::from("cam"), seq, capture_ns: seq as i64 * 33_000_000 },
+        meta: FrameMeta { camera: Arc::from("cam"), seq, capture_ns: seq as i64 * 33_000_000, frame_id: None },
         width: 640,
         height: 480,
         focal_length: 12_500.0,

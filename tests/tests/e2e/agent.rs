@@ -18,8 +18,8 @@ use ocellus_language::guard::GuardModel;
 use ocellus_language::openai::OpenAiConfig;
 use ocellus_pipelines::build;
 use ocellus_runtime::{
-    Context, EdgePolicy, Input, Packet, Pipeline, PortType, Stage, Track, TrackLabel, Tracks, Wire, source_factory,
-    stage_factory,
+    ActionScore, Actions, Context, EdgePolicy, Input, Packet, PersonActions, Pipeline, PortType, Stage, Track,
+    TrackLabel, Tracks, Wire, source_factory, stage_factory,
 };
 use ocellus_tests::{
     Collected, ZenohPublisher, cam_and_tracker_toml, config_file, fixtures_dir, free_port, read_rrd, rerun_sink_toml,
@@ -127,6 +127,19 @@ struct Run {
 }
 
 fn run_agent(test: &str, frames: u64, schedule: Schedule, spec: AgentSpec, inbox: Arc<Inbox>) -> Run {
+    run_agent_with(test, SyntheticSpec { width: 64, height: 48, frames, fps: None }, schedule, false, spec, inbox)
+}
+
+/// [`run_agent`] on `source`'s frames, with [`ScriptedActions`] wired to the agent's
+/// `actions` input when `actions`.
+fn run_agent_with(
+    test: &str,
+    source: SyntheticSpec,
+    schedule: Schedule,
+    actions: bool,
+    spec: AgentSpec,
+    inbox: Arc<Inbox>,
+) -> Run {
     let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), test);
     let rrd_path = dir.join("agent.rrd");
     let rec = SharedRecording::new("ocellus-test", RerunTarget::Save(rrd_path.clone()));
@@ -134,22 +147,31 @@ fn run_agent(test: &str, frames: u64, schedule: Schedule, spec: AgentSpec, inbox
     let sink = collected.clone();
     let block = EdgePolicy::Block { depth: 4 };
     let mut p = Pipeline::new();
-    let source = SyntheticSpec { width: 64, height: 48, frames, fps: None };
-    p.source("cam", source_factory(move || SyntheticSource::new(source)))
-        .actor("tracks", &["cam"], block, PortType::Tracks, stage_factory(move || ScriptedTracks { schedule }))
-        .node(
-            "agent",
-            ocellus_agent::config::ports(),
-            vec![Wire::new("tracks", &["tracks"], block)],
-            stage_factory(move || AgentStage::new(spec.clone(), AgentControls::default(), inbox.clone())),
-        )
-        .stage("collect", &["agent"], EdgePolicy::Block { depth: 64 }, sink.factory())
-        .stage(
-            "rerun",
-            &["agent"],
-            EdgePolicy::Block { depth: 64 },
-            stage_factory(move || RerunSink::new(rec.clone())),
-        );
+    let mut wires = vec![Wire::new("tracks", &["tracks"], block)];
+    p.source("cam", source_factory(move || SyntheticSource::new(source))).actor(
+        "tracks",
+        &["cam"],
+        block,
+        PortType::Tracks,
+        stage_factory(move || ScriptedTracks { schedule }),
+    );
+    if actions {
+        p.actor("actions", &["cam"], block, PortType::Actions, stage_factory(|| ScriptedActions));
+        wires.push(Wire::new("actions", &["actions"], block));
+    }
+    p.node(
+        "agent",
+        ocellus_agent::config::ports(),
+        wires,
+        stage_factory(move || AgentStage::new(spec.clone(), AgentControls::default(), inbox.clone())),
+    )
+    .stage("collect", &["agent"], EdgePolicy::Block { depth: 64 }, sink.factory())
+    .stage(
+        "rerun",
+        &["agent"],
+        EdgePolicy::Block { depth: 64 },
+        stage_factory(move || RerunSink::new(rec.clone())),
+    );
     let report = p.run().unwrap();
     assert_eq!(report.failures().count(), 0, "{report}");
     let elapsed = report.elapsed;
@@ -177,7 +199,92 @@ fn spec(url: &str, tools: Vec<ToolKind>, guard: bool, caption_every: Duration) -
         labeler: None,
         inpainter: None,
         discovery: None,
+        action_threshold: ocellus_agent::DEFAULT_ACTION_THRESHOLD,
     }
+}
+
+/// Scripted actions: person 1 stands until frame 9, then walks (0.8); a low score (0.2) for
+/// "sit" throughout, under the agent's threshold.
+struct ScriptedActions;
+
+impl Stage for ScriptedActions {
+    fn process(&mut self, input: Input, ctx: &mut Context) -> ocellus_runtime::Result<()> {
+        let Packet::Frame(f) = input.packet else { return Ok(()) };
+        let (main, score) = if f.meta.seq < 10 { ("stand", 0.9) } else { ("walk", 0.8) };
+        let action = |name: &str, score: f32| ActionScore { ava_id: 0, name: name.into(), score };
+        let people =
+            vec![PersonActions { id: 1, detected: true, actions: vec![action(main, score), action("sit", 0.2)] }];
+        ctx.emit(Packet::Actions(Arc::new(Actions { meta: f.meta, people })));
+        Ok(())
+    }
+}
+
+#[test]
+fn rules_agent_captions_actions_and_reads_instructions_without_a_model() {
+    let inbox = Inbox::new();
+    for text in ["alert Someone is at the door", "describe track 1", "hide 1", "sing a song", "track box 1 2 3"] {
+        inbox.push(InboxMessage::Operator { text: text.into() });
+    }
+    let spec = AgentSpec {
+        backend: BackendSpec::Rules,
+        guard: None,
+        caption_every: Duration::from_secs(2),
+        ..spec("http://127.0.0.1:9", vec![ToolKind::Alert, ToolKind::Describe], false, Duration::ZERO)
+    };
+    fn schedule(_: u64) -> Vec<(u32, Option<&'static str>)> {
+        vec![(1, Some("person"))]
+    }
+    // 10 frames a second on the pipeline's clock: a caption every 20 frames unless an action
+    // changes (then 5 frames after the last one at the soonest).
+    let source = SyntheticSpec { width: 64, height: 48, frames: 30, fps: Some(10.0) };
+    let run = run_agent_with("agent_rules", source, schedule, true, spec, inbox);
+    let outputs = run.outputs;
+    let decisions: Vec<_> =
+        outputs.iter().filter_map(|o| if let AgentOutput::Decision(d) = o { Some(d) } else { None }).collect();
+    for d in &decisions {
+        println!("{:>30}: {} {} -> {:?}", d.instruction, d.tool, d.arguments, d.outcome);
+    }
+    let of = |instruction: &str| decisions.iter().find(|d| d.instruction == instruction).unwrap();
+    let alert = of("alert Someone is at the door");
+    assert_eq!((alert.tool.as_str(), &alert.arguments), ("alert", &json!({"text": "Someone is at the door"})));
+    assert!(matches!(alert.outcome, Outcome::Executed(_)), "{:?}", alert.outcome);
+    let describe = of("describe track 1");
+    assert!(
+        matches!(&describe.outcome, Outcome::Executed(t) if t.contains("person")),
+        "describe reads the world: {:?}",
+        describe.outcome
+    );
+    // Read by the rules but not allowed here: refused by the allow-list, as a model's call is.
+    let hide = of("hide 1");
+    assert_eq!(hide.tool, "inpaint");
+    assert!(matches!(&hide.outcome, Outcome::Refused(r) if r.contains("allow-list")), "{:?}", hide.outcome);
+    for unread in ["sing a song", "track box 1 2 3"] {
+        let d = of(unread);
+        assert!(matches!(&d.outcome, Outcome::Refused(r) if r.contains("rules do not read")), "{:?}", d.outcome);
+    }
+    assert!(outputs.iter().any(|o| matches!(o, AgentOutput::Alert(a) if a.text == "Someone is at the door")));
+    // Captions: worded by the rules from the label and the action; the change to walking is
+    // captioned within the change's quarter period, and the stale phrase is gone from then on.
+    let captions: Vec<(u64, String, String)> = outputs
+        .iter()
+        .filter_map(|o| if let AgentOutput::Caption(c) = o { Some((c.seq, c.text(), c.model.clone())) } else { None })
+        .collect();
+    for c in &captions {
+        println!("caption {c:?}");
+    }
+    assert!(captions.iter().all(|(_, _, model)| model == "rules"));
+    assert!(
+        captions.iter().any(|(seq, t, _)| *seq < 10 && t.contains("person (track 1), stand")),
+        "the action is in the caption: {captions:?}"
+    );
+    let walking = captions.iter().find(|(_, t, _)| t.contains("walk")).expect("the new action is captioned");
+    assert!((10..=16).contains(&walking.0), "captioned soon after the change: {walking:?}");
+    assert!(
+        captions.iter().filter(|(seq, _, _)| *seq >= walking.0).all(|(_, t, _)| !t.contains("stand")),
+        "{captions:?}"
+    );
+    assert!(captions.iter().all(|(_, t, _)| !t.contains("sit")), "scores under the threshold stay out");
+    assert_eq!(run.rrd.rows_of("agent/caption").len(), captions.len());
 }
 
 #[test]

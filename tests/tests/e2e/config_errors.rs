@@ -132,7 +132,9 @@ fn every_shipped_config_is_valid() {
     }
     assert!(checked >= 4, "configs/ holds the demo and the examples");
     let demo = PipelineConfig::load(&dir.join("demo.toml")).unwrap();
-    assert_eq!((demo.sources.len(), demo.actors.len(), demo.sinks.len()), (1, 1, 1));
+    assert_eq!((demo.sources.len(), demo.actors.len(), demo.sinks.len()), (1, 5, 1));
+    let motion = PipelineConfig::load(&dir.join("motion.toml")).unwrap();
+    assert_eq!((motion.sources.len(), motion.actors.len(), motion.sinks.len()), (1, 1, 1));
 }
 
 #[test]
@@ -405,4 +407,87 @@ fn typed_ports() {
         9,
         "takes tracks, but \"front\" emits frames",
     );
+}
+
+/// Shared zenoh sessions: an unknown name, and a session key given next to `session`.
+#[test]
+fn zenoh_session_table_errors() {
+    let sessions = "[zenoh.robot]\nconnect = [\"tcp/127.0.0.1:7447\"]\n";
+    let source = |extra: &str| {
+        format!(
+            "{sessions}\n[[source]]\nname = \"cam\"\nzenoh = {{ key = \"cam/frames\", encoding = \"raw\", {extra} }}\n"
+        )
+    };
+    expect_error(&source("session = \"lab\""), "source[0].zenoh.session", 6, "no session \"lab\" in [zenoh] (robot)");
+    expect_error(
+        &source("session = \"robot\", mode = \"client\""),
+        "source[0].zenoh.mode",
+        6,
+        "`mode` belongs to the session",
+    );
+    expect_error(
+        &format!("[zenoh.robot]\nconect = [\"tcp/127.0.0.1:7447\"]\n{GOOD_SOURCE}"),
+        "zenoh.robot.conect",
+        2,
+        "unknown field `conect`",
+    );
+    // Named and used: the source's session is the table's.
+    let ok = PipelineConfig::parse(Path::new("ok.toml"), &source("session = \"robot\"")).unwrap();
+    assert_eq!(ok.sources.len(), 1);
+}
+
+/// What a configuration asks to be fetched, and the other new keys' errors.
+#[test]
+fn fetched_weights_samples_and_qos_errors() {
+    let actor = |model: &str| {
+        format!(
+            "{GOOD_SOURCE}\n[[actor]]\nname = \"b\"\nkind = \"backbone\"\nmodel = \"{model}\"\ninputs = [\"front\"]\nweights = \"official\"\n"
+        )
+    };
+    expect_error(&actor("hiera_gigantic"), "actor[0].model", 9, "no published checkpoint known for \"hiera_gigantic\"");
+    // Offline (checking) and nowhere to fall back to: named with its line (the tests' folder
+    // holds no `weights/`).
+    expect_error(
+        &actor("hiera_tiny_224"),
+        "actor[0].weights",
+        11,
+        "not fetched yet (`ocellus weights fetch hiera_tiny_224`)",
+    );
+    let sample = |preset: &str| format!("[[source]]\nname = \"cam\"\npreset = {preset}\n");
+    expect_error(
+        &sample("{ kind = \"sample\", name = \"kitchen\" }"),
+        "source[0].preset.name",
+        3,
+        "no sample \"kitchen\"",
+    );
+    expect_error(
+        &sample("{ kind = \"sample\", name = \"sam2-bedroom\", frames = 500 }"),
+        "source[0].preset.frames",
+        3,
+        "has 1 to 200 frames",
+    );
+    expect_error(
+        &sample("{ kind = \"file\", path = \"clip.mp4\", fps = 10 }"),
+        "source[0].preset.fps",
+        3,
+        "for image sequences",
+    );
+    expect_error(
+        "[[source]]\nname = \"cam\"\nzenoh = { key = \"cam/frames\", encoding = \"raw\", qos = { depth = 3 } }\n",
+        "source[0].zenoh.qos",
+        3,
+        "QoS is for a ROS 2 `topic`",
+    );
+    let agent = |keys: &str| {
+        format!(
+            "{GOOD_SOURCE}\n[[actor]]\nname = \"t\"\nkind = \"sam2\"\nmodel = \"sam2.1_hiera_tiny\"\nallow_random_weights = true\ninputs = [\"front\"]\n\n[[actor]]\nname = \"a\"\nkind = \"agent\"\ninputs = [\"t\"]\n{keys}\n"
+        )
+    };
+    expect_error(
+        &agent("rules = true\nserver = { url = \"http://127.0.0.1:1/v1\", model = \"m\" }"),
+        "actor[1].rules",
+        17,
+        "one of them",
+    );
+    expect_error(&agent("rules = true\naction_threshold = 2.0"), "actor[1].action_threshold", 18, "a probability");
 }

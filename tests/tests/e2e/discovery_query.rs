@@ -47,7 +47,7 @@ fn frame(seq: u64) -> Frame {
     let png = fixtures_dir().join("camera_640x480").join("00000.png");
     let rgb = image::open(&png).unwrap().to_rgb8();
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
-    let meta = FrameMeta { camera: Arc::from("cam"), seq, capture_ns: seq as i64 };
+    let meta = FrameMeta { camera: Arc::from("cam"), seq, capture_ns: seq as i64, frame_id: None };
     Frame::new(meta, FrameLayout::packed(PixelFormat::Rgb, w, h), Bytes::from(rgb.into_raw())).unwrap()
 }
 

@@ -57,7 +57,7 @@ fn changed_inside(frame: &Frame, out: &Frame, inside: &[bool]) -> usize {
 }
 
 fn meta(seq: u64) -> FrameMeta {
-    FrameMeta { camera: Arc::from("cam"), seq, capture_ns: seq as i64 }
+    FrameMeta { camera: Arc::from("cam"), seq, capture_ns: seq as i64, frame_id: None }
 }
 
 /// A textured RGB frame.

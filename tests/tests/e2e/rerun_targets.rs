@@ -190,6 +190,7 @@ fn the_full_layout_has_a_view_for_everything_ocellus_shows() {
         actions: true,
         agent: true,
         metrics: true,
+        notices: true,
     };
     let recording = SharedRecording::with_blueprint("ocellus-test", RerunTarget::Save(rrd.clone()), Some(layout));
     let rec = recording.stream().unwrap();
@@ -209,6 +210,7 @@ fn the_full_layout_has_a_view_for_everything_ocellus_shows() {
         ("TextLog", "actions", ""),
         ("TextLog", "alerts", "agent/alerts"),
         ("TextLog", "decisions", "agent/decisions"),
+        ("TextLog", "notices", "notices"),
         ("TimeSeries", "metrics", "metrics"),
     ]
     .iter()

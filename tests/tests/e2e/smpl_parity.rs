@@ -96,3 +96,25 @@ fn bad_model_files_are_refused_with_the_array_named() {
     });
     assert!(err.contains("kinematic tree"), "{err}");
 }
+
+/// The seeded stand-in body (`allow_random_smpl`, before the user imports SMPL): SMPL's shapes
+/// everywhere, so the pose and action actors run on it; the same seed gives the same body.
+#[test]
+fn the_seeded_stand_in_has_smpls_shapes_and_is_reproducible() {
+    let body = Smpl::seeded(0, Device::Cpu).unwrap();
+    assert!(body.has_extra_regressor());
+    assert_eq!(body.faces().size(), [13776, 3]);
+    let betas = Tensor::zeros([2, 10], (tch::Kind::Float, Device::Cpu));
+    let eye = Tensor::eye(3, (tch::Kind::Float, Device::Cpu));
+    let global = eye.view([1, 1, 3, 3]).repeat([2, 1, 1, 1]);
+    let pose = eye.view([1, 1, 3, 3]).repeat([2, 23, 1, 1]);
+    let out = body.forward(&betas, &global, &pose).unwrap();
+    assert_eq!(out.vertices.size(), [2, 6890, 3]);
+    assert_eq!(out.joints.size(), [2, 45, 3]);
+    assert_eq!(body.joints44(&out).unwrap().size(), [2, 44, 3]);
+    // Joints are convex combinations of vertices: inside the body's box.
+    let extent = out.joints.abs().max().double_value(&[]);
+    assert!(extent <= 0.9 + 1e-4, "{extent}");
+    let again = Smpl::seeded(0, Device::Cpu).unwrap().forward(&betas, &global, &pose).unwrap();
+    assert_eq!(max_diff("vertices", &out.vertices, &again.vertices), 0.0);
+}

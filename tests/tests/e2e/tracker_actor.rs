@@ -104,31 +104,53 @@ fn tracks_are_consistent_per_frame() {
 
 #[test]
 fn prompts_from_a_zenoh_topic_add_objects() {
-    use std::time::Duration;
-    const FRAMES: usize = 8;
     let port = free_port();
-    let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "tracker_prompt_topic");
-    let rrd = dir.join("prompts.rrd");
-    let tracker = cam_and_tracker_toml(
-        FRAMES,
+    let messages = [r#"{"id": 0, "box": [1, 1, 2]}"#, r#"{"id": 42, "box": [120, 80, 200, 160]}"#];
+    prompt_topic_case(
+        "tracker_prompt_topic",
         &format!(
             "prompt_topic = {{ key = \"ocellus/test/prompts\", listen = [\"tcp/127.0.0.1:{port}\"], multicast_scouting = false }}"
         ),
-    )
-    // Paced at 2 frames/s, so that the stream outlasts the peers' meeting (the publisher
-    // repeats every 400 ms): the prompt arrives mid-stream however fast the tracker is.
-    .replace(&format!("frames = {FRAMES} }}"), &format!("frames = {FRAMES}, fps = 2, live = true }}"));
+        (port, "ocellus/test/prompts"),
+        messages.iter().map(|m| m.as_bytes().to_vec()).collect(),
+    );
+}
+
+/// The same prompts from a ROS 2 node: `std_msgs/String` holding the JSON on a topic over
+/// rmw_zenoh (`ros2 topic pub /ocellus/prompts std_msgs/msg/String "data: '{...}'"`).
+#[test]
+fn prompts_from_a_ros2_topic_add_objects() {
+    use ocellus_wire::ros2::{self, MsgType, TypeHashes};
+    let port = free_port();
+    let key = ros2::rmw_zenoh_key(0, "/ocellus/prompts", MsgType::String, Some(TypeHashes::Rihs01));
+    let messages = [r#"{"id": 0, "box": [1, 1, 2]}"#, r#"{"id": 42, "box": [120, 80, 200, 160]}"#];
+    prompt_topic_case(
+        "tracker_prompt_ros2",
+        &format!(
+            "prompt_topic = {{ topic = \"/ocellus/prompts\", domain = 0, listen = [\"tcp/127.0.0.1:{port}\"], multicast_scouting = false }}"
+        ),
+        (port, &key),
+        messages.iter().map(|m| ros2::encode_string(m).unwrap()).collect(),
+    );
+}
+
+/// A paced tracker with `prompt_topic` (TOML) fed `payloads` on `key`: a malformed prompt is
+/// skipped, track 42 reaches the recording.
+fn prompt_topic_case(test: &str, prompt_topic: &str, (port, key): (u16, &str), payloads: Vec<Vec<u8>>) {
+    use std::time::Duration;
+    const FRAMES: usize = 8;
+    let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), test);
+    let rrd = dir.join("prompts.rrd");
+    let tracker = cam_and_tracker_toml(FRAMES, prompt_topic)
+        // Paced at 2 frames/s, so that the stream outlasts the peers' meeting (the publisher
+        // repeats every 400 ms): the prompt arrives mid-stream however fast the tracker is.
+        .replace(&format!("frames = {FRAMES} }}"), &format!("frames = {FRAMES}, fps = 2, live = true }}"));
     assert!(tracker.contains("fps = 2"), "{tracker}");
     let sink = rerun_sink_toml(&["tracker"], &rrd);
     let config = config_file(&dir, "prompts.toml", &format!("{tracker}\n{sink}"));
     let pipeline = ocellus_pipelines::build(&config).unwrap();
     // A malformed message between good ones is skipped.
-    let publisher = ZenohPublisher::start(
-        port,
-        "ocellus/test/prompts",
-        &[r#"{"id": 0, "box": [1, 1, 2]}"#, r#"{"id": 42, "box": [120, 80, 200, 160]}"#],
-        Duration::from_millis(400),
-    );
+    let publisher = ZenohPublisher::start_bytes(port, key, payloads, Duration::from_millis(400));
     let report = pipeline.run().unwrap();
     drop(publisher);
     assert_eq!(report.failures().count(), 0, "{report}");

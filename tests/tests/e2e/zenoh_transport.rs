@@ -84,8 +84,12 @@ fn test_frame(seq: u64) -> Frame {
         }
     }
     let pixels: Vec<u8> = (0..layout.required_len()).map(|i| ((i as u64 * 31 + seq * 7) % 251) as u8).collect();
-    Frame::new(FrameMeta { camera: "cam".into(), seq, capture_ns: 1_000 + seq as i64 }, layout, Bytes::from(pixels))
-        .unwrap()
+    Frame::new(
+        FrameMeta { camera: "cam".into(), seq, capture_ns: 1_000 + seq as i64, frame_id: None },
+        layout,
+        Bytes::from(pixels),
+    )
+    .unwrap()
 }
 
 /// `f` as an Ocellus raw frame message.
@@ -207,12 +211,27 @@ const ROSBAGS: &str = r#"
 import json, sys
 import numpy as np
 from rosbags.typesys import Stores, get_typestore
+from rosbags.typesys import get_types_from_msg
 ts = get_typestore(Stores.ROS2_JAZZY)
+# vision_msgs 4.1.1 (ros-perception/vision_msgs, ros2 branch): not in rosbags' stores.
+VISION = {
+    "vision_msgs/msg/Point2D": "float64 x\nfloat64 y\n",
+    "vision_msgs/msg/Pose2D": "vision_msgs/Point2D position\nfloat64 theta\n",
+    "vision_msgs/msg/BoundingBox2D": "vision_msgs/Pose2D center\nfloat64 size_x\nfloat64 size_y\n",
+    "vision_msgs/msg/ObjectHypothesis": "string class_id\nfloat64 score\n",
+    "vision_msgs/msg/ObjectHypothesisWithPose": "ObjectHypothesis hypothesis\ngeometry_msgs/PoseWithCovariance pose\n",
+    "vision_msgs/msg/Detection2D": "std_msgs/Header header\nObjectHypothesisWithPose[] results\nBoundingBox2D bbox\nstring id\n",
+    "vision_msgs/msg/Detection2DArray": "std_msgs/Header header\nDetection2D[] detections\n",
+}
+types = {}
+for name, text in VISION.items():
+    types.update(get_types_from_msg(text, name))
+ts.register(types)
 T = ts.types
 mode = sys.argv[1]
 if mode == "hashes":
     names = ["sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage", "std_msgs/msg/String",
-             "geometry_msgs/msg/PoseArray"]
+             "geometry_msgs/msg/PoseArray", "vision_msgs/msg/Detection2DArray"]
     print(json.dumps({n: ts.hash_rihs01(n) for n in names}))
 elif mode == "image":
     w, h, step = 6, 4, 20
@@ -232,6 +251,15 @@ elif mode == "decode":
         m = ts.deserialize_cdr(bytes.fromhex(payload), typename)
         if typename == "std_msgs/msg/String":
             out.append({"data": m.data})
+        elif typename == "vision_msgs/msg/Detection2DArray":
+            out.append({"sec": m.header.stamp.sec, "nanosec": m.header.stamp.nanosec, "frame_id": m.header.frame_id,
+                        "detections": [{"id": d.id, "frame_id": d.header.frame_id,
+                                        "results": [[r.hypothesis.class_id, r.hypothesis.score,
+                                                     r.pose.pose.orientation.w, float(sum(r.pose.covariance))]
+                                                    for r in d.results],
+                                        "bbox": [d.bbox.center.position.x, d.bbox.center.position.y,
+                                                 d.bbox.center.theta, d.bbox.size_x, d.bbox.size_y]}
+                                       for d in m.detections]})
         elif typename == "geometry_msgs/msg/PoseArray":
             out.append({"sec": m.header.stamp.sec, "nanosec": m.header.stamp.nanosec, "frame_id": m.header.frame_id,
                         "poses": [[p.position.x, p.position.y, p.position.z, p.orientation.x, p.orientation.y,
@@ -263,6 +291,58 @@ fn rosbags(mode: &str, stdin: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// A zenoh sink as the ROS 2 node `/ocellus/ocellus` on domain 0, connecting to `endpoint`.
+fn ros2_sink(endpoint: &str, frames: bool) -> ZenohSinkSpec {
+    ZenohSinkSpec {
+        session: SessionSpec::loopback(&[], &[endpoint]),
+        keys: KeyStyle::Ros2 {
+            domain: 0,
+            namespace: "/ocellus".into(),
+            node: "ocellus".into(),
+            hashes: TypeHashes::Rihs01,
+        },
+        frames,
+        block_on_congestion: true,
+        shm_pool_bytes: None,
+        qos: ros2::Qos::default(),
+        frame_ids: Default::default(),
+    }
+}
+
+/// Every liveliness token declared under `prefix`, as seen by `session` (while the handle lives).
+fn liveliness_tokens(
+    session: &zenoh::Session,
+    prefix: &str,
+) -> (zenoh::pubsub::Subscriber<()>, Arc<Mutex<Vec<String>>>) {
+    let tokens = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = tokens.clone();
+    let subscriber = session
+        .liveliness()
+        .declare_subscriber(prefix.to_owned())
+        .callback(move |s| seen.lock().push(s.key_expr().to_string()))
+        .wait()
+        .unwrap();
+    (subscriber, tokens)
+}
+
+/// A message as received: its key, payload and attachment.
+type Received = (String, Vec<u8>, Option<Vec<u8>>);
+
+/// Every message on `key` seen by `session` (while the handle lives).
+fn messages(session: &zenoh::Session, key: &str) -> (zenoh::pubsub::Subscriber<()>, Arc<Mutex<Vec<Received>>>) {
+    let received = Arc::new(Mutex::new(Vec::<Received>::new()));
+    let sink = received.clone();
+    let subscriber = session
+        .declare_subscriber(key.to_owned())
+        .callback(move |s| {
+            let attachment = s.attachment().map(|a| a.to_bytes().into_owned());
+            sink.lock().push((s.key_expr().to_string(), payload_bytes(s.payload()).to_vec(), attachment));
+        })
+        .wait()
+        .unwrap();
+    (subscriber, received)
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -278,6 +358,225 @@ fn type_hashes_match_rosbags() {
     assert_eq!(hashes["sensor_msgs/msg/CompressedImage"], MsgType::CompressedImage.rihs01());
     assert_eq!(hashes["std_msgs/msg/String"], MsgType::String.rihs01());
     assert_eq!(hashes["geometry_msgs/msg/PoseArray"], MsgType::PoseArray.rihs01());
+    assert_eq!(hashes["vision_msgs/msg/Detection2DArray"], MsgType::Detection2DArray.rihs01());
+}
+
+/// Scripted tracks on an 8×6 frame: track 1 (a labelled person, pixels of the box
+/// [1, 1, 4, 3)), track 300 (unlabelled, box [5, 2, 8, 6)), track 7 occluded.
+struct ScriptedTracks;
+
+impl ocellus_runtime::Stage for ScriptedTracks {
+    fn process(
+        &mut self,
+        input: ocellus_runtime::Input,
+        ctx: &mut ocellus_runtime::Context,
+    ) -> ocellus_runtime::Result<()> {
+        use ocellus_kernels::masks::PixelBox;
+        use ocellus_runtime::{Track, TrackLabel, Tracks};
+        let Packet::Frame(f) = input.packet else { return Ok(()) };
+        let (w, h) = (8u32, 6u32);
+        let boxes = [(1u16, PixelBox { x0: 1, y0: 1, x1: 4, y1: 3 }), (300, PixelBox { x0: 5, y0: 2, x1: 8, y1: 6 })];
+        let mut labels = vec![0u16; (w * h) as usize];
+        for (id, b) in boxes {
+            for y in b.y0..b.y1 {
+                for x in b.x0..b.x1 {
+                    labels[(y * w + x) as usize] = id;
+                }
+            }
+        }
+        let track = |id: u32, bbox: Option<PixelBox>, score: f32, label: Option<&str>, occluded: bool| Track {
+            id,
+            bbox,
+            score,
+            occluded,
+            area: bbox.map_or(0, |b| u64::from((b.x1 - b.x0) * (b.y1 - b.y0))),
+            label: label.map(|l| TrackLabel { name: l.into(), score: 0.75 }),
+            origin: None,
+        };
+        let tracks = vec![
+            track(1, Some(boxes[0].1), 0.9, Some("person"), false),
+            track(300, Some(boxes[1].1), 0.625, None, false),
+            track(7, None, 0.1, None, true),
+        ];
+        let labels = Bytes::from(labels.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+        ctx.emit(Packet::Tracks(Tracks { meta: f.meta, width: w, height: h, labels, tracks }));
+        Ok(())
+    }
+}
+
+/// Tracks as a ROS 2 node publishes them: `vision_msgs/Detection2DArray` on
+/// `<camera>/detections` and a `mono8` `sensor_msgs/Image` on `<camera>/masks` (the value of a
+/// pixel: its track's index among the detections plus one), both read back by rosbags, with
+/// the frame id the configuration sets; QoS (best effort, depth 3) in the publishers' tokens.
+#[test]
+fn tracks_go_out_as_detection_arrays_and_mono8_masks() {
+    let (session, endpoint) = ocellus_tests::listening_session();
+    let (_liveliness, tokens) = liveliness_tokens(&session, "@ros2_lv/0/**");
+    let (_data, received) = messages(&session, "0/ocellus/**");
+    let spec = Arc::new(ZenohSinkSpec {
+        qos: ros2::Qos { best_effort: true, depth: 3 },
+        frame_ids: ocellus_io::sink::zenoh::FrameIds {
+            all: None,
+            by_camera: [("cam".to_owned(), "cam_optical".to_owned())].into(),
+        },
+        ..ros2_sink(&endpoint, false)
+    });
+    let source = SyntheticSpec { width: 8, height: 6, frames: 30, fps: Some(30.0) };
+    let mut p = Pipeline::new();
+    p.source("cam", source_factory(move || SyntheticSource::new(source)))
+        .actor(
+            "tracks",
+            &["cam"],
+            EdgePolicy::Block { depth: 4 },
+            ocellus_runtime::PortType::Tracks,
+            stage_factory(|| ScriptedTracks),
+        )
+        .stage(
+            "ros",
+            &["tracks"],
+            EdgePolicy::Block { depth: 8 },
+            stage_factory(move || ZenohSink::new("ros", spec.clone())),
+        );
+    let report = p.run().unwrap();
+    assert_eq!(report.failures().count(), 0, "{report}");
+    std::thread::sleep(Duration::from_millis(300));
+
+    let tokens = tokens.lock().clone();
+    let detections_token = format!(
+        "/MP/%/%ocellus/ocellus/%ocellus%cam%detections/vision_msgs::msg::dds_::Detection2DArray_/{}/2::,3:,:,:,,",
+        MsgType::Detection2DArray.rihs01()
+    );
+    assert!(tokens.iter().any(|t| t.contains(&detections_token)), "{tokens:?}");
+    let received = received.lock().clone();
+    let key = |topic: &str, ty| ros2::rmw_zenoh_key(0, topic, ty, Some(TypeHashes::Rihs01));
+    let detections_key = key("/ocellus/cam/detections", MsgType::Detection2DArray);
+    let masks_key = key("/ocellus/cam/masks", MsgType::Image);
+    let (_, detections, _) = received.iter().find(|(k, _, _)| *k == detections_key).expect("detections");
+    let (_, mask, _) = received.iter().find(|(k, _, _)| *k == masks_key).expect("masks");
+    let decoded: serde_json::Value = serde_json::from_str(&rosbags(
+        "decode",
+        &format!("vision_msgs/msg/Detection2DArray:{} sensor_msgs/msg/Image:{}", hex(detections), hex(mask)),
+    ))
+    .unwrap();
+    let d = &decoded[0];
+    assert_eq!(d["frame_id"], "cam_optical");
+    assert_eq!(
+        d["detections"],
+        serde_json::json!([
+            {"id": "1", "frame_id": "cam_optical", "results": [["person", 0.75, 1.0, 0.0]], "bbox": [2.5, 2.0, 0.0, 3.0, 2.0]},
+            {"id": "300", "frame_id": "cam_optical", "results": [["", 0.625, 1.0, 0.0]], "bbox": [6.5, 4.0, 0.0, 3.0, 4.0]},
+        ])
+    );
+    let m = &decoded[1];
+    assert_eq!(
+        (m["frame_id"].as_str(), m["encoding"].as_str(), m["width"].as_u64(), m["height"].as_u64(), m["step"].as_u64()),
+        (Some("cam_optical"), Some("mono8"), Some(8), Some(6), Some(8))
+    );
+    let pixels = unhex(m["data"].as_str().unwrap());
+    let expected: Vec<u8> = (0..48)
+        .map(|i| {
+            let (x, y) = (i % 8, i / 8);
+            if (1..4).contains(&x) && (1..3).contains(&y) {
+                1
+            } else if (5..8).contains(&x) && (2..6).contains(&y) {
+                2
+            } else {
+                0
+            }
+        })
+        .collect();
+    assert_eq!(pixels, expected);
+    drop((_liveliness, _data));
+    session.close().wait().unwrap();
+}
+
+/// One `[zenoh.robot]` session shared by a ROS 2 source and two ROS 2 sinks (one zenoh
+/// session id behind all three nodes); the camera's own `header.frame_id` is kept on what is
+/// published about its frames unless the configuration sets one; the source's QoS (best
+/// effort, depth 5) is in its subscription's token.
+#[test]
+fn one_shared_session_keeps_the_cameras_frame_id_and_declares_qos() {
+    let (session, endpoint) = ocellus_tests::listening_session();
+    let (_liveliness, tokens) = liveliness_tokens(&session, "@ros2_lv/0/**");
+    let (_data, received) = messages(&session, "0/**");
+    let dir = ocellus_tests::scratch_dir(env!("CARGO_TARGET_TMPDIR"), "ros2_shared_session");
+    let config = ocellus_tests::config_file(
+        &dir,
+        "shared.toml",
+        &format!(
+            r#"
+[zenoh.robot]
+connect = ["{endpoint}"]
+multicast_scouting = false
+
+[[source]]
+name = "cam"
+zenoh = {{ topic = "/robot/camera/image_raw", encoding = "ros2/sensor_msgs/Image", session = "robot", frames = 3, idle_timeout = "10s", qos = {{ reliability = "best_effort", depth = 5 }} }}
+
+[[sink]]
+name = "kept"
+kind = "zenoh"
+keys = "ros2"
+namespace = "/out_kept"
+frames = true
+session = "robot"
+inputs = ["cam"]
+edge = {{ policy = "block", depth = 8 }}
+
+[[sink]]
+name = "set"
+kind = "zenoh"
+keys = "ros2"
+namespace = "/out_set"
+frames = true
+frame_id = "base_camera"
+session = "robot"
+inputs = ["cam"]
+edge = {{ policy = "block", depth = 8 }}
+"#
+        ),
+    );
+    let pipeline = ocellus_pipelines::build(&config).unwrap();
+    let running = std::thread::spawn(move || pipeline.run().unwrap());
+    let topic = ros2::rmw_zenoh_key(0, "/robot/camera/image_raw", MsgType::Image, Some(TypeHashes::Rihs01));
+    let publisher = session.declare_publisher(topic).wait().unwrap();
+    assert!(wait_for_subscriber(&publisher, Duration::from_secs(20)));
+    // The sinks declare their publishers on their first message: give them a moment to be
+    // matched by the test's subscriber before the frames that matter.
+    let l = FrameLayout::packed(PixelFormat::Rgb, 4, 2);
+    for i in 0..3u8 {
+        let cdr = ros2::encode_image(&l, &[i; 24], 1_000_000_000 + i64::from(i), "camera_optical").unwrap();
+        publisher.put(cdr).wait().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let report = running.join().unwrap();
+    assert_eq!(report.failures().count(), 0, "{report}");
+    std::thread::sleep(Duration::from_millis(300));
+    let received = received.lock().clone();
+    let frame_ids = |ns: &str| -> Vec<String> {
+        let key = ros2::rmw_zenoh_key(0, &format!("/{ns}/cam/image"), MsgType::Image, Some(TypeHashes::Rihs01));
+        received
+            .iter()
+            .filter(|(k, _, _)| *k == key)
+            .map(|(_, p, _)| ros2::decode_image(&Bytes::from(p.clone())).unwrap().frame_id)
+            .collect()
+    };
+    let (kept, set) = (frame_ids("out_kept"), frame_ids("out_set"));
+    assert!(!kept.is_empty() && kept.iter().all(|f| f == "camera_optical"), "{kept:?}");
+    assert!(!set.is_empty() && set.iter().all(|f| f == "base_camera"), "{set:?}");
+    let tokens = tokens.lock().clone();
+    // @ros2_lv/<domain>/<zid>/<node id>/<entity id>/<kind>/...: one zid for the three nodes.
+    let zids: std::collections::BTreeSet<&str> =
+        tokens.iter().filter(|t| t.contains("/NN/")).filter_map(|t| t.split('/').nth(2)).collect();
+    let nodes = tokens.iter().filter(|t| t.contains("/NN/")).count();
+    assert!(nodes >= 3 && zids.len() == 1, "{nodes} nodes over sessions {zids:?}: {tokens:?}");
+    let subscription = format!(
+        "/MS/%/%/ocellus/%robot%camera%image_raw/sensor_msgs::msg::dds_::Image_/{}/2::,5:,:,:,,",
+        MsgType::Image.rihs01()
+    );
+    assert!(tokens.iter().any(|t| t.contains(&subscription)), "{tokens:?}");
+    drop((_liveliness, _data));
+    session.close().wait().unwrap();
 }
 
 /// People's root poses as `geometry_msgs/PoseArray`, read back by an independent decoder.
@@ -378,37 +677,10 @@ fn ros2_image_from_an_independent_encoder_arrives_as_the_right_frame() {
 #[test]
 fn zenoh_sink_publishes_frames_and_observations_as_a_ros2_node() {
     let (session, endpoint) = listening_session();
-    let tokens = Arc::new(Mutex::new(Vec::<String>::new()));
-    let seen = tokens.clone();
-    let _liveliness = session
-        .liveliness()
-        .declare_subscriber("@ros2_lv/0/**")
-        .callback(move |s| seen.lock().push(s.key_expr().to_string()))
-        .wait()
-        .unwrap();
-    let received = Arc::new(Mutex::new(Vec::<(String, Vec<u8>, Option<Vec<u8>>)>::new()));
-    let sink_received = received.clone();
-    let _data = session
-        .declare_subscriber("0/ocellus/**")
-        .callback(move |s| {
-            let attachment = s.attachment().map(|a| a.to_bytes().into_owned());
-            sink_received.lock().push((s.key_expr().to_string(), payload_bytes(s.payload()).to_vec(), attachment));
-        })
-        .wait()
-        .unwrap();
+    let (_liveliness, tokens) = liveliness_tokens(&session, "@ros2_lv/0/**");
+    let (_data, received) = messages(&session, "0/ocellus/**");
 
-    let spec = ZenohSinkSpec {
-        session: SessionSpec::loopback(&[], &[&endpoint]),
-        keys: KeyStyle::Ros2 {
-            domain: 0,
-            namespace: "/ocellus".into(),
-            node: "ocellus".into(),
-            hashes: TypeHashes::Rihs01,
-        },
-        frames: true,
-        block_on_congestion: true,
-        shm_pool_bytes: None,
-    };
+    let spec = ros2_sink(&endpoint, true);
     let spec = Arc::new(spec);
     let source = SyntheticSpec { width: 8, height: 6, frames: 40, fps: Some(40.0) };
     let mut p = Pipeline::new();
@@ -473,6 +745,8 @@ fn zenoh_sink_to_zenoh_source_between_two_pipelines() {
         frames: true,
         block_on_congestion: true,
         shm_pool_bytes: Some(8 << 20),
+        qos: ros2::Qos::default(),
+        frame_ids: Default::default(),
     };
     let spec = Arc::new(spec);
     let source = SyntheticSpec { width: 64, height: 48, frames: 300, fps: Some(100.0) };
@@ -505,14 +779,7 @@ fn zenoh_sink_to_zenoh_source_between_two_pipelines() {
 #[test]
 fn a_ros2_source_declares_its_node_and_subscription() {
     let (session, endpoint) = listening_session();
-    let tokens = Arc::new(Mutex::new(Vec::<String>::new()));
-    let seen = tokens.clone();
-    let _liveliness = session
-        .liveliness()
-        .declare_subscriber("@ros2_lv/7/**")
-        .callback(move |s| seen.lock().push(s.key_expr().to_string()))
-        .wait()
-        .unwrap();
+    let (_liveliness, tokens) = liveliness_tokens(&session, "@ros2_lv/7/**");
     let dir = ocellus_tests::scratch_dir(env!("CARGO_TARGET_TMPDIR"), "ros2_source_tokens");
     let config = ocellus_tests::config_file(
         &dir,
@@ -557,7 +824,7 @@ fn operator_instructions_arrive_from_a_ros2_topic() {
     assert!(wait_for_subscriber(&alt, Duration::from_secs(20)));
     publisher.put(ros2::encode_string("track the red cup").unwrap()).wait().unwrap();
     alt.put("front: a kitchen").wait().unwrap();
-    let meta = FrameMeta { camera: "front".into(), seq: 0, capture_ns: 0 };
+    let meta = FrameMeta { camera: "front".into(), seq: 0, capture_ns: 0, frame_id: None };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let mut got = Vec::new();
     while got.len() < 2 && std::time::Instant::now() < deadline {

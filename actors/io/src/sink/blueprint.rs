@@ -23,6 +23,9 @@ pub struct Layout {
     pub agent: bool,
     /// Metrics are logged.
     pub metrics: bool,
+    /// The run substitutes something (seeded weights, a fallback source): a notices view
+    /// heads the side panel.
+    pub notices: bool,
 }
 
 impl Layout {
@@ -44,6 +47,9 @@ impl Layout {
             _ => Tabs::new(cameras).with_name("cameras").into(),
         };
         let mut side: Vec<ContainerLike> = Vec::new();
+        if self.notices {
+            side.push(TextLogView::new("notices").with_origin(path::NOTICES).into());
+        }
         if self.metrics {
             side.push(TimeSeriesView::new("metrics").with_origin("metrics").into());
         }

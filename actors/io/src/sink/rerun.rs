@@ -131,6 +131,8 @@ pub struct SharedRecording {
     app_id: String,
     target: RerunTarget,
     blueprint: Option<super::blueprint::Layout>,
+    /// Logged first, as a warning (`notices`).
+    notices: Vec<String>,
     stream: OnceLock<RecordingStream>,
 }
 
@@ -146,7 +148,18 @@ impl SharedRecording {
         target: RerunTarget,
         blueprint: Option<super::blueprint::Layout>,
     ) -> Arc<Self> {
-        Arc::new(Self { app_id: app_id.into(), target, blueprint, stream: OnceLock::new() })
+        Self::opening(app_id, target, blueprint, Vec::new())
+    }
+
+    /// A recording that sends `blueprint`'s layout, then `notices` (what the run substitutes:
+    /// seeded weights, a fallback source) as a warning, when it opens.
+    pub fn opening(
+        app_id: impl Into<String>,
+        target: RerunTarget,
+        blueprint: Option<super::blueprint::Layout>,
+        notices: Vec<String>,
+    ) -> Arc<Self> {
+        Arc::new(Self { app_id: app_id.into(), target, blueprint, notices, stream: OnceLock::new() })
     }
 
     /// The stream, opened on first use (and the blueprint sent then).
@@ -165,6 +178,11 @@ impl SharedRecording {
             .clone();
         if let (true, Some(layout)) = (opened, &self.blueprint) {
             layout.send(&rec).map_err(|e| IoError::Rerun(format!("sending the blueprint: {e}")))?;
+        }
+        if opened && !self.notices.is_empty() {
+            let text = self.notices.join("\n");
+            rec.log_static(path::NOTICES, &rerun::TextLog::new(text).with_level(rerun::TextLogLevel::WARN))
+                .map_err(|e| IoError::Rerun(format!("logging the notices: {e}")))?;
         }
         Ok(rec)
     }

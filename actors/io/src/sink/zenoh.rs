@@ -17,6 +17,14 @@
 //! | `zenoh` | `<prefix>/<camera>/<tracks\|motion>`, `<prefix>/metrics/<stage>`: JSON | `<prefix>/<camera>/frames`: raw |
 //! | `ros2` (rmw_zenoh) | `<domain>/<ns>/<camera>/<topic>/std_msgs::msg::dds_::String_/<hash>`: JSON in a `std_msgs/String` | `…/<camera>/image/sensor_msgs::msg::dds_::Image_/<hash>` |
 //! | `ros2dds` (bridge) | `<bridge ns>/<ns>/<camera>/<topic>`: the same CDR | `…/<camera>/image` |
+//!
+//! As a ROS 2 node, tracks also go out as `vision_msgs/Detection2DArray` on
+//! `<camera>/detections` (one detection per visible track: its box, its label and score, its
+//! id) and as a `sensor_msgs/Image` (`mono8`) on `<camera>/masks` whose pixel value is the
+//! index of the pixel's track in that frame's detections plus one (0: no track); 3D people go
+//! out as a `geometry_msgs/PoseArray` on `<camera>/people/poses`. Every header carries the
+//! frame id the configuration sets for the camera (`frame_id`), else the one the camera's own
+//! messages carried, else the camera's name.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,7 +46,7 @@ use parking_lot::Mutex;
 use tracing::{info, warn};
 use zenoh::Wait;
 use zenoh::bytes::{Encoding, ZBytes};
-use zenoh::qos::CongestionControl;
+use zenoh::qos::{CongestionControl, Reliability};
 
 use crate::session::{self, SessionSpec};
 
@@ -87,6 +95,61 @@ pub struct ZenohSinkSpec {
     /// Publish frames from a shared-memory pool of this many bytes (local subscribers then
     /// read them without a copy).
     pub shm_pool_bytes: Option<usize>,
+    /// ROS 2 QoS of the publishers (reliability and depth, in their liveliness tokens).
+    pub qos: Qos,
+    /// The frame id of each camera's headers.
+    pub frame_ids: FrameIds,
+}
+
+/// The `header.frame_id` of what is published about a camera's frames: the configuration's,
+/// else the frame's own (a ROS 2 camera's), else the camera's name.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FrameIds {
+    /// For every camera.
+    pub all: Option<String>,
+    /// Per camera (over `all`).
+    pub by_camera: HashMap<String, String>,
+}
+
+impl FrameIds {
+    /// The frame id for `meta`'s frame.
+    pub fn of<'a>(&'a self, meta: &'a FrameMeta) -> &'a str {
+        self.by_camera
+            .get(&*meta.camera)
+            .or(self.all.as_ref())
+            .map(String::as_str)
+            .or(meta.frame_id.as_deref())
+            .unwrap_or(&meta.camera)
+    }
+}
+
+/// Each visible track of `t` as a detection (class: its label, else `""` with the presence
+/// score).
+pub fn detections(t: &Tracks) -> Vec<ros2::DetectionIn<'_>> {
+    t.tracks
+        .iter()
+        .filter(|tr| !tr.occluded)
+        .filter_map(|tr| {
+            let b = tr.bbox?;
+            let (class_id, score) = match &tr.label {
+                Some(l) => (&*l.name, f64::from(l.score)),
+                None => ("", f64::from(tr.score)),
+            };
+            Some(ros2::DetectionIn { id: tr.id, bbox: [b.x0, b.y0, b.x1, b.y1].map(f64::from), class_id, score })
+        })
+        .collect()
+}
+
+/// The label image of `t` as `mono8`: each pixel the index of its track in `detections` plus
+/// one, 0 elsewhere (and for tracks past the 255th).
+pub fn mask_indices(t: &Tracks, detections: &[ros2::DetectionIn<'_>]) -> Vec<u8> {
+    let mut index = vec![0u8; usize::from(u16::MAX) + 1];
+    for (i, d) in detections.iter().enumerate().take(usize::from(u8::MAX)) {
+        if let Some(slot) = usize::try_from(d.id).ok().and_then(|id| index.get_mut(id)) {
+            *slot = (i + 1) as u8;
+        }
+    }
+    t.label_ids().map(|id| index[usize::from(id)]).collect()
 }
 
 /// A ROS 2-safe name part: letters, digits and `_`.
@@ -302,7 +365,13 @@ impl ZenohSink {
 impl ZenohSink {
     /// A frame on `<camera>/<topic>` (Ocellus raw) or `<camera>/<ros_topic>`
     /// (`sensor_msgs/Image`).
-    fn image(f: &Frame, topic: &str, ros_topic: &str, ros: bool, camera: &dyn Fn(&str) -> String) -> Result<Outgoing> {
+    fn image(
+        f: &Frame,
+        (topic, ros_topic): (&str, &str),
+        ros: bool,
+        camera: &dyn Fn(&str) -> String,
+        frame_id: &FrameIds,
+    ) -> Result<Outgoing> {
         let bad = |e: CodecError| RuntimeError::BadInput(e.to_string());
         Ok(if ros {
             Outgoing {
@@ -310,7 +379,7 @@ impl ZenohSink {
                 ty: MsgType::Image,
                 encoding: Encoding::APPLICATION_CDR,
                 body: Body::Bytes(
-                    ros2::encode_image(&f.layout, &f.pixels, f.meta.capture_ns, &f.meta.camera).map_err(bad)?,
+                    ros2::encode_image(&f.layout, &f.pixels, f.meta.capture_ns, frame_id.of(&f.meta)).map_err(bad)?,
                 ),
             }
         } else {
@@ -323,6 +392,34 @@ impl ZenohSink {
                     pixels: f.pixels.clone(),
                 },
             }
+        })
+    }
+}
+
+impl ZenohSink {
+    /// A frame's tracks as a ROS 2 node publishes them: `<camera>/detections`
+    /// (`vision_msgs/Detection2DArray`) and `<camera>/masks` (`sensor_msgs/Image`, `mono8`).
+    fn ros_tracks(&self, t: &Tracks, camera: &str) -> Result<()> {
+        let bad = |e: CodecError| RuntimeError::BadInput(e.to_string());
+        let frame_id = self.spec.frame_ids.of(&t.meta);
+        let detections = detections(t);
+        self.send(Outgoing {
+            topic: format!("{camera}/detections"),
+            ty: MsgType::Detection2DArray,
+            encoding: Encoding::APPLICATION_CDR,
+            body: Body::Bytes(ros2::encode_detections(t.meta.capture_ns, frame_id, &detections).map_err(bad)?),
+        })?;
+        if t.labels.len() != 2 * t.width as usize * t.height as usize {
+            return Ok(()); // no label image with these tracks
+        }
+        let indices = mask_indices(t, &detections);
+        let layout =
+            ocellus_wire::FrameLayout::packed(ocellus_wire::PixelFormat::Gray8, t.width as usize, t.height as usize);
+        self.send(Outgoing {
+            topic: format!("{camera}/masks"),
+            ty: MsgType::Image,
+            encoding: Encoding::APPLICATION_CDR,
+            body: Body::Bytes(ros2::encode_image(&layout, &indices, t.meta.capture_ns, frame_id).map_err(bad)?),
         })
     }
 }
@@ -340,6 +437,9 @@ impl Stage for ZenohSink {
         let camera = |c: &str| if ros { ros_name(c) } else { c.to_owned() };
         let message = match &input {
             Packet::Tracks(t) => {
+                if ros {
+                    self.ros_tracks(t, &camera(&t.meta.camera))?;
+                }
                 Some(self.observation(&tracks_observation(t), format!("{}/tracks", camera(&t.meta.camera)))?)
             }
             Packet::Mask(m) => {
@@ -348,9 +448,13 @@ impl Stage for ZenohSink {
             Packet::Metrics(r) => {
                 Some(self.observation(&metrics_observation(r), format!("metrics/{}", camera(&r.stage)))?)
             }
-            Packet::Frame(f) if self.spec.frames => Some(Self::image(f, "frames", "image", ros, &camera)?),
+            Packet::Frame(f) if self.spec.frames => {
+                Some(Self::image(f, ("frames", "image"), ros, &camera, &self.spec.frame_ids)?)
+            }
             // Inpainted frames are routed here on purpose: always published.
-            Packet::Inpainted(i) => Some(Self::image(&i.frame, "inpainted", "inpainted/image", ros, &camera)?),
+            Packet::Inpainted(i) => {
+                Some(Self::image(&i.frame, ("inpainted", "inpainted/image"), ros, &camera, &self.spec.frame_ids)?)
+            }
             // What came in from outside is not sent back out.
             Packet::Agent(a) if matches!(a.output, AgentOutput::Received(_)) => None,
             Packet::Agent(a) => {
@@ -379,7 +483,7 @@ impl Stage for ZenohSink {
                         ty: MsgType::PoseArray,
                         encoding: Encoding::APPLICATION_CDR,
                         body: Body::Bytes(
-                            ros2::encode_pose_array(p.meta.capture_ns, &p.meta.camera, &root_poses(p))
+                            ros2::encode_pose_array(p.meta.capture_ns, self.spec.frame_ids.of(&p.meta), &root_poses(p))
                                 .map_err(|e| RuntimeError::BadInput(e.to_string()))?,
                         ),
                     })?;
@@ -428,13 +532,12 @@ async fn publish_loop(
     mut rx: EdgeReceiver<Outgoing>,
     closing: &AtomicBool,
 ) -> std::result::Result<(), String> {
-    let config = spec.session.to_config()?;
-    let session = zenoh::open(config).await.map_err(|e| format!("opening the zenoh session: {e}"))?;
+    let session = session::open(&spec.session).await?;
     let node = match &spec.keys {
         KeyStyle::Ros2 { domain, namespace, node, .. } => Some(NodeIdentity {
             domain: *domain,
             zid: session.zid().to_string(),
-            node_id: 0,
+            node_id: session::next_node_id(),
             namespace: format!("/{}", ros2::strip_topic(namespace)),
             name: ros_name(node),
             enclave: String::new(),
@@ -460,7 +563,13 @@ async fn publish_loop(
         None => None,
     };
     info!(zid = %session.zid(), "zenoh sink ready");
-    let congestion = if spec.block_on_congestion { CongestionControl::Block } else { CongestionControl::Drop };
+    // Best effort (ROS 2 QoS) drops what the network cannot take, whatever `congestion` says.
+    let congestion = if spec.block_on_congestion && !spec.qos.best_effort {
+        CongestionControl::Block
+    } else {
+        CongestionControl::Drop
+    };
+    let reliability = if spec.qos.best_effort { Reliability::BestEffort } else { Reliability::Reliable };
     let mut declared: HashMap<String, Declared> = HashMap::new();
     let mut result = Ok(());
     // This future runs on the host thread itself (`block_on`), not on a runtime worker, so
@@ -478,6 +587,7 @@ async fn publish_loop(
                 .declare_publisher(key.clone())
                 .encoding(message.encoding.clone())
                 .congestion_control(congestion)
+                .reliability(reliability)
                 .await
                 .map_err(|e| format!("declaring a publisher on {key:?}: {e}"));
             let publisher = match publisher {
@@ -495,14 +605,8 @@ async fn publish_loop(
                         KeyStyle::Ros2 { hashes, .. } => hashes,
                         _ => TypeHashes::default(),
                     };
-                    let token_key = n.endpoint_token(
-                        entity,
-                        ros2::EntityKind::Publisher,
-                        &topic,
-                        message.ty,
-                        hashes,
-                        Qos::default(),
-                    );
+                    let token_key =
+                        n.endpoint_token(entity, ros2::EntityKind::Publisher, &topic, message.ty, hashes, spec.qos);
                     let token = session.liveliness().declare_token(token_key.clone()).await;
                     match token {
                         Ok(t) => (Some(t), ros2::gid_of(&token_key)),
@@ -551,7 +655,7 @@ async fn publish_loop(
         let _ = d.publisher.undeclare().await;
     }
     drop(node_token);
-    if let Err(e) = session.close().await {
+    if let Err(e) = session::close(session, &spec.session).await {
         warn!(error = %e, "closing the zenoh session");
     }
     result

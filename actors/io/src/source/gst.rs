@@ -91,10 +91,15 @@ pub enum Preset {
         /// Pace frames in real time like a camera.
         live: bool,
     },
-    /// A media file, decoded by `decodebin`.
+    /// A media file, decoded by `decodebin`; or an image sequence (`frames/%05d.jpg`, JPEG or
+    /// PNG) read by `multifilesrc` at `fps`.
     File {
-        /// Path of the file.
+        /// Path of the file, or the printf pattern of a sequence's frames.
         path: String,
+        /// A sequence's frame rate.
+        fps: u32,
+        /// A sequence's frames (all until the first missing when absent).
+        frames: Option<u64>,
     },
     /// A V4L2 camera.
     V4l2 {
@@ -125,6 +130,11 @@ pub enum Preset {
 pub const RTSP_SOURCE_NAME: &str = "ocellus_rtsp";
 
 /// Quotes a value for a launch description.
+/// Whether a file preset's path is an image sequence's printf pattern (`%05d`, `%d`).
+pub fn is_sequence(path: &str) -> bool {
+    path.split('%').skip(1).any(|rest| rest.trim_start_matches(|c: char| c.is_ascii_digit()).starts_with('d'))
+}
+
 fn quoted(value: &str) -> String {
     format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
 }
@@ -139,7 +149,15 @@ impl Preset {
                     "videotestsrc pattern={pattern} is-live={live}{frames} ! video/x-raw,width={width},height={height},framerate={fps}/1"
                 )
             }
-            Self::File { path } => format!("filesrc location={} ! decodebin", quoted(path)),
+            Self::File { path, fps, frames } if is_sequence(path) => {
+                let media = if path.to_lowercase().ends_with(".png") { "image/png" } else { "image/jpeg" };
+                let stop = frames.map_or_else(String::new, |n| format!(" stop-index={}", n.saturating_sub(1)));
+                format!(
+                    "multifilesrc location={} index=0{stop} caps=\"{media},framerate={fps}/1\" ! decodebin",
+                    quoted(path)
+                )
+            }
+            Self::File { path, .. } => format!("filesrc location={} ! decodebin", quoted(path)),
             Self::V4l2 { device, width, height, fps } => {
                 let mut caps = String::from("video/x-raw");
                 if let Some(w) = width {
@@ -518,7 +536,7 @@ impl GstSource {
             _ => now_ns(),
         };
         let mapped = buffer.into_mapped_buffer_readable().map_err(|_| "unreadable buffer".to_owned())?;
-        let meta = FrameMeta { camera: camera.clone(), seq, capture_ns };
+        let meta = FrameMeta { camera: camera.clone(), seq, capture_ns, frame_id: None };
         Frame::new(meta, layout, Bytes::from_owner(mapped)).map_err(|e| e.to_string())
     }
 }

@@ -153,7 +153,7 @@ impl Source for ReplaySource {
                 return Ok(Flow::Continue);
             }
         }
-        let meta = FrameMeta { camera: ctx.name().clone(), seq: image.seq, capture_ns };
+        let meta = FrameMeta { camera: ctx.name().clone(), seq: image.seq, capture_ns, frame_id: None };
         match Frame::new(meta, image.layout, image.pixels) {
             Ok(frame) => {
                 if !ctx.emit(Packet::Frame(frame)) {

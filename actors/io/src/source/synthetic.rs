@@ -57,7 +57,7 @@ impl Source for SyntheticSource {
                 std::thread::sleep(wait);
             }
         }
-        let meta = FrameMeta { camera: ctx.name().clone(), seq: self.seq, capture_ns: now_ns() };
+        let meta = FrameMeta { camera: ctx.name().clone(), seq: self.seq, capture_ns: now_ns(), frame_id: None };
         let frame = Frame { meta, layout: self.layout, pixels: self.pixels.clone() };
         if !ctx.emit(Packet::Frame(frame)) {
             return Ok(Flow::End);

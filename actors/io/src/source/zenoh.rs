@@ -64,6 +64,8 @@ pub struct Ros2Subscription {
     pub ty: ocellus_wire::ros2::MsgType,
     /// The node's name.
     pub node: String,
+    /// Its QoS (in the subscription's token).
+    pub qos: ros2::Qos,
 }
 
 /// The entity id of a source's ROS 2 subscription within its node.
@@ -120,16 +122,18 @@ impl Source for ZenohSource {
         let name = ctx.name().clone();
         let (tx, intake) = edge::<Sample>(format!("{name}.zenoh"), self.spec.intake);
         ctx.metrics().attach_input(intake.stats().clone());
-        let config = self.spec.session.to_config().map_err(RuntimeError::Fatal)?;
+        // A bad configuration is fatal here, before any thread starts.
+        self.spec.session.to_config().map_err(RuntimeError::Fatal)?;
+        let session_spec = self.spec.session.clone();
         let error: Arc<Mutex<Option<String>>> = Arc::default();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (key, host_error) = (self.spec.key.clone(), error.clone());
         let ros2 = self.spec.ros2.clone();
         let host = session::spawn_host(format!("zenoh:{name}"), move || async move {
-            let session = match zenoh::open(config).await {
+            let session = match session::open(&session_spec).await {
                 Ok(s) => s,
                 Err(e) => {
-                    *host_error.lock() = Some(format!("opening the zenoh session: {e}"));
+                    *host_error.lock() = Some(e);
                     return;
                 }
             };
@@ -148,7 +152,7 @@ impl Source for ZenohSource {
                         let node = ros2::NodeIdentity {
                             domain: r.domain,
                             zid: session.zid().to_string(),
-                            node_id: 0,
+                            node_id: session::next_node_id(),
                             namespace: "/".to_owned(),
                             name: r.node.clone(),
                             enclave: String::new(),
@@ -159,7 +163,7 @@ impl Source for ZenohSource {
                             &r.topic,
                             r.ty,
                             ros2::TypeHashes::Rihs01,
-                            ros2::Qos::default(),
+                            r.qos,
                         );
                         for token in [node.node_token(), subscription] {
                             match session.liveliness().declare_token(token.clone()).await {
@@ -176,7 +180,7 @@ impl Source for ZenohSource {
                 }
                 Err(e) => *host_error.lock() = Some(format!("subscribing to {key:?}: {e}")),
             }
-            if let Err(e) = session.close().await {
+            if let Err(e) = session::close(session, &session_spec).await {
                 warn!(error = %e, "closing the zenoh session");
             }
         })
@@ -212,7 +216,9 @@ impl Source for ZenohSource {
         let info = MessageInfo { seq: self.emitted, capture_ns: sample_time(&sample) };
         match decode_frame(self.spec.format, &payload_bytes(sample.payload()), info) {
             Ok(d) => {
-                let meta = FrameMeta { camera: ctx.name().clone(), seq: d.seq, capture_ns: d.capture_ns };
+                // A ROS 2 image's `header.frame_id` is kept for what is published about it.
+                let frame_id = d.frame_id.filter(|f| !f.is_empty()).map(Arc::<str>::from);
+                let meta = FrameMeta { camera: ctx.name().clone(), seq: d.seq, capture_ns: d.capture_ns, frame_id };
                 let frame = Frame::new(meta, d.layout, d.pixels)?;
                 if !ctx.emit(Packet::Frame(frame)) {
                     return Ok(Flow::End);
