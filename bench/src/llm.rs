@@ -1,7 +1,8 @@
-//! `ocellus-bench llm`: Llama 3 prompt and decode speed on this machine against transformers'
-//! `LlamaForCausalLM` (same shape, threads, prompt and token counts, fp32 CPU), and decode
-//! speed as a fraction of the memory-bandwidth bound (every weight byte is read once per
-//! decoded token, at the copy bandwidth measured here).
+//! `ocellus-bench llm`: Llama 3 prompt and decode speed on this machine, in fp32, bf16, int8
+//! and int4, against transformers' `LlamaForCausalLM` in fp32 and bf16 (same shape, threads,
+//! prompt and token counts, CPU), and decode speed as a fraction of each format's
+//! memory-bandwidth bound (every weight byte it stores is read once per decoded token, at the
+//! copy bandwidth measured in the same run).
 
 use std::ops::ControlFlow;
 use std::time::Instant;
@@ -10,34 +11,75 @@ use anyhow::Context as _;
 use ocellus_language::config::LlamaConfig;
 use ocellus_language::generate::{GenerateOptions, generate};
 use ocellus_language::llama::Llama;
+use ocellus_language::quant::Quantization;
 use tch::{Device, Kind, Tensor};
 
 /// The reference timing script.
 const REFERENCE_SCRIPT: &str = include_str!("../scripts/bench_llm_reference.py");
 
-/// One comparison.
+/// A weight format Ocellus runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// fp32 weights and activations.
+    F32,
+    /// bf16 weights and activations.
+    Bf16,
+    /// Linear layers quantized (fp32 elsewhere; the kernels take bf16 activations).
+    Quantized(Quantization),
+}
+
+impl Format {
+    /// `f32`, `bf16`, `int8`, `int4`, `int4:<group>`.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        Ok(match text {
+            "f32" | "fp32" => Self::F32,
+            "bf16" => Self::Bf16,
+            other => Self::Quantized(Quantization::parse(other)?),
+        })
+    }
+
+    /// Its name in tables.
+    pub fn name(self) -> String {
+        match self {
+            Self::F32 => "fp32".into(),
+            Self::Bf16 => "bf16".into(),
+            Self::Quantized(q) => q.name(),
+        }
+    }
+}
+
+/// Ocellus's speed in one format.
 #[derive(Debug, Clone)]
-pub struct LlmBenchResult {
-    /// Model shape.
-    pub model: String,
-    /// Prompt tokens per second (prefill and first token), Ocellus.
+pub struct FormatResult {
+    /// The format.
+    pub format: Format,
+    /// Prompt tokens per second (prefill and first token).
     pub prompt_tps: f64,
-    /// Decode tokens per second, Ocellus.
+    /// Decode tokens per second.
     pub decode_tps: f64,
-    /// The same for transformers.
-    pub reference_prompt_tps: f64,
-    /// The same for transformers.
-    pub reference_decode_tps: f64,
-    /// Measured copy bandwidth, GB/s (bytes read + written).
-    pub bandwidth_gbs: f64,
     /// Weight bytes read per decoded token.
     pub weight_bytes: f64,
 }
 
+/// One run of the comparison.
+#[derive(Debug, Clone)]
+pub struct LlmBenchResult {
+    /// Model shape.
+    pub model: String,
+    /// Ocellus, per format.
+    pub formats: Vec<FormatResult>,
+    /// transformers fp32: prompt and decode tokens per second.
+    pub reference_f32: (f64, f64),
+    /// transformers bf16: prompt and decode tokens per second.
+    pub reference_bf16: (f64, f64),
+    /// Measured copy bandwidth, GB/s (bytes read + written).
+    pub bandwidth_gbs: f64,
+}
+
 impl LlmBenchResult {
-    /// Decode tokens/s if every weight byte streamed at the copy bandwidth.
-    pub fn bound_tps(&self) -> f64 {
-        self.bandwidth_gbs * 1e9 / self.weight_bytes
+    /// Decode tokens/s if the `bytes` read per token streamed at the copy bandwidth.
+    pub fn bound_tps(&self, bytes: f64) -> f64 {
+        self.bandwidth_gbs * 1e9 / bytes
     }
 }
 
@@ -61,37 +103,65 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// Times `model` (a name of [`LlamaConfig::by_name`]) here and in transformers.
-pub fn run(
-    model: &str,
-    threads: i32,
-    prompt_len: usize,
-    decode_len: usize,
-    runs: usize,
-    bf16: bool,
-) -> anyhow::Result<LlmBenchResult> {
-    tch::set_num_threads(threads);
-    let config = LlamaConfig::by_name(model)?;
-    let bandwidth_gbs = copy_bandwidth()?;
-    let (kind, bytes) = if bf16 { (Kind::BFloat16, 2.0) } else { (Kind::Float, 4.0) };
-    let weight_bytes = config.num_parameters() as f64 * bytes;
-    let llama = Llama::random(config.clone(), 0, Device::Cpu, kind)?;
+/// Prompt and decode tokens/s of `llama` (medians of `runs` after a warm-up).
+fn time_ocellus(llama: &Llama, prompt_len: usize, decode_len: usize, runs: usize) -> anyhow::Result<(f64, f64)> {
     let prompt: Vec<u32> = (0..prompt_len as u32).map(|i| (i * 7919) % 128_000).collect();
     let options = GenerateOptions { stop_tokens: vec![], ..GenerateOptions::greedy(decode_len) };
     let mut cache = llama.new_cache(1, (prompt_len + decode_len) as i64)?;
     let (mut prompt_rates, mut decode_rates) = (Vec::new(), Vec::new());
     for i in 0..=runs {
         cache.clear()?;
-        let g = generate(&llama, None, &mut cache, &prompt, &options, |_| ControlFlow::Continue(()))?;
+        let g = generate(llama, None, &mut cache, &prompt, &options, |_| ControlFlow::Continue(()))?;
         if i > 0 {
             prompt_rates.push(prompt_len as f64 / g.prefill_secs);
             decode_rates.push((g.tokens.len() - 1) as f64 / g.decode_secs);
         }
     }
-    drop(llama);
+    Ok((median(prompt_rates), median(decode_rates)))
+}
 
+/// Times `model` (a name of [`LlamaConfig::by_name`]) here in each of `formats` and in
+/// transformers (fp32 and bf16), on seeded weights, in one run.
+pub fn run(
+    model: &str,
+    threads: i32,
+    prompt_len: usize,
+    decode_len: usize,
+    runs: usize,
+    formats: &[Format],
+) -> anyhow::Result<LlmBenchResult> {
+    tch::set_num_threads(threads);
+    let config = LlamaConfig::by_name(model)?;
+    let bandwidth_gbs = copy_bandwidth()?;
+    let mut results = Vec::new();
+    for &format in formats {
+        let (kind, quantization) = match format {
+            Format::F32 => (Kind::Float, Quantization::None),
+            Format::Bf16 => (Kind::BFloat16, Quantization::None),
+            Format::Quantized(q) => (quantized_kind(), q),
+        };
+        let tensors = Llama::random_tensors(&config, 0)?;
+        let path = std::path::Path::new("<random>");
+        let llama = Llama::from_tensors_quantized(config.clone(), tensors, Device::Cpu, kind, path, quantization)?;
+        let (prompt_tps, decode_tps) = time_ocellus(&llama, prompt_len, decode_len, runs)?;
+        results.push(FormatResult { format, prompt_tps, decode_tps, weight_bytes: llama.bytes_per_token() as f64 });
+    }
+    let reference_f32 = reference(&config, threads, prompt_len, decode_len, runs, "f32")?;
+    let reference_bf16 = reference(&config, threads, prompt_len, decode_len, runs, "bf16")?;
+    Ok(LlmBenchResult { model: model.to_owned(), formats: results, reference_f32, reference_bf16, bandwidth_gbs })
+}
+
+/// transformers' prompt and decode tokens/s in `dtype`.
+fn reference(
+    config: &LlamaConfig,
+    threads: i32,
+    prompt_len: usize,
+    decode_len: usize,
+    runs: usize,
+    dtype: &str,
+) -> anyhow::Result<(f64, f64)> {
     let scratch = std::env::temp_dir().join(format!("ocellus-bench-llm-{}.json", std::process::id()));
-    let mut cfg = serde_json::to_value(&config)?;
+    let mut cfg = serde_json::to_value(config)?;
     if let Some(obj) = cfg.as_object_mut() {
         // transformers 5 takes the RoPE settings as `rope_parameters`.
         let mut rope = serde_json::json!({"rope_type": "default", "rope_theta": config.rope_theta});
@@ -111,21 +181,21 @@ pub fn run(
         .arg(REFERENCE_SCRIPT)
         .arg(&scratch)
         .args([threads.to_string(), prompt_len.to_string(), decode_len.to_string(), runs.to_string()])
-        .arg(if bf16 { "bf16" } else { "f32" })
+        .arg(dtype)
         .output()?;
     std::fs::remove_file(&scratch).ok();
     anyhow::ensure!(out.status.success(), "reference run failed: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     let mut numbers = text.split_whitespace().filter_map(|s| s.parse::<f64>().ok());
-    let (reference_prompt_tps, reference_decode_tps) =
-        (numbers.next().context("reference output")?, numbers.next().context("reference output")?);
-    Ok(LlmBenchResult {
-        model: model.to_owned(),
-        prompt_tps: median(prompt_rates),
-        decode_tps: median(decode_rates),
-        reference_prompt_tps,
-        reference_decode_tps,
-        bandwidth_gbs,
-        weight_bytes,
-    })
+    Ok((numbers.next().context("reference output")?, numbers.next().context("reference output")?))
+}
+
+/// The activations' type of a quantized model in this bench: fp32 around the bf16 kernels, as
+/// the agent runs it on the CPU (`OCELLUS_BENCH_QUANT_KIND=bf16` runs the rest of the model in
+/// bf16 too).
+fn quantized_kind() -> Kind {
+    match std::env::var("OCELLUS_BENCH_QUANT_KIND").as_deref() {
+        Ok("bf16") => Kind::BFloat16,
+        _ => Kind::Float,
+    }
 }

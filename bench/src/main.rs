@@ -75,9 +75,9 @@ enum Command {
         /// Timed runs (after one warm-up); medians are reported.
         #[arg(long, default_value_t = 2)]
         runs: usize,
-        /// Weights and activations in bf16 on both sides (fp32 by default).
-        #[arg(long)]
-        bf16: bool,
+        /// Formats to time (`f32`, `bf16`, `int8`, `int4`, `int4:<group>`).
+        #[arg(long, value_delimiter = ',', default_value = "f32,bf16,int8,int4")]
+        formats: Vec<String>,
     },
     /// Backbone forward time against the official Python forward (same threads, weights).
     Models {
@@ -147,32 +147,43 @@ fn init_tracing() {
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
 }
 
-fn bench_llm(model: &str, threads: i32, prompt: usize, decode: usize, runs: usize, bf16: bool) -> anyhow::Result<()> {
-    let dtype = if bf16 { "bf16" } else { "fp32" };
+fn bench_llm(
+    model: &str,
+    threads: i32,
+    prompt: usize,
+    decode: usize,
+    runs: usize,
+    formats: &[String],
+) -> anyhow::Result<()> {
+    let formats: Vec<ocellus_bench::llm::Format> =
+        formats.iter().map(|f| ocellus_bench::llm::Format::parse(f)).collect::<anyhow::Result<_>>()?;
+    println!("{model}, CPU, {threads} threads, prompt {prompt} tokens, decode {decode} tokens (medians of {runs})");
+    let r = ocellus_bench::llm::run(model, threads, prompt, decode, runs, &formats)?;
+    let (f32_ref, bf16_ref) = (r.reference_f32, r.reference_bf16);
     println!(
-        "{model}, {dtype} CPU, {threads} threads, prompt {prompt} tokens, decode {decode} tokens (medians of {runs})"
-    );
-    let r = ocellus_bench::llm::run(model, threads, prompt, decode, runs, bf16)?;
-    println!("| | Ocellus | transformers | ratio |\n|---|---|---|---|");
-    println!(
-        "| prompt tokens/s | {:.1} | {:.1} | {:.2}x |",
-        r.prompt_tps,
-        r.reference_prompt_tps,
-        r.prompt_tps / r.reference_prompt_tps
-    );
-    println!(
-        "| decode tokens/s | {:.2} | {:.2} | {:.2}x |",
-        r.decode_tps,
-        r.reference_decode_tps,
-        r.decode_tps / r.reference_decode_tps
+        "transformers: fp32 prompt {:.1} / decode {:.2} tokens/s, bf16 prompt {:.1} / decode {:.2} tokens/s; copy bandwidth {:.1} GB/s",
+        f32_ref.0, f32_ref.1, bf16_ref.0, bf16_ref.1, r.bandwidth_gbs
     );
     println!(
-        "copy bandwidth {:.1} GB/s, {:.2} GB of weights per token: bound {:.2} tokens/s; Ocellus decode at {:.0}% of it",
-        r.bandwidth_gbs,
-        r.weight_bytes / 1e9,
-        r.bound_tps(),
-        100.0 * r.decode_tps / r.bound_tps()
+        "| Ocellus | prompt tok/s | vs tf fp32 | vs tf bf16 | decode tok/s | vs tf fp32 | vs tf bf16 | GB/token | bound tok/s | of bound |"
     );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for f in &r.formats {
+        let bound = r.bound_tps(f.weight_bytes);
+        println!(
+            "| {} | {:.1} | {:.2}x | {:.2}x | {:.2} | {:.2}x | {:.2}x | {:.3} | {:.2} | {:.0}% |",
+            f.format.name(),
+            f.prompt_tps,
+            f.prompt_tps / f32_ref.0,
+            f.prompt_tps / bf16_ref.0,
+            f.decode_tps,
+            f.decode_tps / f32_ref.1,
+            f.decode_tps / bf16_ref.1,
+            f.weight_bytes / 1e9,
+            bound,
+            100.0 * f.decode_tps / bound
+        );
+    }
     Ok(())
 }
 
@@ -325,8 +336,8 @@ fn main() -> ExitCode {
             let stream = StreamBench { frames: stream_frames, objects: stream_objects, image_size: stream_image_size };
             bench_tracker(&model, &objects, frames, threads, &stream)
         }
-        Command::Llm { model, threads, prompt_tokens, decode_tokens, runs, bf16 } => {
-            bench_llm(&model, threads, prompt_tokens, decode_tokens, runs, bf16)
+        Command::Llm { model, threads, prompt_tokens, decode_tokens, runs, formats } => {
+            bench_llm(&model, threads, prompt_tokens, decode_tokens, runs, &formats)
         }
         Command::Models { models, threads, iters } => bench_models(&models, threads, iters),
         Command::Runtime { frames, edge, paced_fps, paced_frames } => {

@@ -24,6 +24,7 @@ pub mod generate;
 pub mod guard;
 pub mod llama;
 pub mod openai;
+pub mod quant;
 pub mod tokenizer;
 pub mod tools;
 

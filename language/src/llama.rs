@@ -17,6 +17,7 @@ use ocellus_kernels::rope::{Llama3Scaling, half_rotation_tables, llama3_inv_freq
 use tch::{Device, Kind, Tensor};
 
 use crate::config::LlamaConfig;
+use crate::quant::{self, QLinear, Quantization};
 use crate::{LanguageError, Result};
 
 /// Standard deviation of seeded random weights.
@@ -44,15 +45,26 @@ impl WeightLayout {
 
 struct Layer {
     input_layernorm: Tensor,
-    q_proj: Tensor,
-    k_proj: Tensor,
-    v_proj: Tensor,
-    o_proj: Tensor,
+    q_proj: QLinear,
+    k_proj: QLinear,
+    v_proj: QLinear,
+    o_proj: QLinear,
     post_attention_layernorm: Tensor,
-    gate_proj: Tensor,
-    up_proj: Tensor,
-    down_proj: Tensor,
+    gate_proj: QLinear,
+    up_proj: QLinear,
+    down_proj: QLinear,
 }
+
+/// The linear layers of one decoder layer, by their key's middle part.
+pub const LAYER_LINEARS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
 
 /// Llama 3 weights on one device (shared, read-only).
 pub struct Llama {
@@ -60,11 +72,12 @@ pub struct Llama {
     embed_tokens: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    /// `lm_head.weight`, or the embedding when tied.
-    lm_head: Tensor,
+    /// `lm_head.weight`, or the embedding when tied (quantized on its own when asked).
+    lm_head: QLinear,
     inv_freq: Tensor,
     device: Device,
     kind: Kind,
+    quantization: Quantization,
 }
 
 impl std::fmt::Debug for Llama {
@@ -212,8 +225,32 @@ impl Llama {
         kind: Kind,
         path: &Path,
     ) -> Result<Self> {
+        Self::from_tensors_quantized(config, tensors, device, kind, path, Quantization::None)
+    }
+
+    /// [`Llama::from_tensors`] with every linear layer (the LM head included) quantized as
+    /// `quantization` asks. A file quantized by `ocellus weights import --quantize` (its
+    /// linear layers stored quantized) is taken as it is.
+    pub fn from_tensors_quantized(
+        config: LlamaConfig,
+        tensors: Vec<(String, Tensor)>,
+        device: Device,
+        kind: Kind,
+        path: &Path,
+        quantization: Quantization,
+    ) -> Result<Self> {
         config.validate()?;
         let mut map: BTreeMap<String, Tensor> = tensors.into_iter().collect();
+        let (mut stored, stored_mode) =
+            quant::take_stored(&mut map, device, kind).map_err(|e| weights_error(path, e))?;
+        let quantization = match (stored_mode, quantization) {
+            (Some(s), Quantization::None) => s,
+            (Some(s), q) if s == q => s,
+            (Some(s), q) => {
+                return Err(weights_error(path, format!("the file is quantized {s:?}; it cannot be loaded as {q:?}")));
+            }
+            (None, q) => q,
+        };
         let layout = WeightLayout::detect(map.keys())
             .ok_or_else(|| weights_error(path, "neither model.embed_tokens.weight nor tok_embeddings.weight found"))?;
         let expected = expected_shapes(&config);
@@ -239,8 +276,12 @@ impl Llama {
                 converted.insert(k, t);
             }
             map = converted;
-        } else if config.tie_word_embeddings {
+        } else if config.tie_word_embeddings && !stored.contains_key("lm_head.weight") {
             map.remove("lm_head.weight");
+        }
+        let mut expected = expected;
+        for key in stored.keys() {
+            expected.remove(key);
         }
         check_keys(&expected, &map, path, layout)?;
 
@@ -250,20 +291,36 @@ impl Llama {
         };
         let embed_tokens = take("model.embed_tokens.weight")?;
         let norm = take("model.norm.weight")?;
-        let lm_head = if config.tie_word_embeddings { embed_tokens.shallow_clone() } else { take("lm_head.weight")? };
+        // A linear layer: as stored quantized, else quantized now (or kept dense).
+        let mut linear = |key: &str, map: &mut dyn FnMut(&str) -> Result<Tensor>| -> Result<QLinear> {
+            match stored.remove(key) {
+                Some(q) => Ok(q),
+                None if quantization == Quantization::None => Ok(QLinear::Dense(map(key)?)),
+                None => QLinear::new(&map(key)?, quantization, device, kind),
+            }
+        };
+        let lm_head = match (config.tie_word_embeddings, quantization) {
+            (true, Quantization::None) => QLinear::Dense(embed_tokens.shallow_clone()),
+            (true, _) => linear("lm_head.weight", &mut |_| Ok(embed_tokens.shallow_clone()))?,
+            (false, _) => linear("lm_head.weight", &mut take)?,
+        };
         let mut layers = Vec::with_capacity(config.num_hidden_layers as usize);
         for i in 0..config.num_hidden_layers {
-            let mut t = |name: &str| take(&format!("model.layers.{i}.{name}.weight"));
+            let key = |name: &str| format!("model.layers.{i}.{name}.weight");
+            let mut l = |name: &str| linear(&key(name), &mut take);
+            let (q_proj, k_proj, v_proj, o_proj) =
+                (l("self_attn.q_proj")?, l("self_attn.k_proj")?, l("self_attn.v_proj")?, l("self_attn.o_proj")?);
+            let (gate_proj, up_proj, down_proj) = (l("mlp.gate_proj")?, l("mlp.up_proj")?, l("mlp.down_proj")?);
             layers.push(Layer {
-                input_layernorm: t("input_layernorm")?,
-                q_proj: t("self_attn.q_proj")?,
-                k_proj: t("self_attn.k_proj")?,
-                v_proj: t("self_attn.v_proj")?,
-                o_proj: t("self_attn.o_proj")?,
-                post_attention_layernorm: t("post_attention_layernorm")?,
-                gate_proj: t("mlp.gate_proj")?,
-                up_proj: t("mlp.up_proj")?,
-                down_proj: t("mlp.down_proj")?,
+                input_layernorm: take(&key("input_layernorm"))?,
+                q_proj,
+                k_proj,
+                v_proj,
+                o_proj,
+                post_attention_layernorm: take(&key("post_attention_layernorm"))?,
+                gate_proj,
+                up_proj,
+                down_proj,
             });
         }
         let scaling = config.rope_scaling.map(|s| Llama3Scaling {
@@ -273,13 +330,50 @@ impl Llama {
             original_max_position_embeddings: s.original_max_position_embeddings as f64,
         });
         let inv_freq = llama3_inv_freq(config.head_dim(), config.rope_theta, scaling, device)?;
-        Ok(Self { config, embed_tokens, layers, norm, lm_head, inv_freq, device, kind })
+        Ok(Self { config, embed_tokens, layers, norm, lm_head, inv_freq, device, kind, quantization })
     }
 
     /// Loads a safetensors file in either layout.
     pub fn load(config: LlamaConfig, path: &Path, device: Device, kind: Kind) -> Result<Self> {
+        Self::load_quantized(config, path, device, kind, Quantization::None)
+    }
+
+    /// Loads a safetensors file, its linear layers quantized as `quantization` asks (or as
+    /// the file stores them).
+    pub fn load_quantized(
+        config: LlamaConfig,
+        path: &Path,
+        device: Device,
+        kind: Kind,
+        quantization: Quantization,
+    ) -> Result<Self> {
         let tensors = Tensor::read_safetensors(path).map_err(|e| weights_error(path, e))?;
-        Self::from_tensors(config, tensors, device, kind, path)
+        Self::from_tensors_quantized(config, tensors, device, kind, path, quantization)
+    }
+
+    /// How the linear layers are stored.
+    pub fn quantization(&self) -> Quantization {
+        self.quantization
+    }
+
+    /// Bytes of weights one decode step reads: every linear layer, the norms, and one row of
+    /// the embedding (the bound on tokens per second is bandwidth / this).
+    pub fn bytes_per_token(&self) -> i64 {
+        let of = |t: &Tensor| t.numel() as i64 * t.kind().elt_size_in_bytes() as i64;
+        let row = of(&self.embed_tokens) / self.config.vocab_size.max(1);
+        let layers: i64 = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj, &l.down_proj]
+                    .iter()
+                    .map(|q| q.bytes())
+                    .sum::<i64>()
+                    + of(&l.input_layernorm)
+                    + of(&l.post_attention_layernorm)
+            })
+            .sum();
+        layers + self.lm_head.bytes() + of(&self.norm) + row
     }
 
     /// Seeded random weights (normal, std 0.02; norms around 1), in transformers layout.
@@ -301,37 +395,43 @@ impl Llama {
         Self::from_tensors(config, tensors, device, kind, Path::new("<random>"))
     }
 
-    /// The weights under transformers' key names (the tied output projection is not repeated).
-    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+    /// The weights under transformers' key names (the tied output projection is not
+    /// repeated). Only a model with dense linear layers has them: quantize a file with
+    /// `quant::quantize_named` instead.
+    pub fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let dense = |q: &QLinear| match q {
+            QLinear::Dense(w) => Ok(w.shallow_clone()),
+            _ => Err(LanguageError::Config("a quantized model's weights are not dense tensors".into())),
+        };
         let mut out = vec![
             ("model.embed_tokens.weight".to_owned(), self.embed_tokens.shallow_clone()),
             ("model.norm.weight".to_owned(), self.norm.shallow_clone()),
         ];
         if !self.config.tie_word_embeddings {
-            out.push(("lm_head.weight".to_owned(), self.lm_head.shallow_clone()));
+            out.push(("lm_head.weight".to_owned(), dense(&self.lm_head)?));
         }
         for (i, l) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
-            for (name, t) in [
-                ("input_layernorm", &l.input_layernorm),
-                ("self_attn.q_proj", &l.q_proj),
-                ("self_attn.k_proj", &l.k_proj),
-                ("self_attn.v_proj", &l.v_proj),
-                ("self_attn.o_proj", &l.o_proj),
-                ("post_attention_layernorm", &l.post_attention_layernorm),
-                ("mlp.gate_proj", &l.gate_proj),
-                ("mlp.up_proj", &l.up_proj),
-                ("mlp.down_proj", &l.down_proj),
-            ] {
-                out.push((format!("{p}.{name}.weight"), t.shallow_clone()));
+            out.push((format!("{p}.input_layernorm.weight"), l.input_layernorm.shallow_clone()));
+            out.push((format!("{p}.post_attention_layernorm.weight"), l.post_attention_layernorm.shallow_clone()));
+            for (name, q) in LAYER_LINEARS.iter().zip([
+                &l.q_proj,
+                &l.k_proj,
+                &l.v_proj,
+                &l.o_proj,
+                &l.gate_proj,
+                &l.up_proj,
+                &l.down_proj,
+            ]) {
+                out.push((format!("{p}.{name}.weight"), dense(q)?));
             }
         }
-        out
+        Ok(out)
     }
 
     /// Writes the weights (transformers layout) to a safetensors file.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let tensors = self.named_tensors();
+        let tensors = self.named_tensors()?;
         let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
         Tensor::write_safetensors(&refs, path).map_err(|e| weights_error(path, e))
     }
@@ -419,16 +519,16 @@ impl Llama {
             let attn = self.attention(layer, &x, &cos, &sin, &mask, cache, i, start, t)?;
             h = h.f_add_(&attn)?;
             let x = rms_norm(&h, &layer.post_attention_layernorm, self.config.rms_norm_eps)?;
-            let mut gate = x.f_linear::<Tensor>(&layer.gate_proj, None)?.f_silu()?;
-            let up = x.f_linear::<Tensor>(&layer.up_proj, None)?;
-            let mlp = gate.f_mul_(&up)?.f_linear::<Tensor>(&layer.down_proj, None)?;
+            let mut gate = layer.gate_proj.forward(&x)?.f_silu()?;
+            let up = layer.up_proj.forward(&x)?;
+            let mlp = layer.down_proj.forward(&gate.f_mul_(&up)?)?;
             h = h.f_add_(&mlp)?;
         }
         cache.len = total;
         cache.next_position = cache.next_position.f_add(&valid.f_sum_dim_intlist(1, false, Kind::Int64)?)?;
         let h = if last_only { h.f_narrow(1, t - 1, 1)? } else { h };
         let h = rms_norm(&h, &self.norm, self.config.rms_norm_eps)?;
-        Ok(h.f_linear::<Tensor>(&self.lm_head, None)?.f_to_kind(Kind::Float)?)
+        Ok(self.lm_head.forward(&h)?.f_to_kind(Kind::Float)?)
     }
 
     /// Additive mask `[B, 1, T, total]`: a query at slot `start + q` sees keys at slots
@@ -462,9 +562,9 @@ impl Llama {
     ) -> Result<Tensor> {
         let (b, hd) = (x.size()[0], self.config.head_dim());
         let (h, kv) = (self.config.num_attention_heads, self.config.num_key_value_heads);
-        let heads = |w: &Tensor, n: i64| -> Result<Tensor> {
+        let heads = |w: &QLinear, n: i64| -> Result<Tensor> {
             // [B, T, n * hd] → [B, n, T, hd]
-            Ok(x.f_linear::<Tensor>(w, None)?.f_view([b, t, n, hd])?.f_transpose(1, 2)?)
+            Ok(w.forward(x)?.f_view([b, t, n, hd])?.f_transpose(1, 2)?)
         };
         let q = rotate_half_apply(&heads(&layer.q_proj, h)?, cos, sin)?;
         let k = rotate_half_apply(&heads(&layer.k_proj, kv)?, cos, sin)?;
@@ -477,7 +577,7 @@ impl Llama {
         let out = Tensor::f_scaled_dot_product_attention(&q, &keys, &values, Some(mask), 0.0, false, scale, h != kv)?;
         // [B, h, T, hd] → [B, T, h * hd]
         let out = out.f_transpose(1, 2)?.f_reshape([b, t, h * hd])?;
-        Ok(out.f_linear::<Tensor>(&layer.o_proj, None)?)
+        layer.o_proj.forward(&out)
     }
 }
 

@@ -291,6 +291,10 @@ pub struct ImportArgs {
     /// SMPL only: HMR 2.0's 19-joint regressor (`SMPL_to_J19.pkl`), for the 44 joints LART reads.
     #[arg(long)]
     pub extra_regressor: Option<PathBuf>,
+    /// Llama 3 only: store the linear layers quantized, `int8`, `int4` (groups of 128) or
+    /// `int4:<32|64|128|256>` (the agent's `dtype` then follows the file).
+    #[arg(long)]
+    pub quantize: Option<String>,
     /// Output (default `weights/<model>.safetensors`).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -342,9 +346,13 @@ impl WeightsArgs {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            WeightsCommand::Import(ImportArgs { model, from, extra_regressor, out }) => {
+            WeightsCommand::Import(ImportArgs { model, from, extra_regressor, quantize, out }) => {
                 let out = out.unwrap_or_else(|| tools::default_weights_path(&model));
-                let m = tools::import_with_extra(&model, &from, extra_regressor.as_deref(), &out)?;
+                let m = match quantize {
+                    Some(q) if extra_regressor.is_none() => tools::import_quantized(&model, &from, &out, &q)?,
+                    Some(_) => anyhow::bail!("--quantize and --extra-regressor are for different models"),
+                    None => tools::import_with_extra(&model, &from, extra_regressor.as_deref(), &out)?,
+                };
                 println!("imported {} → {}", from.display(), out.display());
                 m
             }

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use ocellus_kernels::DType;
 use ocellus_language::config::{LlamaConfig, MetaParams};
 use ocellus_language::llama::Llama;
+use ocellus_language::quant::{self, Quantization};
 use ocellus_perception::PerceptionError;
 use ocellus_perception::backbone::Backbone;
 use ocellus_perception::clip::Clip;
@@ -96,6 +97,16 @@ pub fn import(model: &str, checkpoint: &Path, out: &Path) -> anyhow::Result<Mani
     import_with_extra(model, checkpoint, None, out)
 }
 
+/// [`import`] of a Llama 3 model with its linear layers quantized (`--quantize int8|int4`):
+/// the file is read back and checked like any other.
+pub fn import_quantized(model: &str, checkpoint: &Path, out: &Path, quantize: &str) -> anyhow::Result<Manifest> {
+    let mode = Quantization::parse(quantize)?;
+    if !matches!(Family::of(model)?, Family::Llama) {
+        anyhow::bail!("--quantize is for the Llama 3 models (the agent and Llama Guard), not {model}");
+    }
+    import_llama(model, checkpoint, out, mode)
+}
+
 /// [`import`], with an extra file some models take (SMPL: HMR 2.0's 19-joint regressor).
 pub fn import_with_extra(model: &str, checkpoint: &Path, extra: Option<&Path>, out: &Path) -> anyhow::Result<Manifest> {
     let family = Family::of(model)?;
@@ -106,7 +117,7 @@ pub fn import_with_extra(model: &str, checkpoint: &Path, extra: Option<&Path>, o
         Family::Smpl => Ok(import_smpl(checkpoint, extra, out)?),
         Family::Hmr2 => Ok(import_model::<Hmr2>(model, checkpoint, out)?),
         Family::Lart => Ok(import_lart(model, checkpoint, out)?),
-        Family::Llama => import_llama(model, checkpoint, out),
+        Family::Llama => import_llama(model, checkpoint, out, Quantization::None),
         Family::DiffMae => Ok(import_model::<DiffMae>(model, checkpoint, out)?),
         Family::Sam2 => Ok(import_sam2(model, checkpoint, out)?),
         Family::Clip => Ok(import_model::<Clip>(model, checkpoint, out)?),
@@ -242,7 +253,7 @@ fn init_model<M: Model>(model: &str, seed: i64, out: &Path) -> Result<Manifest, 
 /// (`params.json` + `consolidated.00.pth`), or a single file of either layout. The result is
 /// one safetensors file in transformers' layout (Meta's q/k rows permuted), in the
 /// checkpoint's dtype, every key and shape checked.
-fn import_llama(model: &str, from: &Path, out: &Path) -> anyhow::Result<Manifest> {
+fn import_llama(model: &str, from: &Path, out: &Path, quantize: Quantization) -> anyhow::Result<Manifest> {
     let preset = LlamaConfig::by_name(model)?;
     let dir = if from.is_dir() { from.to_path_buf() } else { from.parent().map(Path::to_path_buf).unwrap_or_default() };
     let config = if dir.join("config.json").exists() {
@@ -294,7 +305,23 @@ fn import_llama(model: &str, from: &Path, out: &Path) -> anyhow::Result<Manifest
     if let Some(parent) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }
-    llama.save(out)?;
+    let source = match quantize {
+        Quantization::None => {
+            llama.save(out)?;
+            format!("import {}", from.display())
+        }
+        mode => {
+            let tensors = quant::quantize_named(llama.named_tensors()?, config.tie_word_embeddings, mode)?;
+            drop(llama);
+            let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+            Tensor::write_safetensors(&refs, out).with_context(|| out.display().to_string())?;
+            drop(tensors);
+            // Checked as it will be loaded: every key, shape and quantized layer.
+            let back = Llama::load(config.clone(), out, Device::Cpu, Kind::Float)?;
+            anyhow::ensure!(back.quantization() == mode, "{} reads back as {:?}", out.display(), back.quantization());
+            format!("import {} (quantized {quantize_name})", from.display(), quantize_name = mode.name())
+        }
+    };
     // The tokenizer travels with the weights: the agent finds it next to them.
     for (found, name) in [
         (dir.join("tokenizer.json"), "tokenizer.json"),
@@ -306,7 +333,7 @@ fn import_llama(model: &str, from: &Path, out: &Path) -> anyhow::Result<Manifest
             break;
         }
     }
-    Ok(weights::write_manifest(out, model, serde_json::to_value(&config)?, format!("import {}", from.display()))?)
+    Ok(weights::write_manifest(out, model, serde_json::to_value(&config)?, source)?)
 }
 
 /// Where `ocellus weights import` puts a Llama model's tokenizer (`tokenizer.json` of a

@@ -9,6 +9,7 @@ use ocellus_io::kinds::{SessionKeys, key_expr};
 use ocellus_io::recording::RecordedInbox;
 use ocellus_language::guard::GuardModel;
 use ocellus_language::openai::OpenAiConfig;
+use ocellus_language::quant::Quantization;
 use ocellus_model_actors::discovery;
 use ocellus_model_actors::inpainter::{self, InpainterCommand};
 use ocellus_model_actors::labeler::{self, LabelerCommand};
@@ -68,11 +69,8 @@ pub struct GuardEntry {
     pub seed: i64,
     /// An OpenAI-compatible server instead of native weights.
     pub server: Option<ServerEntry>,
-    /// No language model: captions from what is tracked (labels, actions), operator
-    /// instructions read by a fixed grammar (`track the red cup`, `untrack 3`, `hide 3`, ...);
-    /// every call is still validated and screened.
-    #[serde(default)]
-    pub rules: bool,
+    /// Native weights quantized: `"int8"`, `"int4"` (groups of 128) or `"int4:<group>"`.
+    pub dtype: Option<String>,
     /// Blocks at or above this P(unsafe) (default 0.5).
     pub threshold: Option<f32>,
     /// Categories left out (`S6`, ...).
@@ -182,7 +180,12 @@ fn native(
     tokenizer: Option<&PathBuf>,
     context: i64,
     common: &Common,
+    weight_format: Option<&str>,
 ) -> Result<BackendSpec, Issue> {
+    let quantization = match weight_format {
+        None => Quantization::None,
+        Some(text) => Quantization::parse(text).map_err(|e| Issue::at("dtype", e.to_string()))?,
+    };
     if ocellus_language::config::LlamaConfig::by_name(model).is_err() {
         return Err(Issue::at(
             "model",
@@ -218,7 +221,7 @@ fn native(
         device: common.device,
         dtype: common.dtype,
     };
-    Ok(BackendSpec::Native { model, tokenizer, context })
+    Ok(BackendSpec::Native { model, tokenizer, context, quantization })
 }
 
 fn guard(g: &GuardEntry, tokenizer: Option<&PathBuf>, common: &Common) -> Result<GuardSpec, Issue> {
@@ -237,10 +240,13 @@ fn guard(g: &GuardEntry, tokenizer: Option<&PathBuf>, common: &Common) -> Result
         (Some(s), None, false) => server(s).map_err(|i| i.inside("server"))?,
         (Some(_), _, _) => return Err(Issue::at("server", "give either `server` or native `weights`, not both")),
         (None, Some(path), false) if path.exists() => {
-            native(&name, &WeightsKeys::File(path.clone()), tokenizer, GUARD_CONTEXT, common)?
+            native(&name, &WeightsKeys::File(path.clone()), tokenizer, GUARD_CONTEXT, common, g.dtype.as_deref())?
         }
         (None, Some(path), false) => return Err(Issue::at("weights", format!("{} not found", path.display()))),
-        (None, None, true) => native(&name, &WeightsKeys::Random { seed: g.seed }, tokenizer, GUARD_CONTEXT, common)?,
+        (None, None, true) => {
+            let random = WeightsKeys::Random { seed: g.seed };
+            native(&name, &random, tokenizer, GUARD_CONTEXT, common, g.dtype.as_deref())?
+        }
         (None, Some(_), true) => {
             return Err(Issue::at("allow_random_weights", "give either `weights` or `allow_random_weights`, not both"));
         }
@@ -268,6 +274,7 @@ impl NodeKind for AgentKind {
     const DOC: &'static str =
         "Llama 3 agent: a world state from tracks, Altogether captions, guarded tool calls from operator instructions";
     const MODEL: ModelUse = ModelUse::Optional;
+    const QUANTIZED_WEIGHTS: bool = true;
     type Config = AgentEntry;
 
     fn configure(common: &Common, e: AgentEntry, view: &PipelineView) -> Result<Arc<dyn ConfiguredNode>, Issue> {
@@ -281,7 +288,9 @@ impl NodeKind for AgentKind {
             }
             (None, None, _) if e.rules => BackendSpec::Rules,
             (Some(s), None, None) => server(s).map_err(|i| i.inside("server"))?,
-            (None, Some(model), Some(weights)) => native(model, weights, e.tokenizer.as_ref(), context, common)?,
+            (None, Some(model), Some(weights)) => {
+                native(model, weights, e.tokenizer.as_ref(), context, common, common.weight_format.as_deref())?
+            }
             (None, Some(_), None) => {
                 return Err(Issue::at("weights", "needs `weights` or `allow_random_weights = true`"));
             }

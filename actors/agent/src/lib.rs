@@ -36,6 +36,7 @@ use ocellus_language::config::LlamaConfig;
 use ocellus_language::guard::{GuardModel, GuardPrompt, Speaker, Turn};
 use ocellus_language::llama::Llama;
 use ocellus_language::openai::{OpenAiClient, OpenAiConfig};
+use ocellus_language::quant::Quantization;
 use ocellus_language::tokenizer::Tokenizer;
 use ocellus_model_actors::discovery::{DiscoveryCommand, QueryAnswer};
 use ocellus_model_actors::inpainter::InpainterCommand;
@@ -68,6 +69,8 @@ pub enum BackendSpec {
         tokenizer: PathBuf,
         /// KV budget in positions.
         context: i64,
+        /// How its linear layers are stored (`dtype = "int8" | "int4"`).
+        quantization: Quantization,
     },
     /// An OpenAI-compatible server.
     OpenAi {
@@ -82,13 +85,17 @@ pub enum BackendSpec {
 }
 
 /// Loads a Llama 3 model: the weights of `spec` (a file in either layout, or seeded), bf16 on
-/// CUDA, fp32 on the CPU.
-pub fn load_llama(spec: &ModelSpec) -> ocellus_language::Result<Llama> {
+/// CUDA, fp32 on the CPU, its linear layers stored as `quantization` asks.
+pub fn load_llama(spec: &ModelSpec, quantization: Quantization) -> ocellus_language::Result<Llama> {
     let config = LlamaConfig::by_name(&spec.name)?;
     let kind = if spec.device.is_cuda() { Kind::BFloat16 } else { Kind::Float };
     match &spec.weights {
-        WeightsSource::File(path) => Llama::load(config, path, spec.device, kind),
-        WeightsSource::Random { seed } => Llama::random(config, *seed, spec.device, kind),
+        WeightsSource::File(path) => Llama::load_quantized(config, path, spec.device, kind, quantization),
+        WeightsSource::Random { seed } => {
+            let tensors = Llama::random_tensors(&config, *seed)?;
+            let path = std::path::Path::new("<random>");
+            Llama::from_tensors_quantized(config, tensors, spec.device, kind, path, quantization)
+        }
     }
 }
 
@@ -97,8 +104,8 @@ impl BackendSpec {
     pub fn build(&self) -> Result<Box<dyn LanguageModel>> {
         let fail = |e: ocellus_language::LanguageError| RuntimeError::Failed(e.to_string());
         Ok(match self {
-            Self::Native { model, tokenizer, context } => {
-                let llama = load_llama(model).map_err(fail)?;
+            Self::Native { model, tokenizer, context, quantization } => {
+                let llama = load_llama(model, *quantization).map_err(fail)?;
                 let tokenizer = Arc::new(Tokenizer::load(tokenizer).map_err(fail)?);
                 Box::new(NativeModel::new(&model.name, llama, tokenizer, *context).map_err(fail)?)
             }

@@ -150,6 +150,9 @@ pub struct Common {
     pub device: tch::Device,
     /// The precision: the entry's `dtype`, else `[runtime].dtype`.
     pub dtype: DType,
+    /// A quantized weight format the entry's `dtype` names (`int8`, `int4`, `int4:<group>`;
+    /// kinds with [`NodeKind::QUANTIZED_WEIGHTS`] only): the activations stay in `dtype`.
+    pub weight_format: Option<String>,
 }
 
 impl Common {
@@ -225,6 +228,8 @@ pub trait NodeKind: 'static {
     const DOC: &'static str;
     /// Whether it takes the model keys.
     const MODEL: ModelUse;
+    /// Whether its model runs quantized weights (`dtype = "int8" | "int4" | "int4:<group>"`).
+    const QUANTIZED_WEIGHTS: bool = false;
     /// Its own keys.
     type Config: DeserializeOwned + schemars::JsonSchema;
 
@@ -240,6 +245,8 @@ pub trait ErasedKind: Send + Sync {
     fn doc(&self) -> &'static str;
     /// [`NodeKind::MODEL`].
     fn model_use(&self) -> ModelUse;
+    /// [`NodeKind::QUANTIZED_WEIGHTS`].
+    fn quantized_weights(&self) -> bool;
     /// Deserializes the kind's own keys and validates them.
     fn configure(
         &self,
@@ -265,6 +272,10 @@ impl<K: NodeKind> ErasedKind for Erased<K> {
 
     fn model_use(&self) -> ModelUse {
         K::MODEL
+    }
+
+    fn quantized_weights(&self) -> bool {
+        K::QUANTIZED_WEIGHTS
     }
 
     fn configure(

@@ -327,7 +327,8 @@ pub struct CommonEntry {
     pub seed: i64,
     /// The device of this node (default `[runtime].device`).
     pub device: Option<String>,
-    /// Its precision (default `[runtime].dtype`).
+    /// Its precision (default `[runtime].dtype`); the agent's Llama also takes quantized weights:
+    /// `"int8"`, `"int4"` (groups of 128) or `"int4:<32|64|128|256>"`.
     pub dtype: Option<String>,
 }
 
@@ -654,7 +655,15 @@ impl PipelineConfig {
             Some(d) => parse_device(d).map_err(|err| loc.error(at.key("device"), err.to_string()))?,
             None => runtime.device,
         };
-        let dtype = match &e.dtype {
+        // `int8` / `int4[:group]`: quantized weights, activations in the runtime's precision.
+        let weight_format = e.dtype.as_ref().filter(|d| d.starts_with("int")).cloned();
+        if weight_format.is_some() && !kind.quantized_weights() {
+            return Err(loc.error(
+                at.key("dtype"),
+                format!("a {} node runs no quantized model (int8 and int4 are for Llama: the agent)", kind.name()),
+            ));
+        }
+        let dtype = match e.dtype.as_ref().filter(|_| weight_format.is_none()) {
             Some(d) => DType::parse(d).map_err(|err| loc.error(at.key("dtype"), err.to_string()))?,
             None => runtime.dtype,
         };
@@ -711,6 +720,7 @@ impl PipelineConfig {
             weights,
             device,
             dtype,
+            weight_format,
         })
     }
 

@@ -491,3 +491,28 @@ fn fetched_weights_samples_and_qos_errors() {
     );
     expect_error(&agent("rules = true\naction_threshold = 2.0"), "actor[1].action_threshold", 18, "a probability");
 }
+
+/// Quantized weights are for the agent's Llama; a bad format is named.
+#[test]
+fn quantized_dtype_errors() {
+    let backbone = format!(
+        "{GOOD_SOURCE}\n[[actor]]\nname = \"b\"\nkind = \"backbone\"\nmodel = \"hiera_tiny_224\"\ninputs = [\"front\"]\nallow_random_weights = true\ndtype = \"int8\"\n"
+    );
+    expect_error(&backbone, "actor[0].dtype", 12, "a backbone node runs no quantized model");
+    let agent = |dtype: &str| {
+        format!(
+            "{GOOD_SOURCE}\n[[actor]]\nname = \"t\"\nkind = \"sam2\"\nmodel = \"sam2.1_hiera_tiny\"\nallow_random_weights = true\ninputs = [\"front\"]\n\n[[actor]]\nname = \"a\"\nkind = \"agent\"\ninputs = [\"t\"]\nmodel = \"llama-3.2-1b-instruct\"\nallow_random_weights = true\ntokenizer = \"/dev/null\"\ndtype = \"{dtype}\"\n"
+        )
+    };
+    expect_error(&agent("int4:48"), "actor[1].dtype", 20, "expected int8, int4 or int4:<32|64|128|256>");
+    assert!(PipelineConfig::parse(Path::new("ok.toml"), &agent("int4:64")).is_ok());
+}
+
+/// The guard's own `dtype` is checked as the agent's is.
+#[test]
+fn guard_quantized_dtype_error() {
+    let text = format!(
+        "{GOOD_SOURCE}\n[[actor]]\nname = \"t\"\nkind = \"sam2\"\nmodel = \"sam2.1_hiera_tiny\"\nallow_random_weights = true\ninputs = [\"front\"]\n\n[[actor]]\nname = \"a\"\nkind = \"agent\"\ninputs = [\"t\"]\nrules = true\ntokenizer = \"/dev/null\"\nguard = {{ allow_random_weights = true, dtype = \"int9\" }}\n"
+    );
+    expect_error(&text, "actor[1].guard.dtype", 19, "expected int8, int4");
+}

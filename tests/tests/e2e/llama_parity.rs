@@ -27,7 +27,7 @@ const LOGITS_TOL: f64 = 2e-4;
 /// The two big models (5 and 6 GB of fp32 weights) run one at a time.
 static BIG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn one_big_model() -> std::sync::MutexGuard<'static, ()> {
+pub(crate) fn one_big_model() -> std::sync::MutexGuard<'static, ()> {
     BIG.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -130,8 +130,7 @@ fn meta_layout_8b_shape_matches_meta_and_transformers() {
     assert_eq!(manifest.config["num_hidden_layers"], 2, "the folder's params.json wins over the preset");
     let keys: Vec<String> = Tensor::read_safetensors(&imported).unwrap().into_iter().map(|(k, _)| k).collect();
     assert!(keys.contains(&"model.layers.1.self_attn.q_proj.weight".to_owned()), "saved in transformers' layout");
-    let model = Llama::load(config, &imported, Device::Cpu, Kind::Float).unwrap();
-    std::fs::remove_dir_all(&scratch).ok();
+    let model = Llama::load(config.clone(), &imported, Device::Cpu, Kind::Float).unwrap();
     let io = fixture_io("llama_8b_2l");
     let prompt = ids_of(&io["prompt"]);
     let logits = full_logits(&model, &prompt);
@@ -142,6 +141,33 @@ fn meta_layout_8b_shape_matches_meta_and_transformers() {
     let options = GenerateOptions { stop_tokens: vec![], ..GenerateOptions::greedy(reference.len()) };
     let generation = generate(&model, None, &mut cache, &prompt, &options, |_| ControlFlow::Continue(())).unwrap();
     assert_eq!(generation.tokens, reference, "greedy tokens equal llama-models' incremental decoding");
+    drop((cache, model));
+
+    // `--quantize int4`: the linear layers stored quantized (the untied LM head too), read back
+    // and checked; it loads as int4 by itself, and runs as the same layers quantized at load.
+    let int4_64 = ocellus_language::quant::Quantization::Int4 { group: 64 };
+    let quantized = scratch.join("llama-3.1-8b-2l.int4.safetensors");
+    let q_manifest =
+        ocellus_pipelines::tools::import_quantized("llama-3.1-8b", &meta_dir, &quantized, "int4:64").unwrap();
+    assert!(q_manifest.source.ends_with("(quantized int4:64)"), "{}", q_manifest.source);
+    let keys: Vec<String> = Tensor::read_safetensors(&quantized).unwrap().into_iter().map(|(k, _)| k).collect();
+    assert!(keys.contains(&"lm_head.weight_int4".to_owned()) && !keys.contains(&"lm_head.weight".to_owned()));
+    let int4 = Llama::load(config.clone(), &quantized, Device::Cpu, Kind::Float).unwrap();
+    assert_eq!(int4.quantization(), int4_64);
+    let stored_logits = full_logits(&int4, &prompt);
+    drop(int4);
+    let at_load = Llama::load_quantized(config, &imported, Device::Cpu, Kind::Float, int4_64).unwrap();
+    assert_eq!(ocellus_tests::max_abs_diff(&stored_logits, &full_logits(&at_load, &prompt)), 0.0);
+    drop(at_load);
+    let (size, dense_size) =
+        (std::fs::metadata(&quantized).unwrap().len(), std::fs::metadata(&imported).unwrap().len());
+    std::fs::remove_dir_all(&scratch).ok();
+    println!(
+        "8B-2L int4:64 file {:.0} MB (fp32 {:.0} MB), max abs logit error vs fp32 {:.3}",
+        size as f64 / 1e6,
+        dense_size as f64 / 1e6,
+        ocellus_tests::max_abs_diff(&stored_logits, &logits)
+    );
 }
 
 #[test]

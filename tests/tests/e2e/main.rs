@@ -22,6 +22,7 @@ mod labeler_actor;
 mod lart_parity;
 mod llama_backends;
 mod llama_parity;
+mod llama_quant;
 mod llama_tokenizer;
 mod pose3d_actor;
 mod preprocess_parity;
