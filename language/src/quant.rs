@@ -77,17 +77,6 @@ impl Quantization {
             Self::Int4 { group } => format!("int4:{group}"),
         }
     }
-
-    /// Bytes per weight, on average (scales included), for bandwidth bounds.
-    pub fn bytes_per_weight(self, k: i64, float_bytes: f64) -> f64 {
-        match self {
-            Self::None => float_bytes,
-            // One f32 scale per row of K.
-            Self::Int8 => 1.0 + 4.0 / k as f64,
-            // Half a byte, plus a scale and a zero (f32) per group.
-            Self::Int4 { group } => 0.5 + 8.0 / group as f64,
-        }
-    }
 }
 
 /// The activations' type the kernels run in.
