@@ -55,6 +55,13 @@ struct Layer {
     down_proj: QLinear,
 }
 
+impl Layer {
+    /// The linear layers, in [`LAYER_LINEARS`]' order.
+    fn linears(&self) -> [&QLinear; 7] {
+        [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj, &self.gate_proj, &self.up_proj, &self.down_proj]
+    }
+}
+
 /// The linear layers of one decoder layer, by their key's middle part.
 pub const LAYER_LINEARS: [&str; 7] = [
     "self_attn.q_proj",
@@ -241,8 +248,7 @@ impl Llama {
     ) -> Result<Self> {
         config.validate()?;
         let mut map: BTreeMap<String, Tensor> = tensors.into_iter().collect();
-        let (mut stored, stored_mode) =
-            quant::take_stored(&mut map, device, kind).map_err(|e| weights_error(path, e))?;
+        let (mut stored, stored_mode) = quant::take_stored(&mut map, device).map_err(|e| weights_error(path, e))?;
         let quantization = match (stored_mode, quantization) {
             (Some(s), Quantization::None) => s,
             (Some(s), q) if s == q => s,
@@ -365,10 +371,7 @@ impl Llama {
             .layers
             .iter()
             .map(|l| {
-                [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj, &l.down_proj]
-                    .iter()
-                    .map(|q| q.bytes())
-                    .sum::<i64>()
+                l.linears().iter().map(|q| q.bytes()).sum::<i64>()
                     + of(&l.input_layernorm)
                     + of(&l.post_attention_layernorm)
             })
@@ -414,15 +417,7 @@ impl Llama {
             let p = format!("model.layers.{i}");
             out.push((format!("{p}.input_layernorm.weight"), l.input_layernorm.shallow_clone()));
             out.push((format!("{p}.post_attention_layernorm.weight"), l.post_attention_layernorm.shallow_clone()));
-            for (name, q) in LAYER_LINEARS.iter().zip([
-                &l.q_proj,
-                &l.k_proj,
-                &l.v_proj,
-                &l.o_proj,
-                &l.gate_proj,
-                &l.up_proj,
-                &l.down_proj,
-            ]) {
+            for (name, q) in LAYER_LINEARS.iter().zip(l.linears()) {
                 out.push((format!("{p}.{name}.weight"), dense(q)?));
             }
         }

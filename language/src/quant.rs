@@ -105,8 +105,6 @@ pub enum QLinear {
         group: i64,
         /// Scales and zeros `[K / group, N, 2]`.
         scales_and_zeros: Tensor,
-        /// Output features.
-        n: i64,
     },
 }
 
@@ -181,24 +179,23 @@ impl QLinear {
             Quantization::None => Ok(Self::Dense(w.f_to_device(device)?.f_to_kind(kind)?)),
             Quantization::Int8 => {
                 let (q, scales) = quantize_int8(w)?;
-                Self::int8(q, scales, device, kind)
+                Self::int8(q, scales, device)
             }
             Quantization::Int4 { group } => {
                 let (q, sz) = quantize_int4(w, group)?;
-                Self::int4(&q, sz, group, device, kind)
+                Self::int4(&q, sz, group, device)
             }
         }
     }
 
     /// From int8 values and scales (a quantized checkpoint).
-    pub fn int8(q: Tensor, scales: Tensor, device: Device, _kind: Kind) -> Result<Self> {
+    pub fn int8(q: Tensor, scales: Tensor, device: Device) -> Result<Self> {
         Ok(Self::Int8 { weight: q.f_to_device(device)?, scales: scales.f_to_device(device)?.f_to_kind(COMPUTE_KIND)? })
     }
 
     /// From int4 values (int32 0..=15, `[N, K]`) and scales and zeros: packs them for the
     /// device's kernel.
-    pub fn int4(q: &Tensor, scales_and_zeros: Tensor, group: i64, device: Device, _kind: Kind) -> Result<Self> {
-        let n = q.size()[0];
+    pub fn int4(q: &Tensor, scales_and_zeros: Tensor, group: i64, device: Device) -> Result<Self> {
         let q = q.f_to_device(device)?.f_to_kind(Kind::Int)?;
         let packed = if device.is_cuda() {
             // CUDA's kernel takes the values two to a byte, high nibble first.
@@ -207,7 +204,7 @@ impl QLinear {
             q.f_internal_convert_weight_to_int4pack_for_cpu(INNER_K_TILES)?
         };
         let scales_and_zeros = scales_and_zeros.f_to_device(device)?.f_to_kind(COMPUTE_KIND)?;
-        Ok(Self::Int4 { packed, group, scales_and_zeros, n })
+        Ok(Self::Int4 { packed, group, scales_and_zeros })
     }
 
     /// `x · wᵀ` for `x` `[..., K]`.
@@ -338,12 +335,11 @@ fn stored(key: &str, w: &Tensor, mode: Quantization) -> Result<Vec<(String, Tens
     })
 }
 
-/// Takes the stored quantized layers out of `map` (read from a file) as [`QLinear`]s by
-/// their `X.weight` key, with the one quantization they share.
+/// Takes the stored quantized layers out of `map` (read from a file) as [`QLinear`]s on
+/// `device` by their `X.weight` key, with the one quantization they share.
 pub fn take_stored(
     map: &mut std::collections::BTreeMap<String, Tensor>,
     device: Device,
-    kind: Kind,
 ) -> std::result::Result<(std::collections::BTreeMap<String, QLinear>, Option<Quantization>), String> {
     let mut out = std::collections::BTreeMap::new();
     let mut mode = None;
@@ -365,7 +361,7 @@ pub fn take_stored(
             return Err(format!("{key}: int8 [N, K] with [N] scales expected, got {:?} {:?}", q.kind(), scales.size()));
         }
         agree(Quantization::Int8, &key)?;
-        out.insert(key, QLinear::int8(q, scales, device, kind).map_err(|e| e.to_string())?);
+        out.insert(key, QLinear::int8(q, scales, device).map_err(|e| e.to_string())?);
     }
     let int4: Vec<String> = map.keys().filter(|k| k.ends_with(INT4_VALUES)).cloned().collect();
     for values_key in int4 {
@@ -386,7 +382,7 @@ pub fn take_stored(
         }
         agree(Quantization::Int4 { group }, &key)?;
         let q = unpack_int4(&packed).map_err(|e| e.to_string())?;
-        out.insert(key, QLinear::int4(&q, sz, group, device, kind).map_err(|e| e.to_string())?);
+        out.insert(key, QLinear::int4(&q, sz, group, device).map_err(|e| e.to_string())?);
     }
     Ok((out, mode))
 }

@@ -426,9 +426,12 @@ pub fn images_of(chunk: &re_chunk::Chunk, skipped: &mut u64) -> Vec<RecordedImag
     let formats: Vec<Option<ImageFormat>> =
         chunk.iter_component::<ImageFormat>(format).map(|f| f.first().cloned()).collect();
     let mut images = Vec::new();
+    // The frame number and capture time of a row.
+    let seq_of = |row: usize| seqs.as_ref().and_then(|s| s.get(row)).and_then(|s| u64::try_from(*s).ok());
+    let capture_of = |row: usize| captures.as_ref().and_then(|c| c.get(row).copied());
     for (row, buffers) in chunk.iter_component::<ImageBuffer>(buffer).enumerate() {
         let Some(data) = buffers.first() else { continue };
-        let seq = seqs.as_ref().and_then(|s| s.get(row)).and_then(|s| u64::try_from(*s).ok());
+        let seq = seq_of(row);
         let layout = formats.get(row).and_then(Option::as_ref).and_then(layout_of);
         let (Some(seq), Some(layout)) = (seq, layout) else {
             *skipped += 1;
@@ -439,12 +442,7 @@ pub fn images_of(chunk: &re_chunk::Chunk, skipped: &mut u64) -> Vec<RecordedImag
             *skipped += 1;
             continue;
         }
-        images.push(RecordedImage {
-            seq,
-            capture_ns: captures.as_ref().and_then(|c| c.get(row).copied()),
-            layout,
-            pixels,
-        });
+        images.push(RecordedImage { seq, capture_ns: capture_of(row), layout, pixels });
     }
     // JPEG or PNG camera images (`EncodedImage`, a sink's `jpeg`), decoded.
     let (blob, media) =
@@ -455,7 +453,7 @@ pub fn images_of(chunk: &re_chunk::Chunk, skipped: &mut u64) -> Vec<RecordedImag
         .collect();
     for (row, blobs) in chunk.iter_component::<rerun::components::Blob>(blob).enumerate() {
         let Some(data) = blobs.first() else { continue };
-        let seq = seqs.as_ref().and_then(|s| s.get(row)).and_then(|s| u64::try_from(*s).ok());
+        let seq = seq_of(row);
         let kind = match types.get(row).cloned().flatten().as_deref() {
             Some("image/png") => ocellus_wire::compressed::Kind::Png,
             _ => ocellus_wire::compressed::Kind::Jpeg,
@@ -465,12 +463,7 @@ pub fn images_of(chunk: &re_chunk::Chunk, skipped: &mut u64) -> Vec<RecordedImag
             *skipped += 1;
             continue;
         };
-        images.push(RecordedImage {
-            seq,
-            capture_ns: captures.as_ref().and_then(|c| c.get(row).copied()),
-            layout,
-            pixels,
-        });
+        images.push(RecordedImage { seq, capture_ns: capture_of(row), layout, pixels });
     }
     images.sort_by_key(|r| r.seq);
     images

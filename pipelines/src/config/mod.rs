@@ -292,9 +292,6 @@ struct FileEntry {
     actor: Vec<toml::Value>,
     #[serde(default)]
     sink: Vec<toml::Value>,
-    /// `[zenoh.<name>]` sessions (checked and copied into their users by [`sessions`]).
-    #[allow(dead_code)]
-    zenoh: Option<toml::Value>,
 }
 
 /// The keys every `[[actor]]` and `[[sink]]` shares; the rest belongs to the kind.

@@ -21,6 +21,8 @@
 
 use std::path::{Path, PathBuf};
 
+use ocellus_io::kinds::PresetEntry;
+
 use super::{ConfigError, KeyPath, Locator};
 
 /// Whether resolving may download.
@@ -109,7 +111,7 @@ impl Resolver<'_, '_> {
     }
 
     fn official_weights(&mut self, t: &mut toml::Table, at: &KeyPath) -> Result<(), ConfigError> {
-        let (mode, loc, notices) = (self.mode, self.loc, &mut self.notices);
+        let loc = self.loc;
         let key = at.key("weights");
         let Some(model) = t.get("model").and_then(toml::Value::as_str).map(str::to_owned) else {
             return Err(loc.error(key, "`\"official\"` weights need the `model` they are of"));
@@ -122,7 +124,6 @@ impl Resolver<'_, '_> {
             .filter(|(k, v)| *k != "weights" && v.as_str() == Some("official"))
             .map(|(k, _)| k.clone())
             .collect();
-        let missing = |p: &Path| !p.exists();
         let companion_path = |k: &str| -> Option<PathBuf> {
             known
                 .companions
@@ -135,12 +136,11 @@ impl Resolver<'_, '_> {
                 return Err(loc.error(at.key(k), format!("{model} has no official `{k}` file")));
             }
         }
-        let complete =
-            |p: &Path| !missing(p) && companions.iter().filter_map(|k| companion_path(k)).all(|c| c.exists());
+        let complete = |p: &Path| p.exists() && companions.iter().filter_map(|k| companion_path(k)).all(|c| c.exists());
         let why_not = if complete(&path) {
             None
         } else {
-            match mode {
+            match self.mode {
                 Fetching::Offline => Some(format!("not fetched yet (`ocellus weights fetch {model}`)")),
                 Fetching::Download { progress } => {
                     eprintln!("fetching the official {model} weights into {} (once)", path.display());
@@ -168,27 +168,22 @@ impl Resolver<'_, '_> {
                     t.remove(k);
                 }
                 let seed = t.get("seed").and_then(toml::Value::as_integer).unwrap_or(0);
-                notices.push(Notice {
-                key: key.to_string(),
-                text: format!(
+                let text = format!(
                     "{model}: SEEDED RANDOM WEIGHTS (seed {seed}), its outputs mean nothing: the official weights: {why}"
-                ),
-            });
+                );
+                self.notices.push(Notice { key: key.to_string(), text });
             }
             Some(why) => {
-                return Err(loc.error(
-                key,
-                format!(
+                let message = format!(
                     "the official {model} weights: {why} (add `allow_random_weights = true` to run on seeded weights instead)"
-                ),
-            ));
+                );
+                return Err(loc.error(key, message));
             }
         }
         Ok(())
     }
 
     fn smpl(&mut self, t: &mut toml::Table, at: &KeyPath) {
-        let notices = &mut self.notices;
         match t.get("smpl").and_then(toml::Value::as_str).map(PathBuf::from) {
             Some(p) if p.exists() => {
                 t.remove("allow_random_smpl");
@@ -197,45 +192,34 @@ impl Resolver<'_, '_> {
                 t.remove("smpl");
                 let wanted =
                     given.map_or_else(|| "no `smpl` file given".to_owned(), |p| format!("{} not found", p.display()));
-                notices.push(Notice {
-                key: at.key("smpl").to_string(),
-                text: format!(
+                let text = format!(
                     "SMPL: a SEEDED STAND-IN BODY MODEL ({wanted}): bodies and actions mean nothing. SMPL is licensed: \
 register at smpl.is.tue.mpg.de, then `ocellus weights import --model smpl --from SMPL_NEUTRAL.pkl --extra-regressor \
 SMPL_to_J19.pkl`"
-                ),
-            });
+                );
+                self.notices.push(Notice { key: at.key("smpl").to_string(), text });
             }
         }
     }
 
     fn sample(&mut self, preset: &mut toml::Table, at: &KeyPath) -> Result<(), ConfigError> {
-        let (mode, loc, notices) = (self.mode, self.loc, &mut self.notices);
-        for k in preset.keys() {
-            if !["kind", "name", "frames", "fallback"].contains(&k.as_str()) {
-                return Err(
-                    loc.error(at.key(k), format!("unknown field `{k}` (a sample takes name, frames, fallback)"))
-                );
-            }
-        }
-        let Some(name) = preset.get("name").and_then(toml::Value::as_str).map(str::to_owned) else {
-            return Err(loc.error(at.key("name"), "a sample needs its `name`"));
+        let loc = self.loc;
+        // The preset's own type checks its keys (the fallback's too) before anything is fetched.
+        let PresetEntry::Sample { name, frames, .. } = loc.typed(at, toml::Value::Table(preset.clone()))? else {
+            return Ok(());
         };
         let Some(s) = SAMPLES.iter().find(|s| s.name == name) else {
             let names: Vec<&str> = SAMPLES.iter().map(|s| s.name).collect();
             return Err(loc.error(at.key("name"), format!("no sample {name:?} (known: {})", names.join(", "))));
         };
-        let frames = match preset.get("frames") {
+        let frames = match frames {
             None => s.frames,
-            Some(toml::Value::Integer(n)) if (1..=s.frames as i64).contains(n) => *n as u64,
+            Some(n) if (1..=s.frames).contains(&n) => n,
             Some(_) => return Err(loc.error(at.key("frames"), format!("{name} has 1 to {} frames", s.frames))),
         };
         let fallback = match preset.get("fallback") {
-            None => None,
             Some(toml::Value::Table(f)) => Some(f.clone()),
-            Some(_) => {
-                return Err(loc.error(at.key("fallback"), "expected a preset table (`{ kind = \"test_pattern\" }`)"));
-            }
+            _ => None,
         };
         let dir = samples_dir().join(s.name);
         let frame = |i: u64| dir.join(format!("{i:05}.jpg"));
@@ -243,7 +227,7 @@ SMPL_to_J19.pkl`"
         let why_not = if have(frames) {
             None
         } else {
-            match mode {
+            match self.mode {
                 Fetching::Offline => Some("not fetched yet (`ocellus run` fetches it)".to_owned()),
                 Fetching::Download { progress } => {
                     eprintln!("fetching the {name} sample ({frames} frames, {}) into {}", s.about, dir.display());
@@ -260,7 +244,7 @@ SMPL_to_J19.pkl`"
                 resolved.insert("frames".into(), toml::Value::Integer(frames as i64));
             }
             (Some(why), Some(f)) => {
-                notices.push(Notice {
+                self.notices.push(Notice {
                     key: at.to_string(),
                     text: format!("the {name} sample could not be had ({why}): the fallback source runs instead"),
                 });

@@ -31,9 +31,9 @@ pub type SessionTable = BTreeMap<String, SessionEntry>;
 /// Checks `[zenoh.*]` and copies each named session's keys into the entries that name it.
 pub(super) fn resolve(root: &mut toml::Table, loc: &Locator<'_>) -> Result<(), ConfigError> {
     let at = KeyPath::root("zenoh");
-    let sessions: toml::Table = match root.get("zenoh") {
+    let sessions: toml::Table = match root.remove("zenoh") {
         None => toml::Table::new(),
-        Some(toml::Value::Table(t)) => t.clone(),
+        Some(toml::Value::Table(t)) => t,
         Some(_) => return Err(loc.error(at, "expected a table of sessions (`[zenoh.<name>]`)")),
     };
     for (name, value) in &sessions {
