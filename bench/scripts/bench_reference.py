@@ -1,8 +1,8 @@
-"""Times the official reference forward of a backbone, for `ocellus-bench models`.
+"""Times the official reference forward of an image encoder, for `ocellus-bench models`.
 
 usage: bench_reference.py MODEL WEIGHTS THREADS ITERS
 
-Builds the official model (hiera-transformer / sam2), loads WEIGHTS (safetensors with the
+Builds the official model (hiera-transformer / sam2 / open_clip's image tower), loads WEIGHTS (safetensors with the
 official keys, written by ocellus), and prints the median forward time in ms over ITERS runs
 after two warm-up runs, in fp32 on the CPU with THREADS intra-op threads.
 """
@@ -28,6 +28,16 @@ if model_name.startswith("hiera_"):
 
     def run(x):
         return model(x, return_intermediates=True)
+elif not model_name.startswith("sam2"):
+    import open_clip
+
+    model = open_clip.create_model(model_name, pretrained=None, device="cpu")
+    model.load_state_dict(state, strict=True)
+    side = model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size
+    size = (1, 3, side, side)
+
+    def run(x):
+        return model.encode_image(x)
 else:
     from sam2.modeling.backbones.hieradet import Hiera
     from sam2.modeling.backbones.image_encoder import FpnNeck, ImageEncoder

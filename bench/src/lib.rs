@@ -16,6 +16,7 @@
 
 pub mod amg;
 pub mod clip;
+pub mod device;
 pub mod hmr2;
 pub mod lart;
 pub mod llm;
@@ -97,43 +98,79 @@ pub fn run(case: RuntimeBench) -> ocellus_runtime::Result<RuntimeBenchResult> {
 /// The reference timing script, run with the bootstrap venv's Python.
 const REFERENCE_SCRIPT: &str = include_str!("../scripts/bench_reference.py");
 
-/// One backbone timing.
+/// One image-encoder timing.
 #[derive(Debug, Clone)]
 pub struct ModelBenchResult {
     /// Model name.
     pub model: String,
     /// Input shape.
     pub input: Vec<i64>,
-    /// Median forward time of Ocellus, ms.
+    /// Median forward time of Ocellus over libtorch, ms.
     pub ocellus_ms: f64,
+    /// Median forward time of the same model exported to ONNX, in ONNX Runtime, ms.
+    pub onnx_ms: f64,
+    /// Max abs difference of the ONNX export to the libtorch forward.
+    pub onnx_error: f64,
     /// Median forward time of the official code, ms.
     pub reference_ms: f64,
 }
 
-/// Times backbone `model` here and in the official code: same seeded weights, same input
-/// shape, `threads` intra-op threads each, median of `iters` runs after 2 warm-ups.
-pub fn model(model: &str, threads: i32, iters: usize, scratch: &std::path::Path) -> anyhow::Result<ModelBenchResult> {
-    use anyhow::Context as _;
-    let backbone = random::<ocellus_perception::backbone::Backbone>(model, &())?;
-    let weights = scratch.join(format!("{model}.bench.safetensors"));
-    backbone.vs.save(&weights)?;
-
-    tch::set_num_threads(threads);
-    let mut input = vec![1, 3];
-    input.extend(backbone.input_size());
-    let x = tch::Tensor::randn(input.as_slice(), (tch::Kind::Float, tch::Device::Cpu));
+/// The median of `iters` timed runs of `f` after 2 warm-ups, ms.
+fn median_ms(iters: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
     let mut times = Vec::with_capacity(iters);
     for i in 0..iters + 2 {
         let start = std::time::Instant::now();
-        backbone.forward(&x)?;
+        f()?;
         if i >= 2 {
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }
     }
     times.sort_by(f64::total_cmp);
-    let ocellus_ms = times[times.len() / 2];
+    Ok(times[times.len() / 2])
+}
+
+/// Times image encoder `model` (a backbone, or a CLIP image tower) here over libtorch, here
+/// over ONNX Runtime (exported from the official module by `ocellus weights export-onnx`), and
+/// in the official code: same seeded weights, same input, `threads` intra-op threads each,
+/// median of `iters` runs after 2 warm-ups.
+pub fn model(model: &str, threads: i32, iters: usize, scratch: &std::path::Path) -> anyhow::Result<ModelBenchResult> {
+    use anyhow::Context as _;
+    use ocellus_perception::onnx::{OnnxModel, OnnxOptions};
+    let weights = scratch.join(format!("{model}.bench.safetensors"));
+    tch::set_num_threads(threads);
+    let clip = ocellus_perception::clip::Clip::names().contains(&model);
+    let (input, ocellus_ms) = if clip {
+        let clip = random::<ocellus_perception::clip::Clip>(model, &())?;
+        clip.vs.save(&weights)?;
+        let side = clip.config().vision_cfg.image_size;
+        let x = tch::Tensor::randn([1, 3, side, side], (tch::Kind::Float, tch::Device::Cpu));
+        (x.size(), median_ms(iters, || Ok(tch::no_grad(|| clip.encode_image(&x)).map(drop)?))?)
+    } else {
+        let backbone = random::<ocellus_perception::backbone::Backbone>(model, &())?;
+        backbone.vs.save(&weights)?;
+        let mut input = vec![1, 3];
+        input.extend(backbone.input_size());
+        let x = tch::Tensor::randn(input.as_slice(), (tch::Kind::Float, tch::Device::Cpu));
+        (input, median_ms(iters, || Ok(backbone.forward(&x).map(drop)?))?)
+    };
 
     let python = ocellus_perception::weights::venv_python().context("no venv Python: run scripts/bootstrap")?;
+    let onnx_file = scratch.join(format!("{model}.bench.onnx"));
+    let exported = ocellus_pipelines::onnx_export::export(
+        model,
+        &weights,
+        &onnx_file,
+        None,
+        &python,
+        ocellus_pipelines::onnx_export::DEFAULT_OPSET,
+    )?;
+    let options = OnnxOptions { threads: Some(usize::try_from(threads)?), ..OnnxOptions::default() };
+    let onnx = OnnxModel::load(&onnx_file, &options)?;
+    let x = tch::Tensor::randn(input.as_slice(), (tch::Kind::Float, tch::Device::Cpu));
+    let onnx_ms = median_ms(iters, || Ok(onnx.forward(&x).map(drop)?))?;
+    drop(onnx);
+    std::fs::remove_file(&onnx_file).ok();
+
     let out = std::process::Command::new(python)
         .arg("-c")
         .arg(REFERENCE_SCRIPT)
@@ -142,7 +179,14 @@ pub fn model(model: &str, threads: i32, iters: usize, scratch: &std::path::Path)
     std::fs::remove_file(&weights).ok();
     anyhow::ensure!(out.status.success(), "reference run failed: {}", String::from_utf8_lossy(&out.stderr));
     let reference_ms: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().context("reference output")?;
-    Ok(ModelBenchResult { model: model.to_owned(), input, ocellus_ms, reference_ms })
+    Ok(ModelBenchResult {
+        model: model.to_owned(),
+        input,
+        ocellus_ms,
+        onnx_ms,
+        onnx_error: exported.max_abs_error,
+        reference_ms,
+    })
 }
 
 /// The tracker reference timing script.

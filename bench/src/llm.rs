@@ -83,16 +83,24 @@ impl LlmBenchResult {
     }
 }
 
-/// Copy bandwidth of a 1 GiB fp32 buffer (median of 5), GB/s counting read and write.
+/// Copy bandwidth of a 1 GiB fp32 buffer on the CPU (median of 5), GB/s counting read and
+/// write.
 fn copy_bandwidth() -> anyhow::Result<f64> {
-    const ELEMENTS: i64 = 1 << 28;
-    let src = Tensor::f_ones([ELEMENTS], (Kind::Float, Device::Cpu))?;
-    let mut dst = Tensor::f_zeros([ELEMENTS], (Kind::Float, Device::Cpu))?;
+    copy_bandwidth_on(Device::Cpu, 1 << 28)
+}
+
+/// Copy bandwidth of an fp32 buffer of `elements` on `device` (median of 5), GB/s counting
+/// read and write.
+pub(crate) fn copy_bandwidth_on(device: Device, elements: i64) -> anyhow::Result<f64> {
+    let src = Tensor::f_ones([elements], (Kind::Float, device))?;
+    let mut dst = Tensor::f_zeros([elements], (Kind::Float, device))?;
     let mut rates = Vec::new();
     for _ in 0..6 {
+        crate::device::synchronize(device);
         let start = Instant::now();
         dst.f_copy_(&src)?;
-        rates.push(2.0 * 4.0 * ELEMENTS as f64 / start.elapsed().as_secs_f64() / 1e9);
+        crate::device::synchronize(device);
+        rates.push(2.0 * 4.0 * elements as f64 / start.elapsed().as_secs_f64() / 1e9);
     }
     rates.sort_by(f64::total_cmp);
     Ok(rates[rates.len() / 2])
@@ -104,8 +112,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Prompt and decode tokens/s of `llama` (medians of `runs` after a warm-up).
-fn time_ocellus(llama: &Llama, prompt_len: usize, decode_len: usize, runs: usize) -> anyhow::Result<(f64, f64)> {
-    let prompt: Vec<u32> = (0..prompt_len as u32).map(|i| (i * 7919) % 128_000).collect();
+pub(crate) fn time_ocellus(
+    llama: &Llama,
+    prompt_len: usize,
+    decode_len: usize,
+    runs: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let vocab = u32::try_from(llama.config().vocab_size)?;
+    let prompt: Vec<u32> = (0..prompt_len as u32).map(|i| (i * 7919) % vocab.min(128_000)).collect();
     let options = GenerateOptions { stop_tokens: vec![], ..GenerateOptions::greedy(decode_len) };
     let mut cache = llama.new_cache(1, (prompt_len + decode_len) as i64)?;
     let (mut prompt_rates, mut decode_rates) = (Vec::new(), Vec::new());

@@ -31,6 +31,10 @@ enum Command {
     Clip(ocellus_bench::clip::ClipBenchArgs),
     /// Preprocessing per camera frame: each model's exact official path against the fast path.
     Preprocess(ocellus_bench::preprocess::PreprocessBenchArgs),
+    /// The accelerator check (`scripts/device-check`): model parity on CUDA in fp32 and bf16,
+    /// SAM 2 streaming frames/s, Hiera images/s, Llama decode vs the bandwidth bound, memory
+    /// late in a stream; JSON and Markdown in `--out`.
+    Device(ocellus_bench::device::DeviceCheckArgs),
     /// SAM 2 tracking per frame against the official video predictor, and the RSS of a long
     /// stream.
     Tracker {
@@ -79,10 +83,15 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "f32,bf16,int8,int4")]
         formats: Vec<String>,
     },
-    /// Backbone forward time against the official Python forward (same threads, weights).
+    /// Image encoders (backbones, CLIP image towers) over libtorch and over ONNX Runtime,
+    /// against the official Python forward (same threads, weights, input).
     Models {
         /// Models to time.
-        #[arg(long, value_delimiter = ',', default_value = "hiera_tiny_224,hiera_base_plus_224,sam2.1_hiera_tiny")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "hiera_tiny_224,hiera_base_plus_224,sam2.1_hiera_tiny,ViT-B-32-quickgelu"
+        )]
         models: Vec<String>,
         /// Intra-op threads for both.
         #[arg(long, default_value_t = 2)]
@@ -267,16 +276,22 @@ fn bench_tracker(
 fn bench_models(models: &[String], threads: i32, iters: usize) -> anyhow::Result<()> {
     let scratch = std::env::temp_dir().join(format!("ocellus-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
-    println!("{:<24} {:>22} {:>12} {:>14} {:>7}", "model", "input", "ocellus ms", "reference ms", "ratio");
+    println!(
+        "{:<24} {:>22} {:>9} {:>9} {:>12} {:>10} {:>10} {:>10}",
+        "model", "input", "tch ms", "onnx ms", "official ms", "tch/off", "onnx/off", "onnx err"
+    );
     for model in models {
         let r = ocellus_bench::model(model, threads, iters, &scratch)?;
         println!(
-            "{:<24} {:>22} {:>12.1} {:>14.1} {:>7.3}",
+            "{:<24} {:>22} {:>9.1} {:>9.1} {:>12.1} {:>10.3} {:>10.3} {:>10.1e}",
             r.model,
             format!("{:?}", r.input),
             r.ocellus_ms,
+            r.onnx_ms,
             r.reference_ms,
-            r.ocellus_ms / r.reference_ms
+            r.ocellus_ms / r.reference_ms,
+            r.onnx_ms / r.reference_ms,
+            r.onnx_error
         );
     }
     std::fs::remove_dir_all(&scratch).ok();
@@ -352,6 +367,9 @@ fn main() -> ExitCode {
         Command::Hmr2(args) => ocellus_bench::hmr2::run(&args, &std::env::temp_dir()),
         Command::Lart(args) => ocellus_bench::lart::run(&args, &std::env::temp_dir()),
         Command::Preprocess(args) => preprocess(&args),
+        Command::Device(args) => {
+            ocellus_bench::device::run(&args).map(|r| println!("{}", ocellus_bench::device::markdown(&r)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -39,6 +39,47 @@ pub fn names() -> Vec<&'static str> {
     HieraConfig::NAMES.iter().chain(ImageEncoderConfig::NAMES.iter()).copied().collect()
 }
 
+/// `(T,) H, W` backbone `name` is built for, without building it.
+pub fn input_size_of(name: &str) -> Option<Vec<i64>> {
+    if let Some(c) = HieraConfig::by_name(name) {
+        Some(c.input_size)
+    } else if ImageEncoderConfig::by_name(name).is_some() {
+        Sam2Config::by_name(name).map(|c| vec![c.image_size, c.image_size])
+    } else {
+        None
+    }
+}
+
+/// [`Backbone::transform`] of backbone `name`, without building it (a backend that runs an
+/// exported model preprocesses as the native one does).
+pub fn transform_of(name: &str, resolution: Option<(i64, i64)>) -> Option<Transform> {
+    let size = input_size_of(name)?;
+    Some(transform_for(HieraConfig::by_name(name).is_some(), &size, resolution))
+}
+
+fn transform_for(hiera: bool, input_size: &[i64], resolution: Option<(i64, i64)>) -> Transform {
+    let (h, w) = resolution.unwrap_or_else(|| match input_size[..] {
+        [.., h, w] => (h, w),
+        _ => (0, 0),
+    });
+    match (hiera, input_size.len()) {
+        (true, 3) => {
+            Transform { fit: Fit::CenterSquare { side: h }, resize: Resize::Bilinear, norm: Normalization::HIERA_VIDEO }
+        }
+        (true, _) => Transform {
+            // int((256 / 224) * input_size), computed as the example does.
+            fit: Fit::ShortSideCenterCrop { short: ((256.0 / 224.0) * h as f64) as i64, crop: h },
+            resize: Resize::PilBicubic,
+            norm: Normalization::IMAGENET,
+        },
+        (false, _) => Transform {
+            fit: Fit::Stretch { height: h, width: w },
+            resize: Resize::TorchvisionBilinear,
+            norm: Normalization::IMAGENET,
+        },
+    }
+}
+
 impl Model for Backbone {
     type Options = ();
     const FAMILY: &'static str = "backbone";
@@ -100,28 +141,7 @@ impl Backbone {
     /// - SAM 2 encoders: the image predictor's `SAM2Transforms` (torchvision `Resize` of the
     ///   float tensor to `H × W`, antialiased bilinear; ImageNet statistics).
     pub fn transform(&self, resolution: Option<(i64, i64)>) -> Transform {
-        let (h, w) = resolution.unwrap_or_else(|| match self.input_size[..] {
-            [.., h, w] => (h, w),
-            _ => (0, 0),
-        });
-        match (&self.model, self.input_size.len()) {
-            (Inner::Hiera(_), 3) => Transform {
-                fit: Fit::CenterSquare { side: h },
-                resize: Resize::Bilinear,
-                norm: Normalization::HIERA_VIDEO,
-            },
-            (Inner::Hiera(_), _) => Transform {
-                // int((256 / 224) * input_size), computed as the example does.
-                fit: Fit::ShortSideCenterCrop { short: ((256.0 / 224.0) * h as f64) as i64, crop: h },
-                resize: Resize::PilBicubic,
-                norm: Normalization::IMAGENET,
-            },
-            (Inner::ImageEncoder(_), _) => Transform {
-                fit: Fit::Stretch { height: h, width: w },
-                resize: Resize::TorchvisionBilinear,
-                norm: Normalization::IMAGENET,
-            },
-        }
+        transform_for(matches!(self.model, Inner::Hiera(_)), &self.input_size, resolution)
     }
 
     /// Runs the backbone on a normalized `[B, 3, (T,) H, W]` input; returns its feature maps

@@ -441,6 +441,23 @@ impl ImageEncoder {
         Ok(Self { trunk, neck, scalp: c.scalp })
     }
 
+    /// The output for kept levels `backbone_fpn` (highest resolution first) computed elsewhere
+    /// (by an export of this encoder in ONNX Runtime): the neck's position encodings added.
+    pub fn output_from_levels(&self, backbone_fpn: Vec<Tensor>) -> Result<ImageEncoderOutput> {
+        let vision_pos_enc = backbone_fpn
+            .iter()
+            .map(|features| {
+                let (b, _, h, w) = features.size4()?; // [B, C, H, W]
+                Ok(self.neck.sine(h, w, features)?.f_expand([b, -1, -1, -1], false)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let vision_features = backbone_fpn
+            .last()
+            .map(Tensor::shallow_clone)
+            .ok_or_else(|| PerceptionError::Config { model: "image_encoder", message: "no levels".into() })?;
+        Ok(ImageEncoderOutput { vision_features, vision_pos_enc, backbone_fpn })
+    }
+
     /// Runs trunk and neck on `[B, 3, 1024, 1024]` (any size divisible by 32 works).
     pub fn forward(&self, x: &Tensor) -> Result<ImageEncoderOutput> {
         let _span = trace_span!("sam2_image_encoder").entered();

@@ -1,6 +1,6 @@
 //! The `ocellus` command: each subcommand is an argument struct with its own `run`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
@@ -251,6 +251,35 @@ pub enum WeightsCommand {
     Fetch(FetchArgs),
     /// Every model `fetch` knows: where it comes from, its licence, whether it is present.
     List(ListArgs),
+    /// An image encoder (Hiera, a SAM 2 image encoder, a CLIP image tower) exported to ONNX
+    /// from its official PyTorch module, for `backend = "onnx"`; checked against the native
+    /// forward through ONNX Runtime. Needs a Python with torch, onnx and the model's package
+    /// (hiera-transformer, sam2 or open-clip-torch): the venv of `scripts/bootstrap` has them.
+    ExportOnnx(ExportOnnxArgs),
+}
+
+/// `ocellus weights export-onnx`.
+#[derive(Debug, Args)]
+pub struct ExportOnnxArgs {
+    /// Model name (`hiera_base_plus_224`, `sam2.1_hiera_tiny`, `ViT-B-32-quickgelu`, ...).
+    #[arg(long)]
+    pub model: String,
+    /// Its weights (from `ocellus weights fetch`, `import` or `init`).
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Output (default `weights/<model>.onnx`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Input height and width (SAM 2 encoders: multiples of 32; default the model's own).
+    #[arg(long, num_args = 2, value_names = ["H", "W"])]
+    pub resolution: Option<Vec<i64>>,
+    /// The Python to export with (default `OCELLUS_PYTHON`, the active venv, then the
+    /// bootstrap venv).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// ONNX opset.
+    #[arg(long, default_value_t = crate::onnx_export::DEFAULT_OPSET)]
+    pub opset: i64,
 }
 
 /// `ocellus weights fetch`.
@@ -344,6 +373,21 @@ impl WeightsArgs {
                         fetched.manifest.sha256
                     );
                 }
+                return Ok(ExitCode::SUCCESS);
+            }
+            WeightsCommand::ExportOnnx(ExportOnnxArgs { model, weights, out, resolution, python, opset }) => {
+                let out = out.unwrap_or_else(|| Path::new("weights").join(format!("{model}.onnx")));
+                let resolution = resolution.map(|r| (r[0], r[1]));
+                let python = crate::onnx_export::python(python.as_deref());
+                let exported = crate::onnx_export::export(&model, &weights, &out, resolution, &python, opset)?;
+                println!("exported {model} → {}", out.display());
+                for (name, shape) in &exported.outputs {
+                    println!("  {name} {shape:?}");
+                }
+                println!(
+                    "max abs difference to the native forward (f32, seeded input): {:.2e}",
+                    exported.max_abs_error
+                );
                 return Ok(ExitCode::SUCCESS);
             }
             WeightsCommand::Import(ImportArgs { model, from, extra_regressor, quantize, out }) => {

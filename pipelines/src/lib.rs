@@ -18,6 +18,7 @@ pub mod config;
 pub mod curate;
 pub mod fetch;
 pub mod graph;
+pub mod onnx_export;
 pub mod replay;
 pub mod tools;
 

@@ -263,3 +263,41 @@ fn ros_domain_id_from_the_environment() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success() && err.contains("ROS_DOMAIN_ID") && err.contains("source[0].zenoh.domain"), "{err}");
 }
+
+#[test]
+fn export_onnx_writes_a_checked_file() {
+    // The bootstrap venv's Python is found without VIRTUAL_ENV; the file is compared with the
+    // native forward through ONNX Runtime before the command says it is done.
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_export_onnx");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (weights, onnx) = (dir.join("hiera_tiny_224.safetensors"), dir.join("hiera_tiny_224.onnx"));
+    let init = ocellus()
+        .args(["weights", "init", "--model", "hiera_tiny_224", "--seed", "1", "--out"])
+        .arg(&weights)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let out = ocellus()
+        .args(["weights", "export-onnx", "--model", "hiera_tiny_224", "--weights"])
+        .arg(&weights)
+        .arg("--out")
+        .arg(&onnx)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("level3 [1, 768, 7, 7]"), "{stdout}");
+    let error: f64 = stdout.rsplit(": ").next().unwrap().trim().parse().unwrap();
+    assert!(error <= 1e-4, "{stdout}");
+    assert!(onnx.metadata().unwrap().len() > 100_000_000, "the weights are in the file");
+
+    // A model that is not an image encoder is named with the ones that are.
+    let out = ocellus()
+        .args(["weights", "export-onnx", "--model", "llama-3.2-1b", "--weights"])
+        .arg(&weights)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("exports image encoders") && stderr.contains("ViT-B-32-quickgelu"), "{stderr}");
+}

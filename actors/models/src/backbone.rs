@@ -10,10 +10,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use ocellus_kernels::{ResizeMode, Transform};
-use ocellus_perception::backbone::Backbone;
+use ocellus_kernels::{DType, ResizeMode, Transform};
+use ocellus_perception::backbone::{self, Backbone};
 use ocellus_perception::hiera::HieraConfig;
-use ocellus_perception::model::{Loaded, ModelSpec};
+use ocellus_perception::model::{Loaded, ModelSpec, WeightsSource};
+use ocellus_perception::onnx::{Backend, OnnxModel, OnnxOptions};
 use ocellus_runtime::edge::EdgePolicy;
 use ocellus_runtime::kind::{BuildContext, Common, ConfiguredNode, Issue, ModelUse, NodeKind, PipelineView};
 use ocellus_runtime::node::{Context, Input, Stage, StageFactory, stage_factory};
@@ -55,16 +56,34 @@ pub struct BackboneEntry {
     /// The official preprocessing (`exact`) or bilinear on the device (`fast`).
     #[serde(default)]
     pub resize: ResizeName,
+    /// `tch` (Ocellus's own model) or `onnx`: ONNX Runtime on the file `weights` names,
+    /// exported by `ocellus weights export-onnx` at this entry's resolution.
+    #[serde(default)]
+    pub backend: Backend,
+    /// ONNX Runtime session options (`backend = "onnx"`): `threads`, `optimization`,
+    /// `providers`.
+    pub onnx: Option<OnnxOptions>,
 }
 
 /// The backbone kind.
 pub struct BackboneKind;
+
+/// How the backbone runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackboneBackend {
+    /// Ocellus's own model.
+    Tch,
+    /// ONNX Runtime on an exported file (the model's `weights`).
+    Onnx(OnnxOptions),
+}
 
 /// What the backbone actor runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackboneSpec {
     /// The model.
     pub model: ModelSpec,
+    /// Its backend.
+    pub backend: BackboneBackend,
     /// Input `(H, W)`; the model's own when `None`.
     pub resolution: Option<(i64, i64)>,
     /// The official transform, or the fast path.
@@ -79,6 +98,38 @@ impl NodeKind for BackboneKind {
 
     fn configure(common: &Common, e: BackboneEntry, _view: &PipelineView) -> Result<Arc<dyn ConfiguredNode>, Issue> {
         let model = model_spec::<Backbone>(common)?;
+        let backend = match (e.backend, e.onnx) {
+            (Backend::Tch, None) => BackboneBackend::Tch,
+            (Backend::Tch, Some(_)) => return Err(Issue::at("onnx", "session options are for `backend = \"onnx\"`")),
+            (Backend::Onnx, options) => {
+                match &model.weights {
+                    WeightsSource::File(f) if f.extension().is_some_and(|e| e == "onnx") => {}
+                    WeightsSource::File(f) => {
+                        return Err(Issue::at(
+                            "weights",
+                            format!(
+                                "`backend = \"onnx\"` runs an .onnx file (`ocellus weights export-onnx --model {} --weights {}`)",
+                                model.name,
+                                f.display()
+                            ),
+                        ));
+                    }
+                    WeightsSource::Random { .. } => {
+                        return Err(Issue::at(
+                            "backend",
+                            "`backend = \"onnx\"` runs an exported file: give it as `weights` (ocellus weights export-onnx)",
+                        ));
+                    }
+                }
+                if model.dtype != DType::F32 {
+                    return Err(Issue::at(
+                        "dtype",
+                        "`backend = \"onnx\"` runs the exported f32 model: use dtype = \"f32\"",
+                    ));
+                }
+                BackboneBackend::Onnx(options.unwrap_or_default())
+            }
+        };
         let resolution = match (e.resolution, HieraConfig::by_name(&model.name)) {
             (None, _) => None,
             (Some([h, w]), Some(hiera)) => {
@@ -101,7 +152,7 @@ impl NodeKind for BackboneKind {
                 Some((h, w))
             }
         };
-        Ok(Arc::new(BackboneSpec { model, resolution, resize: e.resize.into() }))
+        Ok(Arc::new(BackboneSpec { model, backend, resolution, resize: e.resize.into() }))
     }
 }
 
@@ -129,9 +180,24 @@ impl ConfiguredNode for BackboneSpec {
     }
 }
 
+/// The model as it runs.
+enum Runner {
+    Tch(Loaded<Backbone>),
+    Onnx(OnnxModel),
+}
+
+impl Runner {
+    fn forward(&self, x: &Tensor) -> ocellus_perception::Result<Vec<Tensor>> {
+        match self {
+            Self::Tch(b) => b.forward(x),
+            Self::Onnx(m) => m.forward(x),
+        }
+    }
+}
+
 /// The model and what the stage derives from it, once started.
 struct Running {
-    backbone: Loaded<Backbone>,
+    backbone: Runner,
     transform: Transform,
     clip_len: Option<i64>,
 }
@@ -153,13 +219,39 @@ impl BackboneStage {
 
 impl Stage for BackboneStage {
     fn start(&mut self, _ctx: &mut Context) -> Result<()> {
-        let backbone = self.spec.model.load::<Backbone>().map_err(failed)?;
-        let clip_len = match backbone.input_size() {
-            [t, _, _] => Some(*t),
+        let name = &self.spec.model.name;
+        let (size, transform) = backbone::input_size_of(name)
+            .zip(backbone::transform_of(name, self.spec.resolution))
+            .ok_or_else(|| RuntimeError::Failed(format!("unknown backbone {name}")))?;
+        let clip_len = match size[..] {
+            [t, _, _] => Some(t),
             [_, _] => None,
-            other => return Err(RuntimeError::Failed(format!("backbone input {other:?}"))),
+            ref other => return Err(RuntimeError::Failed(format!("backbone input {other:?}"))),
         };
-        let transform = backbone.transform(self.spec.resolution);
+        let backbone = match &self.spec.backend {
+            BackboneBackend::Tch => Runner::Tch(self.spec.model.load::<Backbone>().map_err(failed)?),
+            BackboneBackend::Onnx(options) => {
+                let WeightsSource::File(file) = &self.spec.model.weights else {
+                    return Err(RuntimeError::Failed("the onnx backend needs a file".into()));
+                };
+                let model = OnnxModel::load(file, options).map_err(failed)?;
+                // [1, 3, (T,) H, W] as the entry runs it
+                let (h, w) = self.spec.resolution.unwrap_or((size[size.len() - 2], size[size.len() - 1]));
+                let mut expected = vec![1, 3];
+                expected.extend(clip_len);
+                expected.extend([h, w]);
+                let fits = model.input_shape().len() == expected.len()
+                    && model.input_shape().iter().zip(&expected).all(|(&a, &b)| a < 0 || a == b);
+                if !fits {
+                    return Err(RuntimeError::Failed(format!(
+                        "{}: exported for input {:?}, this backbone runs {expected:?} (export it with --resolution {h} {w})",
+                        file.display(),
+                        model.input_shape()
+                    )));
+                }
+                Runner::Onnx(model)
+            }
+        };
         self.running = Some(Running { backbone, transform, clip_len });
         Ok(())
     }

@@ -315,6 +315,7 @@ fn labels_spec(common: &Common, l: LabelsEntry) -> Result<LabelerSpec, Issue> {
         bpe: l.bpe,
         smoothing: 1.0,
         padding: l.padding,
+        image_encoder: None,
     })
 }
 

@@ -20,6 +20,7 @@ use ocellus_perception::clip::Clip;
 use ocellus_perception::clip::tokenizer::ClipTokenizer;
 use ocellus_perception::clip::zero_shot::{ClassifierCache, OPENAI_IMAGENET_TEMPLATES, ZeroShotClassifier};
 use ocellus_perception::model::{Loaded, ModelSpec};
+use ocellus_perception::onnx::{Backend, OnnxEncoder, OnnxModel, OnnxOptions};
 use ocellus_runtime::control::{ControlReceiver, ControlSender};
 use ocellus_runtime::edge::{DropPolicy, EdgePolicy};
 use ocellus_runtime::kind::{BuildContext, Common, ConfiguredNode, Issue, ModelUse, NodeKind, PipelineView};
@@ -71,6 +72,8 @@ pub struct LabelerSpec {
     pub smoothing: f64,
     /// Box padding on each side, as a fraction of the box's longer side.
     pub padding: f64,
+    /// The image tower exported to ONNX, run by ONNX Runtime instead of the native one.
+    pub image_encoder: Option<OnnxEncoder>,
 }
 
 impl LabelerSpec {
@@ -106,6 +109,14 @@ pub struct LabelerEntry {
     /// Box padding per side, a fraction of the box's longer side, in [0, 1].
     #[serde(default = "default_padding")]
     pub padding: f64,
+    /// `tch`, or `onnx`: the image tower in ONNX Runtime (`image_encoder`), the text tower
+    /// from `weights` as usual.
+    #[serde(default)]
+    pub backend: Backend,
+    /// The image tower exported by `ocellus weights export-onnx` (`backend = "onnx"`).
+    pub image_encoder: Option<PathBuf>,
+    /// ONNX Runtime session options (`backend = "onnx"`).
+    pub onnx: Option<OnnxOptions>,
 }
 
 fn default_smoothing() -> f64 {
@@ -126,6 +137,7 @@ impl NodeKind for LabelerKind {
 
     fn configure(common: &Common, e: LabelerEntry, _view: &PipelineView) -> Result<Arc<dyn ConfiguredNode>, Issue> {
         let model = model_spec::<Clip>(common)?;
+        let image_encoder = crate::onnx_encoder(e.backend, e.image_encoder, e.onnx, model.dtype)?;
         check_vocabulary(&e.vocabulary)?;
         let templates = templates_of(e.templates)?;
         if !(e.smoothing > 0.0 && e.smoothing <= 1.0) {
@@ -145,6 +157,7 @@ impl NodeKind for LabelerKind {
             bpe: e.bpe,
             smoothing: e.smoothing,
             padding: e.padding,
+            image_encoder,
         }))
     }
 }
@@ -234,6 +247,8 @@ impl LabelerStage {
 /// The labeler, loaded.
 pub struct Labeler {
     clip: Loaded<Clip>,
+    /// The image tower in ONNX Runtime, when the spec names one.
+    image_onnx: Option<OnnxModel>,
     tokenizer: ClipTokenizer,
     spec: LabelerSpec,
     classifiers: ClassifierCache,
@@ -261,6 +276,8 @@ impl Labeler {
             None => ClipTokenizer::embedded(),
         }
         .map_err(failed)?;
+        let image_onnx =
+            spec.image_encoder.as_ref().map(|e| OnnxModel::load(&e.file, &e.options)).transpose().map_err(failed)?;
         let size = clip.config().vision_cfg.image_size;
         let transform = Transform {
             fit: Fit::ShortSideCenterCrop { short: size, crop: size },
@@ -270,6 +287,7 @@ impl Labeler {
         Ok(Self {
             transform,
             clip,
+            image_onnx,
             tokenizer,
             spec,
             classifiers: ClassifierCache::new(CLASSIFIERS_CACHED),
@@ -279,6 +297,15 @@ impl Labeler {
             track_candidates: HashMap::new(),
             track_smoothed: HashMap::new(),
         })
+    }
+
+    /// Image embeddings `[N, embed]` of preprocessed crops `[N, 3, S, S]`.
+    fn encode_images(&self, crops: &Tensor) -> Result<Tensor> {
+        let features = match &self.image_onnx {
+            Some(onnx) => onnx.forward(crops).map_err(failed)?.into_iter().next(),
+            None => Some(tch::no_grad(|| self.clip.encode_image(crops)).map_err(failed)?),
+        };
+        features.ok_or_else(|| RuntimeError::Failed("the ONNX image encoder has no output".into()))
     }
 
     /// Labels track `id` from `candidates` (the agent's `label` tool); smoothing restarts.
@@ -356,7 +383,7 @@ impl Labeler {
             crops.push(self.transform.apply_rgb8(&crop, side, side, self.spec.model.device)?); // [1, 3, S, S]
         }
         let crops = Tensor::f_cat(&crops, 0).and_then(|c| c.f_to_kind(self.clip.kind())).map_err(torch)?; // [N, 3, S, S]
-        let features = tch::no_grad(|| self.clip.encode_image(&crops)).map_err(failed)?; // [N, embed]
+        let features = self.encode_images(&crops)?; // [N, embed]
         ocellus_perception::clip::normalize(&features.f_to_kind(Kind::Float).map_err(torch)?).map_err(failed)
     }
 
@@ -396,7 +423,7 @@ impl Labeler {
         let mut own: HashMap<u32, Rc<ZeroShotClassifier>> = HashMap::new();
         if !visible.is_empty() {
             let crops = self.crops(frame, &tracks, &visible)?.f_to_kind(self.clip.kind()).map_err(torch)?;
-            let features = tch::no_grad(|| self.clip.encode_image(&crops)).map_err(failed)?; // [N, embed]
+            let features = self.encode_images(&crops)?; // [N, embed]
             let alpha = self.spec.smoothing as f32;
             for (row, (id, _)) in visible.iter().enumerate() {
                 // A track the agent gave candidates for is classified over those.

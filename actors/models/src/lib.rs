@@ -27,7 +27,10 @@ pub mod motion;
 pub mod pose3d;
 pub mod tracker;
 
+use std::path::PathBuf;
+
 use ocellus_perception::model::{Model, ModelSpec, WeightsSource};
+use ocellus_perception::onnx::{Backend, OnnxEncoder, OnnxOptions};
 use ocellus_runtime::kind::{Common, ErasedKind, Issue, WeightsKeys, kind};
 use ocellus_runtime::{RuntimeError, message::FrameMeta};
 
@@ -98,6 +101,32 @@ pub fn weights_source(keys: &WeightsKeys) -> WeightsSource {
     match keys {
         WeightsKeys::File(path) => WeightsSource::File(path.clone()),
         WeightsKeys::Random { seed } => WeightsSource::Random { seed: *seed },
+    }
+}
+
+/// The ONNX image encoder of an entry with `backend`, `image_encoder` (the exported file) and
+/// `onnx` (session options) keys, checked: `None` for `backend = "tch"`.
+pub fn onnx_encoder(
+    backend: Backend,
+    file: Option<PathBuf>,
+    options: Option<OnnxOptions>,
+    dtype: ocellus_kernels::DType,
+) -> Result<Option<OnnxEncoder>, Issue> {
+    match (backend, file) {
+        (Backend::Tch, None) if options.is_none() => Ok(None),
+        (Backend::Tch, None) => Err(Issue::at("onnx", "session options are for `backend = \"onnx\"`")),
+        (Backend::Tch, Some(_)) => Err(Issue::at("image_encoder", "an ONNX image encoder needs `backend = \"onnx\"`")),
+        (Backend::Onnx, None) => Err(Issue::at(
+            "backend",
+            "`backend = \"onnx\"` needs `image_encoder`, a file from `ocellus weights export-onnx`",
+        )),
+        (Backend::Onnx, Some(_)) if dtype != ocellus_kernels::DType::F32 => {
+            Err(Issue::at("dtype", "`backend = \"onnx\"` runs the exported f32 model: use dtype = \"f32\""))
+        }
+        (Backend::Onnx, Some(file)) if !file.is_file() => {
+            Err(Issue::at("image_encoder", format!("{} not found", file.display())))
+        }
+        (Backend::Onnx, Some(file)) => Ok(Some(OnnxEncoder { file, options: options.unwrap_or_default() })),
     }
 }
 

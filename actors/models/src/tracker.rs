@@ -16,6 +16,7 @@
 //! (`prompt_topic`, a session opened when the tracker starts).
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -25,6 +26,7 @@ use ocellus_io::session::{SessionSpec, spawn_host};
 use ocellus_kernels::masks::{mask_box, mask_to_bytes};
 use ocellus_kernels::{Fit, Normalization, Resize, ResizeMode, Transform};
 use ocellus_perception::model::{Loaded, ModelSpec, Sam2Options};
+use ocellus_perception::onnx::{Backend, OnnxEncoder, OnnxModel, OnnxOptions};
 use ocellus_perception::sam2::Sam2;
 use ocellus_perception::sam2::sam2_base::{DEFAULT_MAX_BATCH, GPU_MAX_BATCH, PointInputs};
 use ocellus_perception::sam2::streaming::{Prompt, StreamConfig, StreamingTracker};
@@ -278,6 +280,15 @@ pub struct TrackerEntry {
     /// The video predictor's preprocessing (`exact`) or bilinear on the device (`fast`).
     #[serde(default)]
     pub resize: ResizeName,
+    /// `tch`, or `onnx`: the image encoder in ONNX Runtime (`image_encoder`), the rest of
+    /// SAM 2 from `weights` as usual.
+    #[serde(default)]
+    pub backend: Backend,
+    /// The image encoder exported by `ocellus weights export-onnx` at this tracker's
+    /// `image_size` (`backend = "onnx"`).
+    pub image_encoder: Option<PathBuf>,
+    /// ONNX Runtime session options (`backend = "onnx"`).
+    pub onnx: Option<OnnxOptions>,
 }
 
 fn default_max_cond_frames() -> usize {
@@ -297,6 +308,8 @@ pub struct TrackerSpec {
     pub stream: StreamConfig,
     /// Input side, when not the model config's `image_size`.
     pub image_size: Option<i64>,
+    /// The image encoder exported to ONNX, run by ONNX Runtime instead of the native one.
+    pub image_encoder: Option<OnnxEncoder>,
     /// The official preprocessing, or the fast path.
     pub resize: ResizeMode,
     /// Prompts from zenoh.
@@ -379,12 +392,14 @@ impl NodeKind for TrackerKind {
         }
         let max_batch = if common.device.is_cuda() { GPU_MAX_BATCH } else { DEFAULT_MAX_BATCH };
         let stream = StreamConfig { max_cond_frames: e.max_cond_frames, max_batch, ..StreamConfig::default() };
+        let image_encoder = crate::onnx_encoder(e.backend, e.image_encoder, e.onnx, model.dtype)?;
         Ok(Arc::new(TrackerSpec {
             name: common.name.clone(),
             model,
             prompts,
             stream,
             image_size: e.image_size,
+            image_encoder,
             resize: e.resize.into(),
             prompt_topic,
         }))
@@ -493,7 +508,11 @@ impl TrackerStage {
 impl Stage for TrackerStage {
     fn start(&mut self, _ctx: &mut Context) -> Result<()> {
         let options = Sam2Options { image_size: self.spec.image_size };
-        let sam = self.spec.model.load_with::<Sam2>(&options).map_err(failed)?;
+        let mut sam = self.spec.model.load_with::<Sam2>(&options).map_err(failed)?;
+        if let Some(encoder) = &self.spec.image_encoder {
+            let onnx = OnnxModel::load(&encoder.file, &encoder.options).map_err(failed)?;
+            sam.model.use_onnx_image_encoder(onnx).map_err(failed)?;
+        }
         let side = sam.image_size();
         let transform = Transform {
             fit: Fit::Stretch { height: side, width: side },

@@ -112,6 +112,8 @@ pub struct Sam2 {
     image_size: i64,
     /// The video path (memory attention, memory encoder, object pointers), when built.
     tracking: Option<sam2_base::Sam2Tracking>,
+    /// The image encoder exported to ONNX, run instead of `image_encoder` when set.
+    onnx_image_encoder: Option<crate::onnx::OnnxModel>,
 }
 
 impl Sam2 {
@@ -131,6 +133,7 @@ impl Sam2 {
             no_mem_embed: parameter(p, "no_mem_embed", &[1, 1, HIDDEN_DIM])?,
             image_size: c.image_size,
             tracking: None,
+            onnx_image_encoder: None,
         })
     }
 
@@ -139,6 +142,24 @@ impl Sam2 {
         let mut sam = Self::new(p, c)?;
         sam.tracking = Some(sam2_base::Sam2Tracking::new(p)?);
         Ok(sam)
+    }
+
+    /// Runs the image encoder in ONNX Runtime from now on: `model` is an export of this
+    /// model's image encoder (`ocellus weights export-onnx`) at its input side.
+    pub fn use_onnx_image_encoder(&mut self, model: crate::onnx::OnnxModel) -> Result<()> {
+        let side = self.image_size;
+        if !matches!(model.input_shape(), [_, 3, h, w] if *h == side && *w == side) {
+            return Err(PerceptionError::Config {
+                model: "sam2",
+                message: format!(
+                    "the ONNX image encoder was exported for input {:?}, this model runs {side}×{side} \
+                     (export it with --resolution {side} {side})",
+                    model.input_shape()
+                ),
+            });
+        }
+        self.onnx_image_encoder = Some(model);
+        Ok(())
     }
 
     /// Input side in pixels (`image_size` of the config).
@@ -150,7 +171,10 @@ impl Sam2 {
     /// `[B, 3, 1024, 1024]` image.
     pub fn encode_image(&self, x: &Tensor) -> Result<ImageFeatures> {
         let _span = trace_span!("sam2_encode_image").entered();
-        let backbone = self.image_encoder.forward(x)?;
+        let backbone = match &self.onnx_image_encoder {
+            Some(onnx) => self.image_encoder.output_from_levels(onnx.forward(x)?)?,
+            None => self.image_encoder.forward(x)?,
+        };
         let [fpn0, fpn1, ..] = backbone.backbone_fpn.as_slice() else {
             return Err(PerceptionError::Config { model: "sam2", message: "the encoder must keep 3 levels".into() });
         };

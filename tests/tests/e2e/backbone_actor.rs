@@ -4,7 +4,7 @@
 
 use ocellus_io::source::{GstSourceSpec, OutputFormat};
 use ocellus_kernels::{DType, ResizeMode};
-use ocellus_model_actors::backbone::{self, BackboneSpec, BackboneStage};
+use ocellus_model_actors::backbone::{self, BackboneBackend, BackboneSpec, BackboneStage};
 use ocellus_perception::backbone::Backbone;
 use ocellus_perception::model::{ModelSpec, WeightsSource};
 use ocellus_runtime::{EdgePolicy, Packet, Pipeline, Wire, stage_factory};
@@ -22,6 +22,7 @@ fn sam2_encoder_features_per_frame() {
             device: Device::Cpu,
             dtype: DType::F32,
         },
+        backend: BackboneBackend::Tch,
         resolution: Some((256, 256)),
         resize: ResizeMode::Exact,
     };

@@ -23,48 +23,54 @@ const MIN_AGREEMENT: f64 = 0.9999;
 #[test]
 fn tracker_matches_the_video_predictor_on_camera_frames() {
     for size in CAMERA_SIZES {
-        let clip = CameraClip::new(size);
-        let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), &format!("camera_tracker_{size}"));
-        let rrd = dir.join("tracks.rrd");
-        let box_ = clip.meta["box"].to_string();
-        let points = clip.meta["points"].to_string();
-        let labels = clip.meta["point_labels"].to_string();
-        let weights = fixtures_dir().join("sam2_video_tiny.weights.safetensors");
-        let text = format!(
-            "{}\n[[actor]]\nname = \"tracker\"\nkind = \"sam2\"\nmodel = \"sam2.1_hiera_tiny\"\nweights = \"{}\"\n\
-             inputs = [\"cam\"]\nedge = {{ policy = \"block\" }}\n\
-             prompts = [{{ id = 1, box = {box_} }}, {{ id = 2, points = {points}, labels = {labels} }}]\n{}",
-            clip.source_toml("cam", clip.tracked),
-            weights.display(),
-            rerun_sink_toml(&["tracker"], &rrd)
-        );
-        let report = build(&config_file(&dir, "tracker.toml", &text)).unwrap().run().unwrap();
-        assert_eq!(report.failures().count(), 0, "{report}");
+        tracker_case(size, "");
+    }
+}
 
-        let io = clip.io();
-        let segmentation = rerun::SegmentationImage::descriptor_buffer().component;
-        let images = buffers_of(&rrd, "world/cam/tracks", segmentation).unwrap();
-        let boxes = boxes_of(&rrd, "world/cam/tracks/boxes").unwrap();
-        assert_eq!(images.len(), clip.tracked, "{size}: one label image per frame");
-        for f in 0..clip.tracked {
-            let ours: Vec<u16> =
-                images[&(f as i64)].chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
-            let theirs = Vec::<i32>::try_from(io[&format!("sam2.frame{f}.labels")].flatten(0, -1)).unwrap();
-            assert_eq!(ours.len(), clip.width * clip.height);
-            let same = ours.iter().zip(&theirs).filter(|(a, b)| i32::from(**a) == **b).count();
-            let agreement = same as f64 / ours.len() as f64;
-            println!("{size} frame {f}: {agreement:.6} of pixels agree ({} differ)", ours.len() - same);
-            assert!(agreement >= MIN_AGREEMENT, "{size} frame {f}: agreement {agreement}");
-            for id in [1u16, 2] {
-                let reference = Vec::<i32>::try_from(&io[&format!("sam2.frame{f}.obj{id}.box")]).unwrap();
-                let logged = boxes.get(&(f as i64)).and_then(|b| b.iter().find(|b| b.class_id == Some(id)));
-                match logged {
-                    Some(b) => {
-                        let corners: Vec<i32> = b.corners.iter().map(|&c| c.round() as i32).collect();
-                        assert_eq!(corners, reference, "{size} frame {f} track {id}: box");
-                    }
-                    None => assert_eq!(reference, [-1, -1, -1, -1], "{size} frame {f} track {id}: no box logged"),
+/// The tracker on the camera frames of `size` against SAM 2's video predictor, with `extra`
+/// lines in the tracker's table (another backend, say).
+pub(crate) fn tracker_case(size: &'static str, extra: &str) {
+    let clip = CameraClip::new(size);
+    let tag = if extra.is_empty() { "" } else { "_extra" };
+    let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), &format!("camera_tracker_{size}{tag}"));
+    let rrd = dir.join("tracks.rrd");
+    let box_ = clip.meta["box"].to_string();
+    let points = clip.meta["points"].to_string();
+    let labels = clip.meta["point_labels"].to_string();
+    let weights = fixtures_dir().join("sam2_video_tiny.weights.safetensors");
+    let text = format!(
+        "{}\n[[actor]]\nname = \"tracker\"\nkind = \"sam2\"\nmodel = \"sam2.1_hiera_tiny\"\nweights = \"{}\"\n\
+         inputs = [\"cam\"]\nedge = {{ policy = \"block\" }}\n\
+         prompts = [{{ id = 1, box = {box_} }}, {{ id = 2, points = {points}, labels = {labels} }}]\n{extra}\n{}",
+        clip.source_toml("cam", clip.tracked),
+        weights.display(),
+        rerun_sink_toml(&["tracker"], &rrd)
+    );
+    let report = build(&config_file(&dir, "tracker.toml", &text)).unwrap().run().unwrap();
+    assert_eq!(report.failures().count(), 0, "{report}");
+
+    let io = clip.io();
+    let segmentation = rerun::SegmentationImage::descriptor_buffer().component;
+    let images = buffers_of(&rrd, "world/cam/tracks", segmentation).unwrap();
+    let boxes = boxes_of(&rrd, "world/cam/tracks/boxes").unwrap();
+    assert_eq!(images.len(), clip.tracked, "{size}: one label image per frame");
+    for f in 0..clip.tracked {
+        let ours: Vec<u16> = images[&(f as i64)].chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+        let theirs = Vec::<i32>::try_from(io[&format!("sam2.frame{f}.labels")].flatten(0, -1)).unwrap();
+        assert_eq!(ours.len(), clip.width * clip.height);
+        let same = ours.iter().zip(&theirs).filter(|(a, b)| i32::from(**a) == **b).count();
+        let agreement = same as f64 / ours.len() as f64;
+        println!("{size} frame {f}: {agreement:.6} of pixels agree ({} differ)", ours.len() - same);
+        assert!(agreement >= MIN_AGREEMENT, "{size} frame {f}: agreement {agreement}");
+        for id in [1u16, 2] {
+            let reference = Vec::<i32>::try_from(&io[&format!("sam2.frame{f}.obj{id}.box")]).unwrap();
+            let logged = boxes.get(&(f as i64)).and_then(|b| b.iter().find(|b| b.class_id == Some(id)));
+            match logged {
+                Some(b) => {
+                    let corners: Vec<i32> = b.corners.iter().map(|&c| c.round() as i32).collect();
+                    assert_eq!(corners, reference, "{size} frame {f} track {id}: box");
                 }
+                None => assert_eq!(reference, [-1, -1, -1, -1], "{size} frame {f} track {id}: no box logged"),
             }
         }
     }
@@ -73,12 +79,24 @@ fn tracker_matches_the_video_predictor_on_camera_frames() {
 /// Runs `model` as a backbone actor on the first `frames` frames of `clip`; the features of
 /// every frame, in order.
 fn backbone_features(clip: &CameraClip, model: &str, weights: &str, frames: usize) -> Vec<Vec<tch::Tensor>> {
-    let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), &format!("camera_backbone_{model}_{}", clip.size));
+    backbone_features_with(clip, model, &fixtures_dir().join(weights), frames, "")
+}
+
+/// [`backbone_features`] with a weights path and `extra` lines in the actor's table.
+pub(crate) fn backbone_features_with(
+    clip: &CameraClip,
+    model: &str,
+    weights: &std::path::Path,
+    frames: usize,
+    extra: &str,
+) -> Vec<Vec<tch::Tensor>> {
+    let tag = if extra.is_empty() { "" } else { "_extra" };
+    let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), &format!("camera_backbone_{model}_{}{tag}", clip.size));
     let text = format!(
         "{}\n[[actor]]\nname = \"backbone\"\nkind = \"backbone\"\nmodel = \"{model}\"\nweights = \"{}\"\n\
-         inputs = [\"cam\"]\nedge = {{ policy = \"block\" }}\n",
+         inputs = [\"cam\"]\nedge = {{ policy = \"block\" }}\n{extra}\n",
         clip.source_toml("cam", frames),
-        fixtures_dir().join(weights).display()
+        weights.display()
     );
     let mut pipeline = build(&config_file(&dir, "backbone.toml", &text)).unwrap();
     let collected = Collected::default();
@@ -169,57 +187,60 @@ fn with_ground_truth(clip: &CameraClip, ports: Ports, actor: StageFactory, rrd: 
 
 #[test]
 fn labeler_matches_open_clip_on_camera_frames() {
+    for size in CAMERA_SIZES {
+        labeler_case(size, None);
+    }
+}
+
+/// The labeler on the camera frames of `size` against open_clip, with the native image tower
+/// or `image_encoder` (ONNX Runtime).
+pub(crate) fn labeler_case(size: &'static str, image_encoder: Option<ocellus_perception::onnx::OnnxEncoder>) {
     use ocellus_model_actors::labeler::{self, LabelerSpec, LabelerStage};
 
-    for size in CAMERA_SIZES {
-        let clip = CameraClip::new(size);
-        let case = format!("labeler_{size}");
-        let meta: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(fixtures_dir().join(format!("{case}.json"))).unwrap())
-                .unwrap();
-        let strings = |k: &str| -> Vec<String> {
-            meta[k].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect()
-        };
-        let (classes, templates) = (strings("classes"), strings("templates"));
-        let spec = LabelerSpec {
-            name: "labeler".into(),
-            model: fixture_model("ViT-B-32-quickgelu", "clip_b32.weights.safetensors"),
-            vocabulary: classes.clone(),
-            templates,
-            bpe: None,
-            smoothing: meta["smoothing"].as_f64().unwrap(),
-            padding: meta["padding"].as_f64().unwrap(),
-        };
-        let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), &format!("camera_labeler_{size}"));
-        let rrd = dir.join("labels.rrd");
-        let outputs = with_ground_truth(
-            &clip,
-            labeler::ports(),
-            stage_factory(move || LabelerStage::new(spec.clone(), None)),
-            &rrd,
-        );
-        let io = fixture_io(&case);
-        let tracks: Vec<_> =
-            outputs.into_iter().filter_map(|p| if let Packet::Tracks(t) = p { Some(t) } else { None }).collect();
-        assert_eq!(tracks.len(), clip.tracked);
-        let boxes = boxes_of(&rrd, "world/cam/tracks/boxes").unwrap();
-        for (f, t) in tracks.iter().enumerate() {
-            for track in &t.tracks {
-                let probs = &io[&format!("frame{f}.track{}.probs", track.id)];
-                let best = probs.argmax(0, false).int64_value(&[]);
-                let score = probs.double_value(&[best]);
-                let label = track.label.as_ref().unwrap();
-                assert_eq!(&*label.name, classes[best as usize], "{size} frame {f} track {}", track.id);
-                println!(
-                    "{size} frame {f} track {}: {} {:.6} (reference {score:.6})",
-                    track.id, label.name, label.score
-                );
-                assert!((f64::from(label.score) - score).abs() <= 1e-4, "{size} frame {f} track {}: score", track.id);
-                // The recording shows the same label and score.
-                let logged = boxes[&(f as i64)].iter().find(|b| b.class_id == Some(track.id as u16)).unwrap();
-                let text = format!("{} {:.2} (track {})", label.name, label.score, track.id);
-                assert_eq!(logged.label.as_deref(), Some(text.as_str()));
-            }
+    let clip = CameraClip::new(size);
+    let onnx = image_encoder.is_some();
+    let case = format!("labeler_{size}");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures_dir().join(format!("{case}.json"))).unwrap()).unwrap();
+    let strings = |k: &str| -> Vec<String> {
+        meta[k].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect()
+    };
+    let (classes, templates) = (strings("classes"), strings("templates"));
+    let spec = LabelerSpec {
+        name: "labeler".into(),
+        model: fixture_model("ViT-B-32-quickgelu", "clip_b32.weights.safetensors"),
+        vocabulary: classes.clone(),
+        templates,
+        bpe: None,
+        smoothing: meta["smoothing"].as_f64().unwrap(),
+        padding: meta["padding"].as_f64().unwrap(),
+        image_encoder,
+    };
+    let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), &format!("camera_labeler_{size}_onnx{onnx}"));
+    let rrd = dir.join("labels.rrd");
+    let outputs =
+        with_ground_truth(&clip, labeler::ports(), stage_factory(move || LabelerStage::new(spec.clone(), None)), &rrd);
+    let io = fixture_io(&case);
+    let tracks: Vec<_> =
+        outputs.into_iter().filter_map(|p| if let Packet::Tracks(t) = p { Some(t) } else { None }).collect();
+    assert_eq!(tracks.len(), clip.tracked);
+    let boxes = boxes_of(&rrd, "world/cam/tracks/boxes").unwrap();
+    for (f, t) in tracks.iter().enumerate() {
+        for track in &t.tracks {
+            let probs = &io[&format!("frame{f}.track{}.probs", track.id)];
+            let best = probs.argmax(0, false).int64_value(&[]);
+            let score = probs.double_value(&[best]);
+            let label = track.label.as_ref().unwrap();
+            assert_eq!(&*label.name, classes[best as usize], "{size} frame {f} track {}", track.id);
+            println!(
+                "{size} (onnx {onnx}) frame {f} track {}: {} {:.6} (reference {score:.6})",
+                track.id, label.name, label.score
+            );
+            assert!((f64::from(label.score) - score).abs() <= 1e-4, "{size} frame {f} track {}: score", track.id);
+            // The recording shows the same label and score.
+            let logged = boxes[&(f as i64)].iter().find(|b| b.class_id == Some(track.id as u16)).unwrap();
+            let text = format!("{} {:.2} (track {})", label.name, label.score, track.id);
+            assert_eq!(logged.label.as_deref(), Some(text.as_str()));
         }
     }
 }

@@ -79,6 +79,7 @@ fn labels(vocabulary: &[&str]) -> LabelerSpec {
         bpe: None,
         smoothing: 1.0,
         padding: 0.1,
+        image_encoder: None,
     }
 }
 

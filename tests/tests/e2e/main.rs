@@ -24,6 +24,7 @@ mod llama_backends;
 mod llama_parity;
 mod llama_quant;
 mod llama_tokenizer;
+mod onnx_backend;
 mod pose3d_actor;
 mod preprocess_parity;
 mod replay;

@@ -51,6 +51,7 @@ fn tracks_are_consistent_per_frame() {
         ],
         stream: StreamConfig::default(),
         image_size: Some(256),
+        image_encoder: None,
         resize: ocellus_kernels::ResizeMode::Exact,
         prompt_topic: None,
     };

@@ -1,0 +1,47 @@
+//! `scripts/device-check --cpu --quick` starts, runs every part and writes its report, so the
+//! script is known to work before a machine with a GPU runs it in full.
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn device_check_runs_on_the_cpu_and_reports() {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("device-check");
+    std::fs::remove_dir_all(&out).ok();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/device-check");
+    let status = Command::new(&script)
+        .args(["--cpu", "--quick", "--out"])
+        .arg(&out)
+        .env("OCELLUS_BENCH", env!("CARGO_BIN_EXE_ocellus-bench"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status}");
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("device-check.json")).unwrap()).unwrap();
+    assert_eq!(report["device"], "cpu");
+    let parity = report["parity"].as_array().unwrap();
+    assert_eq!(parity.len(), 4, "two encoders, the CLIP image tower, Llama: {parity:?}");
+    for p in parity {
+        // On the CPU the "device" run is the reference run: the same kernels, the same result.
+        assert_eq!(p["fp32_max_abs"].as_f64(), Some(0.0), "{p}");
+        let bf16 = p["bf16_max_abs"].as_f64().unwrap();
+        assert!(bf16 > 0.0 && bf16 < p["max_abs_reference"].as_f64().unwrap(), "{p}");
+    }
+    let runs = report["sam2_streaming"]["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert!(runs.iter().all(|r| r["frames_per_s"].as_f64().unwrap() > 0.0), "{runs:?}");
+    assert!(report["memory"]["rss_mib"].as_f64().unwrap() > 0.0);
+    assert!(report["memory"]["vram_mib"].is_null(), "no GPU memory on the CPU");
+    assert!(report["hiera"]["images_per_s"].as_f64().unwrap() > 0.0);
+    let formats = report["llama"]["formats"].as_array().unwrap();
+    assert_eq!(formats.iter().map(|f| f["format"].as_str().unwrap()).collect::<Vec<_>>(), ["bf16", "int4"]);
+    for f in formats {
+        let (decode, bound) = (f["decode_tokens_per_s"].as_f64().unwrap(), f["bound_tokens_per_s"].as_f64().unwrap());
+        assert!(decode > 0.0 && bound > 0.0, "{f}");
+    }
+    let md = std::fs::read_to_string(out.join("device-check.md")).unwrap();
+    assert!(md.starts_with("# Device check: cpu (quick)"), "{md}");
+    assert!(md.contains("| int4 |"), "{md}");
+}
