@@ -144,6 +144,7 @@ pub fn run(case: ZenohBench) -> anyhow::Result<ZenohBenchResult> {
         frames: Some(case.frames),
         idle_timeout: Some(Duration::from_secs(3)),
         ros2: None,
+        limits: ocellus_wire::FrameLimits::DEFAULT,
     };
     let mut p = Pipeline::new();
     let sink = arrivals.clone();

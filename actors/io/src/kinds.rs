@@ -318,6 +318,39 @@ crate::zenoh_entry! {
         /// ROS 2 QoS of the subscription (`topic`): `{ reliability = "reliable" | "best_effort",
         /// depth = 10 }`, declared in its liveliness token; `depth` keeps the newest N messages.
         pub qos: Option<QosEntry>,
+        /// What a message may hold: `{ max_message_mb = 128, max_pixels = 33177600 }` (8K);
+        /// larger ones are refused before they are decoded, and counted as skipped.
+        pub limits: Option<LimitsEntry>,
+    }
+}
+
+/// `limits = { max_message_mb, max_pixels }` of a source reading from the wire.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsEntry {
+    /// Largest message, MiB (default 128).
+    pub max_message_mb: Option<f64>,
+    /// Largest image, pixels (default 7680 × 4320).
+    pub max_pixels: Option<u64>,
+}
+
+impl LimitsEntry {
+    /// The limits, each checked to be positive.
+    pub fn limits(self) -> Result<ocellus_wire::FrameLimits, Issue> {
+        let mut limits = ocellus_wire::FrameLimits::DEFAULT;
+        if let Some(mb) = self.max_message_mb {
+            if !(mb > 0.0 && mb <= 4096.0) {
+                return Err(Issue::at("max_message_mb", format!("{mb}: must be in (0, 4096]")));
+            }
+            limits.max_message_bytes = (mb * (1 << 20) as f64) as usize;
+        }
+        if let Some(px) = self.max_pixels {
+            if px == 0 {
+                return Err(Issue::at("max_pixels", "must be at least 1"));
+            }
+            limits.max_pixels = px;
+        }
+        Ok(limits)
     }
 }
 
@@ -504,7 +537,8 @@ impl ConfiguredSource {
             }
             _ => None,
         };
-        Ok(ZenohSourceSpec { session, key, format: e.encoding, intake, frames: e.frames, idle_timeout, ros2 })
+        let limits = e.limits.map(LimitsEntry::limits).transpose().map_err(|i| i.inside("limits"))?.unwrap_or_default();
+        Ok(ZenohSourceSpec { session, key, format: e.encoding, intake, frames: e.frames, idle_timeout, ros2, limits })
     }
 
     /// A factory of the source.

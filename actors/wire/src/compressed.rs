@@ -44,6 +44,16 @@ impl Kind {
 
 /// Decodes `data` (a JPEG or PNG) to packed RGB.
 pub fn decode_rgb(kind: Kind, data: &[u8]) -> CodecResult<(FrameLayout, Bytes)> {
+    decode_rgb_within(kind, data, &crate::FrameLimits::DEFAULT)
+}
+
+/// [`decode_rgb`], refusing an image whose header announces more pixels than `limits` allow
+/// before anything is decompressed.
+pub fn decode_rgb_within(kind: Kind, data: &[u8], limits: &crate::FrameLimits) -> CodecResult<(FrameLayout, Bytes)> {
+    let (width, height) = ImageReader::with_format(Cursor::new(data), kind.image_format())
+        .into_dimensions()
+        .map_err(|e| CodecError::Image(format!("{kind:?}: {e}")))?;
+    limits.check_pixels(u64::from(width), u64::from(height))?;
     let mut reader = ImageReader::with_format(Cursor::new(data), kind.image_format());
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_DIMENSION);

@@ -29,6 +29,49 @@ pub use frame::{FrameLayout, LayoutError, PixelFormat, YuvMatrix};
 /// Largest width or height a decoder accepts (guards size arithmetic against hostile headers).
 pub const MAX_DIMENSION: u32 = 1 << 15;
 
+/// What a source accepts from the wire, checked before anything is decoded or allocated: the
+/// message's size, then the image's pixels as its header announces them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameLimits {
+    /// Largest message, in bytes.
+    pub max_message_bytes: usize,
+    /// Largest image, in pixels (width × height).
+    pub max_pixels: u64,
+}
+
+impl FrameLimits {
+    /// Default: 128 MiB messages (an 8K RGB frame is 99.5 MB), 8K images (7680 × 4320).
+    pub const DEFAULT: Self = Self { max_message_bytes: 128 << 20, max_pixels: 7680 * 4320 };
+
+    /// Refuses a message of `len` bytes over the limit.
+    pub fn check_message(&self, len: usize) -> CodecResult<()> {
+        if len > self.max_message_bytes {
+            return Err(CodecError::TooLarge(format!(
+                "a message of {len} bytes is over the limit of {} (max_message_mb)",
+                self.max_message_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses an image of `width × height` over the limit.
+    pub fn check_pixels(&self, width: u64, height: u64) -> CodecResult<()> {
+        if width.saturating_mul(height) > self.max_pixels {
+            return Err(CodecError::TooLarge(format!(
+                "a {width}x{height} image is over the limit of {} pixels (max_pixels)",
+                self.max_pixels
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Default for FrameLimits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
 /// Why a message could not be decoded (or an observation encoded).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
@@ -60,6 +103,9 @@ pub enum CodecError {
     /// Sizes that contradict each other or the payload.
     #[error("bad size: {0}")]
     Size(String),
+    /// A message or image over the source's limits.
+    #[error("refused: {0}")]
+    TooLarge(String),
     /// CDR that does not parse as the expected type.
     #[error("malformed CDR: {0}")]
     Cdr(String),
@@ -149,9 +195,24 @@ pub struct DecodedFrame {
 /// time from their header stamp; everything else takes `info`'s. Raw frames and uncompressed
 /// ROS 2 images share `payload`'s memory (no copy). The layout is checked against the pixels.
 pub fn decode_frame(format: WireFormat, payload: &Bytes, info: MessageInfo) -> CodecResult<DecodedFrame> {
+    decode_frame_within(format, payload, info, &FrameLimits::DEFAULT)
+}
+
+/// [`decode_frame`] within `limits`: a message over the size limit is refused before it is
+/// read, a compressed image whose header announces more pixels than allowed before it is
+/// decompressed (an uncompressed one shares the payload's memory, or is copied within the
+/// message's size).
+pub fn decode_frame_within(
+    format: WireFormat,
+    payload: &Bytes,
+    info: MessageInfo,
+    limits: &FrameLimits,
+) -> CodecResult<DecodedFrame> {
+    limits.check_message(payload.len())?;
     let frame = match format {
         WireFormat::Raw => {
             let (header, pixels) = raw::decode(payload)?;
+            limits.check_pixels(header.layout.width as u64, header.layout.height as u64)?;
             DecodedFrame {
                 layout: header.layout,
                 pixels,
@@ -162,14 +223,16 @@ pub fn decode_frame(format: WireFormat, payload: &Bytes, info: MessageInfo) -> C
         }
         WireFormat::Jpeg | WireFormat::Png => {
             let kind = if format == WireFormat::Jpeg { compressed::Kind::Jpeg } else { compressed::Kind::Png };
-            let (layout, pixels) = compressed::decode_rgb(kind, payload)?;
+            let (layout, pixels) = compressed::decode_rgb_within(kind, payload, limits)?;
             DecodedFrame { layout, pixels, seq: info.seq, capture_ns: info.capture_ns, frame_id: None }
         }
         WireFormat::Ros2Image | WireFormat::Ros2CompressedImage => {
             let image = if format == WireFormat::Ros2Image {
-                ros2::decode_image(payload)?
+                let image = ros2::decode_image(payload)?;
+                limits.check_pixels(image.layout.width as u64, image.layout.height as u64)?;
+                image
             } else {
-                ros2::decode_compressed_image(payload)?
+                ros2::decode_compressed_image_within(payload, limits)?
             };
             DecodedFrame {
                 layout: image.layout,
@@ -182,4 +245,28 @@ pub fn decode_frame(format: WireFormat, payload: &Bytes, info: MessageInfo) -> C
     };
     frame.layout.validate(frame.pixels.len()).map_err(|e| CodecError::Size(e.to_string()))?;
     Ok(frame)
+}
+
+#[cfg(test)]
+mod limits_tests {
+    use super::*;
+
+    #[test]
+    fn limits_refuse_before_decoding() {
+        let layout = FrameLayout::packed(PixelFormat::Rgb, 64, 48);
+        let message = Bytes::from(raw::encode(&layout, &vec![7u8; 64 * 48 * 3], 3, 9).unwrap());
+        let info = MessageInfo::default();
+        assert!(decode_frame_within(WireFormat::Raw, &message, info, &FrameLimits::DEFAULT).is_ok());
+        let few_pixels = FrameLimits { max_pixels: 64 * 48 - 1, ..FrameLimits::DEFAULT };
+        let err = decode_frame_within(WireFormat::Raw, &message, info, &few_pixels).unwrap_err();
+        assert!(matches!(&err, CodecError::TooLarge(m) if m.contains("64x48") && m.contains("max_pixels")), "{err}");
+        let few_bytes = FrameLimits { max_message_bytes: message.len() - 1, ..FrameLimits::DEFAULT };
+        let err = decode_frame_within(WireFormat::Raw, &message, info, &few_bytes).unwrap_err();
+        assert!(matches!(&err, CodecError::TooLarge(m) if m.contains("max_message_mb")), "{err}");
+        // A header that claims 100,000 × 100,000 over a few bytes is refused from the header.
+        let mut claim = message.to_vec();
+        claim[12..16].copy_from_slice(&100_000u32.to_le_bytes());
+        claim[16..20].copy_from_slice(&100_000u32.to_le_bytes());
+        assert!(decode_frame_within(WireFormat::Raw, &Bytes::from(claim), info, &FrameLimits::DEFAULT).is_err());
+    }
 }

@@ -573,9 +573,15 @@ pub fn decode_image(payload: &Bytes) -> CodecResult<DecodedImage> {
 
 /// Decodes a `sensor_msgs/CompressedImage` payload (JPEG or PNG) to packed RGB.
 pub fn decode_compressed_image(payload: &[u8]) -> CodecResult<DecodedImage> {
+    decode_compressed_image_within(payload, &crate::FrameLimits::DEFAULT)
+}
+
+/// [`decode_compressed_image`] refusing an image whose header announces more pixels than
+/// `limits` allow, before it is decompressed.
+pub fn decode_compressed_image_within(payload: &[u8], limits: &crate::FrameLimits) -> CodecResult<DecodedImage> {
     let image: CompressedImage<'_> = from_cdr(payload)?;
     let kind = Kind::from_ros_format(&image.format)?;
-    let (layout, pixels) = compressed::decode_rgb(kind, image.data)?;
+    let (layout, pixels) = compressed::decode_rgb_within(kind, image.data, limits)?;
     Ok(DecodedImage { layout, pixels, stamp: stamp_of(&image.header), frame_id: image.header.frame_id })
 }
 

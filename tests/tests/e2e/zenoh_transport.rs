@@ -21,7 +21,7 @@ use ocellus_io::source::{SyntheticSource, SyntheticSpec, ZenohSource, ZenohSourc
 use ocellus_runtime::{EdgePolicy, Frame, FrameMeta, Packet, Pipeline, PipelineReport, source_factory, stage_factory};
 use ocellus_tests::Collected;
 use ocellus_wire::ros2::{self, Attachment, MsgType, TypeHashes};
-use ocellus_wire::{FrameLayout, PixelFormat, WireFormat, compressed, raw};
+use ocellus_wire::{FrameLayout, FrameLimits, PixelFormat, WireFormat, compressed, raw};
 use parking_lot::Mutex;
 use zenoh::Wait;
 use zenoh::qos::CongestionControl;
@@ -41,6 +41,7 @@ fn source_spec(endpoint: &str, key: &str, format: WireFormat, frames: Option<u64
         frames,
         idle_timeout: Some(Duration::from_secs(3)),
         ros2: None,
+        limits: FrameLimits::DEFAULT,
     }
 }
 
@@ -126,6 +127,50 @@ fn two_sessions_exchange_1000_frames() {
     let source = report.node("cam").unwrap();
     assert_eq!((source.metrics.emitted, source.metrics.skipped, source.metrics.input.dropped), (1000, 0, 0));
     assert_eq!(report.failures().count(), 0, "{report}");
+}
+
+#[test]
+fn messages_over_the_limits_are_refused_before_decoding() {
+    let (session, endpoint) = listening_session();
+    let publisher = session.declare_publisher("big/jpeg").congestion_control(CongestionControl::Block).wait().unwrap();
+    // 64×48 frames pass; a 640×480 one is over 10,000 pixels; a header claiming 65535×65535
+    // (4.3 gigapixels, 12.9 GB of RGB) is refused from its header alone; a message over the
+    // byte limit is refused before it is read.
+    let limits = FrameLimits { max_message_bytes: 200_000, max_pixels: 10_000 };
+    let mut spec = source_spec(&endpoint, "big/jpeg", WireFormat::Jpeg, None);
+    spec.limits = limits;
+    let (pipeline, collected) = collecting_pipeline(&[("cam", spec)]);
+    let jpeg = |w: u32, h: u32| compressed::encode_jpeg(w, h, &vec![90u8; (w * h * 3) as usize], 80).unwrap();
+    let small = jpeg(64, 48);
+    let mut bomb = small.clone();
+    let sof = bomb.windows(2).position(|m| m == [0xff, 0xc0]).unwrap(); // baseline frame header
+    bomb[sof + 5..sof + 9].copy_from_slice(&[0xff, 0xff, 0xff, 0xff]); // height, width
+    let heavy: Vec<u8> = small.iter().copied().chain(std::iter::repeat_n(0u8, 300_000)).collect();
+    let messages = vec![small.clone(), jpeg(640, 480), bomb.clone(), heavy, small];
+    assert!(matches!(
+        ocellus_wire::decode_frame_within(
+            WireFormat::Jpeg,
+            &Bytes::from(bomb),
+            Default::default(),
+            &FrameLimits::DEFAULT
+        ),
+        Err(ocellus_wire::CodecError::TooLarge(_))
+    ));
+    let sender = std::thread::spawn(move || {
+        assert!(wait_for_subscriber(&publisher, Duration::from_secs(20)));
+        for m in messages {
+            publisher.put(m).wait().unwrap();
+        }
+        publisher
+    });
+    let report = pipeline.run().unwrap();
+    drop(sender.join().unwrap());
+    session.close().wait().unwrap();
+    let frames = frames_of(&collected[0]);
+    assert_eq!(frames.len(), 2, "{report}");
+    assert!(frames.iter().all(|f| (f.layout.width, f.layout.height) == (64, 48)));
+    let cam = report.node("cam").unwrap().metrics;
+    assert_eq!(cam.skipped, 3, "{report}");
 }
 
 #[test]

@@ -12,7 +12,9 @@
 //! pushes the sample into the bounded intake edge (`latest` by default: a slow pipeline sees
 //! the newest frame; `block` makes zenoh wait, which with a `block` congestion-controlled
 //! publisher loses nothing). Decoding (JPEG, PNG, CDR) runs on the source thread. A message
-//! that does not decode is counted (the source's `skipped`) and skipped. The stream ends after
+//! that does not decode, or is over the source's `limits` (message bytes, image pixels as its
+//! header announces them: checked before anything is decompressed), is counted (the source's
+//! `skipped`) and skipped. The stream ends after
 //! `frames` frames, after `idle_timeout` without a message, or when the pipeline asks.
 
 use std::sync::Arc;
@@ -22,7 +24,7 @@ use std::time::{Duration, Instant};
 use ocellus_runtime::edge::{EdgePolicy, EdgeReceiver, Recv, edge};
 use ocellus_runtime::node::{Flow, Source, SourceContext};
 use ocellus_runtime::{Frame, FrameMeta, Packet, RuntimeError, now_ns};
-use ocellus_wire::{MessageInfo, WireFormat, decode_frame, ros2};
+use ocellus_wire::{FrameLimits, MessageInfo, WireFormat, decode_frame_within, ros2};
 use parking_lot::Mutex;
 use tracing::{info, warn};
 use zenoh::sample::Sample;
@@ -51,6 +53,9 @@ pub struct ZenohSourceSpec {
     /// (rmw_zenoh liveliness tokens), so `ros2 topic info` lists it and publishers that wait
     /// for subscribers start sending.
     pub ros2: Option<Ros2Subscription>,
+    /// What a message may hold: larger messages and images are refused (counted as skipped)
+    /// before they are decoded.
+    pub limits: FrameLimits,
 }
 
 /// How a zenoh source that reads a ROS 2 topic announces itself.
@@ -214,7 +219,7 @@ impl Source for ZenohSource {
         };
         self.last_message = Instant::now();
         let info = MessageInfo { seq: self.emitted, capture_ns: sample_time(&sample) };
-        match decode_frame(self.spec.format, &payload_bytes(sample.payload()), info) {
+        match decode_frame_within(self.spec.format, &payload_bytes(sample.payload()), info, &self.spec.limits) {
             Ok(d) => {
                 // A ROS 2 image's `header.frame_id` is kept for what is published about it.
                 let frame_id = d.frame_id.filter(|f| !f.is_empty()).map(Arc::<str>::from);
