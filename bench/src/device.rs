@@ -17,7 +17,7 @@ use ocellus_language::config::LlamaConfig;
 use ocellus_language::llama::Llama;
 use ocellus_language::quant::Quantization;
 use ocellus_perception::backbone::Backbone;
-use ocellus_perception::clip::Clip;
+use ocellus_perception::clip::{Clip, ClipConfig};
 use ocellus_perception::model::{Loaded, Model, ModelSpec, Sam2Options, WeightsSource};
 use ocellus_perception::sam2::Sam2;
 use ocellus_perception::sam2::sam2_base::{DEFAULT_MAX_BATCH, GPU_MAX_BATCH};
@@ -115,16 +115,20 @@ impl Plan {
     }
 }
 
-/// Seeded weights of `name` saved to `scratch` (the CPU reference), and the model loaded from
-/// them on `device` in `dtype`.
-fn load_on<M: Model>(
+/// Model `name` with the seeded weights of [`crate::random`] (written to `scratch` once, so that
+/// every device and dtype loads the same values), on `device` in `dtype`.
+fn seeded_on<M: Model>(
     name: &str,
     options: &M::Options,
-    file: &Path,
+    scratch: &Path,
     device: Device,
     dtype: DType,
 ) -> anyhow::Result<Loaded<M>> {
-    let spec = ModelSpec { name: name.to_owned(), weights: WeightsSource::File(file.to_path_buf()), device, dtype };
+    let file = scratch.join(format!("{}-{name}.safetensors", M::FAMILY));
+    if !file.exists() {
+        crate::random::<M>(name, options)?.vs.save(&file)?;
+    }
+    let spec = ModelSpec { name: name.to_owned(), weights: WeightsSource::File(file), device, dtype };
     Ok(spec.load_with(options)?)
 }
 
@@ -160,8 +164,6 @@ fn parity_row(
 fn parity(plan: &Plan, device: Device, scratch: &Path) -> anyhow::Result<Vec<Value>> {
     let mut rows = Vec::new();
     for &(name, resolution) in &plan.encoders {
-        let file = scratch.join(format!("{name}.safetensors"));
-        crate::random::<Backbone>(name, &())?.vs.save(&file)?;
         let mut shape = vec![1, 3];
         shape.extend(ocellus_perception::backbone::input_size_of(name).context("backbone size")?);
         if let Some((h, w)) = resolution {
@@ -171,19 +173,15 @@ fn parity(plan: &Plan, device: Device, scratch: &Path) -> anyhow::Result<Vec<Val
         tch::manual_seed(0);
         let x = Tensor::f_randn(shape.as_slice(), (Kind::Float, Device::Cpu))?;
         rows.push(parity_row(name, device, &|d, dtype| {
-            let b = load_on::<Backbone>(name, &(), &file, d, dtype)?;
+            let b = seeded_on::<Backbone>(name, &(), scratch, d, dtype)?;
             Ok(b.forward(&x.f_to_device(d)?.f_to_kind(dtype.kind())?)?)
         })?);
     }
-    let file = scratch.join("clip.safetensors");
-    let clip = crate::random::<Clip>(plan.clip, &())?;
-    clip.vs.save(&file)?;
-    let side = clip.config().vision_cfg.image_size;
-    drop(clip);
+    let side = ClipConfig::by_name(plan.clip).context("CLIP config")?.vision_cfg.image_size;
     tch::manual_seed(0);
     let x = Tensor::f_randn([2, 3, side, side], (Kind::Float, Device::Cpu))?;
     rows.push(parity_row(plan.clip, device, &|d, dtype| {
-        let c = load_on::<Clip>(plan.clip, &(), &file, d, dtype)?;
+        let c = seeded_on::<Clip>(plan.clip, &(), scratch, d, dtype)?;
         Ok(vec![tch::no_grad(|| c.encode_image(&x.f_to_device(d)?.f_to_kind(dtype.kind())?))?])
     })?);
     let config = llama_config(plan)?;
@@ -278,10 +276,8 @@ pub fn run(args: &DeviceCheckArgs) -> anyhow::Result<Value> {
     let parity = parity(&plan, device, &scratch)?;
 
     // SAM 2.1 tiny streaming, and memory late in a long stream.
-    let sam_file = scratch.join("sam2.safetensors");
     let options = Sam2Options { image_size: Some(plan.stream_side) };
-    crate::random::<Sam2>("sam2.1_hiera_tiny", &options)?.vs.save(&sam_file)?;
-    let sam = load_on::<Sam2>("sam2.1_hiera_tiny", &options, &sam_file, device, DType::F32)?;
+    let sam = seeded_on::<Sam2>("sam2.1_hiera_tiny", &options, &scratch, device, DType::F32)?;
     let mut streaming = Vec::new();
     for &objects in &plan.stream_objects {
         let (fps, _, _) = stream(&sam, device, plan.stream_side, objects, plan.stream_frames as u64)?;
@@ -293,11 +289,7 @@ pub fn run(args: &DeviceCheckArgs) -> anyhow::Result<Value> {
     eprintln!("[device-check] after {} frames: RSS {rss:.0} MiB, VRAM {vram:?} MiB", plan.memory_frames);
 
     // Hiera images/s.
-    let hiera = crate::random::<Backbone>(plan.hiera, &())?;
-    let hiera_file = scratch.join("hiera.safetensors");
-    hiera.vs.save(&hiera_file)?;
-    drop(hiera);
-    let hiera = load_on::<Backbone>(plan.hiera, &(), &hiera_file, device, DType::F32)?;
+    let hiera = seeded_on::<Backbone>(plan.hiera, &(), &scratch, device, DType::F32)?;
     let mut shape = vec![plan.hiera_batch, 3];
     shape.extend(hiera.input_size());
     let x = Tensor::f_randn(shape.as_slice(), (Kind::Float, device))?;

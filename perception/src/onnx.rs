@@ -241,6 +241,11 @@ impl OnnxModel {
         &self.input_shape
     }
 
+    /// Whether an input of `shape` fits the exported one (its dynamic axes take any size).
+    pub fn accepts(&self, shape: &[i64]) -> bool {
+        shape.len() == self.input_shape.len() && shape.iter().zip(&self.input_shape).all(|(&a, &b)| b < 0 || a == b)
+    }
+
     /// The output names, in the model's order.
     pub fn output_names(&self) -> &[String] {
         &self.outputs
@@ -252,9 +257,7 @@ impl OnnxModel {
         let _span = trace_span!("onnx_forward", model = %self.path.display()).entered();
         let err = ort_error(&self.path);
         let shape = x.size();
-        let fits = shape.len() == self.input_shape.len()
-            && shape.iter().zip(&self.input_shape).all(|(&a, &b)| b < 0 || a == b);
-        if !fits {
+        if !self.accepts(&shape) {
             return Err(PerceptionError::Onnx(format!(
                 "{}: input {shape:?} does not fit the exported shape {:?}",
                 self.path.display(),

@@ -10,7 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use ocellus_kernels::{DType, ResizeMode, Transform};
+use ocellus_kernels::{ResizeMode, Transform};
 use ocellus_perception::backbone::{self, Backbone};
 use ocellus_perception::hiera::HieraConfig;
 use ocellus_perception::model::{Loaded, ModelSpec, WeightsSource};
@@ -98,10 +98,9 @@ impl NodeKind for BackboneKind {
 
     fn configure(common: &Common, e: BackboneEntry, _view: &PipelineView) -> Result<Arc<dyn ConfiguredNode>, Issue> {
         let model = model_spec::<Backbone>(common)?;
-        let backend = match (e.backend, e.onnx) {
-            (Backend::Tch, None) => BackboneBackend::Tch,
-            (Backend::Tch, Some(_)) => return Err(Issue::at("onnx", "session options are for `backend = \"onnx\"`")),
-            (Backend::Onnx, options) => {
+        let backend = match crate::onnx_options(e.backend, e.onnx, model.dtype)? {
+            None => BackboneBackend::Tch,
+            Some(options) => {
                 match &model.weights {
                     WeightsSource::File(f) if f.extension().is_some_and(|e| e == "onnx") => {}
                     WeightsSource::File(f) => {
@@ -121,13 +120,7 @@ impl NodeKind for BackboneKind {
                         ));
                     }
                 }
-                if model.dtype != DType::F32 {
-                    return Err(Issue::at(
-                        "dtype",
-                        "`backend = \"onnx\"` runs the exported f32 model: use dtype = \"f32\"",
-                    ));
-                }
-                BackboneBackend::Onnx(options.unwrap_or_default())
+                BackboneBackend::Onnx(options)
             }
         };
         let resolution = match (e.resolution, HieraConfig::by_name(&model.name)) {
@@ -240,9 +233,7 @@ impl Stage for BackboneStage {
                 let mut expected = vec![1, 3];
                 expected.extend(clip_len);
                 expected.extend([h, w]);
-                let fits = model.input_shape().len() == expected.len()
-                    && model.input_shape().iter().zip(&expected).all(|(&a, &b)| a < 0 || a == b);
-                if !fits {
+                if !model.accepts(&expected) {
                     return Err(RuntimeError::Failed(format!(
                         "{}: exported for input {:?}, this backbone runs {expected:?} (export it with --resolution {h} {w})",
                         file.display(),

@@ -104,6 +104,24 @@ pub fn weights_source(keys: &WeightsKeys) -> WeightsSource {
     }
 }
 
+/// The session options of an entry's `backend` and `onnx` keys, checked: `None` for
+/// `backend = "tch"` (which takes no options), else the options (defaults when absent) of an
+/// f32 entry.
+pub fn onnx_options(
+    backend: Backend,
+    options: Option<OnnxOptions>,
+    dtype: ocellus_kernels::DType,
+) -> Result<Option<OnnxOptions>, Issue> {
+    match (backend, options) {
+        (Backend::Tch, None) => Ok(None),
+        (Backend::Tch, Some(_)) => Err(Issue::at("onnx", "session options are for `backend = \"onnx\"`")),
+        (Backend::Onnx, _) if dtype != ocellus_kernels::DType::F32 => {
+            Err(Issue::at("dtype", "`backend = \"onnx\"` runs the exported f32 model: use dtype = \"f32\""))
+        }
+        (Backend::Onnx, options) => Ok(Some(options.unwrap_or_default())),
+    }
+}
+
 /// The ONNX image encoder of an entry with `backend`, `image_encoder` (the exported file) and
 /// `onnx` (session options) keys, checked: `None` for `backend = "tch"`.
 pub fn onnx_encoder(
@@ -112,21 +130,18 @@ pub fn onnx_encoder(
     options: Option<OnnxOptions>,
     dtype: ocellus_kernels::DType,
 ) -> Result<Option<OnnxEncoder>, Issue> {
-    match (backend, file) {
-        (Backend::Tch, None) if options.is_none() => Ok(None),
-        (Backend::Tch, None) => Err(Issue::at("onnx", "session options are for `backend = \"onnx\"`")),
-        (Backend::Tch, Some(_)) => Err(Issue::at("image_encoder", "an ONNX image encoder needs `backend = \"onnx\"`")),
-        (Backend::Onnx, None) => Err(Issue::at(
+    let options = onnx_options(backend, options, dtype)?;
+    match (options, file) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(Issue::at("image_encoder", "an ONNX image encoder needs `backend = \"onnx\"`")),
+        (Some(_), None) => Err(Issue::at(
             "backend",
             "`backend = \"onnx\"` needs `image_encoder`, a file from `ocellus weights export-onnx`",
         )),
-        (Backend::Onnx, Some(_)) if dtype != ocellus_kernels::DType::F32 => {
-            Err(Issue::at("dtype", "`backend = \"onnx\"` runs the exported f32 model: use dtype = \"f32\""))
-        }
-        (Backend::Onnx, Some(file)) if !file.is_file() => {
+        (Some(_), Some(file)) if !file.is_file() => {
             Err(Issue::at("image_encoder", format!("{} not found", file.display())))
         }
-        (Backend::Onnx, Some(file)) => Ok(Some(OnnxEncoder { file, options: options.unwrap_or_default() })),
+        (Some(options), Some(file)) => Ok(Some(OnnxEncoder { file, options })),
     }
 }
 

@@ -148,7 +148,7 @@ impl Sam2 {
     /// model's image encoder (`ocellus weights export-onnx`) at its input side.
     pub fn use_onnx_image_encoder(&mut self, model: crate::onnx::OnnxModel) -> Result<()> {
         let side = self.image_size;
-        if !matches!(model.input_shape(), [_, 3, h, w] if *h == side && *w == side) {
+        if !model.accepts(&[1, 3, side, side]) {
             return Err(PerceptionError::Config {
                 model: "sam2",
                 message: format!(
