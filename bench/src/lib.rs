@@ -21,6 +21,7 @@ pub mod hmr2;
 pub mod lart;
 pub mod llm;
 pub mod preprocess;
+pub mod soak;
 pub mod zenoh;
 
 use std::time::Duration;

@@ -35,6 +35,9 @@ enum Command {
     /// SAM 2 streaming frames/s, Hiera images/s, Llama decode vs the bandwidth bound, memory
     /// late in a stream; JSON and Markdown in `--out`.
     Device(ocellus_bench::device::DeviceCheckArgs),
+    /// A pipeline (`configs/soak.toml`: the demo's actors) under overload for minutes: RSS
+    /// every second, every drop counted, latency p50/p99 per node.
+    Soak(ocellus_bench::soak::SoakArgs),
     /// SAM 2 tracking per frame against the official video predictor, and the RSS of a long
     /// stream.
     Tracker {
@@ -367,6 +370,7 @@ fn main() -> ExitCode {
         Command::Hmr2(args) => ocellus_bench::hmr2::run(&args, &std::env::temp_dir()),
         Command::Lart(args) => ocellus_bench::lart::run(&args, &std::env::temp_dir()),
         Command::Preprocess(args) => preprocess(&args),
+        Command::Soak(args) => ocellus_bench::soak::run(&args).map(|_| ()),
         Command::Device(args) => {
             ocellus_bench::device::run(&args).map(|r| println!("{}", ocellus_bench::device::markdown(&r)))
         }

@@ -190,7 +190,14 @@ impl NativeModel {
         messages
     }
 
+    /// Generates after `prompt`; a prompt that leaves the KV cache no room for an answer is
+    /// refused ([`LanguageError::CacheFull`]) rather than answered with nothing.
     fn run(&mut self, prompt: &[u32], options: &GenerateOptions) -> Result<crate::generate::Generation> {
+        let capacity = self.cache.capacity();
+        let needed = prompt.len() as i64 + 1;
+        if needed > capacity {
+            return Err(LanguageError::CacheFull { needed, capacity });
+        }
         self.cache.clear()?;
         generate(&self.model, Some(&self.tokenizer), &mut self.cache, prompt, options, |_| {
             std::ops::ControlFlow::Continue(())

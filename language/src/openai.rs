@@ -117,8 +117,13 @@ impl OpenAiClient {
                     let status = response.status().as_u16();
                     let text = response.body_mut().read_to_string().unwrap_or_default();
                     if status == 200 {
-                        return serde_json::from_str(&text)
-                            .map_err(|e| remote(format!("{url}: invalid JSON answer: {e}")));
+                        // A garbled answer is retried like a dropped connection.
+                        match serde_json::from_str(&text) {
+                            Ok(answer) => return Ok(answer),
+                            Err(e) => last_error = format!("{url}: invalid JSON answer: {e}"),
+                        }
+                        tracing::warn!(attempt, error = %last_error, "LLM request failed");
+                        continue;
                     }
                     last_error = format!("{url}: HTTP {status}: {}", text.chars().take(200).collect::<String>());
                     let transient = status == 429 || status >= 500;
@@ -167,8 +172,9 @@ fn message_json(m: &Message, last_call_id: &mut Option<String>) -> Value {
     Value::Object(obj)
 }
 
-/// Reads `choices[0].message` of a chat completion.
-fn parse_chat(answer: &Value) -> Result<(AssistantReply, String)> {
+/// Reads `choices[0].message` of a chat completion (a server's answer: any JSON gives a reply
+/// or a typed error).
+pub fn parse_chat(answer: &Value) -> Result<(AssistantReply, String)> {
     let choice = answer.pointer("/choices/0").ok_or_else(|| remote("answer has no choices"))?;
     let message = choice.get("message").ok_or_else(|| remote("answer has no message"))?;
     let text = message.get("content").and_then(Value::as_str).unwrap_or_default().to_owned();

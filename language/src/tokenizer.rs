@@ -19,6 +19,17 @@ use crate::{LanguageError, Result};
 
 /// The pre-tokenization pattern of Llama 3 (`Tokenizer.pat_str`).
 pub const PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// `text` with every special-token string defused (`<|` → `< |`), so that no tokenizer reads
+/// it as a special token, even one that allows them (the Guard's prompt, a server that applies
+/// a chat template to text and tokenizes the result). Text without `<|` is unchanged.
+pub fn defuse_special_tokens(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains("<|") {
+        std::borrow::Cow::Owned(text.replace("<|", "< |"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
 /// Number of special tokens after the BPE ranks.
 pub const NUM_SPECIAL_TOKENS: usize = 256;
 /// Number of BPE ranks of the real `tokenizer.model`.

@@ -10,6 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::untrusted::hidden_character;
 use crate::world::WorldState;
 
 /// Longest text a tool accepts.
@@ -298,7 +299,16 @@ fn check_text(tool: &str, text: &str) -> Result<(), Refusal> {
     if text.trim().is_empty() || text.chars().count() > MAX_TEXT {
         return Err(out_of_range(tool, format!("text must have 1 to {MAX_TEXT} characters")));
     }
-    Ok(())
+    check_visible(tool, text)
+}
+
+/// Refuses text with characters that hide or reorder what people read (line breaks,
+/// bidirectional overrides, zero-width and tag characters).
+fn check_visible(tool: &str, text: &str) -> Result<(), Refusal> {
+    match hidden_character(text) {
+        Some(c) => Err(out_of_range(tool, format!("text holds the hidden or control character {c}"))),
+        None => Ok(()),
+    }
 }
 
 impl ToolRegistry {
@@ -356,6 +366,7 @@ impl ToolRegistry {
                         if query.trim().is_empty() || query.chars().count() > MAX_QUERY {
                             return Err(out_of_range(name, format!("query must have 1 to {MAX_QUERY} characters")));
                         }
+                        check_visible(name, query)?;
                     }
                     _ => return Err(bad_args(name, "give either `box` or `query`, not both")),
                 }

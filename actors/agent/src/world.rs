@@ -9,6 +9,8 @@ use serde::Serialize;
 
 use ocellus_runtime::Tracks;
 
+use crate::untrusted::quoted;
+
 /// Events kept (oldest dropped first).
 pub const EVENT_HISTORY: usize = 256;
 /// Frames a track may be unseen (occluded or absent) before it counts as gone.
@@ -214,10 +216,11 @@ impl WorldState {
         let lines: Vec<String> = self
             .visible()
             .map(|t| {
-                let label = t.label.as_deref().unwrap_or("unlabelled object");
+                // Labels and actions come from outside the agent: quoted, as data.
+                let label = t.label.as_deref().map_or_else(|| "unlabelled object".to_owned(), quoted);
                 let bbox =
                     t.bbox.map_or_else(String::new, |b| format!(", box [{}, {}, {}, {}]", b[0], b[1], b[2], b[3]));
-                let action = t.action.as_deref().map_or_else(String::new, |a| format!(", action: {a}"));
+                let action = t.action.as_deref().map_or_else(String::new, |a| format!(", action: {}", quoted(a)));
                 format!(
                     "track {}: {label}{bbox}, area {} px, seen since frame {}{action}",
                     t.id, t.mask_area, t.first_seen

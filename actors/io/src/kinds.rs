@@ -20,7 +20,7 @@ use ocellus_wire::ros2::{MsgType, Qos, TypeHashes};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::session::{self, SessionMode, SessionSpec};
+use crate::session::{self, Credentials, PasswordSource, SessionMode, SessionSpec};
 use crate::sink::zenoh::FrameIds;
 use crate::sink::{KeyStyle, NullSink, RerunSink, RerunTarget, SharedRecording, ZenohSink, ZenohSinkSpec};
 use crate::source::{
@@ -41,7 +41,7 @@ pub enum ModeName {
 }
 
 /// The zenoh session keys an entry may carry (`mode`, `connect`, `listen`, `config`,
-/// `multicast_scouting`, `shared_memory`).
+/// `multicast_scouting`, `shared_memory`, `user`, `password_env`, `password_file`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SessionKeys {
     /// `mode`.
@@ -56,6 +56,12 @@ pub struct SessionKeys {
     pub multicast_scouting: Option<bool>,
     /// `shared_memory`.
     pub shared_memory: Option<bool>,
+    /// `user`: the zenoh user name (user/password authentication).
+    pub user: Option<String>,
+    /// `password_env`: the environment variable holding the user's password.
+    pub password_env: Option<String>,
+    /// `password_file`: a file holding the user's password (a container or systemd secret).
+    pub password_file: Option<PathBuf>,
     /// `session`: a session of the `[zenoh.<name>]` table, shared with every entry naming it
     /// (its keys are copied in when the configuration is read).
     pub session: Option<String>,
@@ -68,6 +74,32 @@ impl SessionKeys {
         if let Some(file) = self.config.as_ref().filter(|p| !p.exists()) {
             return Err(Issue::at("config", format!("zenoh configuration {} not found", file.display())));
         }
+        let password = match (&self.password_env, &self.password_file) {
+            (Some(_), Some(_)) => {
+                return Err(Issue::at(
+                    "password_file",
+                    "give the password by `password_env` or `password_file`, not both",
+                ));
+            }
+            (Some(var), None) => Some(PasswordSource::Env(var.clone())),
+            (None, Some(file)) if !file.exists() => {
+                return Err(Issue::at("password_file", format!("password file {} not found", file.display())));
+            }
+            (None, Some(file)) => Some(PasswordSource::File(file.clone())),
+            (None, None) => None,
+        };
+        let credentials = match (self.user, password) {
+            (Some(user), Some(password)) if !user.is_empty() => Some(Credentials { user, password }),
+            (Some(_), Some(_)) => return Err(Issue::at("user", "the user name is empty")),
+            (Some(_), None) => {
+                return Err(Issue::at("user", "a user needs its password: `password_env` or `password_file`"));
+            }
+            (None, Some(_)) => {
+                let key = if self.password_env.is_some() { "password_env" } else { "password_file" };
+                return Err(Issue::at(key, "a password needs its `user`"));
+            }
+            (None, None) => None,
+        };
         for (key, endpoints) in [("connect", &self.connect), ("listen", &self.listen)] {
             for (i, endpoint) in endpoints.iter().enumerate() {
                 let protocol = endpoint.split_once('/').map(|(p, _)| p);
@@ -93,6 +125,7 @@ impl SessionKeys {
             listen: self.listen,
             multicast_scouting: self.multicast_scouting,
             shared_memory: self.shared_memory,
+            credentials,
             shared: self.session,
         })
     }
@@ -127,6 +160,14 @@ macro_rules! zenoh_entry {
             pub multicast_scouting: Option<bool>,
             /// Shared memory between local processes (zenoh's default: on).
             pub shared_memory: Option<bool>,
+            /// The zenoh user name, for user/password authentication (with `password_env` or
+            /// `password_file`).
+            pub user: Option<String>,
+            /// The environment variable that holds the user's password.
+            pub password_env: Option<String>,
+            /// A file that holds the user's password (a container or systemd secret); one
+            /// trailing line break is ignored.
+            pub password_file: Option<std::path::PathBuf>,
             /// A session of the `[zenoh.<name>]` table instead of the keys above (shared with
             /// every entry naming it).
             pub session: Option<String>,
@@ -152,6 +193,9 @@ macro_rules! session_keys {
             config: $e.config.clone(),
             multicast_scouting: $e.multicast_scouting,
             shared_memory: $e.shared_memory,
+            user: $e.user.clone(),
+            password_env: $e.password_env.clone(),
+            password_file: $e.password_file.clone(),
             session: $e.session.clone(),
         }
     };
@@ -556,7 +600,7 @@ impl ConfiguredSource {
     pub fn check(&self) -> Result<(), String> {
         match self {
             Self::Gstreamer(spec) => crate::source::gst::check(spec).map_err(|e| e.to_string()),
-            Self::Zenoh(spec) => spec.session.to_config().map(|_| ()),
+            Self::Zenoh(spec) => spec.session.check(),
             Self::Replay(_) => Ok(()),
         }
     }

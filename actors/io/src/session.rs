@@ -55,9 +55,47 @@ pub struct SessionSpec {
     pub multicast_scouting: Option<bool>,
     /// Shared memory between local processes; `None`: the file's (zenoh's default: on).
     pub shared_memory: Option<bool>,
+    /// User/password authentication; `None`: the file's, if any.
+    pub credentials: Option<Credentials>,
     /// The name of a session of the configuration's `[zenoh.<name>]` table: every entry that
     /// names it uses one session, opened by the first and closed by the last.
     pub shared: Option<String>,
+}
+
+/// A zenoh user and where its password comes from (read when the session opens, never kept
+/// in the configuration, never printed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Credentials {
+    /// The user name.
+    pub user: String,
+    /// The password's source.
+    pub password: PasswordSource,
+}
+
+/// Where a password comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PasswordSource {
+    /// An environment variable.
+    Env(String),
+    /// A file (one trailing line break ignored).
+    File(PathBuf),
+}
+
+impl PasswordSource {
+    /// Reads the password.
+    pub fn read(&self) -> Result<String, String> {
+        match self {
+            Self::Env(var) => {
+                std::env::var(var).map_err(|_| format!("the zenoh password's environment variable {var} is not set"))
+            }
+            Self::File(path) => std::fs::read_to_string(path)
+                .map(|text| {
+                    let line = text.strip_suffix('\n').unwrap_or(&text);
+                    line.strip_suffix('\r').unwrap_or(line).to_owned()
+                })
+                .map_err(|e| format!("reading the zenoh password file {}: {e}", path.display())),
+        }
+    }
 }
 
 impl SessionSpec {
@@ -73,8 +111,18 @@ impl SessionSpec {
         }
     }
 
-    /// The zenoh configuration (reads the file; opens nothing).
+    /// The zenoh configuration (reads the file and the password; opens nothing).
     pub fn to_config(&self) -> Result<zenoh::Config, String> {
+        self.config_with(true)
+    }
+
+    /// Checks the configuration file and the settings laid over it without reading the
+    /// password (`ocellus check` needs no secret).
+    pub fn check(&self) -> Result<(), String> {
+        self.config_with(false).map(|_| ())
+    }
+
+    fn config_with(&self, credentials: bool) -> Result<zenoh::Config, String> {
         let mut config = match &self.config_file {
             Some(path) => zenoh::Config::from_file(path).map_err(|e| format!("{}: {e}", path.display()))?,
             None => zenoh::Config::default(),
@@ -106,6 +154,15 @@ impl SessionSpec {
         }
         if let Some(on) = self.shared_memory {
             set("transport/shared_memory/enabled", on.to_string())?;
+        }
+        if let Some(credentials) = self.credentials.as_ref().filter(|_| credentials) {
+            let password = credentials.password.read()?;
+            let quoted = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
+            set("transport/auth/usrpwd/user", quoted(&credentials.user))?;
+            // Not through `set`: its error would print the value.
+            config
+                .insert_json5("transport/auth/usrpwd/password", &quoted(&password))
+                .map_err(|_| "the zenoh password could not be set".to_owned())?;
         }
         Ok(config)
     }
@@ -245,6 +302,25 @@ mod tests {
         for key in [node.node_token(), publisher] {
             check_key_expr(&key).expect("a valid key expression");
         }
+    }
+
+    #[test]
+    fn credentials_are_read_when_the_session_opens_and_never_shown() {
+        let dir = std::env::temp_dir().join(format!("ocellus-session-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("password");
+        std::fs::write(&file, "s3cret \"quoted\"\n").unwrap();
+        let mut spec = SessionSpec::loopback(&["tcp/127.0.0.1:0"], &[]);
+        spec.credentials = Some(Credentials { user: "ocellus".into(), password: PasswordSource::File(file.clone()) });
+        let config = spec.to_config().unwrap();
+        assert_eq!(config.get_json("transport/auth/usrpwd/user").unwrap(), "\"ocellus\"");
+        assert_eq!(config.get_json("transport/auth/usrpwd/password").unwrap(), r#""s3cret \"quoted\"""#);
+        assert!(!format!("{spec:?}").contains("s3cret"));
+        let var = "OCELLUS_TEST_UNSET_ZENOH_PASSWORD";
+        spec.credentials = Some(Credentials { user: "ocellus".into(), password: PasswordSource::Env(var.into()) });
+        let error = spec.to_config().unwrap_err();
+        assert!(error.contains(var) && error.contains("not set"), "{error}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

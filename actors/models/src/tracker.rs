@@ -275,6 +275,10 @@ pub struct TrackerEntry {
     pub max_cond_frames: usize,
     /// Prompts from a zenoh topic (JSON).
     pub prompt_topic: Option<PromptTopicEntry>,
+    /// Objects tracked at once per camera (each holds a memory bank): a prompt for a new
+    /// object beyond it is refused, logged and counted.
+    #[serde(default = "default_max_tracks")]
+    pub max_tracks: usize,
     /// Input side, when not the model's `image_size` (a multiple of 32).
     pub image_size: Option<i64>,
     /// The video predictor's preprocessing (`exact`) or bilinear on the device (`fast`).
@@ -293,6 +297,19 @@ pub struct TrackerEntry {
 
 fn default_max_cond_frames() -> usize {
     DEFAULT_MAX_COND_FRAMES
+}
+
+/// Default of [`TrackerEntry::max_tracks`].
+pub const DEFAULT_MAX_TRACKS: usize = 32;
+
+fn default_max_tracks() -> usize {
+    DEFAULT_MAX_TRACKS
+}
+
+/// Whether `tracker` may take a prompt for `id` within `max_tracks`: a correction of an
+/// object it has always may, a new object while there is room.
+pub fn admits(tracker: &StreamingTracker, id: u32, max_tracks: usize) -> bool {
+    tracker.has(u64::from(id)) || tracker.num_objects() < max_tracks
 }
 
 /// What the tracker actor runs.
@@ -314,6 +331,8 @@ pub struct TrackerSpec {
     pub resize: ResizeMode,
     /// Prompts from zenoh.
     pub prompt_topic: Option<PromptTopicSpec>,
+    /// Objects tracked at once per camera.
+    pub max_tracks: usize,
 }
 
 /// The `sam2` kind.
@@ -329,6 +348,10 @@ impl NodeKind for TrackerKind {
         let model = model_spec::<Sam2>(common)?;
         if e.max_cond_frames == 0 {
             return Err(Issue::at("max_cond_frames", "must be at least 1"));
+        }
+        if e.max_tracks == 0 || e.prompts.len() > e.max_tracks {
+            let why = format!("must be at least 1 and hold the {} configured prompts", e.prompts.len());
+            return Err(Issue::at("max_tracks", why));
         }
         let mut prompts = Vec::new();
         let mut ids = HashSet::new();
@@ -402,6 +425,7 @@ impl NodeKind for TrackerKind {
             image_encoder,
             resize: e.resize.into(),
             prompt_topic,
+            max_tracks: e.max_tracks,
         }))
     }
 }
@@ -452,6 +476,8 @@ pub struct TrackerStage {
     prompts: Option<(std::thread::JoinHandle<()>, Arc<AtomicBool>)>,
     /// How each (camera, track) started.
     origins: HashMap<(Arc<str>, u32), TrackOrigin>,
+    /// Prompts refused for `max_tracks`.
+    refused: u64,
 }
 
 impl TrackerStage {
@@ -468,6 +494,7 @@ impl TrackerStage {
             pending: Vec::new(),
             prompts: None,
             origins: HashMap::new(),
+            refused: 0,
         }
     }
 
@@ -491,6 +518,12 @@ impl TrackerStage {
             };
             match command {
                 TrackerCommand::Add { id, prompt, origin, .. } => {
+                    if !admits(tracker, id, self.spec.max_tracks) {
+                        self.refused += 1;
+                        let (max_tracks, refused) = (self.spec.max_tracks, self.refused);
+                        tracing::warn!(%camera, id, origin = origin.name(), max_tracks, refused, "prompt refused: max_tracks objects are tracked");
+                        continue;
+                    }
                     tracing::info!(%camera, id, origin = origin.name(), "tracking a new object");
                     tracker.add_prompt(u64::from(id), prompt.to_model(w, h, side, device)?);
                     self.origins.insert((camera.clone(), id), origin);
@@ -610,6 +643,20 @@ impl Stage for TrackerStage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prompts_beyond_max_tracks_are_refused_corrections_are_not() {
+        let prompt = || FramePrompt::Box([1.0, 1.0, 9.0, 9.0]).to_model(16.0, 16.0, 32, tch::Device::Cpu).unwrap();
+        let mut tracker = StreamingTracker::new(StreamConfig::default());
+        for id in 1..=2 {
+            assert!(admits(&tracker, id, 2));
+            tracker.add_prompt(u64::from(id), prompt());
+        }
+        assert!(!admits(&tracker, 3, 2), "a third object over max_tracks = 2");
+        assert!(admits(&tracker, 2, 2), "a correction of a tracked object");
+        tracker.remove(1);
+        assert!(admits(&tracker, 3, 2), "room again once one is removed");
+    }
 
     #[test]
     fn prompt_messages() {

@@ -114,6 +114,16 @@ impl StreamingTracker {
         self.objects.remove(&obj).is_some()
     }
 
+    /// Whether `obj` is tracked or has a prompt waiting.
+    pub fn has(&self, obj: u64) -> bool {
+        self.objects.contains_key(&obj) || self.pending.contains_key(&obj)
+    }
+
+    /// Objects tracked or with a prompt waiting (each once).
+    pub fn num_objects(&self) -> usize {
+        self.objects.len() + self.pending.keys().filter(|k| !self.objects.contains_key(k)).count()
+    }
+
     /// Tracked object ids.
     pub fn objects(&self) -> impl Iterator<Item = u64> + '_ {
         self.objects.keys().copied()

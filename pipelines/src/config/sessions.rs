@@ -15,27 +15,60 @@
 //! closed by the last to stop; so two entries may listen on the same endpoint. An entry that
 //! names a session gives none of the session keys itself. The session's keys are copied into
 //! each entry before it is validated, so each reports errors as before.
+//!
+//! The files a session names (`config`, `password_file`) are read from the pipeline file's
+//! folder when their paths are relative, wherever `ocellus` runs.
 
 use std::collections::BTreeMap;
 
 use super::{ConfigError, KeyPath, Locator};
 
 /// The keys a session gives.
-pub const SESSION_KEYS: [&str; 6] = ["mode", "connect", "listen", "config", "multicast_scouting", "shared_memory"];
+pub const SESSION_KEYS: [&str; 9] = [
+    "mode",
+    "connect",
+    "listen",
+    "config",
+    "multicast_scouting",
+    "shared_memory",
+    "user",
+    "password_env",
+    "password_file",
+];
 
 pub use ocellus_io::kinds::SessionEntry;
 
 /// The `[zenoh]` table of sessions.
 pub type SessionTable = BTreeMap<String, SessionEntry>;
 
+/// The keys of a session that name files.
+const FILE_KEYS: [&str; 2] = ["config", "password_file"];
+
+/// Makes the relative file paths of a session's keys in `t` relative to `folder`.
+fn anchor_files(t: &mut toml::Table, folder: &std::path::Path) {
+    for key in FILE_KEYS {
+        if let Some(toml::Value::String(path)) = t.get_mut(key)
+            && std::path::Path::new(path.as_str()).is_relative()
+        {
+            *path = folder.join(path.as_str()).display().to_string();
+        }
+    }
+}
+
 /// Checks `[zenoh.*]` and copies each named session's keys into the entries that name it.
 pub(super) fn resolve(root: &mut toml::Table, loc: &Locator<'_>) -> Result<(), ConfigError> {
     let at = KeyPath::root("zenoh");
-    let sessions: toml::Table = match root.remove("zenoh") {
+    let folder = loc.file.parent().unwrap_or(std::path::Path::new("")).to_path_buf();
+    let mut sessions: toml::Table = match root.remove("zenoh") {
         None => toml::Table::new(),
         Some(toml::Value::Table(t)) => t,
         Some(_) => return Err(loc.error(at, "expected a table of sessions (`[zenoh.<name>]`)")),
     };
+    for (_, value) in sessions.iter_mut() {
+        if let toml::Value::Table(t) = value {
+            anchor_files(t, &folder);
+        }
+    }
     for (name, value) in &sessions {
         let entry: SessionEntry = loc.typed(&at.key(name), value.clone())?;
         if entry.session.is_some() {
@@ -46,6 +79,9 @@ pub(super) fn resolve(root: &mut toml::Table, loc: &Locator<'_>) -> Result<(), C
 }
 
 fn table(t: &mut toml::Table, at: &KeyPath, sessions: &toml::Table, loc: &Locator<'_>) -> Result<(), ConfigError> {
+    if t.contains_key("config") || t.contains_key("password_file") {
+        anchor_files(t, loc.file.parent().unwrap_or(std::path::Path::new("")));
+    }
     if let Some(value) = t.get("session") {
         let Some(name) = value.as_str() else {
             return Err(loc.error(at.key("session"), "expected the name of a `[zenoh.<name>]` session"));

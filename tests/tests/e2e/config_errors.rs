@@ -202,6 +202,44 @@ fn sam2_prompt_errors() {
         12,
         "either `box` or `points`",
     );
+    expect_error(
+        &format!("{base}prompts = [{{ box = [0, 0, 5, 5] }}, {{ box = [1, 1, 6, 6] }}]\nmax_tracks = 1\n"),
+        "actor[0].max_tracks",
+        13,
+        "hold the 2 configured prompts",
+    );
+}
+
+#[test]
+fn zenoh_credentials_errors() {
+    let source =
+        |keys: &str| format!("[[source]]\nname = \"cam\"\nzenoh = {{ key = \"a/b\", encoding = \"raw\", {keys} }}\n");
+    expect_error(&source("user = \"ocellus\""), "source[0].zenoh.user", 3, "needs its password");
+    expect_error(&source("password_env = \"PW\""), "source[0].zenoh.password_env", 3, "needs its `user`");
+    expect_error(
+        &source("user = \"o\", password_env = \"PW\", password_file = \"/etc/hostname\""),
+        "source[0].zenoh.password_file",
+        3,
+        "not both",
+    );
+    expect_error(
+        &source("user = \"o\", password_file = \"/nonexistent/zenoh-password\""),
+        "source[0].zenoh.password_file",
+        3,
+        "password file /nonexistent/zenoh-password not found",
+    );
+    // The session table takes them, and entries that name the session may not.
+    let shared = "[zenoh.robot]\nmode = \"client\"\nuser = \"o\"\npassword_env = \"PW\"\n\n";
+    let with = |keys: &str| {
+        format!(
+            "{shared}[[source]]\nname = \"cam\"\nzenoh = {{ key = \"a/b\", encoding = \"raw\", session = \"robot\"{keys} }}\n\
+             [[sink]]\nkind = \"null\"\ninputs = [\"cam\"]\n"
+        )
+    };
+    if let Err(e) = PipelineConfig::parse(Path::new("ok.toml"), &with("")) {
+        panic!("{e}");
+    }
+    expect_error(&with(", user = \"x\""), "source[0].zenoh.user", 8, "`user` belongs to the session");
 }
 
 #[test]

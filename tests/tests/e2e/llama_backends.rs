@@ -216,3 +216,72 @@ fn sampling_is_seeded_and_stop_tokens_end_generation() {
     assert_eq!(stopped.finish, Finish::Stop(stop_at));
     assert_eq!(stopped.tokens, greedy.tokens[..first].to_vec(), "the stop token ends generation and is not kept");
 }
+
+/// The KV cache is the `context` the configuration gives, allocated once: a prompt that does
+/// not fit is refused with both sizes named (the agent then refuses the instruction, or the
+/// Guard blocks: it fails closed), nothing grows, and the next request that fits runs.
+#[test]
+fn a_prompt_beyond_the_kv_cache_is_refused_and_the_next_one_runs() {
+    const CONTEXT: i64 = 96;
+    let model = Llama::random(small_config(), 3, Device::Cpu, Kind::Float).unwrap();
+    let mut native = NativeModel::new("llama-small", model, tokenizer(), CONTEXT).unwrap();
+    let long = "Describe every object in the hallway in great detail, please. ".repeat(12);
+    let error = native.chat(&ChatRequest::new(vec![Message::user(long)], 8)).unwrap_err();
+    let text = error.to_string();
+    assert!(
+        matches!(error, ocellus_language::LanguageError::CacheFull { capacity: CONTEXT, needed } if needed > CONTEXT),
+        "{text}"
+    );
+    let short = native.chat(&ChatRequest::new(vec![Message::user("Hi")], 200)).unwrap();
+    assert!(short.prompt_tokens + short.completion_tokens <= CONTEXT as usize, "answers stop at the cache's end");
+}
+
+/// A server that resets the connection, answers garbage or speaks no HTTP at all: each is
+/// retried, a call fails with a clear error once its attempts are spent (never a panic, never
+/// a hang), and the next good answer is read as usual.
+#[test]
+fn openai_client_survives_resets_and_garbage() {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for (i, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { continue };
+            stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let reply: &[u8] = match i {
+                0 => continue, // dropped without an answer: the connection is reset
+                1 => b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\nnot json!",
+                2 => {
+                    let body = completion(json!({"role": "assistant", "content": "fine"})).to_string();
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                    stream.write_all(head.as_bytes()).ok();
+                    stream.write_all(body.as_bytes()).ok();
+                    continue;
+                }
+                _ => b"\x00\xff\xfe garbage that is not HTTP\r\n\r\n",
+            };
+            stream.write_all(reply).ok();
+        }
+    });
+    let mut config = OpenAiConfig::new(&url, "m");
+    config.backoff = Duration::from_millis(10);
+    config.timeout = Duration::from_secs(2);
+    config.attempts = 2;
+    let mut client = OpenAiClient::new(config);
+    let request = ChatRequest::new(vec![Message::user("hello")], 8);
+    let err = client.chat(&request).unwrap_err().to_string();
+    assert!(err.contains("invalid JSON answer"), "reset, retried, then garbage JSON: {err}");
+    assert_eq!(client.stats().retries, 1);
+    assert_eq!(client.chat(&request).unwrap().text, "fine");
+    let err = client.chat(&request).unwrap_err().to_string();
+    assert!(!err.is_empty(), "not HTTP: {err}");
+    assert_eq!((client.stats().retries, client.stats().failures), (2, 2));
+}

@@ -54,6 +54,7 @@ fn tracks_are_consistent_per_frame() {
         image_encoder: None,
         resize: ocellus_kernels::ResizeMode::Exact,
         prompt_topic: None,
+        max_tracks: ocellus_model_actors::tracker::DEFAULT_MAX_TRACKS,
     };
     let collected = ocellus_tests::Collected::default();
     let sink = collected.clone();

@@ -12,7 +12,7 @@
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ocellus_io::session::{SessionSpec, payload_bytes, wait_for_subscriber};
@@ -890,4 +890,71 @@ fn operator_instructions_arrive_from_a_ros2_topic() {
         }),
         "{got:?}"
     );
+}
+
+/// A zenoh router between two Ocellus pipelines is killed mid-stream and started again on
+/// the same endpoint: both pipelines keep running (no failure, no hang), the clients
+/// reconnect by themselves, and frames flow again after the restart; what was sent while the
+/// router was down is gone (best effort), nothing else.
+#[test]
+fn a_router_restarted_between_two_pipelines_is_rejoined() {
+    let endpoint = free_endpoint();
+    let router_config = || {
+        let mut c = zenoh::Config::default();
+        c.insert_json5("mode", r#""router""#).unwrap();
+        c.insert_json5("listen/endpoints", &format!("[{endpoint:?}]")).unwrap();
+        c.insert_json5("scouting/multicast/enabled", "false").unwrap();
+        c
+    };
+    let router = zenoh::open(router_config()).wait().unwrap();
+    let client = |listen: &[&str]| SessionSpec {
+        mode: Some(ocellus_io::session::SessionMode::Client),
+        ..SessionSpec::loopback(listen, &[&endpoint])
+    };
+
+    let mut receiver = source_spec(&endpoint, "ocellus/cam/frames", WireFormat::Raw, None);
+    receiver.session = client(&[]);
+    receiver.idle_timeout = Some(Duration::from_secs(6));
+    let (pipeline, collected) = collecting_pipeline(&[("cam", receiver)]);
+    let receiving = std::thread::spawn(move || pipeline.run().unwrap());
+
+    let spec = Arc::new(ZenohSinkSpec {
+        session: client(&[]),
+        keys: KeyStyle::Zenoh { prefix: "ocellus".into() },
+        frames: true,
+        block_on_congestion: false,
+        shm_pool_bytes: None,
+        qos: ros2::Qos::default(),
+        frame_ids: Default::default(),
+    });
+    // 16 s of frames at 25 fps; the router is down from 4 s to 7 s.
+    let source = SyntheticSpec { width: 64, height: 48, frames: 400, fps: Some(25.0) };
+    let mut p = Pipeline::new();
+    p.metrics_every(Duration::from_secs(3600))
+        .source("cam", source_factory(move || SyntheticSource::new(source)))
+        .stage("out", &["cam"], EdgePolicy::Latest, stage_factory(move || ZenohSink::new("out", spec.clone())));
+    let sending = std::thread::spawn(move || p.run().unwrap());
+
+    std::thread::sleep(Duration::from_secs(4));
+    router.close().wait().unwrap();
+    let down = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let router = zenoh::open(router_config()).wait().unwrap();
+    let restarted_after = down.elapsed();
+    let sent: PipelineReport = sending.join().unwrap();
+    let report = receiving.join().unwrap();
+    router.close().wait().unwrap();
+    assert_eq!(sent.failures().count() + report.failures().count(), 0, "{sent}\n{report}");
+    let seqs: Vec<u64> = frames_of(&collected[0]).iter().map(|f| f.meta.seq).collect();
+    let gap = seqs.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+    let last = seqs.last().copied().unwrap_or(0);
+    println!(
+        "router down {:.1} s: {} of 400 frames arrived, the longest gap {gap} frames, the last frame {last}",
+        restarted_after.as_secs_f64(),
+        seqs.len()
+    );
+    assert!(seqs.first().is_some_and(|s| *s < 100), "frames flowed before the restart: {seqs:?}");
+    assert!(gap >= 50, "the outage shows as a gap: {seqs:?}");
+    assert!(last >= 390, "frames flow again after the restart: {seqs:?}");
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order, none twice");
 }
