@@ -257,8 +257,9 @@ fn analyse(
         warm_at = warm_at.max(at);
     }
     warm_at += args.warmup_s;
+    let window = args.window_s.max(RSS_WINDOW_S);
     let end = reports.last().map_or(0.0, |r| r.0);
-    if warm_at.is_infinite() || warm_at + 2.0 * args.window_s.max(RSS_WINDOW_S) as f64 > end {
+    if warm_at.is_infinite() || warm_at + 2.0 * window as f64 > end {
         bail!(
             "the run ended at {end:.0} s, before {warm_at:.0} s of warm-up and two measuring windows (first input \
 taken: {})",
@@ -311,8 +312,8 @@ taken: {})",
     let measured: Vec<(f64, f64)> = rss.iter().copied().filter(|(t, _)| *t >= warm_at && *t <= end).collect();
     let mut values: Vec<f64> = measured.iter().map(|s| s.1).collect();
     let rss_median = median(&mut values);
+    // `median` sorted the samples: the first and last are the extremes.
     let (lo, hi) = (values.first().copied().unwrap_or(0.0), values.last().copied().unwrap_or(0.0));
-    let window = args.window_s.max(RSS_WINDOW_S);
     let peaks: Vec<f64> = measured
         .chunks(window)
         .filter(|c| c.len() == window)

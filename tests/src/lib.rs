@@ -139,6 +139,24 @@ pub fn config_file(dir: &Path, name: &str, text: &str) -> ocellus_pipelines::Pip
     ocellus_pipelines::PipelineConfig::load(&path).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// A real HTTP server on loopback (the OpenAI protocol's side in tests): every request's JSON
+/// body (`null` when it is not JSON) and path go to `answer`, whose value is the JSON reply.
+/// Returns the `http://127.0.0.1:<port>/v1` base URL; the server lives as long as the process.
+pub fn json_server(answer: impl Fn(&str, &serde_json::Value) -> serde_json::Value + Send + 'static) -> String {
+    let server = tiny_http::Server::http("127.0.0.1:0").expect("a loopback HTTP server");
+    let url = format!("http://{}/v1", server.server_addr().to_ip().expect("an IP address"));
+    std::thread::spawn(move || {
+        for mut request in server.incoming_requests() {
+            let mut body = String::new();
+            std::io::Read::read_to_string(request.as_reader(), &mut body).ok();
+            let body: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+            let reply = answer(request.url(), &body);
+            request.respond(tiny_http::Response::from_string(reply.to_string())).ok();
+        }
+    });
+    url
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");

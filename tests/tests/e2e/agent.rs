@@ -22,8 +22,8 @@ use ocellus_runtime::{
     TrackLabel, Tracks, Wire, source_factory, stage_factory,
 };
 use ocellus_tests::{
-    Collected, ZenohPublisher, cam_and_tracker_toml, config_file, fixtures_dir, free_port, read_rrd, rerun_sink_toml,
-    scratch_dir,
+    Collected, ZenohPublisher, cam_and_tracker_toml, config_file, fixtures_dir, free_port, json_server, read_rrd,
+    rerun_sink_toml, scratch_dir,
 };
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -31,29 +31,21 @@ use serde_json::{Value, json};
 /// A real HTTP server on loopback: `/v1/chat/completions` answers with `chat(request)`,
 /// `/v1/completions` (Llama Guard) with `unsafe\nS9` when the assessed text mentions a weapon.
 fn serve(chat: impl Fn(&Value) -> Value + Send + 'static) -> (String, Arc<Mutex<Vec<Value>>>) {
-    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/v1", server.server_addr().to_ip().unwrap());
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
-    std::thread::spawn(move || {
-        for mut request in server.incoming_requests() {
-            let mut body = String::new();
-            std::io::Read::read_to_string(request.as_reader(), &mut body).unwrap();
-            let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-            log.lock().push(body.clone());
-            let answer = if request.url().ends_with("/completions") && !request.url().ends_with("/chat/completions") {
-                let prompt = body["prompt"].as_str().unwrap_or_default();
-                // Only the assessed (last) turn matters: the conversation block ends the prompt.
-                let last = prompt.rsplit("<BEGIN CONVERSATION>").next().unwrap_or_default();
-                let unsafe_ = last.contains("weapon");
-                let (text, lp) = if unsafe_ { ("unsafe\nS9", -0.01) } else { ("safe", -5.0) };
-                json!({"choices": [{"text": text, "logprobs": {"top_logprobs": [{"unsafe": lp}]}}]})
-            } else {
-                let content = chat(&body);
-                json!({"choices": [{"message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-                       "usage": {"prompt_tokens": 10, "completion_tokens": 5}})
-            };
-            request.respond(tiny_http::Response::from_string(answer.to_string())).ok();
+    let url = json_server(move |path, body| {
+        log.lock().push(body.clone());
+        if path.ends_with("/completions") && !path.ends_with("/chat/completions") {
+            let prompt = body["prompt"].as_str().unwrap_or_default();
+            // Only the assessed (last) turn matters: the conversation block ends the prompt.
+            let last = prompt.rsplit("<BEGIN CONVERSATION>").next().unwrap_or_default();
+            let unsafe_ = last.contains("weapon");
+            let (text, lp) = if unsafe_ { ("unsafe\nS9", -0.01) } else { ("safe", -5.0) };
+            json!({"choices": [{"text": text, "logprobs": {"top_logprobs": [{"unsafe": lp}]}}]})
+        } else {
+            let content = chat(body);
+            json!({"choices": [{"message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                   "usage": {"prompt_tokens": 10, "completion_tokens": 5}})
         }
     });
     (url, seen)

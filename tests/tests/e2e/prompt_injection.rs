@@ -28,7 +28,7 @@ use ocellus_language::openai::OpenAiConfig;
 use ocellus_language::tokenizer::Tokenizer;
 use ocellus_language::tools::ToolPromptFormat;
 use ocellus_runtime::{FrameMeta, Packet, Track, TrackLabel, Tracks};
-use ocellus_tests::{fixtures_dir, test_context};
+use ocellus_tests::{fixtures_dir, json_server, test_context};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -68,55 +68,47 @@ type Request = (usize, String, Value);
 /// completions (the Guard): `unsafe` with the categories of [`UNSAFE`] found in the
 /// conversation block, else `safe`.
 fn serve(attacks: Arc<Vec<Attack>>, current: Arc<AtomicUsize>) -> (String, Arc<Mutex<Vec<Request>>>) {
-    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/v1", server.server_addr().to_ip().unwrap());
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
-    std::thread::spawn(move || {
-        for mut request in server.incoming_requests() {
-            let mut body = String::new();
-            std::io::Read::read_to_string(request.as_reader(), &mut body).unwrap();
-            let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-            let index = current.load(Ordering::Acquire);
-            log.lock().push((index, request.url().to_owned(), body.clone()));
-            let attack = attacks.get(index);
-            let answer = if request.url().ends_with("/chat/completions") {
-                let system = body.pointer("/messages/0/content").and_then(Value::as_str).unwrap_or_default();
-                let caption = system.starts_with(CAPTION_SYSTEM);
-                match attack {
-                    Some(a) if !caption || a.channel == "alt_text" => match &a.tool_calls {
-                        Some(calls) => {
-                            let calls: Value = serde_json::from_str(calls).unwrap();
-                            json!({"choices": [{"message": {"role": "assistant", "content": null, "tool_calls": calls},
-                                   "finish_reason": "tool_calls"}]})
-                        }
-                        None => json!({"choices": [{"message": {"role": "assistant",
-                                       "content": a.obeys.clone().unwrap_or_default()}, "finish_reason": "stop"}]}),
-                    },
-                    _ => json!({"choices": [{"message": {"role": "assistant", "content": "{\"phrases\": []}"},
-                                "finish_reason": "stop"}]}),
-                }
+    let url = json_server(move |path, body| {
+        let index = current.load(Ordering::Acquire);
+        log.lock().push((index, path.to_owned(), body.clone()));
+        let attack = attacks.get(index);
+        if path.ends_with("/chat/completions") {
+            let system = body.pointer("/messages/0/content").and_then(Value::as_str).unwrap_or_default();
+            let caption = system.starts_with(CAPTION_SYSTEM);
+            match attack {
+                Some(a) if !caption || a.channel == "alt_text" => match &a.tool_calls {
+                    Some(calls) => {
+                        let calls: Value = serde_json::from_str(calls).unwrap();
+                        json!({"choices": [{"message": {"role": "assistant", "content": null, "tool_calls": calls},
+                               "finish_reason": "tool_calls"}]})
+                    }
+                    None => json!({"choices": [{"message": {"role": "assistant",
+                                   "content": a.obeys.clone().unwrap_or_default()}, "finish_reason": "stop"}]}),
+                },
+                _ => json!({"choices": [{"message": {"role": "assistant", "content": "{\"phrases\": []}"},
+                            "finish_reason": "stop"}]}),
+            }
+        } else {
+            let prompt = body["prompt"].as_str().unwrap_or_default();
+            let conversation = prompt
+                .split("<BEGIN CONVERSATION>")
+                .nth(1)
+                .and_then(|c| c.split("<END CONVERSATION>").next())
+                .unwrap_or_default()
+                .to_lowercase();
+            let categories: Vec<&str> = UNSAFE
+                .iter()
+                .filter(|(_, words)| words.iter().any(|w| conversation.contains(w)))
+                .map(|(c, _)| *c)
+                .collect();
+            let (text, lp) = if categories.is_empty() {
+                ("safe".to_owned(), -5.0)
             } else {
-                let prompt = body["prompt"].as_str().unwrap_or_default();
-                let conversation = prompt
-                    .split("<BEGIN CONVERSATION>")
-                    .nth(1)
-                    .and_then(|c| c.split("<END CONVERSATION>").next())
-                    .unwrap_or_default()
-                    .to_lowercase();
-                let categories: Vec<&str> = UNSAFE
-                    .iter()
-                    .filter(|(_, words)| words.iter().any(|w| conversation.contains(w)))
-                    .map(|(c, _)| *c)
-                    .collect();
-                let (text, lp) = if categories.is_empty() {
-                    ("safe".to_owned(), -5.0)
-                } else {
-                    (format!("unsafe\n{}", categories.join(",")), -0.01)
-                };
-                json!({"choices": [{"text": text, "logprobs": {"top_logprobs": [{"unsafe": lp}]}}]})
+                (format!("unsafe\n{}", categories.join(",")), -0.01)
             };
-            request.respond(tiny_http::Response::from_string(answer.to_string())).ok();
+            json!({"choices": [{"text": text, "logprobs": {"top_logprobs": [{"unsafe": lp}]}}]})
         }
     });
     (url, seen)
