@@ -2,10 +2,12 @@
 //! stays flat, that every dropped frame is counted, and what the end-to-end latency is.
 //!
 //! The pipeline is a configuration file whose sources are test patterns (`configs/soak.toml`:
-//! the demo's actors). Its test-pattern sources are paced live at `--fps` for `--minutes`;
-//! the pipeline's own metrics reports (every second) and this process's RSS (sampled every
-//! second) are recorded. Measured after the warm-up (every actor has taken its first input, then
-//! `--warmup-s` more seconds):
+//! the demo's actors). Its test-pattern sources are paced live at `--fps`, endless; the
+//! pipeline's own metrics reports (every second) and this process's RSS (sampled every second)
+//! are recorded. The warm-up lasts until every actor has taken its first input (its models
+//! loaded, however long that takes on the machine, up to `--max-warmup-s`), then `--warmup-s`
+//! more seconds; `--minutes` are measured after it, then the pipeline is shut down as Ctrl-C
+//! does (it drains). Measured:
 //!
 //! - **overload**: the frames/s the sources offer over the frames/s the slowest actor takes;
 //! - **memory**: the RSS peak of each `--window-s` window (several cycles of the slowest
@@ -35,6 +37,8 @@ use parking_lot::Mutex;
 
 /// Smallest window of the RSS peaks, seconds (`--window-s` may make it longer).
 const RSS_WINDOW_S: usize = 10;
+/// Seconds measured beyond `--minutes`, so that the last RSS window is whole.
+const MEASURE_MARGIN_S: f64 = 3.0;
 /// The probe's name in the pipeline.
 const PROBE: &str = "soak-probe";
 
@@ -47,9 +51,12 @@ pub struct SoakArgs {
     /// The pipeline; its `test_pattern` sources are paced by the soak.
     #[arg(long, default_value = "configs/soak.toml")]
     pub config: PathBuf,
-    /// Length of the run, minutes (the warm-up included).
+    /// Minutes measured after the warm-up.
     #[arg(long, default_value_t = 10.0)]
     pub minutes: f64,
+    /// The run fails when an actor has taken no input this many seconds after the start.
+    #[arg(long, default_value_t = 600.0)]
+    pub max_warmup_s: f64,
     /// Frames per second of the test-pattern sources (default: as configured).
     #[arg(long)]
     pub fps: Option<u32>,
@@ -142,8 +149,8 @@ impl Stage for Probe {
     }
 }
 
-/// The configuration's text with its test-pattern sources paced live at `fps` for `seconds`.
-fn paced(text: &str, fps: Option<u32>, seconds: f64) -> anyhow::Result<String> {
+/// The configuration's text with its test-pattern sources paced live at `fps`, endless.
+fn paced(text: &str, fps: Option<u32>) -> anyhow::Result<String> {
     let mut doc: toml_edit::DocumentMut = text.parse().context("the configuration is not TOML")?;
     let mut paced = 0;
     if let Some(sources) = doc.get_mut("source").and_then(|s| s.as_array_of_tables_mut()) {
@@ -157,7 +164,7 @@ fn paced(text: &str, fps: Option<u32>, seconds: f64) -> anyhow::Result<String> {
                 None => preset.get("fps").and_then(|f| f.as_integer()).map_or(30, |f| f.max(1) as u32),
             };
             preset.insert("fps", i64::from(rate).into());
-            preset.insert("frames", ((f64::from(rate) * seconds).ceil() as i64).into());
+            preset.remove("frames");
             preset.insert("live", true.into());
             paced += 1;
         }
@@ -176,8 +183,7 @@ fn median(v: &mut [f64]) -> f64 {
 /// Runs the soak.
 pub fn run(args: &SoakArgs) -> anyhow::Result<SoakResult> {
     let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
-    let seconds = args.minutes * 60.0;
-    let config = PipelineConfig::parse(&args.config, &paced(&text, args.fps, seconds)?)?;
+    let config = PipelineConfig::parse(&args.config, &paced(&text, args.fps)?)?;
     let roles = Roles {
         sources: config.sources.iter().map(|s| s.name.clone()).collect(),
         actors: config.actors.iter().map(|a| a.name.clone()).collect(),
@@ -197,24 +203,47 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<SoakResult> {
         .metrics_every(Duration::from_secs(1))
         .metrics_to(PROBE);
 
-    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
     let sampling = {
-        let stop = stop.clone();
+        let done = done.clone();
+        let (reports, actors, shutdown) = (reports.clone(), roles.actors.clone(), pipeline.stop_handle());
+        // Whole seconds past the two-window minimum, so that the last window is complete.
+        let measure_s = args.minutes * 60.0 + MEASURE_MARGIN_S;
+        let (warmup_s, max_warmup_s) = (args.warmup_s, args.max_warmup_s);
         std::thread::spawn(move || {
             let mut samples = Vec::new();
-            while !stop.load(Ordering::Acquire) {
-                samples.push((started.elapsed().as_secs_f64(), crate::rss_mib()));
+            let mut stopping = false;
+            while !done.load(Ordering::Acquire) {
+                let now = started.elapsed().as_secs_f64();
+                samples.push((now, crate::rss_mib()));
+                if !stopping {
+                    let stop_at = ready_at(&reports.lock(), &actors).map(|t| t + warmup_s + measure_s);
+                    if stop_at.map_or(now > max_warmup_s, |t| now >= t) {
+                        shutdown.stop();
+                        stopping = true;
+                    }
+                }
                 std::thread::sleep(Duration::from_secs(1));
             }
             samples
         })
     };
     let report = pipeline.run()?;
-    stop.store(true, Ordering::Release);
+    done.store(true, Ordering::Release);
     println!("{report}");
     let rss = sampling.join().map_err(|_| anyhow::anyhow!("the RSS sampler panicked"))?;
     let reports = std::mem::take(&mut *reports.lock());
     analyse(args, &report, &roles, &reports, &rss)
+}
+
+/// When the last of `actors` took its first input (seconds after the start), once all have.
+fn ready_at(reports: &Reports, actors: &[String]) -> Option<f64> {
+    actors.iter().map(|a| first_input(reports, a)).try_fold(0.0f64, |at, t| Some(at.max(t?)))
+}
+
+/// When `name` took its first input.
+fn first_input(reports: &Reports, name: &str) -> Option<f64> {
+    reports.iter().find(|(_, s, m)| &**s == name && m.received > 0).map(|(t, _, _)| *t)
 }
 
 /// Which nodes are sources and actors (the rest are sinks).
@@ -248,18 +277,24 @@ fn analyse(
     }
     let nodes: Vec<_> = report.nodes.iter().filter(|n| &*n.name != PROBE).collect();
     // Warm: every actor has loaded its models and taken its first input.
-    let ready = |name: &str| reports.iter().find(|(_, s, m)| &**s == name && m.received > 0).map(|(t, _, _)| *t);
-    let mut warm_at = 0.0f64;
-    let mut readiness = Vec::new();
-    for n in nodes.iter().filter(|n| roles.of(&n.name) == "actor") {
-        let at = ready(&n.name).unwrap_or(f64::INFINITY);
-        readiness.push(format!("{} {at:.0} s", n.name));
-        warm_at = warm_at.max(at);
-    }
-    warm_at += args.warmup_s;
+    let readiness: Vec<String> = roles
+        .actors
+        .iter()
+        .map(|a| match first_input(reports, a) {
+            Some(t) => format!("{a} {t:.0} s"),
+            None => format!("{a} never"),
+        })
+        .collect();
     let window = args.window_s.max(RSS_WINDOW_S);
     let end = reports.last().map_or(0.0, |r| r.0);
-    if warm_at.is_infinite() || warm_at + 2.0 * window as f64 > end {
+    let Some(warm_at) = ready_at(reports, &roles.actors).map(|t| t + args.warmup_s) else {
+        bail!(
+            "an actor took no input in {:.0} s (first input taken: {})",
+            args.max_warmup_s.min(end),
+            readiness.join(", ")
+        );
+    };
+    if warm_at + 2.0 * window as f64 > end {
         bail!(
             "the run ended at {end:.0} s, before {warm_at:.0} s of warm-up and two measuring windows (first input \
 taken: {})",
@@ -404,9 +439,9 @@ mod tests {
     fn only_test_patterns_are_paced() {
         let text = "[[source]]\nname = \"a\"\npreset = { kind = \"test_pattern\", fps = 5 }\n\
                     [[source]]\nname = \"b\"\npreset = { kind = \"rtsp\", url = \"rtsp://x\" }\n";
-        let out = paced(text, Some(8), 10.0).unwrap();
-        assert!(out.contains("fps = 8") && out.contains("frames = 80") && out.contains("live = true"), "{out}");
+        let out = paced(&text.replace("fps = 5", "fps = 5, frames = 50"), Some(8)).unwrap();
+        assert!(out.contains("fps = 8") && !out.contains("frames") && out.contains("live = true"), "{out}");
         assert!(out.contains("url = \"rtsp://x\" }"), "{out}");
-        assert!(paced("[[source]]\nname = \"b\"\npreset = { kind = \"rtsp\", url = \"x\" }\n", None, 1.0).is_err());
+        assert!(paced("[[source]]\nname = \"b\"\npreset = { kind = \"rtsp\", url = \"x\" }\n", None).is_err());
     }
 }

@@ -29,6 +29,7 @@ pub mod position;
 pub mod preprocess;
 pub mod resample;
 pub mod rope;
+pub mod safetensors;
 pub mod sampling;
 pub mod warp;
 pub mod window;

@@ -353,7 +353,7 @@ impl Llama {
         kind: Kind,
         quantization: Quantization,
     ) -> Result<Self> {
-        let tensors = Tensor::read_safetensors(path).map_err(|e| weights_error(path, e))?;
+        let tensors = ocellus_kernels::safetensors::read(path).map_err(|e| weights_error(path, e))?;
         Self::from_tensors_quantized(config, tensors, device, kind, path, quantization)
     }
 

@@ -133,7 +133,7 @@ impl Smpl {
     /// when present), checking every array's shape and that its values are finite.
     pub fn load(path: &Path, device: Device) -> Result<Self> {
         let tensors: std::collections::HashMap<String, Tensor> =
-            Tensor::read_safetensors(path).map_err(|e| invalid(path, e.to_string()))?.into_iter().collect();
+            ocellus_kernels::safetensors::read(path).map_err(|e| invalid(path, e))?.into_iter().collect();
         let get = |name: &str, shape: &[i64]| -> Result<Tensor> {
             let t = tensors.get(name).ok_or_else(|| invalid(path, format!("no array {name:?}")))?;
             if t.size() != shape {

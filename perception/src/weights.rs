@@ -59,7 +59,7 @@ fn weights_error(path: &Path, message: String) -> PerceptionError {
 
 /// Loads `path` (safetensors) into `vs`, checking names and shapes per `scope`.
 pub fn load(vs: &mut VarStore, path: &Path, scope: Scope<'_>) -> Result<()> {
-    let file = Tensor::read_safetensors(path).map_err(|e| weights_error(path, e.to_string()))?;
+    let file = ocellus_kernels::safetensors::read(path).map_err(|e| weights_error(path, e))?;
     let mut vars = vs.variables();
     let file: BTreeMap<String, Tensor> = file.into_iter().filter(|(k, _)| scope.contains(k)).collect();
     let model: BTreeMap<String, Vec<i64>> = vars.iter().map(|(k, v)| (k.clone(), v.size())).collect();
@@ -116,21 +116,11 @@ pub fn manifest_path(weights: &Path) -> PathBuf {
     weights.with_extension("manifest.json")
 }
 
-/// The tensor names of a safetensors file, read from its header (no tensor is loaded).
+/// The tensor names of a safetensors file, read from its header (no tensor is loaded); the
+/// header is checked against the file's size, naming the tensor a cut file lacks.
 pub fn keys(path: &Path) -> Result<Vec<String>> {
-    let mut file = std::fs::File::open(path).map_err(|e| weights_error(path, e.to_string()))?;
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len).map_err(|e| weights_error(path, format!("not safetensors: {e}")))?;
-    let len = usize::try_from(u64::from_le_bytes(len)).map_err(|e| weights_error(path, e.to_string()))?;
-    let size = file.metadata().map_err(|e| weights_error(path, e.to_string()))?.len();
-    if len as u64 > size {
-        return Err(weights_error(path, format!("not safetensors: a header of {len} bytes in {size}")));
-    }
-    let mut header = vec![0u8; len];
-    file.read_exact(&mut header).map_err(|e| weights_error(path, e.to_string()))?;
-    let header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&header).map_err(|e| weights_error(path, format!("safetensors header: {e}")))?;
-    Ok(header.into_iter().map(|(k, _)| k).filter(|k| k != "__metadata__").collect())
+    let entries = ocellus_kernels::safetensors::entries(path).map_err(|e| weights_error(path, e))?;
+    Ok(entries.into_iter().map(|e| e.name).collect())
 }
 
 /// SHA-256 of a file, hex.

@@ -6,10 +6,7 @@ use std::process::Command;
 
 fn ocellus() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ocellus"));
-    for var in ["LD_LIBRARY_PATH", "ORT_DYLIB_PATH", "VIRTUAL_ENV", "LIBTORCH", "LIBTORCH_USE_PYTORCH"] {
-        cmd.env_remove(var);
-    }
-    cmd.env("RUST_LOG", "warn");
+    with_clean_env(&mut cmd);
     cmd
 }
 
@@ -73,22 +70,28 @@ fn check_rejects_a_port_of_the_wrong_type_with_its_line() {
     );
 }
 
-/// Ctrl-C (a real SIGINT to an `ocellus run` process) ends an endless live pipeline
-/// gracefully: sources get EOS, stages drain, the recording is flushed and holds every frame
-/// the source sent. (A child process: a SIGINT to the test process would reach every pipeline
-/// running in it.)
+/// Ctrl-C (a real SIGINT to an `ocellus run` process) ends an endless live pipeline under
+/// heavy load gracefully: a SAM 2 tracker keeps both cores busy (on a `latest` edge, dropping
+/// what it cannot take) while camera frames and motion masks go to the recording through
+/// `block` edges. Sources get EOS, stages drain, the recording is flushed: it holds every
+/// frame the source sent, every motion mask and every tracker output the report counts. (A
+/// child process: a SIGINT to the test process would reach every pipeline running in it.)
 #[test]
-fn sigint_drains_and_flushes() {
-    let dir = std::env::temp_dir().join(format!("ocellus-cli-sigint-{}", std::process::id()));
+fn sigint_under_load_drains_and_flushes_every_blocked_frame() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_sigint");
+    std::fs::remove_dir_all(&dir).ok();
     std::fs::create_dir_all(&dir).unwrap();
     let (config, rrd) = (dir.join("live.toml"), dir.join("live.rrd"));
     std::fs::write(
         &config,
         format!(
             r#"
+[runtime]
+device = "cpu"
+
 [[source]]
 name = "live"
-preset = {{ kind = "test_pattern", pattern = "ball", width = 96, height = 64, fps = 60, live = true }}
+preset = {{ kind = "test_pattern", pattern = "ball", width = 640, height = 480, fps = 30, live = true }}
 
 [[actor]]
 name = "motion"
@@ -96,9 +99,18 @@ kind = "motion"
 inputs = ["live"]
 edge = {{ policy = "block" }}
 
+[[actor]]
+name = "tracker"
+kind = "sam2"
+model = "sam2.1_hiera_tiny"
+allow_random_weights = true
+inputs = ["live"]
+edge = {{ policy = "latest" }}
+prompts = [{{ id = 1, box = [260, 180, 380, 300] }}]
+
 [[sink]]
 kind = "rerun"
-inputs = ["live", "motion"]
+inputs = ["live", "motion", "tracker"]
 edge = {{ policy = "block", depth = 32 }}
 save = "{}"
 "#,
@@ -108,24 +120,136 @@ save = "{}"
     .unwrap();
     let started = std::time::Instant::now();
     let child = ocellus().arg("run").arg(&config).stdout(std::process::Stdio::piped()).spawn().unwrap();
-    // Let the endless source run (and the SIGINT handler be installed), then interrupt.
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // Let the source run and the tracker load and take a few frames, then interrupt.
+    std::thread::sleep(std::time::Duration::from_secs(12));
     let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
     println!("{report}");
     assert!(out.status.success(), "{report}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(25), "shutdown took too long");
-    // The report's line of the source: `live  -  <emitted> ...  Finished`.
-    let line = report.lines().find(|l| l.starts_with("live ")).unwrap();
-    assert!(line.ends_with("Finished"), "{line}");
-    let sent: usize = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(90), "shutdown took too long");
+    // The report's lines: `name  in  out  dropped  skipped  p50  p99  restarts  state`.
+    let line = |name: &str| report.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap().to_owned();
+    let column = |name: &str, k: usize| -> usize { line(name).split_whitespace().nth(k).unwrap().parse().unwrap() };
+    for name in ["live", "motion", "tracker", "rerun"] {
+        assert!(line(name).ends_with("Finished"), "{}", line(name));
+    }
+    let sent = column("live", 2);
     assert!(sent > 30, "the live source ran for a while: {sent}");
+    let tracked = column("tracker", 2);
+    assert!(tracked >= 1 && column("tracker", 3) > 0, "the tracker was overloaded: {}", line("tracker"));
+    assert_eq!(column("rerun", 3), 0, "the block edge dropped nothing: {}", line("rerun"));
     let summary = ocellus_io::recording::summary(&rrd).unwrap();
     assert_eq!(summary.rows_of("world/live/image").len(), sent, "every frame was flushed");
     assert_eq!(summary.rows_of("world/live/motion").len(), sent);
+    let tracks = ocellus_io::recording::path::tracks("live");
+    assert_eq!(summary.rows_of(&tracks).len(), tracked, "every tracker output was flushed");
+}
+
+/// The disk filling while a recording is written (a 2 MiB tmpfs in a private mount namespace;
+/// where namespaces are not allowed, a file size limit, which fails writes the same way):
+/// the Rerun sink stops with an error naming the file and the reason, the rest of the
+/// pipeline runs to its end, and what was written reads back.
+#[test]
+fn a_full_disk_stops_the_recording_with_a_clear_error_and_keeps_what_was_written() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_disk_full");
     std::fs::remove_dir_all(&dir).ok();
+    let small = dir.join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let (config, kept) = (dir.join("full.toml"), dir.join("kept.rrd"));
+    let rrd = small.join("run.rrd");
+    // Noise does not compress: each 320×240 frame adds ~230 kB to the file.
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[source]]
+name = "cam"
+preset = {{ kind = "test_pattern", pattern = "snow", width = 320, height = 240, fps = 30, frames = 90, live = true }}
+
+[[actor]]
+name = "motion"
+kind = "motion"
+inputs = ["cam"]
+edge = {{ policy = "block" }}
+
+[[sink]]
+kind = "rerun"
+inputs = ["cam", "motion"]
+edge = {{ policy = "block" }}
+save = "{}"
+"#,
+            rrd.display()
+        ),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_ocellus");
+    // The run, then a copy of the file out of the tmpfs (which goes with the namespace).
+    let script = format!(
+        "\"{bin}\" run \"{}\"; rc=$?; cp \"{}\" \"{}\"; exit $rc",
+        config.display(),
+        rrd.display(),
+        kept.display()
+    );
+    let mounted = tmpfs_available(&small);
+    let out = if mounted {
+        let inner = format!("mount -t tmpfs -o size=2m tmpfs \"{}\" && {{ {script}; }}", small.display());
+        let mut cmd = Command::new("unshare");
+        cmd.args(["-rm", "sh", "-c", &inner]);
+        with_clean_env(&mut cmd).output().unwrap()
+    } else {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &format!("trap '' XFSZ; ulimit -f 2048; {script}")]);
+        with_clean_env(&mut cmd).output().unwrap()
+    };
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{}\n{stdout}\n{stderr}", if mounted { "tmpfs" } else { "ulimit -f" });
+    assert!(!out.status.success(), "a failed sink fails the run");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let all = format!("{stdout}{stderr}");
+    assert!(all.contains(&format!("the recording {} could not be written past", rrd.display())), "{all}");
+    let reason = if mounted { "no space left on the device" } else { "file size limit" };
+    assert!(all.contains(reason), "{all}");
+    // The pipeline ran to its end: the source sent every frame, motion took every one.
+    let line = |name: &str| stdout.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap().to_owned();
+    assert!(line("cam").ends_with("Finished") && line("cam").split_whitespace().nth(2) == Some("90"), "{stdout}");
+    assert!(line("motion").split_whitespace().nth(2) == Some("90"), "{stdout}");
+    assert!(line("rerun").contains("Failed"), "{stdout}");
+    // What was written reads back: whole chunks, then at most one cut at the very end.
+    let mut images = 0;
+    let mut cut = false;
+    for chunk in ocellus_io::recording::chunks(&kept).unwrap() {
+        match chunk {
+            Ok(c) => {
+                assert!(!cut, "a chunk after the cut");
+                if ocellus_io::recording::entity_of(&c) == "world/cam/image" {
+                    images += c.num_rows();
+                }
+            }
+            Err(e) => {
+                println!("the cut: {e}");
+                cut = true;
+            }
+        }
+    }
+    assert!(images >= 2, "{images} frames read back");
+}
+
+/// Whether this process may mount a tmpfs in a private user and mount namespace.
+fn tmpfs_available(dir: &std::path::Path) -> bool {
+    Command::new("unshare")
+        .args(["-rm", "sh", "-c", &format!("mount -t tmpfs -o size=1m tmpfs \"{}\"", dir.display())])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `cmd` without the variables the binary must not need (as [`ocellus`]).
+fn with_clean_env(cmd: &mut Command) -> &mut Command {
+    for var in ["LD_LIBRARY_PATH", "ORT_DYLIB_PATH", "VIRTUAL_ENV", "LIBTORCH", "LIBTORCH_USE_PYTORCH"] {
+        cmd.env_remove(var);
+    }
+    cmd.env("RUST_LOG", "warn")
 }
 
 /// `ocellus run CONFIG --save FILE` (and `--spawn`, `--connect`, `--serve`, as Rerun's own

@@ -155,3 +155,88 @@ fn imports_an_open_clip_checkpoint_without_python() {
     assert!(stderr.contains("corrupt.pt") && stderr.contains("not a PyTorch checkpoint"), "{stderr}");
     assert!(!bad.exists() && !bad.with_extension("safetensors.partial").exists(), "nothing is left behind");
 }
+
+/// The header of a safetensors file: its JSON and where the data starts.
+fn header(bytes: &[u8]) -> (serde_json::Map<String, serde_json::Value>, usize) {
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    (serde_json::from_slice(&bytes[8..8 + len]).unwrap(), 8 + len)
+}
+
+/// `bytes` with its header replaced by `header`, padded with spaces to the old length.
+fn with_header(bytes: &[u8], header: &serde_json::Map<String, serde_json::Value>) -> Vec<u8> {
+    let (_, start) = self::header(bytes);
+    let mut text = serde_json::to_string(header).unwrap();
+    assert!(text.len() <= start - 8, "the edited header grew");
+    text.extend(std::iter::repeat_n(' ', start - 8 - text.len()));
+    [&bytes[..8], text.as_bytes(), &bytes[start..]].concat()
+}
+
+/// A weights file cut short (an interrupted copy) or with a corrupt header is refused with an
+/// error naming the file and the tensor at fault — by the loader, and by a pipeline whose
+/// actor is given the file — and nothing panics.
+#[test]
+fn a_cut_or_corrupt_weights_file_is_refused_naming_the_tensor() {
+    let dir = scratch("corrupt");
+    let good = dir.join("good.safetensors");
+    let run =
+        ocellus(&["weights", "init", "--model", "sam2.1_hiera_tiny", "--seed", "3", "--out", good.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let bytes = std::fs::read(&good).unwrap();
+    let (json, start) = header(&bytes);
+    let offsets = |v: &serde_json::Value| {
+        let o = v["data_offsets"].as_array().unwrap();
+        (o[0].as_u64().unwrap() as usize, o[1].as_u64().unwrap() as usize)
+    };
+    // Cut in the middle of the data: the first tensor (by position) not wholly there is named.
+    let half = (bytes.len() - start) / 2;
+    let (cut_name, _) = json
+        .iter()
+        .filter(|(k, v)| *k != "__metadata__" && offsets(v).1 > half)
+        .min_by_key(|(_, v)| offsets(v).0)
+        .unwrap();
+    let cut = dir.join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..start + half]).unwrap();
+
+    // A dtype that does not exist, and a shape that does not fit its bytes.
+    let victim = "image_encoder.trunk.blocks.3.attn.qkv.weight";
+    let mut edited = json.clone();
+    edited[victim]["dtype"] = "F3X".into();
+    let bad_dtype = dir.join("dtype.safetensors");
+    std::fs::write(&bad_dtype, with_header(&bytes, &edited)).unwrap();
+    let mut edited = json.clone();
+    let dims = edited[victim]["shape"].as_array().unwrap().clone();
+    edited[victim]["shape"] = serde_json::json!([dims[0].as_u64().unwrap() - 1, dims[1]]);
+    let bad_shape = dir.join("shape.safetensors");
+    std::fs::write(&bad_shape, with_header(&bytes, &edited)).unwrap();
+
+    let cases = [
+        (&cut, format!("tensor {cut_name:?}"), "the file is cut short"),
+        (&bad_dtype, format!("tensor {victim:?}: unknown dtype \"F3X\""), "unknown dtype"),
+        (&bad_shape, format!("tensor {victim:?}: F32"), "the header is corrupt"),
+    ];
+    for (file, names, says) in &cases {
+        let err = weights::keys(file).unwrap_err().to_string();
+        assert!(err.contains(file.to_str().unwrap()) && err.contains(names) && err.contains(says), "{err}");
+        let err = weights::load(&mut VarStore::new(Device::Cpu), file, Scope::Prefix("image_encoder.")).unwrap_err();
+        let err = err.to_string();
+        assert!(err.contains(names), "{err}");
+
+        // The same file given to an actor of a running pipeline.
+        let config = dir.join("pipeline.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[source]]\nname = \"cam\"\npreset = {{ kind = \"test_pattern\", width = 64, height = 48, frames = 2 }}\n\
+                 [[actor]]\nname = \"features\"\nkind = \"backbone\"\nmodel = \"sam2.1_hiera_tiny\"\nweights = \"{}\"\n\
+                 resolution = [256, 256]\ninputs = [\"cam\"]\n[[sink]]\nkind = \"null\"\ninputs = [\"cam\"]\n",
+                file.display()
+            ),
+        )
+        .unwrap();
+        let run = ocellus(&["run", config.to_str().unwrap()]);
+        let all = format!("{}{}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+        assert!(!run.status.success(), "{all}");
+        assert!(all.contains(file.to_str().unwrap()) && all.contains(names), "{all}");
+        assert!(!all.contains("panicked"), "{all}");
+    }
+}

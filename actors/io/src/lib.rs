@@ -51,6 +51,20 @@ pub enum IoError {
         /// What went wrong.
         message: String,
     },
+    /// A recording file could not be written any further (the disk is full, a file size limit
+    /// was reached): what was written before stays readable. A restart cannot mend it.
+    #[error(
+        "the recording {} could not be written past {written} bytes: {reason}; what was written is readable",
+        path.display()
+    )]
+    RecordingWrite {
+        /// The recording.
+        path: PathBuf,
+        /// Bytes in the file.
+        written: u64,
+        /// Why, as far as can be told.
+        reason: String,
+    },
     /// One input cannot be used (counted and skipped).
     #[error("{0}")]
     BadInput(String),
@@ -114,6 +128,7 @@ impl From<IoError> for RuntimeError {
     fn from(e: IoError) -> Self {
         match e {
             IoError::BadInput(m) => Self::BadInput(m),
+            e @ IoError::RecordingWrite { .. } => Self::Fatal(e.to_string()),
             e if e.is_launch_error() => Self::Fatal(e.to_string()),
             e => Self::Failed(e.to_string()),
         }

@@ -39,6 +39,7 @@ pub use message::{
     ActionScore, Actions, AgentEvent, AgentOutput, Features, Frame, FrameMeta, Inpainted, Mask, MaskKind, Packet,
     PersonActions, PersonPose, PortType, Poses, Track, TrackLabel, TrackOrigin, Tracks,
 };
+pub use monitor::StopHandle;
 pub use node::{Context, Flow, Input, RestartPolicy, Source, SourceContext, Stage, source_factory, stage_factory};
 pub use pipeline::{Pipeline, PipelineReport};
 pub use port::{InputPort, Join, OutputPort, Ports, Upstream, Wire};

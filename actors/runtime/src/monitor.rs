@@ -5,6 +5,7 @@
 //! node threads.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -47,6 +48,24 @@ pub struct Watched {
 #[rtype(result = "()")]
 pub struct Shutdown;
 
+/// Asks a running pipeline to shut down from any thread, as Ctrl-C does: the first
+/// [`StopHandle::stop`] ends every source's stream (the pipeline drains, recordings are
+/// flushed), a second one closes the sources at once. Taken with
+/// [`Pipeline::stop_handle`](crate::Pipeline::stop_handle) before the pipeline runs.
+#[derive(Debug, Clone, Default)]
+pub struct StopHandle(Arc<AtomicU32>);
+
+impl StopHandle {
+    /// Requests the shutdown (once more).
+    pub fn stop(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn requests(&self) -> u32 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// The monitor actor.
 pub struct PipelineMonitor {
     watched: Vec<Watched>,
@@ -54,6 +73,8 @@ pub struct PipelineMonitor {
     metrics_out: Option<EdgeSender<Packet>>,
     metrics_every: Duration,
     shutdown_requests: u32,
+    stop: StopHandle,
+    stops_handled: u32,
 }
 
 impl PipelineMonitor {
@@ -63,8 +84,26 @@ impl PipelineMonitor {
         sources: Vec<SourceOutputs>,
         metrics_out: Option<EdgeSender<Packet>>,
         metrics_every: Duration,
+        stop: StopHandle,
     ) -> Self {
-        Self { watched, sources, metrics_out, metrics_every, shutdown_requests: 0 }
+        Self { watched, sources, metrics_out, metrics_every, shutdown_requests: 0, stop, stops_handled: 0 }
+    }
+
+    /// One shutdown request (Ctrl-C or a [`StopHandle`]).
+    fn shut_down(&mut self) {
+        self.shutdown_requests += 1;
+        let first = self.shutdown_requests == 1;
+        if first {
+            info!("shutting down: ending every source's stream (again to stop at once)");
+        }
+        for source in &self.sources {
+            if first {
+                source.control.request_end();
+            } else {
+                warn!(source = %source.name, "closing the source now");
+                source.close(None);
+            }
+        }
     }
 
     fn report(&self) {
@@ -91,6 +130,10 @@ impl PipelineMonitor {
     }
 
     fn poll(&mut self, _ctx: &mut Context<Self>) {
+        while self.stops_handled < self.stop.requests() {
+            self.stops_handled += 1;
+            self.shut_down();
+        }
         let running =
             |kind: NodeKind| self.watched.iter().any(|w| w.kind == kind && w.status.state() == NodeState::Running);
         if self.metrics_out.is_some() && !running(NodeKind::Source) {
@@ -119,18 +162,6 @@ impl Handler<Shutdown> for PipelineMonitor {
     type Result = ();
 
     fn handle(&mut self, _msg: Shutdown, _ctx: &mut Self::Context) {
-        self.shutdown_requests += 1;
-        let first = self.shutdown_requests == 1;
-        if first {
-            info!("shutting down: ending every source's stream (again to stop at once)");
-        }
-        for source in &self.sources {
-            if first {
-                source.control.request_end();
-            } else {
-                warn!(source = %source.name, "closing the source now");
-                source.close(None);
-            }
-        }
+        self.shut_down();
     }
 }

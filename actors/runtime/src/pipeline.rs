@@ -18,7 +18,7 @@ use crate::clock::Clock;
 use crate::edge::{EdgePolicy, EdgeSender, Signal, edge_with_signal};
 use crate::message::{Packet, PortType};
 use crate::metrics::MetricsSnapshot;
-use crate::monitor::{NodeKind, PipelineMonitor, Shutdown, Watched};
+use crate::monitor::{NodeKind, PipelineMonitor, Shutdown, StopHandle, Watched};
 use crate::node::{
     Inputs, NodeState, RestartPolicy, SourceFactory, SourceOutputs, StageFactory, spawn_source, spawn_stage,
 };
@@ -45,6 +45,7 @@ pub struct Pipeline {
     metrics_every: Duration,
     metrics_to: Option<Arc<str>>,
     clock: Clock,
+    stop: StopHandle,
 }
 
 impl Default for Pipeline {
@@ -56,6 +57,7 @@ impl Default for Pipeline {
             metrics_every: Duration::from_secs(1),
             metrics_to: None,
             clock: Clock::Live,
+            stop: StopHandle::default(),
         }
     }
 }
@@ -175,6 +177,11 @@ impl Pipeline {
     pub fn clock(&mut self, clock: Clock) -> &mut Self {
         self.clock = clock;
         self
+    }
+
+    /// A handle that shuts the running pipeline down from another thread, as Ctrl-C does.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
     }
 
     /// Adds a source (one `frames` output).
@@ -326,7 +333,7 @@ impl Pipeline {
             .map(|s| (s.name.clone(), Ports::source()))
             .chain(self.stages.iter().map(|s| (s.name.clone(), s.ports.clone())))
             .collect();
-        let Self { sources, stages, restart, metrics_every, metrics_to, clock } = self;
+        let Self { sources, stages, restart, metrics_every, metrics_to, clock, stop } = self;
 
         // One edge per wired input; every upstream output gets a sender.
         let mut senders_of: HashMap<(Arc<str>, usize), Vec<EdgeSender<Packet>>> = HashMap::new();
@@ -392,7 +399,8 @@ impl Pipeline {
         let system = System::new();
         let monitor_watched = watched.clone();
         system.block_on(async move {
-            let monitor = PipelineMonitor::new(monitor_watched, source_outputs, metrics_tx, metrics_every).start();
+            let monitor =
+                PipelineMonitor::new(monitor_watched, source_outputs, metrics_tx, metrics_every, stop).start();
             actix::spawn(async move {
                 while tokio::signal::ctrl_c().await.is_ok() {
                     if monitor.try_send(Shutdown).is_err() {

@@ -112,7 +112,7 @@ impl MeanStd {
         let err = |m: String| PerceptionError::Weights { path: path.to_path_buf(), message: m };
         if path.extension().is_some_and(|e| e == "safetensors") {
             let tensors: std::collections::HashMap<String, Tensor> =
-                Tensor::read_safetensors(path).map_err(|e| err(e.to_string()))?.into_iter().collect();
+                ocellus_kernels::safetensors::read(path).map_err(err)?.into_iter().collect();
             let get = |k: &str| tensors.get(k).ok_or_else(|| err(format!("no `{k}` tensor")));
             return Self::new(get("mean")?, get("std")?);
         }

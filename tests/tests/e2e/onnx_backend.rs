@@ -5,7 +5,9 @@
 //! configuration errors of the backend.
 #![allow(clippy::unwrap_used)] // tests may unwrap, helpers included
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use ocellus_perception::onnx::{OnnxEncoder, OnnxOptions};
 use ocellus_pipelines::PipelineConfig;
@@ -17,12 +19,21 @@ use crate::camera_actors::{backbone_features_with, labeler_case, tracker_case};
 /// Largest difference allowed between ONNX Runtime and the native forward (f32, CPU).
 const ONNX_TOLERANCE: f64 = 1e-4;
 
-/// Exports fixture weights `weights` of `model` into `dir`; checks the exporter's own comparison.
-fn exported(dir: &Path, model: &str, weights: &str, resolution: Option<(i64, i64)>) -> PathBuf {
-    let out = dir.join(format!("{model}.onnx"));
+/// Exports fixture weights `weights` of `model` (once for every test of this binary, one
+/// export at a time); checks the exporter's own comparison.
+fn exported(model: &str, weights: &str, resolution: Option<(i64, i64)>) -> PathBuf {
+    static DONE: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
+    let mut done = DONE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let size = resolution.map_or("default".to_owned(), |(h, w)| format!("{h}x{w}"));
+    let name = format!("{model}.{}.{size}", weights.trim_end_matches(".safetensors"));
+    if let Some(out) = done.get(&name) {
+        return out.clone();
+    }
+    let out = scratch_dir(env!("CARGO_TARGET_TMPDIR"), &format!("onnx_{name}")).join(format!("{model}.onnx"));
     let report = export(model, &fixtures_dir().join(weights), &out, resolution, &python(None), DEFAULT_OPSET).unwrap();
     println!("{model}: {:?}, max abs error to the native forward {:.2e}", report.outputs, report.max_abs_error);
     assert!(report.max_abs_error <= ONNX_TOLERANCE, "{model}: {}", report.max_abs_error);
+    done.insert(name, out.clone());
     out
 }
 
@@ -30,8 +41,8 @@ fn exported(dir: &Path, model: &str, weights: &str, resolution: Option<(i64, i64
 fn exported_encoders_equal_the_native_forward() {
     let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "onnx_export");
     // Hiera's four stages, and the MetaCLIP image tower (B/32).
-    exported(&dir, "hiera_tiny_224", "hiera_tiny_224.weights.safetensors", None);
-    exported(&dir, "ViT-B-32-quickgelu", "clip_b32.weights.safetensors", None);
+    exported("hiera_tiny_224", "hiera_tiny_224.weights.safetensors", None);
+    exported("ViT-B-32-quickgelu", "clip_b32.weights.safetensors", None);
     // Weights of another model: named by key before anything is exported.
     let err = export(
         "hiera_base_plus_224",
@@ -59,8 +70,8 @@ fn exported_encoders_equal_the_native_forward() {
 #[test]
 fn onnx_backbone_matches_the_official_transforms_on_camera_frames() {
     let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "onnx_backbone");
-    let hiera = exported(&dir, "hiera_tiny_224", "hiera_tiny_224.weights.safetensors", None);
-    let sam2 = exported(&dir, "sam2.1_hiera_tiny", "hieradet_tiny_1024.weights.safetensors", None);
+    let hiera = exported("hiera_tiny_224", "hiera_tiny_224.weights.safetensors", None);
+    let sam2 = exported("sam2.1_hiera_tiny", "hieradet_tiny_1024.weights.safetensors", None);
     // 641×479: GStreamer pads the RGB rows.
     let clip = CameraClip::new("641x479");
     let io = clip.io();
@@ -80,7 +91,7 @@ fn onnx_backbone_matches_the_official_transforms_on_camera_frames() {
         }
     }
     // A file exported at another resolution is refused when the stage starts, saying how to fix it.
-    let small = exported(&dir, "sam2.1_hiera_tiny", "hieradet_tiny_1024.weights.safetensors", Some((512, 512)));
+    let small = exported("sam2.1_hiera_tiny", "hieradet_tiny_1024.weights.safetensors", Some((512, 512)));
     let text = format!(
         "{}\n[[actor]]\nname = \"backbone\"\nkind = \"backbone\"\nmodel = \"sam2.1_hiera_tiny\"\nweights = \"{}\"\n\
          inputs = [\"cam\"]\nbackend = \"onnx\"\n",
@@ -95,18 +106,16 @@ fn onnx_backbone_matches_the_official_transforms_on_camera_frames() {
 
 #[test]
 fn onnx_labeler_matches_open_clip_on_camera_frames() {
-    let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "onnx_labeler");
     // Exported with a dynamic batch: the labeler encodes every track's crop in one batch.
-    let file = exported(&dir, "ViT-B-32-quickgelu", "clip_b32.weights.safetensors", None);
+    let file = exported("ViT-B-32-quickgelu", "clip_b32.weights.safetensors", None);
     let encoder = OnnxEncoder { file, options: OnnxOptions { threads: Some(2), ..OnnxOptions::default() } };
     labeler_case("641x479", Some(encoder));
 }
 
 #[test]
 fn onnx_tracker_matches_the_video_predictor_on_camera_frames() {
-    let dir = scratch_dir(env!("CARGO_TARGET_TMPDIR"), "onnx_tracker");
     // The video fixture's weights: its image encoder exported, the rest of SAM 2 native.
-    let file = exported(&dir, "sam2.1_hiera_tiny", "sam2_video_tiny.weights.safetensors", None);
+    let file = exported("sam2.1_hiera_tiny", "sam2_video_tiny.weights.safetensors", None);
     tracker_case("641x479", &format!("backend = \"onnx\"\nimage_encoder = \"{}\"", file.display()));
 }
 

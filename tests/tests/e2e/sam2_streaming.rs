@@ -16,10 +16,6 @@ use tch::nn::VarStore;
 const TOL_LOGITS: f64 = 1e-3;
 const TOL: f64 = 1e-4;
 
-fn model() -> (VarStore, Sam2) {
-    model_at(1024)
-}
-
 /// SAM 2.1 tiny with the video fixture's weights at input side `image_size`.
 fn model_at(image_size: i64) -> (VarStore, Sam2) {
     tch::set_num_threads(2);
@@ -37,22 +33,28 @@ fn points(io: &std::collections::HashMap<String, tch::Tensor>, i: usize) -> Poin
     }
 }
 
+/// Both run Ocellus's SAM 2 (the video predictor is exact to the official one at 1024 in
+/// `sam2_video_parity`); their agreement does not depend on the input size, so this runs at
+/// 512 (a quarter of the memory-attention tokens, a sixteenth of its cost on a CPU).
 #[test]
 fn streaming_equals_the_video_predictor_for_prompts_in_time_order() {
-    let (_vs, sam) = model();
+    let (_vs, sam) = model_at(512);
     let io = fixture_io("sam2_video_tiny");
+    let half = |p: PointInputs| PointInputs { coords: p.coords / 2.0, labels: p.labels };
     tch::no_grad(|| {
-        let frames: Vec<tch::Tensor> = (0..8).map(|f| io["images"].get(f)).collect();
+        let frames: Vec<tch::Tensor> = (0..8)
+            .map(|f| io["images"].get(f).unsqueeze(0).upsample_bilinear2d([512, 512], false, None, None).squeeze_dim(0))
+            .collect();
         let mut session = VideoSession::new(&sam, frames.iter().map(tch::Tensor::shallow_clone).collect());
         for (i, obj) in [(0, 1u64), (1, 2)] {
-            let p = points(&io, i);
+            let p = half(points(&io, i));
             session.add_points(obj, 0, &p.coords, &p.labels).unwrap();
         }
         let offline = session.propagate().unwrap();
 
         let mut tracker = StreamingTracker::new(StreamConfig { horizon: Horizon::Video(8), ..StreamConfig::default() });
-        tracker.add_prompt(1, Prompt::Points(points(&io, 0)));
-        tracker.add_prompt(2, Prompt::Points(points(&io, 1)));
+        tracker.add_prompt(1, Prompt::Points(half(points(&io, 0))));
+        tracker.add_prompt(2, Prompt::Points(half(points(&io, 1))));
         for f in 0..frames.len() {
             // The session's own encoding of the frame (computed once per frame).
             let feats = session.cached_features(f as u64).unwrap();

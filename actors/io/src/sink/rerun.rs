@@ -6,8 +6,9 @@
 //! goes on writing to the same file).
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use ocellus_runtime::message::{AgentEvent, AgentOutput, MetricsReport, Outcome};
 use ocellus_runtime::node::{Context, Input, Stage};
@@ -52,6 +53,12 @@ const OPENPOSE_BONES: [(usize, usize); 24] = [
     (22, 23),
     (11, 24),
 ];
+
+/// How often a sink writing a file checks that the writer still takes data (a flush: the
+/// Rerun file writer stops at its first failed write, e.g. when the disk is full).
+const WRITE_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How long that flush may wait for a slow disk before the check is left for the next time.
+const WRITE_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Class ids of motion masks.
 const MOTION_CLASSES: [(u16, &str, [u8; 3]); 2] = [(0, "static", [0, 0, 0]), (1, "moving", [255, 64, 32])];
@@ -194,6 +201,8 @@ pub struct RerunSink {
     /// Camera images as JPEG of this quality (`EncodedImage`) instead of raw pixels.
     jpeg: Option<u8>,
     rec: RecordingStream,
+    /// When the file writer was last checked.
+    checked: Instant,
     annotated: HashSet<Arc<str>>,
     /// Track ids already in each camera's track annotation context.
     track_ids: std::collections::HashMap<Arc<str>, std::collections::BTreeSet<u32>>,
@@ -225,6 +234,7 @@ impl RerunSink {
             recording,
             jpeg: None,
             rec: RecordingStream::disabled(),
+            checked: Instant::now(),
             annotated: HashSet::new(),
             track_ids: std::collections::HashMap::new(),
         }
@@ -495,9 +505,44 @@ impl RerunSink {
     }
 }
 
+impl RerunSink {
+    /// Flushes the stream; for a file, a failed flush means its writer has stopped (a full
+    /// disk, a file size limit), said with what can be told of why. A flush that only times
+    /// out (a slow disk) is not a failure.
+    fn flush(&self, timeout: Duration) -> Result<()> {
+        match (self.rec.flush_with_timeout(timeout), &self.recording.target) {
+            (Ok(()) | Err(rerun::sink::SinkFlushError::Timeout), _) => Ok(()),
+            (Err(e), RerunTarget::Save(path)) => Err(write_failure(path, &e.to_string())),
+            (Err(e), _) => Err(IoError::Rerun(e.to_string())),
+        }
+    }
+}
+
+/// Why the file writer of `path` stopped, as far as the file system and the process's
+/// limits tell.
+fn write_failure(path: &Path, error: &str) -> IoError {
+    let written = std::fs::metadata(path).map_or(0, |m| m.len());
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let free = nix::sys::statvfs::statvfs(dir).ok().map(|s| s.blocks_available() * s.fragment_size());
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_FSIZE).ok().map(|(soft, _)| soft);
+    let reason = match (free, limit) {
+        (_, Some(l)) if l != nix::sys::resource::RLIM_INFINITY && written >= l.saturating_sub(FULL_MARGIN) => {
+            format!("the process's file size limit ({l} bytes, `ulimit -f`) is reached")
+        }
+        (Some(f), _) if f < FULL_MARGIN => format!("no space left on the device of {} ({f} bytes free)", dir.display()),
+        _ => format!("the file writer stopped ({error}; the log above has the system's reason)"),
+    };
+    IoError::RecordingWrite { path: path.to_path_buf(), written, reason }
+}
+
+/// Free bytes (or bytes under the size limit) below which a stopped writer is put down to a
+/// full disk (or the limit): more than one logged camera frame.
+const FULL_MARGIN: u64 = 8 << 20;
+
 impl Stage for RerunSink {
     fn start(&mut self, _ctx: &mut Context) -> ocellus_runtime::Result<()> {
         self.rec = self.recording.stream()?;
+        self.checked = Instant::now();
         Ok(())
     }
 
@@ -519,11 +564,15 @@ impl Stage for RerunSink {
             }
         }
         ctx.record_consumed(packet.meta().map(|m| m.capture_ns));
+        if matches!(self.recording.target, RerunTarget::Save(_)) && self.checked.elapsed() >= WRITE_CHECK_EVERY {
+            self.checked = Instant::now();
+            self.flush(WRITE_CHECK_TIMEOUT)?;
+        }
         Ok(())
     }
 
     fn stop(&mut self, _ctx: &mut Context) -> ocellus_runtime::Result<()> {
-        self.rec.flush_blocking().map_err(|e| IoError::Rerun(e.to_string()))?;
+        self.flush(Duration::MAX)?;
         // A served stream ends with the run: viewers still pulling its history get `linger`.
         if let RerunTarget::Serve { linger, .. } = &self.recording.target {
             std::thread::sleep(*linger);

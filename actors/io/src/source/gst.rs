@@ -23,6 +23,8 @@
 //! pipeline (a file, an unpaced test pattern) has no capture instant: its frames are stamped
 //! when they leave the pipeline.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -367,6 +369,8 @@ struct Playing {
     /// Frame number when it started (frames since: the reconnection backoff resets).
     seq_at_start: u64,
     eos_sent: bool,
+    /// Set when the pipeline refused the EOS event (it cannot end its stream by itself).
+    eos_refused: Arc<AtomicBool>,
 }
 
 impl Drop for Playing {
@@ -439,8 +443,16 @@ impl GstSource {
             message: "pipeline without a bus".into(),
             debug: None,
         })?;
-        let playing =
-            Playing { pipeline, appsink, bus, caps: None, live_offset: None, seq_at_start: self.seq, eos_sent: false };
+        let playing = Playing {
+            pipeline,
+            appsink,
+            bus,
+            caps: None,
+            live_offset: None,
+            seq_at_start: self.seq,
+            eos_sent: false,
+            eos_refused: Arc::default(),
+        };
         self.last_frame = Instant::now();
         match playing.pipeline.set_state(gst::State::Playing) {
             Ok(gst::StateChangeSuccess::NoPreroll) => self.live = true,
@@ -569,11 +581,19 @@ impl Source for GstSource {
         let Some(playing) = self.playing.as_mut() else { return Ok(Flow::End) };
         if ctx.end_requested() && !playing.eos_sent {
             playing.eos_sent = true;
-            if playing.pipeline.send_event(gst::event::Eos::new()) {
-                info!(source = %ctx.name(), "EOS requested");
-            } else {
-                return Ok(Flow::End);
-            }
+            // Sent from GStreamer's thread pool, not this thread: a live source takes its
+            // streaming lock to accept EOS, and its streaming thread may be waiting for this
+            // thread to pull from a full appsink (a busy pipeline downstream).
+            let refused = playing.eos_refused.clone();
+            playing.pipeline.call_async(move |pipeline| {
+                if !pipeline.send_event(gst::event::Eos::new()) {
+                    refused.store(true, Ordering::Release);
+                }
+            });
+            info!(source = %ctx.name(), "EOS requested");
+        }
+        if playing.eos_refused.load(Ordering::Acquire) {
+            return Ok(Flow::End);
         }
         match Self::bus_event(playing, ctx.name()) {
             BusEvent::Nothing => {}
