@@ -207,21 +207,22 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<SoakResult> {
     let sampling = {
         let done = done.clone();
         let (reports, actors, shutdown) = (reports.clone(), roles.actors.clone(), pipeline.stop_handle());
-        // Whole seconds past the two-window minimum, so that the last window is complete.
+        // A few seconds past `--minutes`, so that the last RSS window is whole.
         let measure_s = args.minutes * 60.0 + MEASURE_MARGIN_S;
         let (warmup_s, max_warmup_s) = (args.warmup_s, args.max_warmup_s);
         std::thread::spawn(move || {
             let mut samples = Vec::new();
-            let mut stopping = false;
+            // Once every actor has taken an input, when to stop; then whether it was asked.
+            let (mut stop_at, mut stopping) = (None, false);
             while !done.load(Ordering::Acquire) {
                 let now = started.elapsed().as_secs_f64();
                 samples.push((now, crate::rss_mib()));
-                if !stopping {
-                    let stop_at = ready_at(&reports.lock(), &actors).map(|t| t + warmup_s + measure_s);
-                    if stop_at.map_or(now > max_warmup_s, |t| now >= t) {
-                        shutdown.stop();
-                        stopping = true;
-                    }
+                if stop_at.is_none() {
+                    stop_at = ready_at(&reports.lock(), &actors).map(|t| t + warmup_s + measure_s);
+                }
+                if !stopping && stop_at.map_or(now > max_warmup_s, |t| now >= t) {
+                    shutdown.stop();
+                    stopping = true;
                 }
                 std::thread::sleep(Duration::from_secs(1));
             }

@@ -42,14 +42,8 @@ pub struct Watched {
     pub status: Arc<NodeStatus>,
 }
 
-/// Asks the pipeline to shut down: the first request ends every source's stream (the
-/// pipeline drains and recordings are flushed); a second one closes the sources at once.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Shutdown;
-
-/// Asks a running pipeline to shut down from any thread, as Ctrl-C does: the first
-/// [`StopHandle::stop`] ends every source's stream (the pipeline drains, recordings are
+/// Asks a running pipeline to shut down from any thread (Ctrl-C goes through it too): the
+/// first [`StopHandle::stop`] ends every source's stream (the pipeline drains, recordings are
 /// flushed), a second one closes the sources at once. Taken with
 /// [`Pipeline::stop_handle`](crate::Pipeline::stop_handle) before the pipeline runs.
 #[derive(Debug, Clone, Default)]
@@ -72,8 +66,8 @@ pub struct PipelineMonitor {
     sources: Vec<SourceOutputs>,
     metrics_out: Option<EdgeSender<Packet>>,
     metrics_every: Duration,
-    shutdown_requests: u32,
     stop: StopHandle,
+    /// Shutdown requests acted on so far.
     stops_handled: u32,
 }
 
@@ -86,13 +80,13 @@ impl PipelineMonitor {
         metrics_every: Duration,
         stop: StopHandle,
     ) -> Self {
-        Self { watched, sources, metrics_out, metrics_every, shutdown_requests: 0, stop, stops_handled: 0 }
+        Self { watched, sources, metrics_out, metrics_every, stop, stops_handled: 0 }
     }
 
-    /// One shutdown request (Ctrl-C or a [`StopHandle`]).
+    /// One more shutdown request: the first ends the sources' streams, later ones close them.
     fn shut_down(&mut self) {
-        self.shutdown_requests += 1;
-        let first = self.shutdown_requests == 1;
+        self.stops_handled += 1;
+        let first = self.stops_handled == 1;
         if first {
             info!("shutting down: ending every source's stream (again to stop at once)");
         }
@@ -131,7 +125,6 @@ impl PipelineMonitor {
 
     fn poll(&mut self, _ctx: &mut Context<Self>) {
         while self.stops_handled < self.stop.requests() {
-            self.stops_handled += 1;
             self.shut_down();
         }
         let running =
@@ -155,13 +148,5 @@ impl Actor for PipelineMonitor {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(POLL, Self::poll);
         ctx.run_interval(self.metrics_every, |this, _| this.report());
-    }
-}
-
-impl Handler<Shutdown> for PipelineMonitor {
-    type Result = ();
-
-    fn handle(&mut self, _msg: Shutdown, _ctx: &mut Self::Context) {
-        self.shut_down();
     }
 }

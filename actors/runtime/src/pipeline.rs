@@ -18,7 +18,7 @@ use crate::clock::Clock;
 use crate::edge::{EdgePolicy, EdgeSender, Signal, edge_with_signal};
 use crate::message::{Packet, PortType};
 use crate::metrics::MetricsSnapshot;
-use crate::monitor::{NodeKind, PipelineMonitor, Shutdown, StopHandle, Watched};
+use crate::monitor::{NodeKind, PipelineMonitor, StopHandle, Watched};
 use crate::node::{
     Inputs, NodeState, RestartPolicy, SourceFactory, SourceOutputs, StageFactory, spawn_source, spawn_stage,
 };
@@ -399,13 +399,11 @@ impl Pipeline {
         let system = System::new();
         let monitor_watched = watched.clone();
         system.block_on(async move {
-            let monitor =
-                PipelineMonitor::new(monitor_watched, source_outputs, metrics_tx, metrics_every, stop).start();
+            let ctrl_c = stop.clone();
+            PipelineMonitor::new(monitor_watched, source_outputs, metrics_tx, metrics_every, stop).start();
             actix::spawn(async move {
                 while tokio::signal::ctrl_c().await.is_ok() {
-                    if monitor.try_send(Shutdown).is_err() {
-                        break;
-                    }
+                    ctrl_c.stop();
                 }
             });
         });

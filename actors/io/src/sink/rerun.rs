@@ -59,6 +59,9 @@ const OPENPOSE_BONES: [(usize, usize); 24] = [
 const WRITE_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How long that flush may wait for a slow disk before the check is left for the next time.
 const WRITE_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Free bytes (or bytes under the size limit) below which a stopped writer is put down to a
+/// full disk (or the limit): more than one logged camera frame.
+const FULL_MARGIN: u64 = 8 << 20;
 
 /// Class ids of motion masks.
 const MOTION_CLASSES: [(u16, &str, [u8; 3]); 2] = [(0, "static", [0, 0, 0]), (1, "moving", [255, 64, 32])];
@@ -503,9 +506,7 @@ impl RerunSink {
         }
         Ok(())
     }
-}
 
-impl RerunSink {
     /// Flushes the stream; for a file, a failed flush means its writer has stopped (a full
     /// disk, a file size limit), said with what can be told of why. A flush that only times
     /// out (a slow disk) is not a failure.
@@ -534,10 +535,6 @@ fn write_failure(path: &Path, error: &str) -> IoError {
     };
     IoError::RecordingWrite { path: path.to_path_buf(), written, reason }
 }
-
-/// Free bytes (or bytes under the size limit) below which a stopped writer is put down to a
-/// full disk (or the limit): more than one logged camera frame.
-const FULL_MARGIN: u64 = 8 << 20;
 
 impl Stage for RerunSink {
     fn start(&mut self, _ctx: &mut Context) -> ocellus_runtime::Result<()> {
