@@ -1,6 +1,7 @@
 //! `ocellus-bench device` (what `scripts/device-check` runs): one run that says how Ocellus
 //! does on a machine's accelerator — parity of the models on CUDA in fp32 and bf16 against
 //! the same models on the CPU in fp32 (which the parity tests tie to the official code),
+//! MAE Hiera-T training (loss and every gradient) and its steps/s in fp32 and under autocast,
 //! SAM 2.1 tiny streaming frames/s with 1, 4 and 16 objects, Hiera-B+ images/s, Llama 3.2 1B
 //! decode tokens/s in bf16 and int4 against the device's bandwidth bound, and RSS and VRAM
 //! late in a long stream. It writes `device-check.json` and `device-check.md` to `--out`.
@@ -13,11 +14,13 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use ocellus_kernels::DType;
+use ocellus_kernels::optim::{AdamW, AdamWConfig};
 use ocellus_language::config::LlamaConfig;
 use ocellus_language::llama::Llama;
 use ocellus_language::quant::Quantization;
 use ocellus_perception::backbone::Backbone;
 use ocellus_perception::clip::{Clip, ClipConfig};
+use ocellus_perception::hiera_mae::MaskedAutoencoderHiera;
 use ocellus_perception::model::{Loaded, Model, ModelSpec, Sam2Options, WeightsSource};
 use ocellus_perception::sam2::Sam2;
 use ocellus_perception::sam2::sam2_base::{DEFAULT_MAX_BATCH, GPU_MAX_BATCH};
@@ -63,6 +66,8 @@ struct Plan {
     hiera: &'static str,
     hiera_batch: i64,
     hiera_iters: usize,
+    mae_batch: i64,
+    mae_steps: usize,
     memory_frames: u64,
     memory_objects: usize,
     prompt_len: usize,
@@ -74,7 +79,11 @@ impl Plan {
     fn new(quick: bool) -> Self {
         if quick {
             Self {
-                encoders: vec![("hiera_tiny_224", None), ("sam2.1_hiera_tiny", Some((256, 256)))],
+                encoders: vec![
+                    ("hiera_tiny_224", None),
+                    ("sam2.1_hiera_tiny", Some((256, 256))),
+                    ("maws_vit_b16", None),
+                ],
                 clip: "ViT-B-32-quickgelu",
                 llama_layers: Some(2),
                 stream_side: 256,
@@ -83,6 +92,8 @@ impl Plan {
                 hiera: "hiera_tiny_224",
                 hiera_batch: 2,
                 hiera_iters: 2,
+                mae_batch: 2,
+                mae_steps: 2,
                 memory_frames: 20,
                 memory_objects: 2,
                 prompt_len: 16,
@@ -96,6 +107,7 @@ impl Plan {
                     ("hiera_base_plus_224", None),
                     ("sam2.1_hiera_tiny", None),
                     ("sam2.1_hiera_base_plus", None),
+                    ("maws_vit_b16", None),
                 ],
                 clip: "ViT-B-32-quickgelu",
                 llama_layers: None,
@@ -105,6 +117,8 @@ impl Plan {
                 hiera: "hiera_base_plus_224",
                 hiera_batch: 8,
                 hiera_iters: 10,
+                mae_batch: 32,
+                mae_steps: 10,
                 memory_frames: 2000,
                 memory_objects: 4,
                 prompt_len: 128,
@@ -184,6 +198,20 @@ fn parity(plan: &Plan, device: Device, scratch: &Path) -> anyhow::Result<Vec<Val
         let c = seeded_on::<Clip>(plan.clip, &(), scratch, d, dtype)?;
         Ok(vec![tch::no_grad(|| c.encode_image(&x.f_to_device(d)?.f_to_kind(dtype.kind())?))?])
     })?);
+    // Training: MAE Hiera-T's loss and every gradient on one fixed batch and mask.
+    tch::manual_seed(0);
+    let x = Tensor::f_randn([2, 3, 224, 224], (Kind::Float, Device::Cpu))?;
+    rows.push(parity_row(&format!("{MAE} (loss, gradients)"), device, &|d, dtype| {
+        let mae = seeded_on::<MaskedAutoencoderHiera>(MAE, &(), scratch, d, dtype)?;
+        let mask = ocellus_kernels::seeded(1, || mae.random_mask(2, 0.6, d))?;
+        let out = mae.forward(&x.f_to_device(d)?.f_to_kind(dtype.kind())?, 0.6, Some(&mask))?;
+        out.loss.f_backward()?;
+        let mut grads: Vec<(String, Tensor)> = mae.vs.variables().into_iter().map(|(k, v)| (k, v.grad())).collect();
+        grads.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut outputs = vec![out.loss.f_detach()?];
+        outputs.extend(grads.into_iter().map(|(_, g)| g));
+        Ok(outputs)
+    })?);
     let config = llama_config(plan)?;
     let vocab = config.vocab_size;
     let tokens = Tensor::f_from_slice(&(0..32i64).map(|i| (i * 7919) % vocab).collect::<Vec<_>>())?.f_view([1, 32])?; // [1, 32]
@@ -262,6 +290,38 @@ fn vram_mib(device: Device) -> Option<f64> {
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
+/// The MAE model whose training the check times (`ocellus adapt`'s default backbone).
+const MAE: &str = "mae_hiera_tiny_224";
+
+/// MAE training steps per second on `device` (forward, backward, AdamW), after one warm-up step;
+/// with `mixed`, the forward and backward under autocast (fp16 on CUDA; nothing changes on the
+/// CPU).
+fn mae_steps_per_s(plan: &Plan, device: Device, scratch: &Path, mixed: bool) -> anyhow::Result<f64> {
+    let mae = seeded_on::<MaskedAutoencoderHiera>(MAE, &(), scratch, device, DType::F32)?;
+    let params = mae.vs.variables().into_iter().map(|(n, v)| {
+        let decay = mae.weight_decay_applies(&n, v.dim());
+        (n, v, decay)
+    });
+    let mut opt = AdamW::new(params, AdamWConfig::default())?;
+    tch::manual_seed(0);
+    let x = Tensor::f_randn([plan.mae_batch, 3, 224, 224], (Kind::Float, device))?;
+    let mut step = || -> anyhow::Result<()> {
+        opt.zero_grad();
+        let out = tch::autocast(mixed, || mae.forward(&x, 0.6, None))?;
+        out.loss.f_to_kind(Kind::Float)?.f_backward()?;
+        opt.step(1e-4)?;
+        Ok(())
+    };
+    step()?; // warm-up
+    synchronize(device);
+    let t = Instant::now();
+    for _ in 0..plan.mae_steps {
+        step()?;
+    }
+    synchronize(device);
+    Ok(plan.mae_steps as f64 / t.elapsed().as_secs_f64())
+}
+
 /// Runs the whole check; returns the report written.
 pub fn run(args: &DeviceCheckArgs) -> anyhow::Result<Value> {
     let device = if args.cpu { Device::Cpu } else { Device::Cuda(0) };
@@ -304,6 +364,17 @@ pub fn run(args: &DeviceCheckArgs) -> anyhow::Result<Value> {
     drop(hiera);
     eprintln!("[device-check] {} batch {}: {images_per_s:.1} images/s", plan.hiera, plan.hiera_batch);
 
+    // MAE training steps/s (what `ocellus adapt` runs), fp32 and under autocast.
+    let mut mae_rows = Vec::new();
+    for mixed in [false, true] {
+        let steps_per_s = mae_steps_per_s(&plan, device, &scratch, mixed)?;
+        eprintln!(
+            "[device-check] {MAE} training, batch {}, autocast {mixed}: {steps_per_s:.2} steps/s",
+            plan.mae_batch
+        );
+        mae_rows.push(json!({"autocast": mixed, "steps_per_s": steps_per_s}));
+    }
+
     // Llama decode in bf16 and int4 against the device's bandwidth bound.
     let bandwidth = crate::llm::copy_bandwidth_on(device, plan.bandwidth_elements)?;
     let config = llama_config(&plan)?;
@@ -339,6 +410,7 @@ pub fn run(args: &DeviceCheckArgs) -> anyhow::Result<Value> {
         "sam2_streaming": {"model": "sam2.1_hiera_tiny", "image_size": plan.stream_side, "frames": plan.stream_frames, "runs": streaming},
         "memory": {"frames": plan.memory_frames, "objects": plan.memory_objects, "rss_mib": rss, "vram_mib": vram},
         "hiera": {"model": plan.hiera, "batch": plan.hiera_batch, "images_per_s": images_per_s},
+        "mae_training": {"model": MAE, "batch": plan.mae_batch, "runs": mae_rows},
         "llama": {"model": llama_name(&plan), "bandwidth_gb_s": bandwidth, "formats": llama_rows},
         "seconds": started.elapsed().as_secs_f64(),
     });
@@ -384,6 +456,17 @@ pub fn markdown(r: &Value) -> String {
         h["batch"],
         f(&h["images_per_s"])
     );
+    let t = &r["mae_training"];
+    for run in t["runs"].as_array().into_iter().flatten() {
+        md += &format!(
+            "\n{} training (batch {}, autocast {}): {:.2} steps/s.",
+            t["model"].as_str().unwrap_or("?"),
+            t["batch"],
+            run["autocast"],
+            f(&run["steps_per_s"])
+        );
+    }
+    md += "\n";
     let l = &r["llama"];
     md += &format!(
         "\n| {} | prompt tokens/s | decode tokens/s | bound (copy {:.1} GB/s) | of bound |\n|---|---|---|---|---|\n",

@@ -14,6 +14,7 @@
 //! the source's timestamp to the sink (p50/p99).
 #![warn(missing_docs)]
 
+pub mod adapt;
 pub mod amg;
 pub mod clip;
 pub mod device;
@@ -21,6 +22,7 @@ pub mod hmr2;
 pub mod lart;
 pub mod llm;
 pub mod preprocess;
+pub mod revvit;
 pub mod soak;
 pub mod zenoh;
 

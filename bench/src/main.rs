@@ -35,6 +35,12 @@ enum Command {
     /// SAM 2 streaming frames/s, Hiera images/s, Llama decode vs the bandwidth bound, memory
     /// late in a stream; JSON and Markdown in `--out`.
     Device(ocellus_bench::device::DeviceCheckArgs),
+    /// Evidence that `ocellus adapt` helps on a synthetic domain: held-out MAE loss and a linear
+    /// probe's accuracy before and after.
+    Adapt(ocellus_bench::adapt::AdaptBenchArgs),
+    /// Training memory by depth of the reversible ViT against ordinary autograd (peak RSS per
+    /// step, one process per case).
+    Revvit(ocellus_bench::revvit::RevVitBenchArgs),
     /// A pipeline (`configs/soak.toml`: the demo's actors) under overload for minutes: RSS
     /// every second, every drop counted, latency p50/p99 per node.
     Soak(ocellus_bench::soak::SoakArgs),
@@ -371,6 +377,8 @@ fn main() -> ExitCode {
         Command::Lart(args) => ocellus_bench::lart::run(&args, &std::env::temp_dir()),
         Command::Preprocess(args) => preprocess(&args),
         Command::Soak(args) => ocellus_bench::soak::run(&args).map(|_| ()),
+        Command::Adapt(args) => ocellus_bench::adapt::run(&args).map(|_| ()),
+        Command::Revvit(args) => ocellus_bench::revvit::run(&args).map(|_| ()),
         Command::Device(args) => {
             ocellus_bench::device::run(&args).map(|r| println!("{}", ocellus_bench::device::markdown(&r)))
         }

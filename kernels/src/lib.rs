@@ -11,6 +11,7 @@
 //! - [`device`]: parsing of device names (`"cpu"`, `"cuda:0"`) and dtypes.
 //! - [`keys`]: a weights file's keys and shapes against a model's, every mismatch at once.
 //! - [`nn`]: PyTorch-compatible layers (names and numerics) over a `tch::nn::Path`, RMSNorm.
+//! - [`optim`]: AdamW exact to PyTorch's, and a warm-up + cosine learning-rate schedule.
 //! - [`position`]: position encodings (2D sine).
 //! - [`rope`]: SAM 2's 2D axial rotary encoding; Llama 3's scaled 1D RoPE.
 //! - [`sampling`]: token sampling (greedy, temperature, top-p), seeded.
@@ -25,6 +26,7 @@ pub mod device;
 pub mod keys;
 pub mod masks;
 pub mod nn;
+pub mod optim;
 pub mod position;
 pub mod preprocess;
 pub mod resample;

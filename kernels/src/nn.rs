@@ -215,8 +215,13 @@ impl Mlp {
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(&x)?;
             if i + 1 < self.layers.len() {
-                // `x` is the fresh output of the layer: safe to overwrite.
-                self.act.forward_(&mut x)?;
+                if x.requires_grad() {
+                    // Training: the activation's backward needs its input, so keep it.
+                    x = self.act.forward(&x)?;
+                } else {
+                    // `x` is the fresh output of the layer: safe to overwrite.
+                    self.act.forward_(&mut x)?;
+                }
             }
         }
         Ok(x)
@@ -228,9 +233,11 @@ pub fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     Ok(Tensor::f_scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, false, None, false)?)
 }
 
-/// Max over `dim` (values only), as `x.max(dim).values`.
+/// Max over `dim` (values only), as `x.max(dim).values`: the same op, so that its backward
+/// sends the gradient to the one index `max` picked, as PyTorch's does (`amax` splits it among
+/// ties).
 pub fn max_dim(x: &Tensor, dim: i64) -> Result<Tensor> {
-    Ok(x.f_amax([dim], false)?)
+    Ok(x.f_max_dim(dim, false)?.0)
 }
 
 /// `F.softmax(x, -1)` in the input's dtype.

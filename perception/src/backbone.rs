@@ -1,5 +1,5 @@
-//! Backbones by name: Hiera (`hiera_*`) and the SAM 2 image encoder (`sam2.1_hiera_*`), so that
-//! tools and actors handle them alike. Loaded through [`crate::model::ModelSpec`].
+//! Backbones by name: Hiera (`hiera_*`), the SAM 2 image encoder (`sam2.1_hiera_*`) and the MAWS
+//! ViTs (`maws_vit_*`, `mae_vit_*`), so that tools and actors handle them alike. Loaded through [`crate::model::ModelSpec`].
 
 use ocellus_kernels::{Fit, Normalization, Resize, Transform};
 use tch::Tensor;
@@ -10,6 +10,7 @@ use crate::hiera::{Hiera, HieraConfig};
 use crate::hieradet::{ImageEncoder, ImageEncoderConfig};
 use crate::model::{Model, unknown_model};
 use crate::sam2::Sam2Config;
+use crate::vit::{VisionTransformer, VitConfig};
 use crate::weights::Scope;
 
 /// SAM 2 checkpoint keys of the image encoder start with this.
@@ -18,6 +19,15 @@ const SAM2_IMAGE_ENCODER: &str = "image_encoder";
 enum Inner {
     Hiera(Box<Hiera>),
     ImageEncoder(Box<ImageEncoder>),
+    Vit(Box<VisionTransformer>),
+}
+
+/// Which preprocessing a backbone takes.
+#[derive(Clone, Copy)]
+enum Family {
+    Hiera,
+    Sam2,
+    Vit,
 }
 
 /// A backbone (its weights live in the [`crate::model::Loaded`] store it came from).
@@ -36,7 +46,7 @@ impl std::fmt::Debug for Backbone {
 
 /// Every backbone name.
 pub fn names() -> Vec<&'static str> {
-    HieraConfig::NAMES.iter().chain(ImageEncoderConfig::NAMES.iter()).copied().collect()
+    HieraConfig::NAMES.iter().chain(ImageEncoderConfig::NAMES.iter()).chain(VitConfig::NAMES.iter()).copied().collect()
 }
 
 /// `(T,) H, W` backbone `name` is built for, without building it.
@@ -46,7 +56,7 @@ pub fn input_size_of(name: &str) -> Option<Vec<i64>> {
     } else if ImageEncoderConfig::by_name(name).is_some() {
         Sam2Config::by_name(name).map(|c| vec![c.image_size, c.image_size])
     } else {
-        None
+        VitConfig::by_name(name).map(|c| vec![c.img_size, c.img_size])
     }
 }
 
@@ -54,25 +64,38 @@ pub fn input_size_of(name: &str) -> Option<Vec<i64>> {
 /// exported model preprocesses as the native one does).
 pub fn transform_of(name: &str, resolution: Option<(i64, i64)>) -> Option<Transform> {
     let size = input_size_of(name)?;
-    Some(transform_for(HieraConfig::by_name(name).is_some(), &size, resolution))
+    let family = if HieraConfig::by_name(name).is_some() {
+        Family::Hiera
+    } else if VitConfig::by_name(name).is_some() {
+        Family::Vit
+    } else {
+        Family::Sam2
+    };
+    Some(transform_for(family, &size, resolution))
 }
 
-fn transform_for(hiera: bool, input_size: &[i64], resolution: Option<(i64, i64)>) -> Transform {
+fn transform_for(family: Family, input_size: &[i64], resolution: Option<(i64, i64)>) -> Transform {
     let (h, w) = resolution.unwrap_or_else(|| match input_size[..] {
         [.., h, w] => (h, w),
         _ => (0, 0),
     });
-    match (hiera, input_size.len()) {
-        (true, 3) => {
+    match (family, input_size.len()) {
+        (Family::Hiera, 3) => {
             Transform { fit: Fit::CenterSquare { side: h }, resize: Resize::Bilinear, norm: Normalization::HIERA_VIDEO }
         }
-        (true, _) => Transform {
+        (Family::Hiera, _) => Transform {
             // int((256 / 224) * input_size), computed as the example does.
             fit: Fit::ShortSideCenterCrop { short: ((256.0 / 224.0) * h as f64) as i64, crop: h },
             resize: Resize::PilBicubic,
             norm: Normalization::IMAGENET,
         },
-        (false, _) => Transform {
+        // MAWS's evaluation: Resize(size, BICUBIC) of the Pillow image, CenterCrop(size).
+        (Family::Vit, _) => Transform {
+            fit: Fit::ShortSideCenterCrop { short: h, crop: h },
+            resize: Resize::PilBicubic,
+            norm: Normalization::IMAGENET,
+        },
+        (Family::Sam2, _) => Transform {
             fit: Fit::Stretch { height: h, width: w },
             resize: Resize::TorchvisionBilinear,
             norm: Normalization::IMAGENET,
@@ -96,6 +119,9 @@ impl Model for Backbone {
             let encoder = ImageEncoder::new(&(p / SAM2_IMAGE_ENCODER), &c)?;
             let side = sam2.image_size;
             (Inner::ImageEncoder(Box::new(encoder)), to_json(serde_json::to_value(&c)), vec![side, side])
+        } else if let Some(c) = VitConfig::by_name(name) {
+            let side = c.img_size;
+            (Inner::Vit(Box::new(VisionTransformer::new(p, &c)?)), to_json(serde_json::to_value(&c)), vec![side, side])
         } else {
             return Err(unknown_model::<Self>(name));
         };
@@ -104,7 +130,7 @@ impl Model for Backbone {
 
     fn scope(&self) -> Scope<'static> {
         match self.model {
-            Inner::Hiera(_) => Scope::Exact,
+            Inner::Hiera(_) | Inner::Vit(_) => Scope::Exact,
             Inner::ImageEncoder(_) => Scope::Prefix("image_encoder."),
         }
     }
@@ -139,14 +165,21 @@ impl Backbone {
     ///   `F.interpolate` (bilinear in space), with its statistics; the example's clips were
     ///   cut square beforehand, so the centred square of each frame is taken;
     /// - SAM 2 encoders: the image predictor's `SAM2Transforms` (torchvision `Resize` of the
-    ///   float tensor to `H × W`, antialiased bilinear; ImageNet statistics).
+    ///   float tensor to `H × W`, antialiased bilinear; ImageNet statistics);
+    /// - MAWS ViTs: MAWS's evaluation, `Resize(size, BICUBIC)` of the Pillow image,
+    ///   `CenterCrop(size)`, ImageNet statistics.
     pub fn transform(&self, resolution: Option<(i64, i64)>) -> Transform {
-        transform_for(matches!(self.model, Inner::Hiera(_)), &self.input_size, resolution)
+        let family = match self.model {
+            Inner::Hiera(_) => Family::Hiera,
+            Inner::ImageEncoder(_) => Family::Sam2,
+            Inner::Vit(_) => Family::Vit,
+        };
+        transform_for(family, &self.input_size, resolution)
     }
 
     /// Runs the backbone on a normalized `[B, 3, (T,) H, W]` input; returns its feature maps
     /// as `[B, C, H, W]` (video: `[B, C, T, H, W]`), highest resolution first: Hiera's stage
-    /// outputs, or the SAM 2 encoder's kept FPN levels.
+    /// outputs, the SAM 2 encoder's kept FPN levels, or a ViT's patch tokens after its final norm.
     pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
         tch::no_grad(|| match &self.model {
             Inner::Hiera(h) => h
@@ -162,6 +195,7 @@ impl Backbone {
                 })
                 .collect(),
             Inner::ImageEncoder(e) => Ok(e.forward(x)?.backbone_fpn),
+            Inner::Vit(v) => Ok(vec![v.feature_map(&v.forward(x)?.tokens)?]),
         })
     }
 }

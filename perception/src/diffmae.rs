@@ -55,12 +55,13 @@
 //! an official model (there is none).
 
 use ocellus_kernels::Normalization;
-use ocellus_kernels::nn::{Activation, Conv, ConvShape, LayerNorm, Linear, Mlp, parameter, sdpa};
+use ocellus_kernels::nn::{Conv, ConvShape, LayerNorm, Linear, parameter};
 use serde::{Deserialize, Serialize};
 use tch::nn::Path;
 use tch::{Device, Kind, Tensor};
 use tracing::trace_span;
 
+use crate::vit::{Block, blocks};
 use crate::{PerceptionError, Result};
 
 /// LayerNorm epsilon of MAE (`partial(nn.LayerNorm, eps=1e-6)`).
@@ -374,66 +375,6 @@ pub fn timestep_embedding(t: &Tensor, dim: i64) -> Result<Tensor> {
 }
 
 // --- blocks ------------------------------------------------------------------------------------
-
-/// timm `Attention` (qkv bias, no q/k norm).
-#[derive(Debug)]
-struct Attention {
-    qkv: Linear,
-    proj: Linear,
-    heads: i64,
-}
-
-impl Attention {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, c) = x.size3()?;
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .f_reshape([b, n, 3, self.heads, c / self.heads])? // [B, N, 3, heads, hd]
-            .f_permute([2, 0, 3, 1, 4])?; // [3, B, heads, N, hd]
-        let (q, k, v) = (qkv.f_get(0)?, qkv.f_get(1)?, qkv.f_get(2)?);
-        let y = sdpa(&q, &k, &v)?; // [B, heads, N, hd]
-        let y = y.f_transpose(1, 2)?.f_reshape([b, n, c])?; // [B, N, C]
-        Ok(self.proj.forward(&y)?)
-    }
-}
-
-/// timm `Block`: pre-norm attention and MLP, residuals, no layer scale.
-#[derive(Debug)]
-struct Block {
-    norm1: LayerNorm,
-    attn: Attention,
-    norm2: LayerNorm,
-    mlp: Mlp,
-}
-
-impl Block {
-    fn new(p: &Path, dim: i64, heads: i64, mlp_ratio: f64) -> Result<Self> {
-        Ok(Self {
-            norm1: LayerNorm::new(&(p / "norm1"), dim, NORM_EPS)?,
-            attn: Attention {
-                qkv: Linear::new(&(p / "attn" / "qkv"), dim, 3 * dim, /* bias */ true)?,
-                proj: Linear::new(&(p / "attn" / "proj"), dim, dim, /* bias */ true)?,
-                heads,
-            },
-            norm2: LayerNorm::new(&(p / "norm2"), dim, NORM_EPS)?,
-            mlp: Mlp::timm(&(p / "mlp"), dim, (dim as f64 * mlp_ratio) as i64, Activation::Gelu)?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // Residuals added in place into the fresh branch outputs (a + b == b + a exactly).
-        let mut y = self.attn.forward(&self.norm1.forward(x)?)?;
-        let _ = y.f_add_(x)?;
-        let mut z = self.mlp.forward(&self.norm2.forward(&y)?)?;
-        let _ = z.f_add_(&y)?;
-        Ok(z)
-    }
-}
-
-fn blocks(p: &Path, count: usize, dim: i64, heads: i64, mlp_ratio: f64) -> Result<Vec<Block>> {
-    (0..count).map(|i| Block::new(&(p / i), dim, heads, mlp_ratio)).collect()
-}
 
 /// A parameter `[1, 1 + g², dim]` filled with the fixed sin-cos embedding.
 fn fixed_pos_embed(p: &Path, name: &str, dim: i64, grid: i64) -> Result<Tensor> {

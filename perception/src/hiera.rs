@@ -184,7 +184,7 @@ impl MaskUnitAttention {
 
 /// `HieraBlock`.
 #[derive(Debug)]
-struct HieraBlock {
+pub(crate) struct HieraBlock {
     norm1: LayerNorm,
     attn: MaskUnitAttention,
     norm2: LayerNorm,
@@ -198,14 +198,60 @@ fn do_pool(x: &Tensor, stride: i64) -> Result<Tensor> {
     Ok(max_dim(&x.f_view([b, stride, -1, c])?, 1)?)
 }
 
+/// How a block attends: query pooling stride, mask-unit window and whether attention stays
+/// inside mask units (`HieraBlock`'s `q_stride`, `window_size`, `use_mask_unit_attn`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BlockAttention {
+    pub q_stride: i64,
+    pub window_size: i64,
+    pub use_mask_unit_attn: bool,
+}
+
+impl BlockAttention {
+    /// Global attention without pooling (the MAE decoder's blocks).
+    pub const GLOBAL: Self = Self { q_stride: 1, window_size: 0, use_mask_unit_attn: false };
+}
+
 impl HieraBlock {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `HieraBlock(dim, dim_out, heads, mlp_ratio, ...)` under `p`.
+    pub(crate) fn new(
+        p: &Path,
+        dim: i64,
+        dim_out: i64,
+        heads: i64,
+        mlp_ratio: f64,
+        attention: BlockAttention,
+    ) -> Result<Self> {
+        Ok(Self {
+            norm1: LayerNorm::new(&(p / "norm1"), dim, NORM_EPS)?,
+            attn: MaskUnitAttention {
+                qkv: Linear::new(&(p / "attn" / "qkv"), dim, 3 * dim_out, true)?,
+                proj: Linear::new(&(p / "attn" / "proj"), dim_out, dim_out, true)?,
+                heads,
+                dim_out,
+                q_stride: attention.q_stride,
+                window_size: attention.window_size,
+                use_mask_unit_attn: attention.use_mask_unit_attn,
+            },
+            norm2: LayerNorm::new(&(p / "norm2"), dim_out, NORM_EPS)?,
+            mlp: Mlp::timm(&(p / "mlp"), dim_out, (dim_out as f64 * mlp_ratio) as i64, Activation::Gelu)?,
+            proj: if dim_out != dim { Some(Linear::new(&(p / "proj"), dim, dim_out, true)?) } else { None },
+        })
+    }
+
+    /// Width of the block's output.
+    pub(crate) fn dim_out(&self) -> i64 {
+        self.attn.dim_out
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x_norm = self.norm1.forward(x)?;
         let x = match &self.proj {
             Some(proj) => do_pool(&proj.forward(&x_norm)?, self.attn.q_stride)?,
             None => x.shallow_clone(),
         };
-        // Residuals added in place into the fresh branch outputs (a + b == b + a exactly).
+        // Residuals added in place into the fresh branch outputs (a + b == b + a exactly; the
+        // outputs of a linear layer are not needed by its backward, so autograd allows it).
         let mut x_attn = self.attn.forward(&x_norm)?;
         let _ = x_attn.f_add_(&x)?;
         let mut y = self.mlp.forward(&self.norm2.forward(&x_attn)?)?;
@@ -233,8 +279,8 @@ pub struct Hiera {
     pos_embed: Tensor,          // [1, N, C] (image)
     pos_embed_temporal: Tensor, // [1, T, C] (video, with `pos_embed` = spatial [1, H*W, C])
     blocks: Vec<HieraBlock>,
-    norm: LayerNorm,
-    head: Linear,
+    /// `norm` and `head.projection`; absent in the MAE model, which replaces them.
+    head: Option<(LayerNorm, Linear)>,
     tokens_spatial_shape: Vec<i64>, // tokens per axis after the patch embedding
     mask_spatial_shape: Vec<i64>,   // mask units per axis
     stage_ends: Vec<usize>,
@@ -244,6 +290,15 @@ pub struct Hiera {
 impl Hiera {
     /// Builds the model under `p` (use the root path for official key names).
     pub fn new(p: &Path, config: &HieraConfig) -> Result<Self> {
+        Self::build(p, config, true)
+    }
+
+    /// The model without `norm` and `head` (what `MaskedAutoencoderHiera` keeps of it).
+    pub(crate) fn trunk(p: &Path, config: &HieraConfig) -> Result<Self> {
+        Self::build(p, config, false)
+    }
+
+    fn build(p: &Path, config: &HieraConfig, with_head: bool) -> Result<Self> {
         config.check()?;
         let c = config;
         let tokens_spatial_shape: Vec<i64> = c.input_size.iter().zip(&c.patch_stride).map(|(i, s)| i / s).collect();
@@ -282,27 +337,9 @@ impl Hiera {
                     flat_mu_size /= flat_q_stride;
                 }
             }
-            let bp = p / "blocks" / i;
             let q_stride = if q_pool_blocks.contains(&i) { flat_q_stride } else { 1 };
-            blocks.push(HieraBlock {
-                norm1: LayerNorm::new(&(&bp / "norm1"), embed_dim, NORM_EPS)?,
-                attn: MaskUnitAttention {
-                    qkv: Linear::new(&(&bp / "attn" / "qkv"), embed_dim, 3 * dim_out, true)?,
-                    proj: Linear::new(&(&bp / "attn" / "proj"), dim_out, dim_out, true)?,
-                    heads: num_heads,
-                    dim_out,
-                    q_stride,
-                    window_size: flat_mu_size,
-                    use_mask_unit_attn,
-                },
-                norm2: LayerNorm::new(&(&bp / "norm2"), dim_out, NORM_EPS)?,
-                mlp: Mlp::timm(&(&bp / "mlp"), dim_out, (dim_out as f64 * c.mlp_ratio) as i64, Activation::Gelu)?,
-                proj: if dim_out != embed_dim {
-                    Some(Linear::new(&(&bp / "proj"), embed_dim, dim_out, true)?)
-                } else {
-                    None
-                },
-            });
+            let attention = BlockAttention { q_stride, window_size: flat_mu_size, use_mask_unit_attn };
+            blocks.push(HieraBlock::new(&(p / "blocks" / i), embed_dim, dim_out, num_heads, c.mlp_ratio, attention)?);
             embed_dim = dim_out;
         }
         Ok(Self {
@@ -311,8 +348,14 @@ impl Hiera {
             pos_embed,
             pos_embed_temporal,
             blocks,
-            norm: LayerNorm::new(&(p / "norm"), embed_dim, NORM_EPS)?,
-            head: Linear::new(&(p / "head" / "projection"), embed_dim, c.num_classes, true)?,
+            head: if with_head {
+                Some((
+                    LayerNorm::new(&(p / "norm"), embed_dim, NORM_EPS)?,
+                    Linear::new(&(p / "head" / "projection"), embed_dim, c.num_classes, true)?,
+                ))
+            } else {
+                None
+            },
             tokens_spatial_shape,
             mask_spatial_shape,
             stage_ends,
@@ -328,6 +371,21 @@ impl Hiera {
     /// Mask units per axis (the mask passed to [`Hiera::forward`] has their product per row).
     pub fn mask_spatial_shape(&self) -> &[i64] {
         &self.mask_spatial_shape
+    }
+
+    /// Tokens per axis after the patch embedding.
+    pub fn tokens_spatial_shape(&self) -> &[i64] {
+        &self.tokens_spatial_shape
+    }
+
+    /// Index of the last block of each stage.
+    pub fn stage_ends(&self) -> &[usize] {
+        &self.stage_ends
+    }
+
+    /// Output width of block `i`.
+    pub(crate) fn block_dim_out(&self, i: usize) -> Option<i64> {
+        self.blocks.get(i).map(HieraBlock::dim_out)
     }
 
     fn pos_embed(&self) -> Result<Tensor> {
@@ -420,22 +478,7 @@ impl Hiera {
         if masked {
             return Ok(x);
         }
-        // undo_windowing: [B, #MU, *mu, C] → [B, *size, C]
-        let num_mus: Vec<i64> = size.iter().zip(&mu_shape).map(|(s, m)| s / m).collect();
-        let mut shape = vec![b];
-        shape.extend(&num_mus);
-        shape.extend(&mu_shape);
-        shape.push(c);
-        let x = x.f_view(shape.as_slice())?;
-        let mut perm: Vec<i64> = vec![0];
-        for i in 1..=d as i64 {
-            perm.extend([i, i + d as i64]);
-        }
-        perm.push(2 * d as i64 + 1);
-        let mut out = vec![b];
-        out.extend(&size);
-        out.push(c);
-        Ok(x.f_permute(perm.as_slice())?.f_reshape(out.as_slice())?)
+        undo_windowing(&x, &size, &mu_shape)
     }
 
     /// Runs the model on `[B, 3, (T,) H, W]`. With `mask` (`[B, #mask units]`, true = keep, the
@@ -476,12 +519,36 @@ impl Hiera {
                 intermediates.push(self.reroll(&x, i, mask.is_some())?);
             }
         }
-        if mask.is_some() {
+        let Some((norm, head)) = self.head.as_ref().filter(|_| mask.is_none()) else {
             return Ok(HieraOutput { logits: None, probs: None, intermediates });
-        }
-        let pooled = self.norm.forward(&x.f_mean_dim(Some(&[1i64][..]), false, None::<Kind>)?)?;
-        let logits = self.head.forward(&pooled)?;
+        };
+        let pooled = norm.forward(&x.f_mean_dim(Some(&[1i64][..]), false, None::<Kind>)?)?;
+        let logits = head.forward(&pooled)?;
         let probs = softmax_last(&logits)?;
         Ok(HieraOutput { logits: Some(logits), probs: Some(probs), intermediates })
     }
+}
+
+/// `undo_windowing`: `[B, #MU, *mu_shape, C]` (mask units in raster order) → `[B, *size, C]`.
+pub(crate) fn undo_windowing(x: &Tensor, size: &[i64], mu_shape: &[i64]) -> Result<Tensor> {
+    let dims = x.size();
+    let (Some(&b), Some(&c)) = (dims.first(), dims.last()) else {
+        return Err(PerceptionError::Config { model: "hiera", message: "undo_windowing of a scalar".into() });
+    };
+    let d = size.len();
+    let num_mus: Vec<i64> = size.iter().zip(mu_shape).map(|(s, m)| s / m).collect();
+    let mut shape = vec![b];
+    shape.extend(&num_mus);
+    shape.extend(mu_shape);
+    shape.push(c);
+    let x = x.f_view(shape.as_slice())?; // [B, *#MU, *mu, C]
+    let mut perm: Vec<i64> = vec![0];
+    for i in 1..=d as i64 {
+        perm.extend([i, i + d as i64]);
+    }
+    perm.push(2 * d as i64 + 1);
+    let mut out = vec![b];
+    out.extend(size);
+    out.push(c);
+    Ok(x.f_permute(perm.as_slice())?.f_reshape(out.as_slice())?) // [B, *size, C]
 }

@@ -6,6 +6,8 @@
 //! - [`motion`]: motion segmentation by frame differencing, the first real tch model of the
 //!   runtime; its per-camera state is [`motion::MotionState`].
 //! - [`hiera`]: Hiera image and video backbones (official `hiera`), exact on the same weights.
+//! - [`hiera_mae`]: MAE pre-training of Hiera (official `MaskedAutoencoderHiera`), exact loss
+//!   and gradients; what `ocellus adapt` trains on a robot's own footage.
 //! - [`hieradet`]: HieraDet + FPN neck, SAM 2's image encoder (official `sam2`), exact.
 //! - [`sam2`]: SAM 2's prompt encoder, mask decoder and image prediction (official `sam2`).
 //! - [`clip`]: CLIP / MetaCLIP vision and text towers (official `open_clip`), exact; its BPE
@@ -15,7 +17,10 @@
 //! - [`hmr2`] and [`smpl`]: HMR 2.0 (3D people from crops) and the SMPL body model.
 //! - [`lart`]: LART action recognition over tracklets (AVA actions per person), with PHALP's
 //!   pose and joints vectors.
-//! - [`backbone`]: both by name.
+//! - [`revvit`]: the reversible ViT (two streams, activations rebuilt in the backward pass), for
+//!   training in memory that does not grow with depth.
+//! - [`vit`]: timm's `VisionTransformer`, the architecture of the MAWS checkpoints (exact).
+//! - [`backbone`]: Hiera, SAM 2 encoders and MAWS ViTs by name.
 //! - [`model`]: one way to load any of them ([`model::ModelSpec`]: name, weights, device,
 //!   precision).
 //! - [`weights`]: checked loading, seeded init, checkpoint import, manifests.
@@ -27,6 +32,7 @@ pub mod backbone;
 pub mod clip;
 pub mod diffmae;
 pub mod hiera;
+pub mod hiera_mae;
 pub mod hieradet;
 pub mod hmr2;
 pub mod lart;
@@ -34,8 +40,10 @@ pub mod model;
 pub mod motion;
 pub mod onnx;
 pub mod pickled_arrays;
+pub mod revvit;
 pub mod sam2;
 pub mod smpl;
+pub mod vit;
 pub mod weights;
 
 /// Errors of the perception crate.

@@ -157,6 +157,24 @@ impl Model for crate::diffmae::DiffMae {
     }
 }
 
+impl Model for crate::hiera_mae::MaskedAutoencoderHiera {
+    type Options = ();
+    const FAMILY: &'static str = "Hiera MAE";
+
+    fn names() -> Vec<&'static str> {
+        crate::hiera_mae::HieraMaeConfig::NAMES.to_vec()
+    }
+
+    fn build(name: &str, _options: &(), p: &Path) -> Result<Self> {
+        let config = crate::hiera_mae::HieraMaeConfig::by_name(name).ok_or_else(|| unknown_model::<Self>(name))?;
+        Self::new(p, &config)
+    }
+
+    fn config_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.config()).unwrap_or_default()
+    }
+}
+
 /// Options of a SAM 2 model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sam2Options {

@@ -24,6 +24,8 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Select a MetaCLIP-balanced subset of frames and captions from `.rrd` recordings.
     Curate(CurateArgs),
+    /// Keep learning a Hiera backbone's features on recorded camera images (MAE, no labels).
+    Adapt(Box<crate::adapt::AdaptArgs>),
     /// Model weights: import official checkpoints, or write seeded random ones.
     Weights(WeightsArgs),
     /// Print the JSON Schema of pipeline files (editor completion and checking).
@@ -40,6 +42,7 @@ impl Command {
             Self::Check(a) => a.run(),
             Self::Replay(a) => a.run(),
             Self::Curate(a) => crate::curate::run(&a).map(|()| ExitCode::SUCCESS),
+            Self::Adapt(a) => crate::adapt::run(&a).map(|_| ExitCode::SUCCESS),
             Self::Weights(a) => a.run(),
             Self::Schema(a) => a.run(),
             Self::Info(a) => a.run(),

@@ -65,6 +65,7 @@ pub struct Known {
 const SAM2_LICENCE: &str = "Apache-2.0";
 const HIERA_LICENCE: &str = "CC-BY-NC-4.0";
 const METACLIP_LICENCE: &str = "CC-BY-NC-4.0";
+const MAWS_LICENCE: &str = "CC-BY-NC-4.0";
 const LLAMA_LICENCE: &str = "Llama 3.2 Community License (gated: accept it on the Hub)";
 const HF_FOLDER: &[&str] = &["config.json", "model.safetensors", "tokenizer.json"];
 const HF_FOLDER_2: &[&str] =
@@ -92,7 +93,7 @@ macro_rules! url {
 }
 
 /// Every model `fetch` knows, with the locations the official packages download from
-/// (`sam2/build_sam.py`, `hiera/hiera.py`, `open_clip/pretrained.py`, 4D-Humans'
+/// (`sam2/build_sam.py`, `hiera/hiera.py`, `hiera/hiera_mae.py`, MAWS's `maws/model_builder.py`, `open_clip/pretrained.py`, 4D-Humans'
 /// `hmr2/models/__init__.py`, LART's `scripts/download_checkpoints.sh`, PHALP's tracker).
 pub const KNOWN: &[Known] = &[
     hub!("sam2.1_hiera_tiny", "facebook/sam2.1-hiera-tiny", "sam2.1_hiera_tiny.pt", SAM2_LICENCE),
@@ -109,6 +110,36 @@ pub const KNOWN: &[Known] = &[
     url!("hiera_base_plus_16x224", "https://dl.fbaipublicfiles.com/hiera/hiera_base_plus_16x224.pth", HIERA_LICENCE),
     url!("hiera_large_16x224", "https://dl.fbaipublicfiles.com/hiera/hiera_large_16x224.pth", HIERA_LICENCE),
     url!("hiera_huge_16x224", "https://dl.fbaipublicfiles.com/hiera/hiera_huge_16x224.pth", HIERA_LICENCE),
+    url!("mae_hiera_tiny_224", "https://dl.fbaipublicfiles.com/hiera/mae_hiera_tiny_224.pth", HIERA_LICENCE),
+    url!("mae_hiera_small_224", "https://dl.fbaipublicfiles.com/hiera/mae_hiera_small_224.pth", HIERA_LICENCE),
+    url!("mae_hiera_base_224", "https://dl.fbaipublicfiles.com/hiera/mae_hiera_base_224.pth", HIERA_LICENCE),
+    url!("mae_hiera_base_plus_224", "https://dl.fbaipublicfiles.com/hiera/mae_hiera_base_plus_224.pth", HIERA_LICENCE),
+    url!("mae_hiera_large_224", "https://dl.fbaipublicfiles.com/hiera/mae_hiera_large_224.pth", HIERA_LICENCE),
+    url!("mae_hiera_huge_224", "https://dl.fbaipublicfiles.com/hiera/mae_hiera_huge_224.pth", HIERA_LICENCE),
+    url!("mae_hiera_base_16x224", "https://dl.fbaipublicfiles.com/hiera/mae_hiera_base_16x224.pth", HIERA_LICENCE),
+    url!(
+        "mae_hiera_base_plus_16x224",
+        "https://dl.fbaipublicfiles.com/hiera/mae_hiera_base_plus_16x224.pth",
+        HIERA_LICENCE
+    ),
+    url!("mae_hiera_large_16x224", "https://dl.fbaipublicfiles.com/hiera/mae_hiera_large_16x224.pth", HIERA_LICENCE),
+    url!("mae_hiera_huge_16x224", "https://dl.fbaipublicfiles.com/hiera/mae_hiera_huge_16x224.pth", HIERA_LICENCE),
+    url!("maws_vit_b16", "https://dl.fbaipublicfiles.com/maws/pretrain/maws/vit_b16.pt", MAWS_LICENCE),
+    url!("maws_vit_l16", "https://dl.fbaipublicfiles.com/maws/pretrain/maws/vit_l16.pt", MAWS_LICENCE),
+    url!("maws_vit_h14", "https://dl.fbaipublicfiles.com/maws/pretrain/maws/vit_h14.pt", MAWS_LICENCE),
+    url!("maws_vit_2b14", "https://dl.fbaipublicfiles.com/maws/pretrain/maws/vit_2b14.pt", MAWS_LICENCE),
+    url!("mae_vit_b16", "https://dl.fbaipublicfiles.com/maws/pretrain/mae/vit_b16.pt", MAWS_LICENCE),
+    url!("mae_vit_l16", "https://dl.fbaipublicfiles.com/maws/pretrain/mae/vit_l16.pt", MAWS_LICENCE),
+    url!("mae_vit_h14", "https://dl.fbaipublicfiles.com/maws/pretrain/mae/vit_h14.pt", MAWS_LICENCE),
+    url!("mae_vit_2b14", "https://dl.fbaipublicfiles.com/maws/pretrain/mae/vit_2b14.pt", MAWS_LICENCE),
+    url!("maws_vit_b16_ft_in1k", "https://dl.fbaipublicfiles.com/maws/finetune/in1k/maws/vit_b16_512.pt", MAWS_LICENCE),
+    url!("maws_vit_l16_ft_in1k", "https://dl.fbaipublicfiles.com/maws/finetune/in1k/maws/vit_l16_512.pt", MAWS_LICENCE),
+    url!("maws_vit_h14_ft_in1k", "https://dl.fbaipublicfiles.com/maws/finetune/in1k/maws/vit_h14_518.pt", MAWS_LICENCE),
+    url!(
+        "maws_vit_2b14_ft_in1k",
+        "https://dl.fbaipublicfiles.com/maws/finetune/in1k/maws/vit_2b14_518.pt",
+        MAWS_LICENCE
+    ),
     // open_clip's `metaclip_fullcc` tags (MetaCLIP 2.5B).
     hub!(
         "ViT-B-32-quickgelu",

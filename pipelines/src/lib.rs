@@ -8,11 +8,13 @@
 //! - [`graph`]: turns a validated configuration into an [`ocellus_runtime::Pipeline`].
 //! - [`replay`]: `ocellus replay`, a pipeline fed the camera images of a recording, on its
 //!   clock.
+//! - [`adapt`]: `ocellus adapt`, MAE adaptation of a Hiera backbone on recorded camera images.
 //! - [`curate`]: `ocellus curate`, MetaCLIP-balanced frames and captions from recordings.
 //! - [`tools`]: `ocellus weights import | init`.
 //! - [`cli`]: the subcommands, one argument struct each.
 #![warn(missing_docs)]
 
+pub mod adapt;
 pub mod cli;
 pub mod config;
 pub mod curate;

@@ -1,4 +1,4 @@
-//! `ocellus weights import | init`, for every model: Hiera, SAM 2, MetaCLIP, DiffMAE, HMR 2.0,
+//! `ocellus weights import | init`, for every model: Hiera (and its MAE), SAM 2, MetaCLIP, DiffMAE, HMR 2.0,
 //! LART, Llama 3, and the SMPL body model (import only: the user's own licensed file).
 
 use std::path::{Path, PathBuf};
@@ -13,11 +13,13 @@ use ocellus_perception::backbone::Backbone;
 use ocellus_perception::clip::Clip;
 use ocellus_perception::diffmae::DiffMae;
 use ocellus_perception::hiera::HieraConfig;
+use ocellus_perception::hiera_mae::MaskedAutoencoderHiera;
 use ocellus_perception::hmr2::Hmr2;
 use ocellus_perception::lart::Lart;
 use ocellus_perception::model::{Model, ModelSpec, WeightsSource};
 use ocellus_perception::sam2::Sam2;
 use ocellus_perception::smpl;
+use ocellus_perception::vit::VitConfig;
 use ocellus_perception::weights::{self, Manifest};
 use tch::{Device, Kind, Tensor};
 
@@ -38,6 +40,7 @@ enum Family {
     Sam2,
     Clip,
     Hiera,
+    HieraMae,
     Hmr2,
     Lart,
     Smpl,
@@ -59,6 +62,8 @@ impl Family {
             Self::Clip
         } else if has(Backbone::names()) {
             Self::Hiera
+        } else if has(MaskedAutoencoderHiera::names()) {
+            Self::HieraMae
         } else if has(Hmr2::names()) {
             Self::Hmr2
         } else if has(Lart::names()) {
@@ -71,6 +76,8 @@ impl Family {
                 Sam2::names(),
                 Clip::names(),
                 HieraConfig::NAMES.to_vec(),
+                VitConfig::NAMES.to_vec(),
+                MaskedAutoencoderHiera::names(),
                 Hmr2::names(),
                 Lart::names(),
                 vec![SMPL],
@@ -122,6 +129,7 @@ pub fn import_with_extra(model: &str, checkpoint: &Path, extra: Option<&Path>, o
         Family::Sam2 => Ok(import_sam2(model, checkpoint, out)?),
         Family::Clip => Ok(import_model::<Clip>(model, checkpoint, out)?),
         Family::Hiera => Ok(import_model::<Backbone>(model, checkpoint, out)?),
+        Family::HieraMae => Ok(import_model::<MaskedAutoencoderHiera>(model, checkpoint, out)?),
     }
 }
 
@@ -210,6 +218,7 @@ pub fn init(model: &str, seed: i64, out: &Path) -> anyhow::Result<Manifest> {
         Family::Sam2 => Ok(init_model::<Sam2>(model, seed, out)?),
         Family::Clip => Ok(init_model::<Clip>(model, seed, out)?),
         Family::Hiera => Ok(init_model::<Backbone>(model, seed, out)?),
+        Family::HieraMae => Ok(init_model::<MaskedAutoencoderHiera>(model, seed, out)?),
         Family::Hmr2 => Ok(init_model::<Hmr2>(model, seed, out)?),
         Family::Lart => Ok(init_model::<Lart>(model, seed, out)?),
         Family::Smpl => anyhow::bail!(

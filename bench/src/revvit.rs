@@ -1,0 +1,212 @@
+//! Training memory of the reversible ViT against the same network under ordinary autograd, by
+//! depth: one child process per (mode, depth) so that each peak RSS is its own.
+//!
+//! A child builds the model on seeded weights, takes one warm-up step (allocating the
+//! gradients), records its resident set, resets the kernel's peak (`/proc/self/clear_refs`,
+//! value 5) and takes one measured step (forward, cross-entropy, backward). Reported per step:
+//! peak − resident before it, i.e. the activations and temporaries training needs beyond the
+//! weights and gradients. glibc's mmap threshold is pinned in the children so that freed tensors
+//! go back to the system and the resident set follows what is alive.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, ValueEnum};
+use ocellus_perception::revvit::{RevVit, RevVitConfig};
+use ocellus_perception::weights;
+use serde::{Deserialize, Serialize};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+/// glibc's mmap threshold in the children: allocations above it are mapped and unmapped.
+const MMAP_THRESHOLD: &str = "65536";
+/// Seed of the weights and the batch.
+const SEED: i64 = 21;
+
+/// How a child trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Reversible backpropagation (activations rebuilt).
+    Reversible,
+    /// Ordinary autograd (activations kept).
+    Vanilla,
+}
+
+/// `ocellus-bench revvit`.
+#[derive(Debug, Args)]
+pub struct RevVitBenchArgs {
+    /// Depths to measure.
+    #[arg(long, value_delimiter = ',', default_value = "4,8,16,32")]
+    pub depths: Vec<usize>,
+    /// Images per step.
+    #[arg(long, default_value_t = 8)]
+    pub batch: i64,
+    /// Width of each stream.
+    #[arg(long, default_value_t = 192)]
+    pub embed_dim: i64,
+    /// Attention heads.
+    #[arg(long, default_value_t = 3)]
+    pub heads: i64,
+    /// Input side (pixels).
+    #[arg(long, default_value_t = 64)]
+    pub image: i64,
+    /// Patch side (pixels).
+    #[arg(long, default_value_t = 4)]
+    pub patch: i64,
+    /// Threads of libtorch.
+    #[arg(long, default_value_t = 2)]
+    pub threads: i32,
+    /// Folder for `revvit.json`.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// (child process) Measure this depth only and print one JSON line.
+    #[arg(long, hide = true)]
+    pub child_depth: Option<usize>,
+    /// (child process) In this mode.
+    #[arg(long, hide = true, value_enum)]
+    pub child_mode: Option<Mode>,
+}
+
+/// One measurement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Measurement {
+    /// Blocks.
+    pub depth: usize,
+    /// Training mode.
+    pub mode: Mode,
+    /// Parameters (MiB, fp32).
+    pub params_mib: f64,
+    /// Resident set before the measured step (MiB).
+    pub resident_mib: f64,
+    /// Peak of the measured step above it (MiB).
+    pub step_peak_mib: f64,
+    /// Wall time of the measured step (s).
+    pub step_s: f64,
+}
+
+fn status_mib(field: &str) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .with_context(|| format!("no {field} in /proc/self/status"))?;
+    Ok(kib / 1024.0)
+}
+
+fn config(args: &RevVitBenchArgs, depth: usize) -> RevVitConfig {
+    RevVitConfig {
+        embed_dim: args.embed_dim,
+        n_head: args.heads,
+        depth,
+        patch_size: [args.patch, args.patch],
+        image_size: [args.image, args.image],
+        num_classes: 10,
+    }
+}
+
+/// The child: one model, one warm-up step, one measured step.
+fn child(args: &RevVitBenchArgs, depth: usize, mode: Mode) -> anyhow::Result<Measurement> {
+    tch::set_num_threads(args.threads);
+    let vs = VarStore::new(Device::Cpu);
+    let config = config(args, depth);
+    let model = RevVit::new(&vs.root(), &config)?;
+    weights::init_seeded(&vs, SEED)?;
+    let (x, labels) = ocellus_kernels::seeded(SEED + 1, || {
+        (
+            Tensor::randn([args.batch, 3, args.image, args.image], (Kind::Float, Device::Cpu)),
+            Tensor::randint(config.num_classes, [args.batch], (Kind::Int64, Device::Cpu)),
+        )
+    });
+    let loss_of = |logits: &Tensor| -> ocellus_perception::Result<Tensor> {
+        Ok(logits.f_cross_entropy_loss::<Tensor>(&labels, None, tch::Reduction::Mean, -100, 0.0)?)
+    };
+    let step = || -> anyhow::Result<()> {
+        match mode {
+            Mode::Reversible => {
+                let _loss = model.forward_backward(&x, loss_of)?;
+            }
+            Mode::Vanilla => loss_of(&model.forward(&x)?)?.f_backward()?,
+        }
+        Ok(())
+    };
+    step()?;
+    for mut v in vs.trainable_variables() {
+        v.zero_grad();
+    }
+    let resident = status_mib("VmRSS:")?;
+    std::fs::write("/proc/self/clear_refs", "5").context("resetting the peak resident set")?;
+    let start = Instant::now();
+    step()?;
+    let step_s = start.elapsed().as_secs_f64();
+    let peak = status_mib("VmHWM:")?;
+    let params: i64 = vs.trainable_variables().iter().map(Tensor::numel).map(|n| n as i64).sum();
+    Ok(Measurement {
+        depth,
+        mode,
+        params_mib: params as f64 * 4.0 / (1024.0 * 1024.0),
+        resident_mib: resident,
+        step_peak_mib: peak - resident,
+        step_s,
+    })
+}
+
+/// Runs the benchmark (or, with the hidden child arguments, one measurement).
+pub fn run(args: &RevVitBenchArgs) -> anyhow::Result<Vec<Measurement>> {
+    if let (Some(depth), Some(mode)) = (args.child_depth, args.child_mode) {
+        let m = child(args, depth, mode)?;
+        println!("{}", serde_json::to_string(&m)?);
+        return Ok(vec![m]);
+    }
+    let exe = std::env::current_exe()?;
+    let mut all = Vec::new();
+    for &depth in &args.depths {
+        for mode in [Mode::Vanilla, Mode::Reversible] {
+            let mode_name = serde_json::to_value(mode)?.as_str().unwrap_or_default().to_string();
+            let out = Command::new(&exe)
+                .env("MALLOC_MMAP_THRESHOLD_", MMAP_THRESHOLD)
+                .args(["revvit", "--child-depth", &depth.to_string(), "--child-mode", &mode_name])
+                .args(["--batch", &args.batch.to_string(), "--embed-dim", &args.embed_dim.to_string()])
+                .args(["--heads", &args.heads.to_string(), "--image", &args.image.to_string()])
+                .args(["--patch", &args.patch.to_string(), "--threads", &args.threads.to_string()])
+                .output()?;
+            if !out.status.success() {
+                bail!("depth {depth} {mode_name}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            let line = String::from_utf8_lossy(&out.stdout);
+            let m: Measurement = serde_json::from_str(line.lines().last().unwrap_or_default())
+                .with_context(|| format!("child output {line:?}"))?;
+            all.push(m);
+        }
+    }
+    println!(
+        "RevViT training step, batch {}, {}×{} px, patch {}, width {} ×2 streams, {} threads (CPU peak RSS above the resident weights and gradients)",
+        args.batch, args.image, args.image, args.patch, args.embed_dim, args.threads
+    );
+    println!(
+        "| depth | params MiB | ordinary MiB | reversible MiB | ordinary / reversible | ordinary s | reversible s |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for pair in all.chunks(2) {
+        if let [v, r] = pair {
+            println!(
+                "| {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} |",
+                v.depth,
+                v.params_mib,
+                v.step_peak_mib,
+                r.step_peak_mib,
+                v.step_peak_mib / r.step_peak_mib.max(f64::MIN_POSITIVE),
+                v.step_s,
+                r.step_s
+            );
+        }
+    }
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("revvit.json"), serde_json::to_string_pretty(&all)?)?;
+    }
+    Ok(all)
+}

@@ -1,0 +1,171 @@
+//! `ocellus adapt` through the binary: MAE adaptation of Hiera-T on the camera images of a
+//! recording the pipeline wrote; a run stopped at step 2 and resumed ends bit for bit where an
+//! uninterrupted run ends; the output loads as the backbone, with the trunk changed and the
+//! head kept; what cannot be trained on is refused with a reason.
+#![allow(clippy::unwrap_used)] // tests may unwrap, helpers included
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ocellus_perception::backbone::Backbone;
+use ocellus_perception::model::{ModelSpec, WeightsSource};
+use tch::{Device, Tensor};
+
+fn ocellus() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ocellus"))
+}
+
+fn scratch(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(test);
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// 20 frames of the moving-ball test pattern at 320×240, recorded by the Rerun sink.
+fn recording(dir: &Path) -> PathBuf {
+    let rrd = dir.join("camera.rrd");
+    let config = dir.join("record.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[source]]\nname = \"front\"\npreset = {{ kind = \"test_pattern\", pattern = \"ball\", width = 320, height = 240, frames = 20 }}\n\n\
+             [[sink]]\nkind = \"rerun\"\ninputs = [\"front\"]\nsave = \"{}\"\n",
+            rrd.display()
+        ),
+    )
+    .unwrap();
+    let out = ocellus().args(["run", config.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    rrd
+}
+
+fn adapt(rrd: &Path, extra: &[&str]) -> std::process::Output {
+    let args = ["adapt", "--model", "hiera_tiny_224", "--random-weights", "3", "--from", rrd.to_str().unwrap()];
+    let schedule =
+        ["--steps", "4", "--batch", "2", "--warmup-steps", "1", "--blr", "0.01", "--threads", "2", "--seed", "7"];
+    ocellus().args(args).args(schedule).args(extra).output().unwrap()
+}
+
+fn report(out: &std::process::Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(&stdout[stdout.find('{').unwrap()..]).unwrap()
+}
+
+fn tensors(path: &Path) -> Vec<(String, Tensor)> {
+    let mut t = Tensor::read_safetensors(path).unwrap();
+    t.sort_by(|a, b| a.0.cmp(&b.0));
+    t
+}
+
+#[test]
+fn adapt_trains_on_a_recording_resumes_exactly_and_writes_a_loadable_backbone() {
+    let dir = scratch("adapt_resume");
+    let rrd = recording(&dir);
+    let (a, b) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+    let (ck_a, ck_b) = (dir.join("a.ckpt"), dir.join("b.ckpt"));
+
+    // Uninterrupted.
+    let whole = report(&adapt(&rrd, &["--out", a.to_str().unwrap(), "--checkpoint", ck_a.to_str().unwrap()]));
+    println!("{whole:#}");
+    assert_eq!((whole["start_step"].as_u64(), whole["end_step"].as_u64()), (Some(0), Some(4)));
+    assert_eq!(whole["finished"], true);
+    assert_eq!((whole["train_frames"].as_u64(), whole["held_out_frames"].as_u64()), (Some(18), Some(2)));
+    assert!(whole["steps_per_s"].as_f64().unwrap() > 0.0);
+    let (before, after) =
+        (whole["held_out_loss_before"].as_f64().unwrap(), whole["held_out_loss_after"].as_f64().unwrap());
+    assert!(before.is_finite() && after.is_finite() && before != after, "{before} {after}");
+
+    // Stopped at step 2, then resumed from the checkpoint.
+    let first =
+        report(&adapt(&rrd, &["--out", b.to_str().unwrap(), "--checkpoint", ck_b.to_str().unwrap(), "--stop-at", "2"]));
+    assert_eq!((first["end_step"].as_u64(), first["finished"].as_bool()), (Some(2), Some(false)));
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("b.ckpt.json")).unwrap()).unwrap();
+    assert_eq!(meta["step"], 2);
+    let rest = report(&adapt(&rrd, &["--out", b.to_str().unwrap(), "--checkpoint", ck_b.to_str().unwrap()]));
+    assert_eq!((rest["start_step"].as_u64(), rest["end_step"].as_u64()), (Some(2), Some(4)));
+    let (ta, tb) = (tensors(&a), tensors(&b));
+    assert_eq!(ta.len(), tb.len());
+    for ((ka, va), (kb, vb)) in ta.iter().zip(&tb) {
+        assert_eq!(ka, kb);
+        assert!(va.equal(vb), "{ka} differs between the whole run and the resumed one");
+    }
+    for ((ka, va), (_, vb)) in tensors(&ck_a).iter().zip(&tensors(&ck_b)) {
+        assert!(va.equal(vb), "checkpoint {ka} differs");
+    }
+
+    // The output is a backbone like any other: same keys as the starting weights, the trunk
+    // trained, norm and head as they were.
+    let loaded = ModelSpec {
+        name: "hiera_tiny_224".into(),
+        weights: WeightsSource::File(b.clone()),
+        device: Device::Cpu,
+        dtype: ocellus_kernels::DType::F32,
+    }
+    .load::<Backbone>()
+    .unwrap();
+    drop(loaded);
+    let init = dir.join("init.safetensors");
+    let out = ocellus()
+        .args(["weights", "init", "--model", "hiera_tiny_224", "--seed", "3", "--out", init.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let start: std::collections::HashMap<String, Tensor> = tensors(&init).into_iter().collect();
+    for (k, v) in &tb {
+        let same = v.equal(&start[k]);
+        if k.starts_with("norm.") || k.starts_with("head.") {
+            assert!(same, "{k} changed");
+        } else if k == "blocks.0.attn.qkv.weight" || k == "pos_embed" {
+            assert!(!same, "{k} did not train");
+        }
+    }
+    let manifest = std::fs::read_to_string(ocellus_perception::weights::manifest_path(&b)).unwrap();
+    assert!(manifest.contains("adapt seed=3"), "{manifest}");
+
+    // A checkpoint of other settings is not resumed.
+    let out = adapt(
+        &rrd,
+        &[
+            "--out",
+            dir.join("c.safetensors").to_str().unwrap(),
+            "--checkpoint",
+            ck_a.to_str().unwrap(),
+            "--mask-ratio",
+            "0.75",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("written by a different run"), "{err}");
+}
+
+#[test]
+fn adapt_refuses_what_it_cannot_train_on() {
+    let dir = scratch("adapt_refusals");
+    let rrd = recording(&dir);
+    let out_file = dir.join("x.safetensors");
+    let run = |args: &[&str]| {
+        let mut cmd = ocellus();
+        cmd.args([
+            "adapt",
+            "--random-weights",
+            "1",
+            "--from",
+            rrd.to_str().unwrap(),
+            "--out",
+            out_file.to_str().unwrap(),
+        ]);
+        let out = cmd.args(args).output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(&["--model", "hiera_base_16x224"]);
+    assert!(err.contains("adapt takes a Hiera image model (hiera_tiny_224"), "{err}");
+    let err = run(&["--model", "hiera_tiny_224", "--camera", "back"]);
+    assert!(err.contains("no images of camera \"back\""), "{err}");
+    let err = run(&["--model", "hiera_tiny_224", "--mixed-precision"]);
+    assert!(err.contains("--mixed-precision needs a CUDA device"), "{err}");
+    assert!(!out_file.exists());
+}
