@@ -88,13 +88,7 @@ pub struct Measurement {
 }
 
 fn status_mib(field: &str) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let kib = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .with_context(|| format!("no {field} in /proc/self/status"))?;
-    Ok(kib / 1024.0)
+    crate::proc_status_mib(field).with_context(|| format!("no {field} in /proc/self/status"))
 }
 
 fn config(args: &RevVitBenchArgs, depth: usize) -> RevVitConfig {

@@ -33,6 +33,15 @@ impl Normalization {
     /// CLIP / MetaCLIP statistics.
     pub const CLIP: Self =
         Self { mean: [0.481_454_66, 0.457_827_5, 0.408_210_73], std: [0.268_629_54, 0.261_302_58, 0.275_777_11] };
+
+    /// `(x - mean) / std` per channel of `[B, 3, H, W]`, on `x`'s device.
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let device = x.device();
+        let mean =
+            Tensor::f_from_slice(&self.mean)?.f_to_kind(Kind::Float)?.f_to_device(device)?.f_view([1, 3, 1, 1])?;
+        let std = Tensor::f_from_slice(&self.std)?.f_to_kind(Kind::Float)?.f_to_device(device)?.f_view([1, 3, 1, 1])?;
+        Ok(x.f_sub(&mean)?.f_div(&std)?)
+    }
 }
 
 /// One plane as a `[rows, cols]` u8 tensor on `device`, cut to its visible bytes.
@@ -96,9 +105,7 @@ pub fn frame_to_tensor(
         x = x.f_upsample_bilinear2d([th, tw], false, None, None)?;
     }
     if let Some(n) = norm {
-        let mean = Tensor::f_from_slice(&n.mean)?.f_to_kind(Kind::Float)?.f_to_device(device)?.f_view([1, 3, 1, 1])?;
-        let std = Tensor::f_from_slice(&n.std)?.f_to_kind(Kind::Float)?.f_to_device(device)?.f_view([1, 3, 1, 1])?;
-        x = x.f_sub(&mean)?.f_div(&std)?;
+        x = n.apply(&x)?;
     }
     Ok(x.f_contiguous()?)
 }
@@ -282,12 +289,7 @@ impl Transform {
             check_region(rh, rw, t, l, ah, aw)?;
             x = x.f_narrow(2, t, ah)?.f_narrow(3, l, aw)?; // [1, 3, crop, crop]
         }
-        let device = x.device();
-        let mean =
-            Tensor::f_from_slice(&self.norm.mean)?.f_to_kind(Kind::Float)?.f_to_device(device)?.f_view([1, 3, 1, 1])?;
-        let std =
-            Tensor::f_from_slice(&self.norm.std)?.f_to_kind(Kind::Float)?.f_to_device(device)?.f_view([1, 3, 1, 1])?;
-        Ok(x.f_sub(&mean)?.f_div(&std)?.f_contiguous()?)
+        Ok(self.norm.apply(&x)?.f_contiguous()?)
     }
 }
 

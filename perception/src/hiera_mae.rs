@@ -49,11 +49,12 @@ pub fn is_trunk_key(name: &str) -> bool {
 /// weights, zero biases, unit LayerNorms, `mask_token` and `decoder_pos_embed` at N(0, 0.02²),
 /// the fusion convolutions at PyTorch's default (uniform ±1/√fan_in). The trunk is left as it is.
 pub fn init_heads(vs: &VarStore, seed: i64) -> Result<()> {
-    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(k, _)| !is_trunk_key(k)).collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let all = vs.variables();
+    let mut vars: Vec<(&String, &Tensor)> = all.iter().filter(|(k, _)| !is_trunk_key(k)).collect();
+    vars.sort_by(|a, b| a.0.cmp(b.0));
     ocellus_kernels::seeded(seed, || -> Result<()> {
         let _no_grad = tch::no_grad_guard();
-        for (name, mut v) in vars {
+        for (name, v) in vars {
             let dims = v.size();
             let options = (Kind::Float, v.device());
             let uniform = |bound: f64| -> Result<Tensor> {
@@ -64,8 +65,7 @@ pub fn init_heads(vs: &VarStore, seed: i64) -> Result<()> {
                 Tensor::f_randn(dims.as_slice(), options)?.f_mul_scalar(TOKEN_INIT_STD)?
             } else if conv {
                 // fan_in of the convolution whose weight or bias this is.
-                let weight =
-                    vs.variables().get(&name.replace(".bias", ".weight")).map(Tensor::size).unwrap_or_default();
+                let weight = all.get(&name.replace(".bias", ".weight")).map(Tensor::size).unwrap_or_default();
                 let fan_in: i64 = weight.iter().skip(1).product();
                 uniform(1.0 / (fan_in.max(1) as f64).sqrt())?
             } else if name.ends_with(".bias") {
@@ -75,7 +75,7 @@ pub fn init_heads(vs: &VarStore, seed: i64) -> Result<()> {
             } else {
                 uniform((6.0 / (dims[0] + dims[1]) as f64).sqrt())?
             };
-            v.f_copy_(&value)?;
+            v.shallow_clone().f_copy_(&value)?;
         }
         Ok(())
     })
@@ -284,23 +284,20 @@ impl MaskedAutoencoderHiera {
     /// Encoder features of the kept units, the pooled stages fused: `[B, #kept, *mu_final, C]`.
     fn forward_encoder(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let intermediates = self.encoder.forward(x, Some(mask), true)?.intermediates;
-        let q_pool = self.config.encoder.q_pool;
-        // Resolution is unchanged after the pooled stages: those in between are skipped.
+        // Resolution is unchanged after the pooled stages: those in between are skipped. The sum
+        // runs in the official order: each pooled stage through its head, then the last stage.
         let last = intermediates.last().ok_or_else(|| config_error("no intermediates".into()))?;
-        let mut fused: Option<Tensor> = None;
-        for (head, t) in
-            self.fusion_heads.iter().map(Some).chain([None]).zip(intermediates[..q_pool].iter().chain([last]))
-        {
-            let y = match head {
-                Some(head) => apply_fusion_head(head, t)?,
-                None => t.shallow_clone(),
-            };
-            fused = Some(match fused {
-                Some(acc) => acc.f_add(&y)?,
-                None => y,
-            });
-        }
-        let fused = fused.ok_or_else(|| config_error("nothing to fuse".into()))?;
+        let mut pooled = self.fusion_heads.iter().zip(&intermediates).map(|(head, t)| apply_fusion_head(head, t));
+        let fused = match pooled.next() {
+            None => last.shallow_clone(),
+            Some(first) => {
+                let mut acc = first?;
+                for y in pooled {
+                    acc = acc.f_add(&y?)?;
+                }
+                acc.f_add(last)?
+            }
+        };
         Ok(self.encoder_norm.forward(&fused)?)
     }
 

@@ -302,14 +302,6 @@ fn read_frames(args: &AdaptArgs) -> anyhow::Result<Frames> {
     Ok(Frames { train, held_out, skipped })
 }
 
-/// ImageNet normalization of `[B, 3, H, W]` in `[0, 1]`.
-fn normalize(x: &Tensor) -> anyhow::Result<Tensor> {
-    let n = Normalization::IMAGENET;
-    let mean = Tensor::from_slice(&n.mean).f_to_kind(Kind::Float)?.f_view([1, 3, 1, 1])?.f_to_device(x.device())?;
-    let std = Tensor::from_slice(&n.std).f_to_kind(Kind::Float)?.f_view([1, 3, 1, 1])?.f_to_device(x.device())?;
-    Ok(x.f_sub(&mean)?.f_div(&std)?)
-}
-
 /// A crop `(top, left, height, width)` of an `h × w` image, as torchvision's
 /// `RandomResizedCrop.get_params` draws it.
 fn random_crop(rng: &mut StdRng, h: i64, w: i64) -> (i64, i64, i64, i64) {
@@ -374,7 +366,7 @@ fn training_batch(
         let crop = random_crop(&mut rng, h, w);
         images.push(crop_resize(frame, crop, side, rng.random_bool(0.5))?);
     }
-    let x = normalize(&Tensor::f_cat(&images, 0)?.f_to_device(device)?)?;
+    let x = Normalization::IMAGENET.apply(&Tensor::f_cat(&images, 0)?.f_to_device(device)?)?;
     let mask_seed = (seed >> 1) as i64; // libtorch seeds are signed
     let mask = ocellus_kernels::seeded(mask_seed, || mae.random_mask(args.batch, args.mask_ratio, device))?;
     Ok((x, mask))
@@ -396,7 +388,8 @@ fn held_out_loss(
     for (i, frame) in frames.iter().enumerate() {
         let (h, w) = (frame.size()[1], frame.size()[2]);
         let s = h.min(w);
-        let x = normalize(&crop_resize(frame, ((h - s) / 2, (w - s) / 2, s, s), side, false)?.f_to_device(device)?)?;
+        let x = Normalization::IMAGENET
+            .apply(&crop_resize(frame, ((h - s) / 2, (w - s) / 2, s, s), side, false)?.f_to_device(device)?)?;
         let mask = ocellus_kernels::seeded(i as i64, || mae.random_mask(1, args.mask_ratio, device))?;
         total += mae.forward(&x, args.mask_ratio, Some(&mask))?.loss.f_double_value(&[])?;
     }
@@ -471,16 +464,20 @@ fn save_checkpoint(path: &Path, vs: &VarStore, opt: &AdamW, meta: &CheckpointMet
         .map(|(k, v)| (format!("{MODEL_PREFIX}{k}"), v.detach().to_device(Device::Cpu)))
         .collect();
     named.extend(opt.state()?.into_iter().map(|(k, v)| (format!("{OPTIM_PREFIX}{k}"), v.to_device(Device::Cpu))));
+    write_atomically(path, |tmp| Ok(Tensor::write_safetensors(&named, tmp)?))?;
+    let text = serde_json::to_string_pretty(meta)?;
+    write_atomically(&checkpoint_meta_path(path), |tmp| Ok(std::fs::write(tmp, &text)?))
+}
+
+/// Writes `path` through a `.partial` file renamed into place (its folder made first), so an
+/// interrupted write never leaves half a file under the final name.
+fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
     let tmp = path.with_extension("partial");
-    Tensor::write_safetensors(&named, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)?;
-    let meta_path = checkpoint_meta_path(path);
-    let tmp = meta_path.with_extension("partial");
-    std::fs::write(&tmp, serde_json::to_string_pretty(meta)?)?;
-    std::fs::rename(&tmp, &meta_path)?;
+    write(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
 
@@ -541,12 +538,7 @@ fn write_backbone(
             (k.clone(), trained.get(k).map_or_else(|| v.shallow_clone(), |t| t.detach().to_device(Device::Cpu)))
         })
         .collect();
-    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = args.out.with_extension("partial");
-    Tensor::write_safetensors(&named, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &args.out)?;
+    write_atomically(&args.out, |tmp| Ok(Tensor::write_safetensors(&named, tmp)?))?;
     let start = match (&args.weights, args.random_weights) {
         (Some(p), _) => p.display().to_string(),
         (None, seed) => format!("seed={}", seed.unwrap_or_default()),
