@@ -169,3 +169,23 @@ fn adapt_refuses_what_it_cannot_train_on() {
     assert!(err.contains("--mixed-precision needs a CUDA device"), "{err}");
     assert!(!out_file.exists());
 }
+
+#[test]
+fn gradient_accumulation_takes_several_micro_batches_per_step() {
+    let dir = scratch("adapt_accum");
+    let rrd = recording(&dir);
+    let run = |accum: &str| {
+        let out = dir.join(format!("accum{accum}.safetensors"));
+        let args = ["adapt", "--model", "hiera_tiny_224", "--random-weights", "3", "--from", rrd.to_str().unwrap()];
+        let schedule =
+            ["--steps", "2", "--batch", "1", "--accum", accum, "--threads", "2", "--out", out.to_str().unwrap()];
+        (report(&ocellus().args(args).args(schedule).output().unwrap()), tensors(&out))
+    };
+    let (one, single) = run("1");
+    let (two, accumulated) = run("2");
+    assert_eq!((two["end_step"].as_u64(), two["finished"].as_bool()), (Some(2), Some(true)));
+    assert!(two["train_loss_last"].as_f64().unwrap().is_finite() && one["train_loss_last"] != two["train_loss_last"]);
+    // Two micro-batches a step (and the rate scaled to the effective batch) train differently.
+    let differ = single.iter().zip(&accumulated).any(|((k, a), (_, b))| k == "blocks.0.attn.qkv.weight" && !a.equal(b));
+    assert!(differ, "two micro-batches a step gave the same weights as one");
+}
