@@ -166,6 +166,8 @@ pub fn run(args: &AdaptBenchArgs) -> anyhow::Result<Evidence> {
             random_weights: None,
             decoder: None,
             recordings: vec![rrd],
+            config: None,
+            collect: std::time::Duration::from_secs(60),
             camera: None,
             steps: args.steps,
             minutes: None,

@@ -2,6 +2,7 @@
 //! does on a machine's accelerator — parity of the models on CUDA in fp32 and bf16 against
 //! the same models on the CPU in fp32 (which the parity tests tie to the official code),
 //! MAE Hiera-T training (loss and every gradient) and its steps/s in fp32 and under autocast,
+//! the reversible ViT's training memory against ordinary autograd at depths 4 to 32,
 //! SAM 2.1 tiny streaming frames/s with 1, 4 and 16 objects, Hiera-B+ images/s, Llama 3.2 1B
 //! decode tokens/s in bf16 and int4 against the device's bandwidth bound, and RSS and VRAM
 //! late in a long stream. It writes `device-check.json` and `device-check.md` to `--out`.
@@ -68,6 +69,8 @@ struct Plan {
     hiera_iters: usize,
     mae_batch: i64,
     mae_steps: usize,
+    revvit_depths: Vec<usize>,
+    revvit_batch: i64,
     memory_frames: u64,
     memory_objects: usize,
     prompt_len: usize,
@@ -94,6 +97,8 @@ impl Plan {
                 hiera_iters: 2,
                 mae_batch: 2,
                 mae_steps: 2,
+                revvit_depths: vec![2, 4],
+                revvit_batch: 2,
                 memory_frames: 20,
                 memory_objects: 2,
                 prompt_len: 16,
@@ -119,6 +124,8 @@ impl Plan {
                 hiera_iters: 10,
                 mae_batch: 32,
                 mae_steps: 10,
+                revvit_depths: vec![4, 8, 16, 32],
+                revvit_batch: 64,
                 memory_frames: 2000,
                 memory_objects: 4,
                 prompt_len: 128,
@@ -375,6 +382,23 @@ pub fn run(args: &DeviceCheckArgs) -> anyhow::Result<Value> {
         mae_rows.push(json!({"autocast": mixed, "steps_per_s": steps_per_s}));
     }
 
+    // Training memory of the reversible ViT against ordinary autograd, by depth (children).
+    let revvit_args = crate::revvit::RevVitBenchArgs {
+        depths: plan.revvit_depths.clone(),
+        batch: plan.revvit_batch,
+        embed_dim: 192,
+        heads: 3,
+        image: 64,
+        patch: 4,
+        threads: args.threads,
+        device: if args.cpu { "cpu".into() } else { "cuda:0".into() },
+        out: None,
+        child_depth: None,
+        child_mode: None,
+    };
+    let revvit = crate::revvit::run(&revvit_args)?;
+    let revvit_rows: Vec<Value> = revvit.iter().map(|m| json!(m)).collect();
+
     // Llama decode in bf16 and int4 against the device's bandwidth bound.
     let bandwidth = crate::llm::copy_bandwidth_on(device, plan.bandwidth_elements)?;
     let config = llama_config(&plan)?;
@@ -411,6 +435,7 @@ pub fn run(args: &DeviceCheckArgs) -> anyhow::Result<Value> {
         "memory": {"frames": plan.memory_frames, "objects": plan.memory_objects, "rss_mib": rss, "vram_mib": vram},
         "hiera": {"model": plan.hiera, "batch": plan.hiera_batch, "images_per_s": images_per_s},
         "mae_training": {"model": MAE, "batch": plan.mae_batch, "runs": mae_rows},
+        "revvit_memory": {"what": crate::revvit::title(&revvit_args), "runs": revvit_rows},
         "llama": {"model": llama_name(&plan), "bandwidth_gb_s": bandwidth, "formats": llama_rows},
         "seconds": started.elapsed().as_secs_f64(),
     });
@@ -467,6 +492,17 @@ pub fn markdown(r: &Value) -> String {
         );
     }
     md += "\n";
+    let rv = &r["revvit_memory"];
+    md += &format!(
+        "\n{}\n\n| depth | ordinary MiB | reversible MiB |\n|---:|---:|---:|\n",
+        rv["what"].as_str().unwrap_or("?")
+    );
+    let runs: Vec<&Value> = rv["runs"].as_array().into_iter().flatten().collect();
+    for pair in runs.chunks(2) {
+        if let [v, rev] = pair {
+            md += &format!("| {} | {:.1} | {:.1} |\n", v["depth"], f(&v["step_peak_mib"]), f(&rev["step_peak_mib"]));
+        }
+    }
     let l = &r["llama"];
     md += &format!(
         "\n| {} | prompt tokens/s | decode tokens/s | bound (copy {:.1} GB/s) | of bound |\n|---|---|---|---|---|\n",

@@ -7,6 +7,11 @@
 //! peak − resident before it, i.e. the activations and temporaries training needs beyond the
 //! weights and gradients. glibc's mmap threshold is pinned in the children so that freed tensors
 //! go back to the system and the resident set follows what is alive.
+//!
+//! On CUDA (`--device cuda`, the device check) the child reads the GPU's memory in use
+//! (`nvidia-smi`) once its context exists and again after two steps: the caching allocator
+//! keeps every block it reserved, so the difference is its peak, from which the weights and
+//! gradients are subtracted. The children run one after another, so nothing else moves it.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -59,6 +64,9 @@ pub struct RevVitBenchArgs {
     /// Threads of libtorch.
     #[arg(long, default_value_t = 2)]
     pub threads: i32,
+    /// `cpu` (peak RSS) or `cuda` / `cuda:N` (GPU memory the caching allocator reserved).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Folder for `revvit.json`.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -79,9 +87,10 @@ pub struct Measurement {
     pub mode: Mode,
     /// Parameters (MiB, fp32).
     pub params_mib: f64,
-    /// Resident set before the measured step (MiB).
+    /// Resident set before the measured step (MiB; on CUDA: the weights and gradients).
     pub resident_mib: f64,
-    /// Peak of the measured step above it (MiB).
+    /// Peak of the measured step above it (MiB; on CUDA: reserved above the weights and
+    /// gradients).
     pub step_peak_mib: f64,
     /// Wall time of the measured step (s).
     pub step_s: f64,
@@ -102,17 +111,36 @@ fn config(args: &RevVitBenchArgs, depth: usize) -> RevVitConfig {
     }
 }
 
+/// Memory in use on GPU `index`, MiB, as `nvidia-smi` reports it.
+fn gpu_used_mib(index: usize) -> anyhow::Result<f64> {
+    let out = Command::new("nvidia-smi")
+        .args(["--query-gpu=memory.used", "--format=csv,noheader,nounits", &format!("--id={index}")])
+        .output()
+        .context("running nvidia-smi")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim().parse().with_context(|| format!("nvidia-smi printed {text:?}"))
+}
+
 /// The child: one model, one warm-up step, one measured step.
 fn child(args: &RevVitBenchArgs, depth: usize, mode: Mode) -> anyhow::Result<Measurement> {
     tch::set_num_threads(args.threads);
-    let vs = VarStore::new(Device::Cpu);
+    let device = ocellus_kernels::parse_device(&args.device)?;
+    let gpu_before = match device {
+        Device::Cuda(i) => {
+            let _context = Tensor::f_zeros([1], (Kind::Float, device))?;
+            crate::device::synchronize(device);
+            Some(gpu_used_mib(i)?)
+        }
+        _ => None,
+    };
+    let vs = VarStore::new(device);
     let config = config(args, depth);
     let model = RevVit::new(&vs.root(), &config)?;
     weights::init_seeded(&vs, SEED)?;
     let (x, labels) = ocellus_kernels::seeded(SEED + 1, || {
         (
-            Tensor::randn([args.batch, 3, args.image, args.image], (Kind::Float, Device::Cpu)),
-            Tensor::randint(config.num_classes, [args.batch], (Kind::Int64, Device::Cpu)),
+            Tensor::randn([args.batch, 3, args.image, args.image], (Kind::Float, device)),
+            Tensor::randint(config.num_classes, [args.batch], (Kind::Int64, device)),
         )
     });
     let loss_of = |logits: &Tensor| -> ocellus_perception::Result<Tensor> {
@@ -131,21 +159,37 @@ fn child(args: &RevVitBenchArgs, depth: usize, mode: Mode) -> anyhow::Result<Mea
     for mut v in vs.trainable_variables() {
         v.zero_grad();
     }
+    let params: i64 = vs.trainable_variables().iter().map(Tensor::numel).map(|n| n as i64).sum();
+    let params_mib = params as f64 * 4.0 / (1024.0 * 1024.0);
+    if let (Device::Cuda(i), Some(before)) = (device, gpu_before) {
+        let start = Instant::now();
+        step()?;
+        crate::device::synchronize(device);
+        let step_s = start.elapsed().as_secs_f64();
+        let reserved = gpu_used_mib(i)? - before;
+        let kept = 2.0 * params_mib; // weights and gradients
+        return Ok(Measurement { depth, mode, params_mib, resident_mib: kept, step_peak_mib: reserved - kept, step_s });
+    }
     let resident = status_mib("VmRSS:")?;
     std::fs::write("/proc/self/clear_refs", "5").context("resetting the peak resident set")?;
     let start = Instant::now();
     step()?;
     let step_s = start.elapsed().as_secs_f64();
     let peak = status_mib("VmHWM:")?;
-    let params: i64 = vs.trainable_variables().iter().map(Tensor::numel).map(|n| n as i64).sum();
-    Ok(Measurement {
-        depth,
-        mode,
-        params_mib: params as f64 * 4.0 / (1024.0 * 1024.0),
-        resident_mib: resident,
-        step_peak_mib: peak - resident,
-        step_s,
-    })
+    Ok(Measurement { depth, mode, params_mib, resident_mib: resident, step_peak_mib: peak - resident, step_s })
+}
+
+/// What the table measures.
+pub fn title(args: &RevVitBenchArgs) -> String {
+    let what = if args.device.starts_with("cuda") {
+        "GPU memory the caching allocator reserved above the weights and gradients"
+    } else {
+        "CPU peak RSS above the resident weights and gradients"
+    };
+    format!(
+        "RevViT training step on {}, batch {}, {}×{} px, patch {}, width {} ×2 streams, {} threads ({what})",
+        args.device, args.batch, args.image, args.image, args.patch, args.embed_dim, args.threads
+    )
 }
 
 /// Runs the benchmark (or, with the hidden child arguments, one measurement).
@@ -166,6 +210,7 @@ pub fn run(args: &RevVitBenchArgs) -> anyhow::Result<Vec<Measurement>> {
                 .args(["--batch", &args.batch.to_string(), "--embed-dim", &args.embed_dim.to_string()])
                 .args(["--heads", &args.heads.to_string(), "--image", &args.image.to_string()])
                 .args(["--patch", &args.patch.to_string(), "--threads", &args.threads.to_string()])
+                .args(["--device", &args.device])
                 .output()?;
             if !out.status.success() {
                 bail!("depth {depth} {mode_name}: {}", String::from_utf8_lossy(&out.stderr));
@@ -176,10 +221,7 @@ pub fn run(args: &RevVitBenchArgs) -> anyhow::Result<Vec<Measurement>> {
             all.push(m);
         }
     }
-    println!(
-        "RevViT training step, batch {}, {}×{} px, patch {}, width {} ×2 streams, {} threads (CPU peak RSS above the resident weights and gradients)",
-        args.batch, args.image, args.image, args.patch, args.embed_dim, args.threads
-    );
+    println!("{}", title(args));
     println!(
         "| depth | params MiB | ordinary MiB | reversible MiB | ordinary / reversible | ordinary s | reversible s |"
     );

@@ -36,6 +36,9 @@ fn device_check_runs_on_the_cpu_and_reports() {
     let mae = report["mae_training"]["runs"].as_array().unwrap();
     assert_eq!(mae.len(), 2, "fp32 and autocast");
     assert!(mae.iter().all(|r| r["steps_per_s"].as_f64().unwrap() > 0.0), "{mae:?}");
+    let revvit = report["revvit_memory"]["runs"].as_array().unwrap();
+    assert_eq!(revvit.len(), 4, "ordinary and reversible at depths 2 and 4: {revvit:?}");
+    assert!(revvit.iter().all(|r| r["step_peak_mib"].as_f64().unwrap().is_finite()), "{revvit:?}");
     let runs = report["sam2_streaming"]["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2);
     assert!(runs.iter().all(|r| r["frames_per_s"].as_f64().unwrap() > 0.0), "{runs:?}");
@@ -51,4 +54,8 @@ fn device_check_runs_on_the_cpu_and_reports() {
     let md = std::fs::read_to_string(out.join("device-check.md")).unwrap();
     assert!(md.starts_with("# Device check: cpu (quick)"), "{md}");
     assert!(md.contains("| int4 |"), "{md}");
+    assert!(
+        md.contains("RevViT training step on cpu") && md.contains("| depth | ordinary MiB | reversible MiB |"),
+        "{md}"
+    );
 }

@@ -1,8 +1,9 @@
 //! `ocellus adapt`: keeps learning a Hiera backbone's features on the robot's own footage,
 //! without labels, by MAE pre-training (`MaskedAutoencoderHiera`, as in MAWS's first stage).
 //!
-//! Data: the camera images of `.rrd` recordings (every camera, or one), at most `max_frames`
-//! of them chosen uniformly (reservoir sampling, seeded) and kept at 256 pixels on the short
+//! Data: the camera images of `.rrd` recordings, or what a pipeline configuration's sources
+//! deliver during `--collect` (every camera, or one), at most `max_frames` of them chosen
+//! uniformly (reservoir sampling, seeded) and kept at 256 pixels on the short
 //! side as 8-bit RGB; every tenth is held out. Each training image is MAE's augmentation
 //! (`RandomResizedCrop(224, scale=(0.2, 1.0))` with bicubic resampling, a horizontal flip with
 //! probability ½, ImageNet normalization), each batch gets a fresh random mask.
@@ -22,21 +23,27 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use indicatif::{ProgressBar, ProgressStyle};
 use ocellus_io::recording;
 use ocellus_kernels::optim::{AdamW, AdamWConfig, CosineSchedule};
-use ocellus_kernels::{Normalization, frame_to_tensor, parse_device};
+use ocellus_kernels::{FrameLayout, Normalization, frame_to_tensor, parse_device};
 use ocellus_perception::hiera::HieraConfig;
 use ocellus_perception::hiera_mae::{self, HieraMaeConfig, MaskedAutoencoderHiera};
 use ocellus_perception::weights;
+use ocellus_runtime::message::Packet;
+use ocellus_runtime::{Context, DropPolicy, EdgePolicy, Input, Pipeline, RuntimeError, Stage, stage_factory};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
+
+use crate::PipelineConfig;
+use crate::config::Fetching;
 
 /// Short side of the stored frames (pixels): what `RandomResizedCrop` cuts from.
 const STORED_SHORT_SIDE: usize = 256;
@@ -71,8 +78,16 @@ pub struct AdaptArgs {
     #[arg(long)]
     pub decoder: Option<PathBuf>,
     /// Recordings whose camera images are the training data.
-    #[arg(long = "from", required = true)]
+    #[arg(long = "from", required_unless_present = "config", conflicts_with = "config")]
     pub recordings: Vec<PathBuf>,
+    /// Or a pipeline configuration: its sources (only they: no model runs) are collected
+    /// from for `--collect`, then training starts on what was kept.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// How long to collect from `--config`'s sources (`90s`, `10m`); sources that end sooner
+    /// end it sooner.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub collect: Duration,
     /// Only this camera's images (default: every camera's).
     #[arg(long)]
     pub camera: Option<String>,
@@ -113,7 +128,7 @@ pub struct AdaptArgs {
     /// fp16 autocast with dynamic loss scaling (CUDA only).
     #[arg(long)]
     pub mixed_precision: bool,
-    /// Most frames kept from the recordings.
+    /// Most frames kept from the recordings or the sources (chosen uniformly).
     #[arg(long, default_value_t = 1024)]
     pub max_frames: usize,
     /// Seed of every draw (frames kept, crops, flips, masks, fresh heads).
@@ -245,11 +260,84 @@ struct Frames {
     skipped: u64,
 }
 
-/// Reads the recordings' camera images, keeping at most `max` (reservoir sampling).
+/// At most `max` frames chosen uniformly from however many are offered (reservoir sampling,
+/// seeded), each stored at `STORED_SHORT_SIDE` pixels on its short side.
+struct Reservoir {
+    max: usize,
+    rng: StdRng,
+    /// Frames offered so far.
+    seen: usize,
+    /// `(arrival order, frame)`.
+    kept: Vec<(usize, Tensor)>,
+    /// Frames that could not be read (counted, skipped).
+    skipped: u64,
+}
+
+impl Reservoir {
+    fn new(max: usize, seed: u64) -> Self {
+        Self { max, rng: StdRng::seed_from_u64(seed), seen: 0, kept: Vec::new(), skipped: 0 }
+    }
+
+    /// Offers one frame; it replaces a kept one with probability `max / seen`.
+    fn offer(&mut self, pixels: &[u8], layout: &FrameLayout) -> anyhow::Result<()> {
+        let slot = if self.kept.len() < self.max {
+            Some(self.kept.len())
+        } else {
+            Some(self.rng.random_range(0..=self.seen)).filter(|&j| j < self.max)
+        };
+        self.seen += 1;
+        let Some(slot) = slot else { return Ok(()) };
+        let (w, h) = (layout.width, layout.height);
+        let scale = STORED_SHORT_SIDE as f64 / w.min(h) as f64;
+        let size = ((h as f64 * scale).round() as usize, (w as f64 * scale).round() as usize);
+        let rgb = frame_to_tensor(pixels, layout, Device::Cpu, Some(size), None)?
+            .f_mul_scalar(255.0)?
+            .f_round()?
+            .f_to_kind(Kind::Uint8)?
+            .f_squeeze_dim(0)?; // [1, 3, h, w] -> [3, h, w]
+        if slot == self.kept.len() {
+            self.kept.push((self.seen, rgb));
+        } else {
+            self.kept[slot] = (self.seen, rgb);
+        }
+        Ok(())
+    }
+
+    /// The kept frames in arrival order, every tenth held out (with fewer than
+    /// `HELD_OUT_EVERY` frames nothing is held out); `from` names the data in the error when
+    /// nothing was kept.
+    fn into_frames(mut self, args: &AdaptArgs, from: &str) -> anyhow::Result<Frames> {
+        if self.kept.is_empty() {
+            let which = args
+                .camera
+                .as_deref()
+                .map_or_else(|| "no camera images".to_owned(), |c| format!("no images of camera {c:?}"));
+            bail!("{which} in {from}");
+        }
+        self.kept.sort_by_key(|(order, _)| *order);
+        let (mut train, mut held_out) = (Vec::new(), Vec::new());
+        for (i, (_, frame)) in self.kept.into_iter().enumerate() {
+            if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1 {
+                held_out.push(frame);
+            } else {
+                train.push(frame);
+            }
+        }
+        Ok(Frames { train, held_out, skipped: self.skipped })
+    }
+}
+
+/// The training data: the recordings' camera images, or what `--config`'s sources deliver.
 fn read_frames(args: &AdaptArgs) -> anyhow::Result<Frames> {
-    let mut rng = StdRng::seed_from_u64(args.seed);
-    let mut kept: Vec<(usize, Tensor)> = Vec::new();
-    let (mut seen, mut skipped) = (0usize, 0u64);
+    match &args.config {
+        Some(config) => collect_frames(args, config),
+        None => read_recordings(args),
+    }
+}
+
+/// Reads the recordings' camera images into the reservoir.
+fn read_recordings(args: &AdaptArgs) -> anyhow::Result<Frames> {
+    let mut reservoir = Reservoir::new(args.max_frames, args.seed);
     for path in &args.recordings {
         for chunk in recording::chunks(path).with_context(|| format!("reading {}", path.display()))? {
             let chunk = chunk.with_context(|| format!("reading {}", path.display()))?;
@@ -258,48 +346,85 @@ fn read_frames(args: &AdaptArgs) -> anyhow::Result<Frames> {
             if chunk.is_static() || args.camera.as_deref().is_some_and(|c| c != camera) {
                 continue;
             }
+            let mut skipped = 0;
             for image in recording::images_of(&chunk, &mut skipped) {
-                let slot = if kept.len() < args.max_frames {
-                    Some(kept.len())
-                } else {
-                    Some(rng.random_range(0..=seen)).filter(|&j| j < args.max_frames)
-                };
-                seen += 1;
-                let Some(slot) = slot else { continue };
-                let (w, h) = (image.layout.width, image.layout.height);
-                let scale = STORED_SHORT_SIDE as f64 / w.min(h) as f64;
-                let size = ((h as f64 * scale).round() as usize, (w as f64 * scale).round() as usize);
-                let rgb = frame_to_tensor(&image.pixels, &image.layout, Device::Cpu, Some(size), None)?
-                    .f_mul_scalar(255.0)?
-                    .f_round()?
-                    .f_to_kind(Kind::Uint8)?
-                    .f_squeeze_dim(0)?; // [3, h, w]
-                if slot == kept.len() {
-                    kept.push((seen, rgb));
-                } else {
-                    kept[slot] = (seen, rgb);
-                }
+                reservoir.offer(&image.pixels, &image.layout)?;
             }
+            reservoir.skipped += skipped;
         }
     }
-    if kept.is_empty() {
-        let which = args
-            .camera
-            .as_deref()
-            .map_or_else(|| "no camera images".to_owned(), |c| format!("no images of camera {c:?}"));
-        bail!("{which} in {}", args.recordings.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    let from = args.recordings.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+    reservoir.into_frames(args, &from)
+}
+
+/// Queue in front of the collector: frames arriving while one is being stored wait here, the
+/// oldest dropped beyond it (counted in the pipeline's report).
+const COLLECT_QUEUE: usize = 8;
+
+/// The stage that offers every frame of the sources to the reservoir.
+struct Collector(Arc<Mutex<Reservoir>>);
+
+impl Stage for Collector {
+    fn process(&mut self, input: Input, _ctx: &mut Context) -> ocellus_runtime::Result<()> {
+        let Packet::Frame(frame) = input.packet else { return Ok(()) };
+        let mut reservoir =
+            self.0.lock().map_err(|_| RuntimeError::Failed("the reservoir's lock is poisoned".into()))?;
+        reservoir.offer(&frame.pixels, &frame.layout).map_err(|e| {
+            reservoir.skipped += 1;
+            RuntimeError::BadInput(format!("frame {} of {}: {e:#}", frame.meta.seq, frame.meta.camera))
+        })
     }
-    // In recording order, every tenth held out (with fewer than 2 frames nothing is held out).
-    kept.sort_by_key(|(order, _)| *order);
-    let (mut train, mut held_out) = (Vec::new(), Vec::new());
-    for (i, (_, frame)) in kept.into_iter().enumerate() {
-        if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1 {
-            held_out.push(frame);
-        } else {
-            train.push(frame);
+}
+
+/// Runs `config`'s sources (every one, or `--camera`) for `--collect` into the reservoir.
+fn collect_frames(args: &AdaptArgs, path: &Path) -> anyhow::Result<Frames> {
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let config = PipelineConfig::load_with(path, Fetching::Sources { progress })?;
+    let sources: Vec<&str> = config
+        .sources
+        .iter()
+        .map(|s| s.name.as_str())
+        .filter(|name| args.camera.as_deref().is_none_or(|c| c == *name))
+        .collect();
+    if sources.is_empty() {
+        let names: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
+        match &args.camera {
+            Some(c) => bail!("{} has no source named {c:?} (its sources: {})", path.display(), names.join(", ")),
+            None => bail!("{} has no sources to collect from", path.display()),
         }
     }
-    Ok(Frames { train, held_out, skipped })
+    let reservoir = Arc::new(Mutex::new(Reservoir::new(args.max_frames, args.seed)));
+    let mut pipeline = Pipeline::new();
+    pipeline.restart_policy(config.runtime.restart).metrics_every(config.runtime.metrics_every);
+    for source in config.sources.iter().filter(|s| sources.contains(&s.name.as_str())) {
+        pipeline.source(&source.name, source.kind.factory());
+    }
+    let policy = EdgePolicy::Queue { depth: COLLECT_QUEUE, drop: DropPolicy::Oldest };
+    let shared = reservoir.clone();
+    pipeline.stage("adapt", &sources, policy, stage_factory(move || Collector(shared.clone())));
+    // Stop after `--collect` (as one Ctrl-C does: the sources end, what was sent is drained).
+    let stop = pipeline.stop_handle();
+    let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let duration = args.collect;
+    let timer = std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(duration) {
+            stop.stop();
+        }
+    });
+    eprintln!("collecting frames of {} for {}", sources.join(", "), humantime::format_duration(duration));
+    let report = pipeline.run();
+    drop(done_tx);
+    let _ = timer.join();
+    let report = report?;
+    eprintln!("{report}");
+    if let Some(failed) = report.failures().next() {
+        bail!("source {} failed while collecting: {}", failed.name, failed.error.as_deref().unwrap_or("no message"));
+    }
+    let reservoir = Arc::try_unwrap(reservoir)
+        .map_err(|_| anyhow::anyhow!("the collector outlived its pipeline"))?
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("the reservoir's lock is poisoned"))?;
+    reservoir.into_frames(args, &format!("what {} delivered", sources.join(", ")))
 }
 
 /// A crop `(top, left, height, width)` of an `h × w` image, as torchvision's
@@ -543,8 +668,11 @@ fn write_backbone(
         (Some(p), _) => p.display().to_string(),
         (None, seed) => format!("seed={}", seed.unwrap_or_default()),
     };
-    let recordings: Vec<String> = args.recordings.iter().map(|p| p.display().to_string()).collect();
-    let source = format!("adapt {start} on {} (MAE, {end_step} steps, seed {})", recordings.join(" "), args.seed);
+    let data = match &args.config {
+        Some(config) => format!("the sources of {}", config.display()),
+        None => args.recordings.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" "),
+    };
+    let source = format!("adapt {start} on {data} (MAE, {end_step} steps, seed {})", args.seed);
     weights::write_manifest(&args.out, &args.model, serde_json::to_value(hiera)?, source)?;
     Ok(())
 }

@@ -142,6 +142,60 @@ fn adapt_trains_on_a_recording_resumes_exactly_and_writes_a_loadable_backbone() 
 }
 
 #[test]
+fn adapt_collects_from_a_live_config_then_trains() {
+    let dir = scratch("adapt_live");
+    let weights = dir.join("weights");
+    std::fs::create_dir_all(&weights).unwrap();
+    // A camera-paced endless source, and an actor whose official weights are not there: only
+    // the sources run, so nothing is fetched and no model is loaded.
+    let config = dir.join("live.toml");
+    std::fs::write(
+        &config,
+        "[[source]]\nname = \"front\"\npreset = { kind = \"test_pattern\", pattern = \"ball\", width = 320, height = 240, fps = 30, live = true }\n\n\
+         [[actor]]\nname = \"features\"\nkind = \"backbone\"\ninputs = [\"front\"]\nmodel = \"hiera_base_224\"\nweights = \"official\"\n\n\
+         [[sink]]\nkind = \"null\"\ninputs = [\"features\"]\n",
+    )
+    .unwrap();
+    let out_file = dir.join("live.safetensors");
+    let started = std::time::Instant::now();
+    let out = ocellus()
+        .env("OCELLUS_WEIGHTS", &weights)
+        .env("OCELLUS_MIRROR", "http://127.0.0.1:9/")
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .args(["adapt", "--model", "hiera_tiny_224", "--random-weights", "2", "--config", config.to_str().unwrap()])
+        .args(["--collect", "3s", "--max-frames", "40", "--steps", "2", "--batch", "2", "--threads", "2"])
+        .args(["--out", out_file.to_str().unwrap(), "--report", dir.join("report.json").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    println!("{r:#}\n{stderr}\n{elapsed:?}");
+    assert!(stderr.contains("collecting frames of front for 3s"), "{stderr}");
+    // 3 s at 30 frames/s offered ~90 frames: the reservoir keeps 40, every tenth held out.
+    assert_eq!((r["train_frames"].as_u64(), r["held_out_frames"].as_u64()), (Some(36), Some(4)));
+    assert_eq!((r["end_step"].as_u64(), r["finished"].as_bool()), (Some(2), Some(true)));
+    let collected = stderr.lines().find(|l| l.starts_with("adapt ")).unwrap();
+    let offered: u64 = collected.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(offered > 40, "the collector saw {offered} frames: {collected}");
+    assert!(std::fs::read_dir(&weights).unwrap().next().is_none(), "something was fetched");
+    let manifest = std::fs::read_to_string(ocellus_perception::weights::manifest_path(&out_file)).unwrap();
+    assert!(manifest.contains("the sources of"), "{manifest}");
+
+    // A camera the configuration does not have is refused, naming the ones it has.
+    let out = ocellus()
+        .env("OCELLUS_WEIGHTS", &weights)
+        .args(["adapt", "--model", "hiera_tiny_224", "--random-weights", "2", "--config", config.to_str().unwrap()])
+        .args(["--camera", "back", "--out", out_file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("has no source named \"back\" (its sources: front)"), "{err}");
+}
+
+#[test]
 fn adapt_refuses_what_it_cannot_train_on() {
     let dir = scratch("adapt_refusals");
     let rrd = recording(&dir);

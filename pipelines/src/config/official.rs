@@ -35,6 +35,13 @@ pub enum Fetching {
     },
     /// Use only what is already there.
     Offline,
+    /// Fetch what the sources need (sample footage), never model weights: a model whose
+    /// weights are not there runs on seeded ones, silently (`ocellus adapt --config` runs only
+    /// the sources).
+    Sources {
+        /// Progress bars on the terminal.
+        progress: bool,
+    },
 }
 
 /// A substitution the pipeline runs with: said in the log and in the recording.
@@ -142,6 +149,14 @@ impl Resolver<'_, '_> {
         } else {
             match self.mode {
                 Fetching::Offline => Some(format!("not fetched yet (`ocellus weights fetch {model}`)")),
+                Fetching::Sources { .. } => {
+                    t.insert("allow_random_weights".into(), toml::Value::Boolean(true));
+                    t.remove("weights");
+                    for k in &companions {
+                        t.remove(k);
+                    }
+                    return Ok(());
+                }
                 Fetching::Download { progress } => {
                     eprintln!("fetching the official {model} weights into {} (once)", path.display());
                     match crate::fetch::fetch(&model, &path, progress) {
@@ -229,7 +244,7 @@ SMPL_to_J19.pkl`"
         } else {
             match self.mode {
                 Fetching::Offline => Some("not fetched yet (`ocellus run` fetches it)".to_owned()),
-                Fetching::Download { progress } => {
+                Fetching::Download { progress } | Fetching::Sources { progress } => {
                     eprintln!("fetching the {name} sample ({frames} frames, {}) into {}", s.about, dir.display());
                     fetch_frames(s, frames, &dir, progress).err().map(|e| format!("{e:#}"))
                 }
