@@ -2,7 +2,10 @@
 //! and int4, against transformers' `LlamaForCausalLM` in fp32 and bf16 (same shape, threads,
 //! prompt and token counts, CPU), and decode speed as a fraction of each format's
 //! memory-bandwidth bound (every weight byte it stores is read once per decoded token, at the
-//! copy bandwidth measured in the same run).
+//! copy bandwidth measured in the same run). Where a Python with `llama-cpp-python` and `gguf`
+//! is found (`OCELLUS_LLAMA_CPP_PYTHON`, else the venv's), also against llama.cpp in F32, Q8_0
+//! and Q4_0 on the same seeded weights converted to GGUF, with the share of Ocellus's fp32
+//! greedy tokens llama.cpp's F32 reproduces (the conversion kept the model).
 
 use std::ops::ControlFlow;
 use std::time::Instant;
@@ -16,6 +19,8 @@ use tch::{Device, Kind, Tensor};
 
 /// The reference timing script.
 const REFERENCE_SCRIPT: &str = include_str!("../scripts/bench_llm_reference.py");
+/// The llama.cpp timing script (GGUF conversion, llama.cpp's quantizer, greedy decoding).
+const LLAMA_CPP_SCRIPT: &str = include_str!("../scripts/bench_llm_llamacpp.py");
 
 /// A weight format Ocellus runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +79,23 @@ pub struct LlmBenchResult {
     pub reference_bf16: (f64, f64),
     /// Measured copy bandwidth, GB/s (bytes read + written).
     pub bandwidth_gbs: f64,
+    /// llama.cpp on the same weights, per GGUF type; `Err` says why it did not run.
+    pub llama_cpp: Result<Vec<LlamaCppResult>, String>,
+}
+
+/// llama.cpp's speed on one GGUF file of the same weights.
+#[derive(Debug, Clone)]
+pub struct LlamaCppResult {
+    /// `llama.cpp F32`, `llama.cpp Q8_0`, `llama.cpp Q4_0`.
+    pub name: String,
+    /// Prompt tokens per second (prefill and first token).
+    pub prompt_tps: f64,
+    /// Decode tokens per second.
+    pub decode_tps: f64,
+    /// Size of the GGUF file (every weight byte is read once per decoded token).
+    pub file_bytes: f64,
+    /// Share of Ocellus's fp32 greedy tokens this file's greedy decoding reproduces.
+    pub greedy_agreement: f64,
 }
 
 impl LlmBenchResult {
@@ -111,6 +133,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// The prompt every timed model gets.
+fn prompt_tokens(config: &LlamaConfig, len: usize) -> anyhow::Result<Vec<u32>> {
+    let vocab = u32::try_from(config.vocab_size)?;
+    Ok((0..len as u32).map(|i| (i * 7919) % vocab.min(128_000)).collect())
+}
+
 /// Prompt and decode tokens/s of `llama` (medians of `runs` after a warm-up).
 pub(crate) fn time_ocellus(
     llama: &Llama,
@@ -118,8 +146,7 @@ pub(crate) fn time_ocellus(
     decode_len: usize,
     runs: usize,
 ) -> anyhow::Result<(f64, f64)> {
-    let vocab = u32::try_from(llama.config().vocab_size)?;
-    let prompt: Vec<u32> = (0..prompt_len as u32).map(|i| (i * 7919) % vocab.min(128_000)).collect();
+    let prompt = prompt_tokens(llama.config(), prompt_len)?;
     let options = GenerateOptions { stop_tokens: vec![], ..GenerateOptions::greedy(decode_len) };
     let mut cache = llama.new_cache(1, (prompt_len + decode_len) as i64)?;
     let (mut prompt_rates, mut decode_rates) = (Vec::new(), Vec::new());
@@ -148,6 +175,7 @@ pub fn run(
     let config = LlamaConfig::by_name(model)?;
     let bandwidth_gbs = copy_bandwidth()?;
     let mut results = Vec::new();
+    let mut greedy_f32 = None;
     for &format in formats {
         let (kind, quantization) = match format {
             Format::F32 => (Kind::Float, Quantization::None),
@@ -158,11 +186,112 @@ pub fn run(
         let path = std::path::Path::new("<random>");
         let llama = Llama::from_tensors_quantized(config.clone(), tensors, Device::Cpu, kind, path, quantization)?;
         let (prompt_tps, decode_tps) = time_ocellus(&llama, prompt_len, decode_len, runs)?;
+        if format == Format::F32 {
+            greedy_f32 = Some(greedy(&llama, prompt_len, decode_len)?);
+        }
         results.push(FormatResult { format, prompt_tps, decode_tps, weight_bytes: llama.bytes_per_token() as f64 });
     }
     let reference_f32 = reference(&config, threads, prompt_len, decode_len, runs, "f32")?;
     let reference_bf16 = reference(&config, threads, prompt_len, decode_len, runs, "bf16")?;
-    Ok(LlmBenchResult { model: model.to_owned(), formats: results, reference_f32, reference_bf16, bandwidth_gbs })
+    let llama_cpp = match llama_cpp_python() {
+        Err(why) => Err(why),
+        Ok(python) => {
+            let tokens = match greedy_f32 {
+                Some(t) => t,
+                None => {
+                    let llama = Llama::random(config.clone(), 0, Device::Cpu, Kind::Float)?;
+                    greedy(&llama, prompt_len, decode_len)?
+                }
+            };
+            Ok(llama_cpp(&python, &config, threads, prompt_len, decode_len, runs, &tokens)?)
+        }
+    };
+    Ok(LlmBenchResult {
+        model: model.to_owned(),
+        formats: results,
+        reference_f32,
+        reference_bf16,
+        bandwidth_gbs,
+        llama_cpp,
+    })
+}
+
+/// The prompt followed by `llama`'s greedy continuation of `decode_len` tokens.
+fn greedy(llama: &Llama, prompt_len: usize, decode_len: usize) -> anyhow::Result<Vec<u32>> {
+    let prompt = prompt_tokens(llama.config(), prompt_len)?;
+    let options = GenerateOptions { stop_tokens: vec![], ..GenerateOptions::greedy(decode_len) };
+    let mut cache = llama.new_cache(1, (prompt_len + decode_len) as i64)?;
+    let g = generate(llama, None, &mut cache, &prompt, &options, |_| ControlFlow::Continue(()))?;
+    Ok(prompt.into_iter().chain(g.tokens).collect())
+}
+
+/// A Python that imports `llama_cpp` and `gguf`, or why there is none.
+fn llama_cpp_python() -> Result<std::path::PathBuf, String> {
+    let python = std::env::var_os("OCELLUS_LLAMA_CPP_PYTHON")
+        .map(std::path::PathBuf::from)
+        .or_else(ocellus_perception::weights::venv_python)
+        .ok_or("no Python with llama-cpp-python (set OCELLUS_LLAMA_CPP_PYTHON)")?;
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import llama_cpp, gguf"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        Ok(python)
+    } else {
+        Err(format!(
+            "{} cannot import llama_cpp and gguf (`pip install llama-cpp-python gguf`, which builds llama.cpp; or set OCELLUS_LLAMA_CPP_PYTHON)",
+            python.display()
+        ))
+    }
+}
+
+/// llama.cpp on the seeded weights Ocellus timed, converted to GGUF (F32, Q8_0, Q4_0).
+fn llama_cpp(
+    python: &std::path::Path,
+    config: &LlamaConfig,
+    threads: i32,
+    prompt_len: usize,
+    decode_len: usize,
+    runs: usize,
+    tokens: &[u32],
+) -> anyhow::Result<Vec<LlamaCppResult>> {
+    let scratch = std::env::temp_dir().join(format!("ocellus-bench-llama-cpp-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let result = (|| -> anyhow::Result<Vec<LlamaCppResult>> {
+        let weights = scratch.join("weights.safetensors");
+        Tensor::write_safetensors(&Llama::random_tensors(config, 0)?, &weights)?;
+        let config_path = scratch.join("config.json");
+        std::fs::write(&config_path, serde_json::to_string(config)?)?;
+        let list: Vec<String> = tokens.iter().map(u32::to_string).collect();
+        let out = std::process::Command::new(python)
+            .arg("-c")
+            .arg(LLAMA_CPP_SCRIPT)
+            .args([&weights, &config_path])
+            .args([threads.to_string(), prompt_len.to_string(), decode_len.to_string(), runs.to_string()])
+            .arg(scratch.join("gguf"))
+            .arg(list.join(","))
+            .output()?;
+        anyhow::ensure!(out.status.success(), "llama.cpp run failed: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut rows = Vec::new();
+        for line in text.lines().filter_map(|l| l.strip_prefix("gguf ")) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let num = |i: usize| -> anyhow::Result<f64> {
+                f.get(i).and_then(|v| v.parse().ok()).with_context(|| format!("llama.cpp output {line:?}"))
+            };
+            rows.push(LlamaCppResult {
+                name: format!("llama.cpp {}", f.first().copied().unwrap_or("?")),
+                prompt_tps: num(1)?,
+                decode_tps: num(2)?,
+                file_bytes: num(3)?,
+                greedy_agreement: num(4)?,
+            });
+        }
+        anyhow::ensure!(!rows.is_empty(), "llama.cpp printed no results: {text}");
+        Ok(rows)
+    })();
+    std::fs::remove_dir_all(&scratch).ok();
+    result
 }
 
 /// transformers' prompt and decode tokens/s in `dtype`.

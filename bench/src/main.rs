@@ -70,8 +70,9 @@ enum Command {
         #[arg(long, default_value_t = 1024)]
         stream_image_size: i64,
     },
-    /// Llama 3 prompt and decode tokens/s against transformers (same shape and threads), and
-    /// decode as a fraction of the memory-bandwidth bound.
+    /// Llama 3 prompt and decode tokens/s against transformers (same shape and threads) and,
+    /// where llama-cpp-python is installed, llama.cpp F32/Q8_0/Q4_0 on the same weights; decode
+    /// as a fraction of the memory-bandwidth bound.
     Llm {
         /// Model shape (random weights).
         #[arg(long, default_value = "llama-3.2-1b")]
@@ -201,6 +202,41 @@ fn bench_llm(
             bound,
             100.0 * f.decode_tps / bound
         );
+    }
+    match &r.llama_cpp {
+        Err(why) => println!("llama.cpp: not run: {why}"),
+        Ok(rows) => {
+            println!(
+                "| llama.cpp (same weights, GGUF) | prompt tok/s | decode tok/s | vs tf fp32 | GB/token (file) | bound tok/s | of bound | fp32 greedy tokens reproduced |"
+            );
+            println!("|---|---|---|---|---|---|---|---|");
+            for l in rows {
+                let bound = r.bound_tps(l.file_bytes);
+                println!(
+                    "| {} | {:.1} | {:.2} | {:.2}x | {:.3} | {:.2} | {:.0}% | {:.0}% |",
+                    l.name,
+                    l.prompt_tps,
+                    l.decode_tps,
+                    l.decode_tps / f32_ref.1,
+                    l.file_bytes / 1e9,
+                    bound,
+                    100.0 * l.decode_tps / bound,
+                    100.0 * l.greedy_agreement
+                );
+            }
+            // Ocellus's formats against the llama.cpp type that stores the same precision.
+            for (ours, theirs) in [("fp32", "llama.cpp F32"), ("int8", "llama.cpp Q8_0"), ("int4", "llama.cpp Q4_0")] {
+                let o = r.formats.iter().find(|f| f.format.name().starts_with(ours));
+                if let (Some(o), Some(l)) = (o, rows.iter().find(|l| l.name == theirs)) {
+                    println!(
+                        "Ocellus {} / {theirs}: prompt {:.2}x, decode {:.2}x",
+                        o.format.name(),
+                        o.prompt_tps / l.prompt_tps,
+                        o.decode_tps / l.decode_tps
+                    );
+                }
+            }
+        }
     }
     Ok(())
 }

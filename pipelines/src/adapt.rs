@@ -23,6 +23,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -677,8 +678,43 @@ fn write_backbone(
     Ok(())
 }
 
-/// Runs `ocellus adapt`.
+/// Runs `ocellus adapt` as the command does: the first Ctrl-C during training stops it after
+/// the current step as `--minutes` does (checkpoint, weights and report written), a second one
+/// exits at once.
+pub fn run_interruptible(args: &AdaptArgs) -> anyhow::Result<AdaptReport> {
+    run_until(args, &ctrl_c_flag())
+}
+
+/// A flag the first Ctrl-C sets; the second exits the process (status 130). Listens on its own
+/// thread with its own runtime, for the rest of the process.
+fn ctrl_c_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
+    let listener = std::thread::Builder::new().name("adapt-ctrl-c".into()).spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        rt.block_on(async {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                if set.swap(true, Ordering::SeqCst) {
+                    eprintln!("interrupted again: exiting without writing");
+                    std::process::exit(130);
+                }
+                eprintln!("interrupted: stopping after this step (Ctrl-C again exits at once)");
+            }
+        });
+    });
+    if let Err(e) = listener {
+        tracing::warn!("Ctrl-C will not stop adapt cleanly: {e}");
+    }
+    flag
+}
+
+/// Runs `ocellus adapt` (Ctrl-C as the process has it).
 pub fn run(args: &AdaptArgs) -> anyhow::Result<AdaptReport> {
+    run_until(args, &AtomicBool::new(false))
+}
+
+/// Runs `ocellus adapt`, stopping after the step during which `stop` is set.
+fn run_until(args: &AdaptArgs, stop: &AtomicBool) -> anyhow::Result<AdaptReport> {
     let hiera = HieraConfig::by_name(&args.model).filter(|c| c.input_size.len() == 2).with_context(|| {
         format!("--model {:?}: adapt takes a Hiera image model ({})", args.model, image_models().join(", "))
     })?;
@@ -690,6 +726,10 @@ pub fn run(args: &AdaptArgs) -> anyhow::Result<AdaptReport> {
         tch::set_num_threads(threads);
     }
     let frames = read_frames(args)?;
+    if args.config.is_some() {
+        // A Ctrl-C while collecting ended the collection (as in `ocellus run`), not the training.
+        stop.store(false, Ordering::SeqCst);
+    }
     ensure!(!frames.train.is_empty(), "no frames left to train on after holding out");
     let side = hiera.input_size[0];
     let mut vs = VarStore::new(device);
@@ -740,7 +780,7 @@ pub fn run(args: &AdaptArgs) -> anyhow::Result<AdaptReport> {
     let mut losses = Vec::new();
     let mut step = start_step;
     while step < end {
-        if deadline.is_some_and(|d| started.elapsed() >= d) {
+        if deadline.is_some_and(|d| started.elapsed() >= d) || stop.load(Ordering::SeqCst) {
             break;
         }
         opt.zero_grad();

@@ -42,7 +42,7 @@ impl Command {
             Self::Check(a) => a.run(),
             Self::Replay(a) => a.run(),
             Self::Curate(a) => crate::curate::run(&a).map(|()| ExitCode::SUCCESS),
-            Self::Adapt(a) => crate::adapt::run(&a).map(|_| ExitCode::SUCCESS),
+            Self::Adapt(a) => crate::adapt::run_interruptible(&a).map(|_| ExitCode::SUCCESS),
             Self::Weights(a) => a.run(),
             Self::Schema(a) => a.run(),
             Self::Info(a) => a.run(),

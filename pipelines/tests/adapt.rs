@@ -196,6 +196,42 @@ fn adapt_collects_from_a_live_config_then_trains() {
 }
 
 #[test]
+fn ctrl_c_stops_adapt_after_the_step_and_writes_the_checkpoint_and_weights() {
+    let dir = scratch("adapt_ctrl_c");
+    let rrd = recording(&dir);
+    let (out_file, ck, report_path) = (dir.join("w.safetensors"), dir.join("w.ckpt"), dir.join("report.json"));
+    let child = ocellus()
+        .args(["adapt", "--model", "hiera_tiny_224", "--random-weights", "3", "--from", rrd.to_str().unwrap()])
+        .args(["--steps", "1000", "--batch", "1", "--threads", "2", "--checkpoint-every", "1"])
+        .args(["--checkpoint", ck.to_str().unwrap(), "--out", out_file.to_str().unwrap()])
+        .args(["--report", report_path.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Training is under way once the first checkpoint is there.
+    let meta = dir.join("w.ckpt.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !meta.exists() {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint after 300 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("interrupted: stopping after this step"), "{stderr}");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+    let end = r["end_step"].as_u64().unwrap();
+    assert!((1..1000).contains(&end) && r["finished"] == false, "{r:#}");
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&meta).unwrap()).unwrap();
+    assert_eq!(meta["step"].as_u64(), Some(end), "the checkpoint is at the step reached");
+    let keys: Vec<String> = tensors(&out_file).into_iter().map(|(k, _)| k).collect();
+    assert!(keys.iter().any(|k| k == "pos_embed") && keys.iter().any(|k| k.starts_with("head.")), "{keys:?}");
+}
+
+#[test]
 fn adapt_refuses_what_it_cannot_train_on() {
     let dir = scratch("adapt_refusals");
     let rrd = recording(&dir);
