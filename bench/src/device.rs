@@ -414,7 +414,8 @@ pub fn run(args: &DeviceCheckArgs) -> anyhow::Result<Value> {
             Path::new("<random>"),
             quantization,
         )?;
-        let (prompt_tps, decode_tps) = crate::llm::time_ocellus(&llama, plan.prompt_len, plan.decode_len, 2)?;
+        let timing = crate::llm::time_ocellus(&llama, plan.prompt_len, plan.decode_len, 2)?;
+        let (prompt_tps, decode_tps) = (timing.prompt_tps, timing.decode_tps);
         let bound = bandwidth * 1e9 / llama.bytes_per_token() as f64;
         eprintln!(
             "[device-check] {} {format}: decode {decode_tps:.1} tokens/s ({:.0} % of bound)",

@@ -139,17 +139,23 @@ fn prompt_tokens(config: &LlamaConfig, len: usize) -> anyhow::Result<Vec<u32>> {
     Ok((0..len as u32).map(|i| (i * 7919) % vocab.min(128_000)).collect())
 }
 
-/// Prompt and decode tokens/s of `llama` (medians of `runs` after a warm-up).
-pub(crate) fn time_ocellus(
-    llama: &Llama,
-    prompt_len: usize,
-    decode_len: usize,
-    runs: usize,
-) -> anyhow::Result<(f64, f64)> {
+/// What [`time_ocellus`] measured.
+pub(crate) struct Timing {
+    /// Prompt tokens per second (median).
+    pub prompt_tps: f64,
+    /// Decode tokens per second (median).
+    pub decode_tps: f64,
+    /// The prompt followed by the greedy continuation (every run decodes the same).
+    pub tokens: Vec<u32>,
+}
+
+/// Prompt and decode tokens/s of `llama` (medians of `runs` after a warm-up; with `runs = 0`
+/// only the warm-up: the tokens, rates 0).
+pub(crate) fn time_ocellus(llama: &Llama, prompt_len: usize, decode_len: usize, runs: usize) -> anyhow::Result<Timing> {
     let prompt = prompt_tokens(llama.config(), prompt_len)?;
     let options = GenerateOptions { stop_tokens: vec![], ..GenerateOptions::greedy(decode_len) };
     let mut cache = llama.new_cache(1, (prompt_len + decode_len) as i64)?;
-    let (mut prompt_rates, mut decode_rates) = (Vec::new(), Vec::new());
+    let (mut prompt_rates, mut decode_rates, mut continuation) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..=runs {
         cache.clear()?;
         let g = generate(llama, None, &mut cache, &prompt, &options, |_| ControlFlow::Continue(()))?;
@@ -157,8 +163,13 @@ pub(crate) fn time_ocellus(
             prompt_rates.push(prompt_len as f64 / g.prefill_secs);
             decode_rates.push((g.tokens.len() - 1) as f64 / g.decode_secs);
         }
+        continuation = g.tokens;
     }
-    Ok((median(prompt_rates), median(decode_rates)))
+    Ok(Timing {
+        prompt_tps: median(prompt_rates),
+        decode_tps: median(decode_rates),
+        tokens: prompt.into_iter().chain(continuation).collect(),
+    })
 }
 
 /// Times `model` (a name of [`LlamaConfig::by_name`]) here in each of `formats` and in
@@ -185,11 +196,12 @@ pub fn run(
         let tensors = Llama::random_tensors(&config, 0)?;
         let path = std::path::Path::new("<random>");
         let llama = Llama::from_tensors_quantized(config.clone(), tensors, Device::Cpu, kind, path, quantization)?;
-        let (prompt_tps, decode_tps) = time_ocellus(&llama, prompt_len, decode_len, runs)?;
+        let t = time_ocellus(&llama, prompt_len, decode_len, runs)?;
+        let weight_bytes = llama.bytes_per_token() as f64;
+        results.push(FormatResult { format, prompt_tps: t.prompt_tps, decode_tps: t.decode_tps, weight_bytes });
         if format == Format::F32 {
-            greedy_f32 = Some(greedy(&llama, prompt_len, decode_len)?);
+            greedy_f32 = Some(t.tokens);
         }
-        results.push(FormatResult { format, prompt_tps, decode_tps, weight_bytes: llama.bytes_per_token() as f64 });
     }
     let reference_f32 = reference(&config, threads, prompt_len, decode_len, runs, "f32")?;
     let reference_bf16 = reference(&config, threads, prompt_len, decode_len, runs, "bf16")?;
@@ -200,7 +212,7 @@ pub fn run(
                 Some(t) => t,
                 None => {
                     let llama = Llama::random(config.clone(), 0, Device::Cpu, Kind::Float)?;
-                    greedy(&llama, prompt_len, decode_len)?
+                    time_ocellus(&llama, prompt_len, decode_len, 0)?.tokens
                 }
             };
             Ok(llama_cpp(&python, &config, threads, prompt_len, decode_len, runs, &tokens)?)
@@ -214,15 +226,6 @@ pub fn run(
         bandwidth_gbs,
         llama_cpp,
     })
-}
-
-/// The prompt followed by `llama`'s greedy continuation of `decode_len` tokens.
-fn greedy(llama: &Llama, prompt_len: usize, decode_len: usize) -> anyhow::Result<Vec<u32>> {
-    let prompt = prompt_tokens(llama.config(), prompt_len)?;
-    let options = GenerateOptions { stop_tokens: vec![], ..GenerateOptions::greedy(decode_len) };
-    let mut cache = llama.new_cache(1, (prompt_len + decode_len) as i64)?;
-    let g = generate(llama, None, &mut cache, &prompt, &options, |_| ControlFlow::Continue(()))?;
-    Ok(prompt.into_iter().chain(g.tokens).collect())
 }
 
 /// A Python that imports `llama_cpp` and `gguf`, or why there is none.

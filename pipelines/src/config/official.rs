@@ -126,6 +126,7 @@ impl Resolver<'_, '_> {
         let known = crate::fetch::known(&model).map_err(|e| loc.error(at.key("model"), e.to_string()))?;
         let path = weights_dir().join(format!("{model}.safetensors"));
         let fallback = t.get("allow_random_weights").and_then(toml::Value::as_bool) == Some(true);
+        let sources_only = matches!(self.mode, Fetching::Sources { .. });
         let companions: Vec<String> = t
             .iter()
             .filter(|(k, v)| *k != "weights" && v.as_str() == Some("official"))
@@ -149,14 +150,7 @@ impl Resolver<'_, '_> {
         } else {
             match self.mode {
                 Fetching::Offline => Some(format!("not fetched yet (`ocellus weights fetch {model}`)")),
-                Fetching::Sources { .. } => {
-                    t.insert("allow_random_weights".into(), toml::Value::Boolean(true));
-                    t.remove("weights");
-                    for k in &companions {
-                        t.remove(k);
-                    }
-                    return Ok(());
-                }
+                Fetching::Sources { .. } => Some("not fetched for the sources alone".to_owned()),
                 Fetching::Download { progress } => {
                     eprintln!("fetching the official {model} weights into {} (once)", path.display());
                     match crate::fetch::fetch(&model, &path, progress) {
@@ -177,16 +171,21 @@ impl Resolver<'_, '_> {
                     }
                 }
             }
-            Some(why) if fallback => {
+            Some(why) if fallback || sources_only => {
                 t.remove("weights");
                 for k in &companions {
                     t.remove(k);
                 }
-                let seed = t.get("seed").and_then(toml::Value::as_integer).unwrap_or(0);
-                let text = format!(
-                    "{model}: SEEDED RANDOM WEIGHTS (seed {seed}), its outputs mean nothing: the official weights: {why}"
-                );
-                self.notices.push(Notice { key: key.to_string(), text });
+                if sources_only {
+                    // Only the sources run: the model is never built, so nothing is said of it.
+                    t.insert("allow_random_weights".into(), toml::Value::Boolean(true));
+                } else {
+                    let seed = t.get("seed").and_then(toml::Value::as_integer).unwrap_or(0);
+                    let text = format!(
+                        "{model}: SEEDED RANDOM WEIGHTS (seed {seed}), its outputs mean nothing: the official weights: {why}"
+                    );
+                    self.notices.push(Notice { key: key.to_string(), text });
+                }
             }
             Some(why) => {
                 let message = format!(
