@@ -71,6 +71,8 @@ struct Plan {
     mae_steps: usize,
     revvit_depths: Vec<usize>,
     revvit_batch: i64,
+    rev_hiera_image: i64,
+    rev_hiera_batch: i64,
     memory_frames: u64,
     memory_objects: usize,
     prompt_len: usize,
@@ -99,6 +101,8 @@ impl Plan {
                 mae_steps: 2,
                 revvit_depths: vec![2, 4],
                 revvit_batch: 2,
+                rev_hiera_image: 64,
+                rev_hiera_batch: 2,
                 memory_frames: 20,
                 memory_objects: 2,
                 prompt_len: 16,
@@ -126,6 +130,8 @@ impl Plan {
                 mae_steps: 10,
                 revvit_depths: vec![4, 8, 16, 32],
                 revvit_batch: 64,
+                rev_hiera_image: 224,
+                rev_hiera_batch: 32,
                 memory_frames: 2000,
                 memory_objects: 4,
                 prompt_len: 128,
@@ -384,6 +390,7 @@ pub fn run(args: &DeviceCheckArgs) -> anyhow::Result<Value> {
 
     // Training memory of the reversible ViT against ordinary autograd, by depth (children).
     let revvit_args = crate::revvit::RevVitBenchArgs {
+        arch: crate::revvit::Arch::Vit,
         depths: plan.revvit_depths.clone(),
         batch: plan.revvit_batch,
         embed_dim: 192,
@@ -398,6 +405,17 @@ pub fn run(args: &DeviceCheckArgs) -> anyhow::Result<Value> {
     };
     let revvit = crate::revvit::run(&revvit_args)?;
     let revvit_rows: Vec<Value> = revvit.iter().map(|m| json!(m)).collect();
+    // The same for the reversible Hiera (Hiera-T widths; depth = blocks of the third stage).
+    let rev_hiera_args = crate::revvit::RevVitBenchArgs {
+        arch: crate::revvit::Arch::Hiera,
+        batch: plan.rev_hiera_batch,
+        embed_dim: 96,
+        heads: 1,
+        image: plan.rev_hiera_image,
+        ..revvit_args.clone()
+    };
+    let rev_hiera = crate::revvit::run(&rev_hiera_args)?;
+    let rev_hiera_rows: Vec<Value> = rev_hiera.iter().map(|m| json!(m)).collect();
 
     // Llama decode in bf16 and int4 against the device's bandwidth bound.
     let bandwidth = crate::llm::copy_bandwidth_on(device, plan.bandwidth_elements)?;
@@ -437,6 +455,7 @@ pub fn run(args: &DeviceCheckArgs) -> anyhow::Result<Value> {
         "hiera": {"model": plan.hiera, "batch": plan.hiera_batch, "images_per_s": images_per_s},
         "mae_training": {"model": MAE, "batch": plan.mae_batch, "runs": mae_rows},
         "revvit_memory": {"what": crate::revvit::title(&revvit_args), "runs": revvit_rows},
+        "rev_hiera_memory": {"what": crate::revvit::title(&rev_hiera_args), "runs": rev_hiera_rows},
         "llama": {"model": llama_name(&plan), "bandwidth_gb_s": bandwidth, "formats": llama_rows},
         "seconds": started.elapsed().as_secs_f64(),
     });
@@ -493,15 +512,17 @@ pub fn markdown(r: &Value) -> String {
         );
     }
     md += "\n";
-    let rv = &r["revvit_memory"];
-    md += &format!(
-        "\n{}\n\n| depth | ordinary MiB | reversible MiB |\n|---:|---:|---:|\n",
-        rv["what"].as_str().unwrap_or("?")
-    );
-    let runs: Vec<&Value> = rv["runs"].as_array().into_iter().flatten().collect();
-    for pair in runs.chunks(2) {
-        if let [v, rev] = pair {
-            md += &format!("| {} | {:.1} | {:.1} |\n", v["depth"], f(&v["step_peak_mib"]), f(&rev["step_peak_mib"]));
+    for rv in [&r["revvit_memory"], &r["rev_hiera_memory"]] {
+        md += &format!(
+            "\n{}\n\n| depth | ordinary MiB | reversible MiB |\n|---:|---:|---:|\n",
+            rv["what"].as_str().unwrap_or("?")
+        );
+        let runs: Vec<&Value> = rv["runs"].as_array().into_iter().flatten().collect();
+        for pair in runs.chunks(2) {
+            if let [v, rev] = pair {
+                md +=
+                    &format!("| {} | {:.1} | {:.1} |\n", v["depth"], f(&v["step_peak_mib"]), f(&rev["step_peak_mib"]));
+            }
         }
     }
     let l = &r["llama"];

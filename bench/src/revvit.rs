@@ -1,5 +1,6 @@
-//! Training memory of the reversible ViT against the same network under ordinary autograd, by
-//! depth: one child process per (mode, depth) so that each peak RSS is its own.
+//! Training memory of the reversible ViT (or the reversible Hiera, `--arch hiera`: depth = blocks
+//! of its third stage) against the same network under ordinary autograd, by depth: one child
+//! process per (mode, depth) so that each peak RSS is its own.
 //!
 //! A child builds the model on seeded weights, takes one warm-up step (allocating the
 //! gradients), records its resident set, resets the kernel's peak (`/proc/self/clear_refs`,
@@ -19,6 +20,8 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
+use ocellus_perception::hiera::HieraConfig;
+use ocellus_perception::rev_hiera::RevHiera;
 use ocellus_perception::revvit::{RevVit, RevVitConfig};
 use ocellus_perception::weights;
 use serde::{Deserialize, Serialize};
@@ -40,9 +43,26 @@ pub enum Mode {
     Vanilla,
 }
 
+/// Which reversible network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// The reversible ViT (minREV's layout); depth = blocks.
+    Vit,
+    /// The reversible Hiera (`--embed-dim`/`--heads` of its first stage, Hiera-T's stages
+    /// `[1, 2, depth, 2]`); depth = blocks of the third stage.
+    Hiera,
+}
+
+/// Blocks of a reversible Hiera's first, second and fourth stage in the benchmark (Hiera-T's).
+const HIERA_OTHER_STAGES: [usize; 3] = [1, 2, 2];
+
 /// `ocellus-bench revvit`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RevVitBenchArgs {
+    /// Which reversible network.
+    #[arg(long, value_enum, default_value = "vit")]
+    pub arch: Arch,
     /// Depths to measure.
     #[arg(long, value_delimiter = ',', default_value = "4,8,16,32")]
     pub depths: Vec<usize>,
@@ -67,7 +87,7 @@ pub struct RevVitBenchArgs {
     /// `cpu` (peak RSS) or `cuda` / `cuda:N` (GPU memory the caching allocator reserved).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Folder for `revvit.json`.
+    /// Folder for `revvit.json` (`rev_hiera.json` with `--arch hiera`).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// (child process) Measure this depth only and print one JSON line.
@@ -98,6 +118,24 @@ pub struct Measurement {
 
 fn status_mib(field: &str) -> anyhow::Result<f64> {
     crate::proc_status_mib(field).with_context(|| format!("no {field} in /proc/self/status"))
+}
+
+fn hiera_config(args: &RevVitBenchArgs, depth: usize) -> HieraConfig {
+    let [first, second, last] = HIERA_OTHER_STAGES;
+    HieraConfig {
+        input_size: vec![args.image, args.image],
+        embed_dim: args.embed_dim,
+        num_heads: args.heads,
+        num_classes: 10,
+        stages: vec![first, second, depth, last],
+        ..HieraConfig::default()
+    }
+}
+
+/// The network a child trains.
+enum Network {
+    Vit(Box<RevVit>),
+    Hiera(Box<RevHiera>),
 }
 
 fn config(args: &RevVitBenchArgs, depth: usize) -> RevVitConfig {
@@ -134,24 +172,39 @@ fn child(args: &RevVitBenchArgs, depth: usize, mode: Mode) -> anyhow::Result<Mea
         _ => None,
     };
     let vs = VarStore::new(device);
-    let config = config(args, depth);
-    let model = RevVit::new(&vs.root(), &config)?;
+    let (model, classes) = match args.arch {
+        Arch::Vit => {
+            let config = config(args, depth);
+            (Network::Vit(Box::new(RevVit::new(&vs.root(), &config)?)), config.num_classes)
+        }
+        Arch::Hiera => {
+            let config = hiera_config(args, depth);
+            (Network::Hiera(Box::new(RevHiera::new(&vs.root(), &config)?)), config.num_classes)
+        }
+    };
     weights::init_seeded(&vs, SEED)?;
     let (x, labels) = ocellus_kernels::seeded(SEED + 1, || {
         (
             Tensor::randn([args.batch, 3, args.image, args.image], (Kind::Float, device)),
-            Tensor::randint(config.num_classes, [args.batch], (Kind::Int64, device)),
+            Tensor::randint(classes, [args.batch], (Kind::Int64, device)),
         )
     });
     let loss_of = |logits: &Tensor| -> ocellus_perception::Result<Tensor> {
         Ok(logits.f_cross_entropy_loss::<Tensor>(&labels, None, tch::Reduction::Mean, -100, 0.0)?)
     };
     let step = || -> anyhow::Result<()> {
-        match mode {
-            Mode::Reversible => {
-                let _loss = model.forward_backward(&x, loss_of)?;
+        match (&model, mode) {
+            (Network::Vit(m), Mode::Reversible) => {
+                let _loss = m.forward_backward(&x, loss_of)?;
             }
-            Mode::Vanilla => loss_of(&model.forward(&x)?)?.f_backward()?,
+            (Network::Vit(m), Mode::Vanilla) => loss_of(&m.forward(&x)?)?.f_backward()?,
+            (Network::Hiera(m), Mode::Reversible) => {
+                let _loss = m.forward_backward(&x, loss_of)?;
+            }
+            (Network::Hiera(m), Mode::Vanilla) => {
+                let logits = m.forward(&x, false)?.logits.context("the reversible Hiera has no head")?;
+                loss_of(&logits)?.f_backward()?
+            }
         }
         Ok(())
     };
@@ -186,9 +239,19 @@ pub fn title(args: &RevVitBenchArgs) -> String {
     } else {
         "CPU peak RSS above the resident weights and gradients"
     };
+    let network = match args.arch {
+        Arch::Vit => format!("RevViT, patch {}, width {} ×2 streams", args.patch, args.embed_dim),
+        Arch::Hiera => {
+            let [first, second, last] = HIERA_OTHER_STAGES;
+            format!(
+                "reversible Hiera, stages [{first}, {second}, depth, {last}], width {} (first stage) ×2 streams",
+                args.embed_dim
+            )
+        }
+    };
     format!(
-        "RevViT training step on {}, batch {}, {}×{} px, patch {}, width {} ×2 streams, {} threads ({what})",
-        args.device, args.batch, args.image, args.image, args.patch, args.embed_dim, args.threads
+        "{network}: training step on {}, batch {}, {}×{} px, {} threads ({what})",
+        args.device, args.batch, args.image, args.image, args.threads
     )
 }
 
@@ -207,6 +270,7 @@ pub fn run(args: &RevVitBenchArgs) -> anyhow::Result<Vec<Measurement>> {
             let out = Command::new(&exe)
                 .env("MALLOC_MMAP_THRESHOLD_", MMAP_THRESHOLD)
                 .args(["revvit", "--child-depth", &depth.to_string(), "--child-mode", &mode_name])
+                .args(["--arch", if args.arch == Arch::Hiera { "hiera" } else { "vit" }])
                 .args(["--batch", &args.batch.to_string(), "--embed-dim", &args.embed_dim.to_string()])
                 .args(["--heads", &args.heads.to_string(), "--image", &args.image.to_string()])
                 .args(["--patch", &args.patch.to_string(), "--threads", &args.threads.to_string()])
@@ -242,7 +306,10 @@ pub fn run(args: &RevVitBenchArgs) -> anyhow::Result<Vec<Measurement>> {
     }
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir)?;
-        std::fs::write(dir.join("revvit.json"), serde_json::to_string_pretty(&all)?)?;
+        std::fs::write(
+            dir.join(if args.arch == Arch::Hiera { "rev_hiera.json" } else { "revvit.json" }),
+            serde_json::to_string_pretty(&all)?,
+        )?;
     }
     Ok(all)
 }

@@ -39,6 +39,9 @@ fn device_check_runs_on_the_cpu_and_reports() {
     let revvit = report["revvit_memory"]["runs"].as_array().unwrap();
     assert_eq!(revvit.len(), 4, "ordinary and reversible at depths 2 and 4: {revvit:?}");
     assert!(revvit.iter().all(|r| r["step_peak_mib"].as_f64().unwrap().is_finite()), "{revvit:?}");
+    let rev_hiera = report["rev_hiera_memory"]["runs"].as_array().unwrap();
+    assert_eq!(rev_hiera.len(), 4, "ordinary and reversible Hiera at depths 2 and 4: {rev_hiera:?}");
+    assert!(rev_hiera.iter().all(|r| r["step_peak_mib"].as_f64().unwrap().is_finite()), "{rev_hiera:?}");
     let runs = report["sam2_streaming"]["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2);
     assert!(runs.iter().all(|r| r["frames_per_s"].as_f64().unwrap() > 0.0), "{runs:?}");
@@ -55,7 +58,11 @@ fn device_check_runs_on_the_cpu_and_reports() {
     assert!(md.starts_with("# Device check: cpu (quick)"), "{md}");
     assert!(md.contains("| int4 |"), "{md}");
     assert!(
-        md.contains("RevViT training step on cpu") && md.contains("| depth | ordinary MiB | reversible MiB |"),
+        md.contains("RevViT, patch 4, width 192 ×2 streams: training step on cpu")
+            && md.contains(
+                "reversible Hiera, stages [1, 2, depth, 2], width 96 (first stage) ×2 streams: training step"
+            )
+            && md.matches("| depth | ordinary MiB | reversible MiB |").count() == 2,
         "{md}"
     );
 }

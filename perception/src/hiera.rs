@@ -244,6 +244,22 @@ impl HieraBlock {
         self.attn.dim_out
     }
 
+    /// Whether the block keeps width and token count (no projection, no query pooling): the
+    /// blocks a reversible Hiera runs as two streams.
+    pub(crate) fn keeps_shape(&self) -> bool {
+        self.proj.is_none() && self.attn.q_stride == 1
+    }
+
+    /// `attn(norm1(x))`: the attention branch (the reversible block's `F`).
+    pub(crate) fn attention_branch(&self, x: &Tensor) -> Result<Tensor> {
+        self.attn.forward(&self.norm1.forward(x)?)
+    }
+
+    /// `mlp(norm2(x))`: the MLP branch (the reversible block's `G`).
+    pub(crate) fn mlp_branch(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.mlp.forward(&self.norm2.forward(x)?)?)
+    }
+
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x_norm = self.norm1.forward(x)?;
         let x = match &self.proj {
@@ -388,6 +404,31 @@ impl Hiera {
         self.blocks.get(i).map(HieraBlock::dim_out)
     }
 
+    /// The blocks, in order.
+    pub(crate) fn blocks(&self) -> &[HieraBlock] {
+        &self.blocks
+    }
+
+    /// Patch embedding, position and unroll: `[B, 3, (T,) H, W]` → `[B, N, C]` (unrolled).
+    pub(crate) fn embed(&self, input: &Tensor) -> Result<Tensor> {
+        let x = self.patch_embed.forward(input)?;
+        let (b, c) = (x.size()[0], x.size()[1]);
+        let x = x.f_reshape([b, c, -1])?.f_transpose(2, 1)?; // [B, N, C]
+        self.unroll(&x.f_add(&self.pos_embed()?)?)
+    }
+
+    /// `norm` → `head.projection` on the mean token: `[B, N, C]` → logits and their softmax;
+    /// `None` for the trunk without a head.
+    pub(crate) fn head(&self, x: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+        let Some((norm, head)) = self.head.as_ref() else {
+            return Ok(None);
+        };
+        let pooled = norm.forward(&x.f_mean_dim(Some(&[1i64][..]), false, None::<Kind>)?)?;
+        let logits = head.forward(&pooled)?;
+        let probs = softmax_last(&logits)?;
+        Ok(Some((logits, probs)))
+    }
+
     fn pos_embed(&self) -> Result<Tensor> {
         if !self.config.sep_pos_embed {
             return Ok(self.pos_embed.shallow_clone());
@@ -431,7 +472,7 @@ impl Hiera {
     }
 
     /// `Reroll` of the output of block `block`: back to `[B, *size, C]`, or per mask unit.
-    fn reroll(&self, x: &Tensor, block: usize, masked: bool) -> Result<Tensor> {
+    pub(crate) fn reroll(&self, x: &Tensor, block: usize, masked: bool) -> Result<Tensor> {
         // The unroll schedule still pending at `block`, and the spatial size there.
         let mut schedule = self.stage_ends.len() - 1;
         let mut size = self.tokens_spatial_shape.clone();
@@ -502,11 +543,8 @@ impl Hiera {
             }
             None => x.shallow_clone(),
         };
-        let x = self.patch_embed.forward(&input)?;
-        let (bb, c) = (x.size()[0], x.size()[1]);
-        let x = x.f_reshape([bb, c, -1])?.f_transpose(2, 1)?; // [B, N, C]
-        let x = x.f_add(&self.pos_embed()?)?;
-        let mut x = self.unroll(&x)?;
+        let mut x = self.embed(&input)?;
+        let c = x.size()[2];
         if let Some(m) = mask {
             // Keep the tokens of kept units: token t belongs to unit t % #units after unrolling.
             let keep = m.f_to_kind(Kind::Bool)?.f_unsqueeze(-1)?.f_tile([1, self.mu_size, c])?; // [B, N, C]
@@ -519,13 +557,9 @@ impl Hiera {
                 intermediates.push(self.reroll(&x, i, mask.is_some())?);
             }
         }
-        let Some((norm, head)) = self.head.as_ref().filter(|_| mask.is_none()) else {
-            return Ok(HieraOutput { logits: None, probs: None, intermediates });
-        };
-        let pooled = norm.forward(&x.f_mean_dim(Some(&[1i64][..]), false, None::<Kind>)?)?;
-        let logits = head.forward(&pooled)?;
-        let probs = softmax_last(&logits)?;
-        Ok(HieraOutput { logits: Some(logits), probs: Some(probs), intermediates })
+        let head = if mask.is_none() { self.head(&x)? } else { None };
+        let (logits, probs) = head.unzip();
+        Ok(HieraOutput { logits, probs, intermediates })
     }
 }
 

@@ -19,6 +19,8 @@
 //!   pose and joints vectors.
 //! - [`revvit`]: the reversible ViT (two streams, activations rebuilt in the backward pass), for
 //!   training in memory that does not grow with depth.
+//! - [`rev_hiera`]: Hiera's stages as reversible blocks (Reversible MViT's scheme: two streams
+//!   within a stage, ordinary stage-transition blocks), under Hiera's key names.
 //! - [`vit`]: timm's `VisionTransformer`, the architecture of the MAWS checkpoints (exact).
 //! - [`backbone`]: Hiera, SAM 2 encoders and MAWS ViTs by name.
 //! - [`model`]: one way to load any of them ([`model::ModelSpec`]: name, weights, device,
@@ -40,6 +42,7 @@ pub mod model;
 pub mod motion;
 pub mod onnx;
 pub mod pickled_arrays;
+pub mod rev_hiera;
 pub mod revvit;
 pub mod sam2;
 pub mod smpl;

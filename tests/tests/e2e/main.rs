@@ -33,6 +33,7 @@ mod preprocess_parity;
 mod prompt_injection;
 mod replay;
 mod rerun_targets;
+mod rev_hiera;
 mod revvit;
 mod rtsp_reconnect;
 mod sam2_amg_parity;

@@ -1,0 +1,110 @@
+//! Reversible Hiera: reversible backpropagation gives what ordinary autograd gives on the same
+//! network (the full-size `hiera_tiny_224` preset, 12 blocks of which 9 reversible, fp32 CPU):
+//! the same logits, bit for bit, and every parameter's gradient within 1e-5. Its parameters are
+//! Hiera's, under Hiera's key names, and its stage outputs have Hiera's shapes.
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
+use ocellus_perception::hiera::{Hiera, HieraConfig};
+use ocellus_perception::rev_hiera::RevHiera;
+use ocellus_perception::weights;
+use ocellus_tests::max_abs_diff;
+use std::cell::RefCell;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+/// The bound of the issue on gradients, fp32.
+const GRAD_TOL: f64 = 1e-5;
+
+fn tiny() -> HieraConfig {
+    HieraConfig::by_name("hiera_tiny_224").unwrap()
+}
+
+#[test]
+fn reversible_hiera_backprop_equals_ordinary_autograd() {
+    tch::set_num_threads(2);
+    let config = HieraConfig { num_classes: 10, ..tiny() };
+    let vs = VarStore::new(Device::Cpu);
+    let model = RevHiera::new(&vs.root(), &config).unwrap();
+    assert!(model.reversible_blocks() >= 8, "{} reversible blocks", model.reversible_blocks());
+    weights::init_seeded(&vs, 7).unwrap();
+    let (x, labels) = ocellus_kernels::seeded(8, || {
+        (
+            Tensor::randn([2, 3, 224, 224], (Kind::Float, Device::Cpu)),
+            Tensor::randint(10, [2], (Kind::Int64, Device::Cpu)),
+        )
+    });
+    let loss_of = |logits: &Tensor| logits.cross_entropy_for_logits(&labels);
+
+    // Ordinary autograd: every block's activations kept.
+    let logits = model.forward(&x, false).unwrap().logits.unwrap();
+    let loss = loss_of(&logits);
+    loss.backward();
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let ordinary: Vec<Tensor> = vars.iter().map(|(_, v)| v.grad().copy()).collect();
+    for (_, v) in &mut vars {
+        v.zero_grad();
+    }
+
+    // Reversible: the two-stream blocks run without a graph and are rebuilt backwards.
+    let seen = RefCell::new(None);
+    let rev_loss = model
+        .forward_backward(&x, |l| {
+            *seen.borrow_mut() = Some(l.detach().copy());
+            Ok(loss_of(l))
+        })
+        .unwrap();
+    let rev_logits = seen.into_inner().unwrap();
+    assert!(rev_logits.equal(&logits.detach()), "logits differ: {:.3e}", max_abs_diff(&rev_logits, &logits));
+    assert_eq!(rev_loss.double_value(&[]), loss.double_value(&[]));
+    let mut worst = (0.0, String::new());
+    for ((name, v), reference) in vars.iter().zip(&ordinary) {
+        let grad = v.grad();
+        assert!(grad.defined(), "no gradient for {name}");
+        assert!(reference.abs().max().double_value(&[]) > 0.0, "{name}: a zero gradient tests nothing");
+        let diff = max_abs_diff(&grad, reference);
+        assert!(diff <= GRAD_TOL, "{name}: gradient off by {diff:.3e}");
+        if diff > worst.0 {
+            worst = (diff, name.clone());
+        }
+    }
+    println!("{} gradients, worst max abs error {:.3e} ({})", vars.len(), worst.0, worst.1);
+}
+
+#[test]
+fn reversible_hiera_has_hieras_keys_and_stage_shapes() {
+    let config = tiny();
+    let (mut hiera_vs, rev_vs) = (VarStore::new(Device::Cpu), VarStore::new(Device::Cpu));
+    let hiera = Hiera::new(&hiera_vs.root(), &config).unwrap();
+    let rev = RevHiera::new(&rev_vs.root(), &config).unwrap();
+    let shapes = |vs: &VarStore| {
+        let mut v: Vec<(String, Vec<i64>)> = vs.variables().into_iter().map(|(k, t)| (k, t.size())).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(shapes(&rev_vs), shapes(&hiera_vs));
+    weights::init_seeded(&rev_vs, 3).unwrap();
+    hiera_vs.copy(&rev_vs).unwrap();
+    let x = ocellus_kernels::seeded(4, || Tensor::randn([1, 3, 224, 224], (Kind::Float, Device::Cpu)));
+    let (ours, theirs) = tch::no_grad(|| (rev.forward(&x, true).unwrap(), hiera.forward(&x, None, true).unwrap()));
+    let sizes =
+        |o: &ocellus_perception::hiera::HieraOutput| o.intermediates.iter().map(Tensor::size).collect::<Vec<_>>();
+    assert_eq!(sizes(&ours), sizes(&theirs));
+    assert_eq!(sizes(&ours), [[1, 56, 56, 96], [1, 28, 28, 192], [1, 14, 14, 384], [1, 7, 7, 768]]);
+    // The same weights make a different network: reversible blocks are not Hiera's blocks.
+    assert!(max_abs_diff(ours.logits.as_ref().unwrap(), theirs.logits.as_ref().unwrap()) > 0.0);
+    let probs = ours.probs.unwrap();
+    assert!((probs.sum(Kind::Double).double_value(&[]) - 1.0).abs() < 1e-6);
+}
+
+#[test]
+fn a_wrong_input_is_refused_naming_both() {
+    let vs = VarStore::new(Device::Cpu);
+    let model = RevHiera::new(&vs.root(), &tiny()).unwrap();
+    let err = model.forward(&Tensor::zeros([1, 3, 200, 224], (Kind::Float, Device::Cpu)), false).unwrap_err();
+    assert!(err.to_string().contains("input [1, 3, 200, 224], expected [B, 3, [224, 224]]"), "{err}");
+    let err = model
+        .forward_backward(&Tensor::zeros([1, 224, 224], (Kind::Float, Device::Cpu)), |l| Ok(l.sum(Kind::Float)))
+        .unwrap_err();
+    assert!(err.to_string().contains("input [1, 224, 224]"), "{err}");
+}
