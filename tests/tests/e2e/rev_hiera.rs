@@ -72,6 +72,33 @@ fn reversible_hiera_backprop_equals_ordinary_autograd() {
 }
 
 #[test]
+fn reversible_video_hiera_backprop_equals_ordinary_autograd() {
+    // The video layout (3-D patches, 1×2×2 pooling) at a small size: 4 frames of 64².
+    let config = HieraConfig {
+        input_size: vec![4, 64, 64],
+        num_classes: 5,
+        stages: vec![1, 2, 3, 1],
+        ..HieraConfig::by_name("hiera_base_16x224").unwrap()
+    };
+    let vs = VarStore::new(Device::Cpu);
+    let model = RevHiera::new(&vs.root(), &config).unwrap();
+    weights::init_seeded(&vs, 9).unwrap();
+    let x = ocellus_kernels::seeded(10, || Tensor::randn([2, 3, 4, 64, 64], (Kind::Float, Device::Cpu)));
+    let loss_of = |logits: &Tensor| logits.square().mean(Kind::Float);
+    loss_of(&model.forward(&x, false).unwrap().logits.unwrap()).backward();
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    let ordinary: Vec<Tensor> = vars.iter().map(|(_, v)| v.grad().copy()).collect();
+    for (_, v) in &mut vars {
+        v.zero_grad();
+    }
+    let _loss = model.forward_backward(&x, |l| Ok(loss_of(l))).unwrap();
+    for ((name, v), reference) in vars.iter().zip(&ordinary) {
+        let diff = max_abs_diff(&v.grad(), reference);
+        assert!(diff <= GRAD_TOL, "{name}: gradient off by {diff:.3e}");
+    }
+}
+
+#[test]
 fn reversible_hiera_has_hieras_keys_and_stage_shapes() {
     let config = tiny();
     let (mut hiera_vs, rev_vs) = (VarStore::new(Device::Cpu), VarStore::new(Device::Cpu));
