@@ -106,6 +106,76 @@ pub fn max_abs_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
     (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double)).abs().max().double_value(&[])
 }
 
+/// Every variable's gradient after `step` (gradients zeroed before it), sorted by name.
+pub fn gradients_after(vs: &tch::nn::VarStore, step: impl FnOnce()) -> Vec<(String, tch::Tensor)> {
+    let mut vars: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    for (_, v) in &mut vars {
+        v.zero_grad();
+    }
+    step();
+    vars.into_iter().map(|(name, v)| (name, v.grad().copy())).collect()
+}
+
+/// Asserts that two sets of gradients (from [`gradients_after`]) agree within `tol` and that
+/// none of the reference ones is zero or missing (a zero gradient tests nothing); returns the
+/// worst error and its variable.
+pub fn assert_same_gradients(
+    ours: &[(String, tch::Tensor)],
+    reference: &[(String, tch::Tensor)],
+    tol: f64,
+) -> (f64, String) {
+    assert_eq!(ours.len(), reference.len(), "not the same variables");
+    let mut worst = (0.0, String::new());
+    for ((name, grad), (reference_name, reference)) in ours.iter().zip(reference) {
+        assert_eq!(name, reference_name);
+        assert!(grad.defined() && reference.defined(), "no gradient for {name}");
+        assert!(reference.abs().max().double_value(&[]) > 0.0, "{name}: a zero gradient tests nothing");
+        let diff = max_abs_diff(grad, reference);
+        assert!(diff <= tol, "{name}: gradient off by {diff:.3e}");
+        if diff > worst.0 {
+            worst = (diff, name.clone());
+        }
+    }
+    worst
+}
+
+/// Checks a reversible network's training pass against the same network under ordinary
+/// autograd: `ordinary` returns the logits with their graph (`loss_of` then backward), and
+/// `reversible` runs the reversible pass with the loss function it is given, returning the loss.
+/// Asserts the same logits and loss, bit for bit, and every gradient within `tol`; returns the
+/// number of gradients and the worst error with its variable.
+pub fn assert_reversible_equals_ordinary(
+    vs: &tch::nn::VarStore,
+    loss_of: &dyn Fn(&tch::Tensor) -> tch::Tensor,
+    ordinary: impl FnOnce() -> tch::Tensor,
+    reversible: impl FnOnce(&dyn Fn(&tch::Tensor) -> tch::Tensor) -> tch::Tensor,
+    tol: f64,
+) -> (usize, f64, String) {
+    let mut seen = None;
+    let ordinary_grads = gradients_after(vs, || {
+        let logits = ordinary();
+        let loss = loss_of(&logits);
+        loss.backward();
+        seen = Some((logits.detach(), loss.double_value(&[])));
+    });
+    let (logits, loss) = seen.unwrap_or_else(|| panic!("the ordinary pass ran"));
+    let rev_logits = std::cell::RefCell::new(None);
+    let mut rev_loss = None;
+    let reversible_grads = gradients_after(vs, || {
+        let traced = |l: &tch::Tensor| {
+            *rev_logits.borrow_mut() = Some(l.detach().copy());
+            loss_of(l)
+        };
+        rev_loss = Some(reversible(&traced).double_value(&[]));
+    });
+    let rev_logits = rev_logits.into_inner().unwrap_or_else(|| panic!("the reversible pass computed no logits"));
+    assert!(rev_logits.equal(&logits), "logits differ: {:.3e}", max_abs_diff(&rev_logits, &logits));
+    assert_eq!(rev_loss, Some(loss), "losses differ");
+    let (worst, name) = assert_same_gradients(&reversible_grads, &ordinary_grads, tol);
+    (ordinary_grads.len(), worst, name)
+}
+
 /// Asserts `|ours - reference| ≤ tol` elementwise, naming the output.
 pub fn assert_close(name: &str, ours: &tch::Tensor, reference: &tch::Tensor, tol: f64) {
     let diff = max_abs_diff(ours, reference);

@@ -7,8 +7,7 @@
 use ocellus_perception::hiera::{Hiera, HieraConfig};
 use ocellus_perception::rev_hiera::RevHiera;
 use ocellus_perception::weights;
-use ocellus_tests::max_abs_diff;
-use std::cell::RefCell;
+use ocellus_tests::{assert_reversible_equals_ordinary, max_abs_diff};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
@@ -35,40 +34,16 @@ fn reversible_hiera_backprop_equals_ordinary_autograd() {
     });
     let loss_of = |logits: &Tensor| logits.cross_entropy_for_logits(&labels);
 
-    // Ordinary autograd: every block's activations kept.
-    let logits = model.forward(&x, false).unwrap().logits.unwrap();
-    let loss = loss_of(&logits);
-    loss.backward();
-    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    let ordinary: Vec<Tensor> = vars.iter().map(|(_, v)| v.grad().copy()).collect();
-    for (_, v) in &mut vars {
-        v.zero_grad();
-    }
-
-    // Reversible: the two-stream blocks run without a graph and are rebuilt backwards.
-    let seen = RefCell::new(None);
-    let rev_loss = model
-        .forward_backward(&x, |l| {
-            *seen.borrow_mut() = Some(l.detach().copy());
-            Ok(loss_of(l))
-        })
-        .unwrap();
-    let rev_logits = seen.into_inner().unwrap();
-    assert!(rev_logits.equal(&logits.detach()), "logits differ: {:.3e}", max_abs_diff(&rev_logits, &logits));
-    assert_eq!(rev_loss.double_value(&[]), loss.double_value(&[]));
-    let mut worst = (0.0, String::new());
-    for ((name, v), reference) in vars.iter().zip(&ordinary) {
-        let grad = v.grad();
-        assert!(grad.defined(), "no gradient for {name}");
-        assert!(reference.abs().max().double_value(&[]) > 0.0, "{name}: a zero gradient tests nothing");
-        let diff = max_abs_diff(&grad, reference);
-        assert!(diff <= GRAD_TOL, "{name}: gradient off by {diff:.3e}");
-        if diff > worst.0 {
-            worst = (diff, name.clone());
-        }
-    }
-    println!("{} gradients, worst max abs error {:.3e} ({})", vars.len(), worst.0, worst.1);
+    // Ordinary autograd keeps every block's activations; the reversible pass runs the blocks
+    // without a graph and rebuilds them backwards.
+    let (count, worst, name) = assert_reversible_equals_ordinary(
+        &vs,
+        &loss_of,
+        || model.forward(&x, false).unwrap().logits.unwrap(),
+        |loss| model.forward_backward(&x, |l| Ok(loss(l))).unwrap(),
+        GRAD_TOL,
+    );
+    println!("{count} gradients, worst max abs error {worst:.3e} ({name})");
 }
 
 #[test]
@@ -85,17 +60,13 @@ fn reversible_video_hiera_backprop_equals_ordinary_autograd() {
     weights::init_seeded(&vs, 9).unwrap();
     let x = ocellus_kernels::seeded(10, || Tensor::randn([2, 3, 4, 64, 64], (Kind::Float, Device::Cpu)));
     let loss_of = |logits: &Tensor| logits.square().mean(Kind::Float);
-    loss_of(&model.forward(&x, false).unwrap().logits.unwrap()).backward();
-    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    let ordinary: Vec<Tensor> = vars.iter().map(|(_, v)| v.grad().copy()).collect();
-    for (_, v) in &mut vars {
-        v.zero_grad();
-    }
-    let _loss = model.forward_backward(&x, |l| Ok(loss_of(l))).unwrap();
-    for ((name, v), reference) in vars.iter().zip(&ordinary) {
-        let diff = max_abs_diff(&v.grad(), reference);
-        assert!(diff <= GRAD_TOL, "{name}: gradient off by {diff:.3e}");
-    }
+    assert_reversible_equals_ordinary(
+        &vs,
+        &loss_of,
+        || model.forward(&x, false).unwrap().logits.unwrap(),
+        |loss| model.forward_backward(&x, |l| Ok(loss(l))).unwrap(),
+        GRAD_TOL,
+    );
 }
 
 #[test]
