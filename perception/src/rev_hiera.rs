@@ -24,11 +24,12 @@
 
 use std::ops::Range;
 
+use tch::Tensor;
 use tch::nn::Path;
-use tch::{Kind, Tensor};
 use tracing::trace_span;
 
 use crate::hiera::{Hiera, HieraBlock, HieraConfig, HieraOutput};
+use crate::revvit::{Reversible, Streams, weighted_sum};
 use crate::{PerceptionError, Result};
 
 /// One step of the reversible schedule.
@@ -55,47 +56,20 @@ pub struct RevHiera {
     steps: Vec<Step>,
 }
 
-/// `(t · weight).sum()`: its backward sends exactly `weight` into `t` (`t.backward(weight)`,
-/// which tch does not expose).
-fn weighted_sum(t: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    Ok(t.f_mul(weight)?.f_sum(Kind::Float)?)
-}
-
 /// The fusion of two streams: their mean, `(x1 + x2) / 2`.
 fn fuse(x1: &Tensor, x2: &Tensor) -> Result<Tensor> {
     Ok(x1.f_add(x2)?.f_div_scalar(2.0)?)
 }
 
-/// `Y1 = X1 + F(X2)`, `Y2 = X2 + G(Y1)`.
-fn reversible_forward(block: &HieraBlock, x1: &Tensor, x2: &Tensor) -> Result<(Tensor, Tensor)> {
-    let y1 = x1.f_add(&block.attention_branch(x2)?)?;
-    let y2 = x2.f_add(&block.mlp_branch(&y1)?)?;
-    Ok((y1, y2))
-}
+/// Hiera's block as a reversible one: `F` = `norm1` → attention, `G` = `norm2` → MLP.
+impl Reversible for HieraBlock {
+    fn f(&self, x: &Tensor) -> Result<Tensor> {
+        self.attention_branch(x)
+    }
 
-/// The two streams of a reversible block and their gradients, `[B, N, C]` each.
-struct Streams {
-    x1: Tensor,
-    x2: Tensor,
-    dx1: Tensor,
-    dx2: Tensor,
-}
-
-/// From a block's outputs and their gradients, its inputs (rebuilt: `X2 = Y2 − G(Y1)`,
-/// `X1 = Y1 − F(X2)`) and their gradients; the parameter gradients of `F` and `G` are
-/// accumulated on the way (minREV's `backward_pass`).
-fn reversible_backward(block: &HieraBlock, s: Streams) -> Result<Streams> {
-    let Streams { x1: y1, x2: y2, dx1: dy1, dx2: dy2 } = s;
-    let y1 = y1.f_detach()?.set_requires_grad(true);
-    let g_y1 = block.mlp_branch(&y1)?;
-    weighted_sum(&g_y1, &dy2)?.f_backward()?;
-    let (x2, dy1) = tch::no_grad(|| -> Result<_> { Ok((y2.f_sub(&g_y1)?, dy1.f_add(&y1.grad())?)) })?;
-    drop(g_y1);
-    let x2 = x2.set_requires_grad(true);
-    let f_x2 = block.attention_branch(&x2)?;
-    weighted_sum(&f_x2, &dy1)?.f_backward()?;
-    let (x1, dy2) = tch::no_grad(|| -> Result<_> { Ok((y1.f_sub(&f_x2)?, dy2.f_add(&x2.grad())?)) })?;
-    Ok(Streams { x1, x2: x2.f_detach()?, dx1: dy1, dx2: dy2 })
+    fn g(&self, x: &Tensor) -> Result<Tensor> {
+        self.mlp_branch(x)
+    }
 }
 
 impl RevHiera {
@@ -129,6 +103,15 @@ impl RevHiera {
         Ok(())
     }
 
+    /// The two streams after the reversible run `range` on tokens `h` (both streams start as `h`).
+    fn run(&self, range: &Range<usize>, h: Tensor) -> Result<(Tensor, Tensor)> {
+        let (mut x1, mut x2) = (h.shallow_clone(), h);
+        for block in &self.hiera.blocks()[range.clone()] {
+            (x1, x2) = block.forward_streams(&x1, &x2)?;
+        }
+        Ok((x1, x2))
+    }
+
     /// Whether block `i` ends a stage.
     fn ends_stage(&self, i: usize) -> bool {
         self.hiera.stage_ends().contains(&i)
@@ -146,10 +129,7 @@ impl RevHiera {
         for step in &self.steps {
             let last = match step {
                 Step::Reversible(range) => {
-                    let (mut x1, mut x2) = (h.shallow_clone(), h.shallow_clone());
-                    for block in &blocks[range.clone()] {
-                        (x1, x2) = reversible_forward(block, &x1, &x2)?;
-                    }
+                    let (x1, x2) = self.run(range, h)?;
                     h = fuse(&x1, &x2)?;
                     range.end - 1
                 }
@@ -181,10 +161,7 @@ impl RevHiera {
             for step in &self.steps {
                 match step {
                     Step::Reversible(range) => {
-                        let (mut x1, mut x2) = (h.shallow_clone(), h);
-                        for block in &blocks[range.clone()] {
-                            (x1, x2) = reversible_forward(block, &x1, &x2)?;
-                        }
+                        let (x1, x2) = self.run(range, h)?;
                         h = fuse(&x1, &x2)?;
                         kept.push(Kept::Streams(range.clone(), x1, x2));
                     }
@@ -212,7 +189,7 @@ impl RevHiera {
                     let half = grad.f_div_scalar(2.0)?;
                     let mut s = Streams { x1: y1, x2: y2, dx1: half.shallow_clone(), dx2: half };
                     for block in blocks[range].iter().rev() {
-                        s = reversible_backward(block, s)?;
+                        s = block.backward_pass(s)?;
                     }
                     // Both streams started as the same tokens: their gradient is the sum.
                     s.dx1.f_add(&s.dx2)?

@@ -135,45 +135,65 @@ struct ReversibleBlock {
 }
 
 /// The two streams of a reversible block and their gradients, `[B, N, D]` each.
-struct Streams {
-    x1: Tensor,
-    x2: Tensor,
-    dx1: Tensor,
-    dx2: Tensor,
+pub(crate) struct Streams {
+    pub x1: Tensor,
+    pub x2: Tensor,
+    pub dx1: Tensor,
+    pub dx2: Tensor,
 }
 
 /// `(t * weight).sum()`: its backward sends exactly `weight` into `t` (`t.backward(weight)`,
 /// which tch does not expose).
-fn weighted_sum(t: &Tensor, weight: &Tensor) -> Result<Tensor> {
+pub(crate) fn weighted_sum(t: &Tensor, weight: &Tensor) -> Result<Tensor> {
     Ok(t.f_mul(weight)?.f_sum(Kind::Float)?)
+}
+
+/// A reversible block given by its two functions (the ViT's here, Hiera's in
+/// [`crate::rev_hiera`]): the forward pass and minREV's reversible backward pass.
+pub(crate) trait Reversible {
+    /// `F`, applied to the second stream.
+    fn f(&self, x: &Tensor) -> Result<Tensor>;
+    /// `G`, applied to the first stream's output.
+    fn g(&self, x: &Tensor) -> Result<Tensor>;
+
+    /// `Y1 = X1 + F(X2)`, `Y2 = X2 + G(Y1)`.
+    fn forward_streams(&self, x1: &Tensor, x2: &Tensor) -> Result<(Tensor, Tensor)> {
+        let y1 = x1.f_add(&self.f(x2)?)?;
+        let y2 = x2.f_add(&self.g(&y1)?)?;
+        Ok((y1, y2))
+    }
+
+    /// minREV's `backward_pass`: from the outputs and their gradients, the inputs (rebuilt:
+    /// `X2 = Y2 − G(Y1)`, `X1 = Y1 − F(X2)`) and their gradients; `F`'s and `G`'s parameter
+    /// gradients are accumulated on the way.
+    fn backward_pass(&self, s: Streams) -> Result<Streams> {
+        let Streams { x1: y1, x2: y2, dx1: dy1, dx2: dy2 } = s;
+        let y1 = y1.f_detach()?.set_requires_grad(true);
+        let g_y1 = self.g(&y1)?;
+        weighted_sum(&g_y1, &dy2)?.f_backward()?;
+        let (x2, dy1) = tch::no_grad(|| -> Result<_> { Ok((y2.f_sub(&g_y1)?, dy1.f_add(&y1.grad())?)) })?;
+        drop(g_y1);
+        let x2 = x2.set_requires_grad(true);
+        let f_x2 = self.f(&x2)?;
+        weighted_sum(&f_x2, &dy1)?.f_backward()?;
+        let (x1, dy2) = tch::no_grad(|| -> Result<_> { Ok((y1.f_sub(&f_x2)?, dy2.f_add(&x2.grad())?)) })?;
+        Ok(Streams { x1, x2: x2.f_detach()?, dx1: dy1, dx2: dy2 })
+    }
 }
 
 impl ReversibleBlock {
     fn new(p: &Path, dim: i64, heads: i64) -> Result<Self> {
         Ok(Self { f: AttentionSubBlock::new(&(p / "F"), dim, heads)?, g: MlpSubblock::new(&(p / "G"), dim)? })
     }
+}
 
-    /// `Y1 = X1 + F(X2)`, `Y2 = X2 + G(Y1)`.
-    fn forward(&self, x1: &Tensor, x2: &Tensor) -> Result<(Tensor, Tensor)> {
-        let y1 = x1.f_add(&self.f.forward(x2)?)?;
-        let y2 = x2.f_add(&self.g.forward(&y1)?)?;
-        Ok((y1, y2))
+impl Reversible for ReversibleBlock {
+    fn f(&self, x: &Tensor) -> Result<Tensor> {
+        self.f.forward(x)
     }
 
-    /// minREV's `backward_pass`: from the outputs and their gradients, the inputs (rebuilt)
-    /// and their gradients; `F`'s and `G`'s parameter gradients are accumulated on the way.
-    fn backward_pass(&self, s: Streams) -> Result<Streams> {
-        let Streams { x1: y1, x2: y2, dx1: dy1, dx2: dy2 } = s;
-        let y1 = y1.f_detach()?.set_requires_grad(true);
-        let g_y1 = self.g.forward(&y1)?;
-        weighted_sum(&g_y1, &dy2)?.f_backward()?;
-        let (x2, dy1) = tch::no_grad(|| -> Result<_> { Ok((y2.f_sub(&g_y1)?, dy1.f_add(&y1.grad())?)) })?;
-        drop(g_y1);
-        let x2 = x2.set_requires_grad(true);
-        let f_x2 = self.f.forward(&x2)?;
-        weighted_sum(&f_x2, &dy1)?.f_backward()?;
-        let (x1, dy2) = tch::no_grad(|| -> Result<_> { Ok((y1.f_sub(&f_x2)?, dy2.f_add(&x2.grad())?)) })?;
-        Ok(Streams { x1, x2: x2.f_detach()?, dx1: dy1, dx2: dy2 })
+    fn g(&self, x: &Tensor) -> Result<Tensor> {
+        self.g.forward(x)
     }
 }
 
@@ -241,7 +261,7 @@ impl RevVit {
         let h = self.embed(x)?;
         let (mut x1, mut x2) = (h.shallow_clone(), h);
         for layer in &self.layers {
-            (x1, x2) = layer.forward(&x1, &x2)?;
+            (x1, x2) = layer.forward_streams(&x1, &x2)?;
         }
         self.classify(&x1, &x2)
     }
@@ -255,7 +275,7 @@ impl RevVit {
         let (y1, y2) = tch::no_grad(|| -> Result<_> {
             let (mut x1, mut x2) = (h.f_detach()?, h.f_detach()?);
             for layer in &self.layers {
-                (x1, x2) = layer.forward(&x1, &x2)?;
+                (x1, x2) = layer.forward_streams(&x1, &x2)?;
             }
             Ok((x1, x2))
         })?;
