@@ -914,7 +914,10 @@ fn a_router_restarted_between_two_pipelines_is_rejoined() {
 
     let mut receiver = source_spec(&endpoint, "ocellus/cam/frames", WireFormat::Raw, None);
     receiver.session = client(&[]);
-    receiver.idle_timeout = Some(Duration::from_secs(6));
+    // zenoh's clients retry a lost router with a backoff (1, 2, 4, 4 s, ...: `connect/retry`),
+    // so they may rejoin up to 4 s after the restart, 7 s after the last frame before the
+    // outage: the receiver's idle timeout must outlast that, or it ends its stream first.
+    receiver.idle_timeout = Some(Duration::from_secs(12));
     let (pipeline, collected) = collecting_pipeline(&[("cam", receiver)]);
     let receiving = std::thread::spawn(move || pipeline.run().unwrap());
 
